@@ -1,0 +1,156 @@
+"""The consumer loop every stage uses, and dead-lettering.
+
+A handler gets each decoded payload once. It returns to have the message acknowledged, raises
+`Retry(delay_s)` to have it redelivered later, or raises `Reject(reason)` to dead-letter it. Any
+other exception is logged and retried with backoff until the delivery cap, then dead-lettered: a
+consumer never crashes or stalls on bad input (SPEC §5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import APIError
+from prometheus_client import Counter
+
+from botburrow.runtime.bus import Bus
+from botburrow.schemas.codec import DecodeError, decode_subject
+from botburrow.schemas.events import DeadLetter
+from botburrow.secrets import redact
+from botburrow.streams import subjects
+from botburrow.streams.topology import MAX_DELIVERIES
+
+log = logging.getLogger(__name__)
+
+PROCESSED = Counter("botburrow_messages_processed_total", "Messages handled and acknowledged", ["stage", "consumer"])
+FAILED = Counter("botburrow_messages_failed_total", "Handler failures that were retried", ["stage", "consumer"])
+DEAD_LETTERED = Counter("botburrow_messages_dead_lettered_total", "Messages copied to the DLQ", ["stage", "reason"])
+
+_SECRET_HEADERS = {"authorization", "x-api-key", "nats-creds"}
+
+
+class Retry(Exception):
+    """Redeliver this message after `delay_s` (counts as a delivery)."""
+
+    def __init__(self, delay_s: float, reason: str = "") -> None:
+        super().__init__(reason or f"retry in {delay_s:.1f}s")
+        self.delay_s = delay_s
+
+
+class Reject(Exception):
+    """Dead-letter this message: it can never succeed as it is."""
+
+    def __init__(self, reason: str, path: str | None = None, category: str = "rejected") -> None:
+        super().__init__(reason)
+        self.reason, self.path, self.category = reason, path, category
+
+
+class DeadLetters:
+    def __init__(self, bus: Bus, stage: str) -> None:
+        self.bus, self.stage = bus, stage
+
+    async def send(self, msg: Msg, reason: str, *, path: str | None = None, category: str = "rejected") -> None:
+        """Copy `msg` to `agents.dlq.<stage>` with its reason; the caller then acknowledges it."""
+        meta = _metadata(msg)
+        try:
+            text, encoding = msg.data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(msg.data).decode("ascii"), "base64"
+        headers = {k: redact(v) for k, v in (msg.headers or {}).items() if k.lower() not in _SECRET_HEADERS}
+        letter = DeadLetter(
+            stage=self.stage,
+            reason=redact(reason)[:4096],
+            error_path=path,
+            subject=msg.subject,
+            stream=meta.get("stream", ""),
+            seq=meta.get("seq", 0),
+            deliveries=meta.get("deliveries", 0),
+            payload=redact(text) if encoding == "utf-8" else text,
+            payload_encoding=encoding,
+            headers=headers,
+        )
+        msg_id = f"dlq:{letter.stream}:{letter.seq}" if letter.seq else None
+        await self.bus.publish(subjects.dlq(self.stage), letter, msg_id=msg_id)
+        DEAD_LETTERED.labels(self.stage, category).inc()
+        log.warning("dead-lettered", extra={"subject": msg.subject, "seq": letter.seq, "category": category,
+                                            "reason": letter.reason[:200]})
+
+
+def _metadata(msg: Msg) -> dict[str, Any]:
+    try:
+        meta = msg.metadata
+    except Exception:  # not a JetStream message (e.g. a core NATS test message)
+        return {}
+    return {"stream": meta.stream, "seq": meta.sequence.stream, "deliveries": meta.num_delivered}
+
+
+Handler = Callable[[Any, Msg], Awaitable[None]]
+
+
+async def handle_message(msg: Msg, handler: Handler, dlq: DeadLetters, *, consumer: str) -> None:
+    """Decode, run the handler, and settle the message: ack, nak with delay, or dead-letter + ack."""
+    deliveries = _metadata(msg).get("deliveries", 1)
+    if deliveries > MAX_DELIVERIES:
+        await dlq.send(msg, f"gave up after {deliveries - 1} deliveries", category="exhausted")
+        await msg.ack()
+        return
+    try:
+        payload = decode_subject(msg.subject, msg.data)
+    except DecodeError as exc:
+        await dlq.send(msg, f"invalid payload: {exc.reason}", path=exc.path, category="invalid")
+        await msg.ack()
+        return
+    try:
+        await handler(payload, msg)
+    except Retry as exc:
+        await msg.nak(delay=exc.delay_s)
+        return
+    except Reject as exc:
+        await dlq.send(msg, exc.reason, path=exc.path, category=exc.category)
+        await msg.ack()
+        return
+    except Exception as exc:
+        FAILED.labels(dlq.stage, consumer).inc()
+        log.exception("handler failed", extra={"subject": msg.subject, "deliveries": deliveries})
+        if deliveries >= MAX_DELIVERIES:
+            await dlq.send(msg, f"handler failed {deliveries} times: {exc!r}", category="exhausted")
+            await msg.ack()
+        else:
+            await msg.nak(delay=min(30.0, 0.5 * 2**deliveries))
+        return
+    await msg.ack()
+    PROCESSED.labels(dlq.stage, consumer).inc()
+
+
+async def consume(
+    bus: Bus,
+    *,
+    stage: str,
+    stream: str,
+    durable: str,
+    handler: Handler,
+    stop: asyncio.Event,
+    batch: int = 100,
+    fetch_timeout_s: float = 1.0,
+) -> None:
+    """Fetch from a durable pull consumer until `stop` is set, handling messages in stream order."""
+    dlq = DeadLetters(bus, stage)
+    sub = await bus.js.pull_subscribe_bind(durable, stream)
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
+        except NatsTimeoutError:
+            continue
+        except APIError as exc:
+            log.warning("fetch failed", extra={"consumer": durable, "error": str(exc)})
+            await asyncio.sleep(1)
+            continue
+        for msg in msgs:
+            await handle_message(msg, handler, dlq, consumer=durable)
+    await sub.unsubscribe()

@@ -1,0 +1,97 @@
+"""Secrets (SPEC §3): read from `SECRETS_DIR/<name>`, else from an environment variable; redacted by value.
+
+Every secret value this process reads is remembered, and `redact()` replaces each occurrence in a
+string with `[REDACTED:<name>]`. Logs, run events, DLQ reasons and error messages pass through it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+# Secret name -> the environment variable that may hold it instead of a file.
+ENV_FALLBACK = {
+    "hub-api-key": "HUB_API_KEY",
+    "anthropic-api-key": "ANTHROPIC_API_KEY",
+    "openai-api-key": "OPENAI_API_KEY",
+    "github-pat": "GITHUB_PERSONAL_ACCESS_TOKEN",
+    "brave-api-key": "BRAVE_API_KEY",
+    "r2-access-key": "R2_ACCESS_KEY",
+    "r2-secret-key": "R2_SECRET_KEY",
+}
+# Values shorter than this are not redacted: they would mangle ordinary text and are not real secrets.
+MIN_REDACT_LENGTH = 6
+
+_lock = threading.Lock()
+_known: dict[str, str] = {}
+_pattern: re.Pattern[str] | None = None
+
+
+def env_name_to_secret(env_name: str) -> str:
+    """`OPENAI_API_KEY` -> `openai-api-key` (the kebab-case of a `brain.api_key_env`)."""
+    return env_name.lower().replace("_", "-")
+
+
+def remember(name: str, value: str) -> None:
+    """Register a secret value so that `redact` removes it everywhere from now on."""
+    global _pattern
+    if len(value) < MIN_REDACT_LENGTH:
+        return
+    with _lock:
+        if _known.get(value) == name:
+            return
+        _known[value] = name
+        ordered = sorted(_known, key=len, reverse=True)
+        _pattern = re.compile("|".join(re.escape(v) for v in ordered))
+
+
+def redact(text: str) -> str:
+    pattern = _pattern
+    if pattern is None or not text:
+        return text
+    return pattern.sub(lambda m: f"[REDACTED:{_known.get(m.group(0), 'secret')}]", text)
+
+
+def read_secret(name: str, env_name: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The secret `name` from SECRETS_DIR, else from its environment variable; None if neither has it."""
+    env = os.environ if environ is None else environ
+    secrets_dir = env.get("SECRETS_DIR")
+    value: str | None = None
+    if secrets_dir:
+        path = Path(secrets_dir) / name
+        if path.is_file():
+            value = path.read_text().strip()
+    if value is None:
+        value = env.get(env_name or ENV_FALLBACK.get(name, name.upper().replace("-", "_"))) or None
+    if value:
+        remember(name, value)
+    return value
+
+
+class AgentKeys:
+    """Agent Hub keys: `AGENT_KEYS_DIR/<agent name>` files, else the `BOTBURROW_AGENT_KEYS` JSON object."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self._dir = Path(env["AGENT_KEYS_DIR"]) if env.get("AGENT_KEYS_DIR") else None
+        self._inline: dict[str, str] = {}
+        if env.get("BOTBURROW_AGENT_KEYS"):
+            try:
+                self._inline = dict(json.loads(env["BOTBURROW_AGENT_KEYS"]))
+            except (ValueError, TypeError) as exc:
+                raise SystemExit(f"BOTBURROW_AGENT_KEYS is not a JSON object of name -> key: {exc}") from None
+        for agent, key in self._inline.items():
+            remember(f"agent-key:{agent}", key)
+
+    def get(self, agent: str) -> str | None:
+        if self._dir is not None:
+            path = self._dir / agent
+            if path.is_file():
+                key = path.read_text().strip()
+                remember(f"agent-key:{agent}", key)
+                return key
+        return self._inline.get(agent)

@@ -1,0 +1,154 @@
+"""Every setting the services read, in one table (SPEC §7), and the one way to read them.
+
+A service calls `load(stage)` once at start-up. Every missing or invalid setting is named in one
+error, and the service exits non-zero. Nothing else in the code reads the environment for settings
+(secrets go through `botburrow.secrets`), so the deployment manifests can be checked against this
+table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+STAGES = ("ingest", "scheduler", "runner", "metrics", "configsync")
+ALL = frozenset(STAGES)
+
+
+class SettingsError(SystemExit):
+    """Raised with every bad setting named; exits the process non-zero."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid settings:\n  " + "\n  ".join(problems))
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number (0..65535)")
+    return value
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return raw
+
+    return parse
+
+
+def _url(raw: str) -> str:
+    if "://" not in raw:
+        raise ValueError("must be a URL such as http://host:port")
+    return raw.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    doc: str
+    stages: frozenset[str]
+    default: str | None = None
+    required: bool = False
+    parse: Callable[[str], Any] = str
+
+
+DEFAULT_METRICS_PORTS = {"ingest": 9101, "scheduler": 9102, "runner": 9103, "metrics": 9104, "configsync": 9105}
+
+SETTINGS: list[Setting] = [
+    Setting("NATS_URL", "NATS server(s), comma-separated", ALL, "nats://127.0.0.1:4222"),
+    Setting("NATS_CREDS", "NATS credentials file", ALL),
+    Setting("HUB_URL", "the Hub's origin, without /api/v1", frozenset({"ingest", "scheduler", "runner", "metrics"}),
+            required=True, parse=_url),
+    Setting("AGENTS_SOURCE", "agent definitions: s3://bucket[/prefix] or a directory",
+            frozenset({"configsync"}), required=True),
+    Setting("R2_ENDPOINT", "S3/R2 endpoint URL for an s3:// AGENTS_SOURCE", frozenset({"configsync"}), parse=_url),
+    Setting("AGENT_KEYS_DIR", "directory of agent Hub key files, one per agent name",
+            frozenset({"ingest", "runner"})),
+    Setting("SECRETS_DIR", "directory of secret files (Kubernetes-secret style)", ALL),
+    Setting("GRANT_POLICY_FILE", "grant policy YAML; unset allows what configs ask", frozenset({"runner"})),
+    Setting("ANTHROPIC_BASE_URL", "Anthropic API base URL", frozenset({"runner"}), parse=_url),
+    Setting("MODEL_BASE_URL_OVERRIDE", "local mode and tests only: every model call goes here",
+            frozenset({"runner"}), parse=_url),
+    Setting("PRICE_TABLE_FILE", "model price table (YAML or JSON, USD per million tokens)",
+            frozenset({"runner"})),
+    Setting("POLL_INTERVAL_SECONDS", "Hub notification polling interval", frozenset({"ingest"}), "30",
+            parse=_positive_float),
+    Setting("RUNNER_CONCURRENCY", "activations one runner process runs at once", frozenset({"runner"}), "4",
+            parse=_positive_int),
+    Setting("ACTIVATION_TIMEOUT_SECONDS", "wall-clock limit of one activation", frozenset({"runner"}), "600",
+            parse=_positive_float),
+    Setting("ACTIVATION_MAX_TOKENS", "token limit of one activation, all turns", frozenset({"runner"}), "200000",
+            parse=_positive_int),
+    Setting("SANDBOX_BACKEND", "bwrap, docker or none (local mode only)", frozenset({"runner"}), "bwrap",
+            parse=_choice("bwrap", "docker", "none")),
+    Setting("STREAM_REPLICAS", "replicas for `botburrow streams apply`", frozenset(), "1", parse=_positive_int),
+    Setting("METRICS_PORT", "this service's metrics and health port (0 picks a free one)", ALL, parse=_port),
+    Setting("CONSUMPTION_BATCH_SIZE", "metrics: consumption events per POST /system/consumption",
+            frozenset({"metrics"}), "100", parse=_positive_int),
+    Setting("CONSUMPTION_FLUSH_SECONDS", "metrics: longest wait before a partial batch is posted",
+            frozenset({"metrics"}), "2", parse=_positive_float),
+    Setting("CONFIG_POLL_SECONDS", "configsync: how often the source is checked for changes",
+            frozenset({"configsync"}), "30", parse=_positive_float),
+    Setting("RUNNER_GRACE_SECONDS", "runner: time to finish held work after SIGTERM", frozenset({"runner"}), "30",
+            parse=_positive_float),
+    Setting("LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", ALL, "INFO",
+            parse=_choice("DEBUG", "INFO", "WARNING", "ERROR")),
+]
+BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    stage: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in BY_NAME:
+            raise KeyError(f"{name} is not a known setting (add it to botburrow.settings.SETTINGS)")
+        return self.values.get(name)
+
+    @property
+    def metrics_port(self) -> int:
+        port = self.values.get("METRICS_PORT")
+        return DEFAULT_METRICS_PORTS.get(self.stage, 0) if port is None else port
+
+
+def load(stage: str, environ: Mapping[str, str] | None = None, *, required: bool = True) -> Settings:
+    """Read the settings `stage` uses; raise SettingsError naming every missing or invalid one."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for setting in SETTINGS:
+        if stage in STAGES and stage not in setting.stages:
+            continue
+        raw = env.get(setting.name, "").strip() or setting.default
+        if raw is None:
+            if setting.required and required:
+                problems.append(f"{setting.name} is not set ({setting.doc})")
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            problems.append(f"{setting.name}={raw!r} is invalid: {exc}")
+    if problems:
+        raise SettingsError(problems)
+    return Settings(stage=stage, values=values)

@@ -1,0 +1,46 @@
+"""Every payload that crosses a boundary, as frozen msgspec structs.
+
+One module per concern: `hub` (the Hub API's shapes), `agent` (agent configs and skills), `events`
+(the JetStream payloads, one schema per subject). `codec` decodes a message once, by its subject, and
+names the bad field's path when it fails. Evolution rules are in `schemas/EVOLUTION.md`.
+"""
+
+from botburrow.schemas.codec import DecodeError, decode_subject, encode, schema_for_subject
+from botburrow.schemas.events import (
+    ActivationMetrics,
+    ActivationRequested,
+    ConfigChanged,
+    DeadLetter,
+    LlmTurn,
+    NotificationReceived,
+    Posted,
+    RunCompleted,
+    RunEvent,
+    RunFailed,
+    RunStarted,
+    ToolCalled,
+)
+from botburrow.schemas.hub import Author, Comment, Notification, Post
+
+__all__ = [
+    "ActivationMetrics",
+    "ActivationRequested",
+    "Author",
+    "Comment",
+    "ConfigChanged",
+    "DeadLetter",
+    "DecodeError",
+    "LlmTurn",
+    "Notification",
+    "NotificationReceived",
+    "Post",
+    "Posted",
+    "RunCompleted",
+    "RunEvent",
+    "RunFailed",
+    "RunStarted",
+    "ToolCalled",
+    "decode_subject",
+    "encode",
+    "schema_for_subject",
+]

@@ -1,0 +1,160 @@
+"""The JetStream payloads (SPEC §5): one struct per subject, run events as a tagged union.
+
+Every payload carries `v`, its schema version. Rules for changing them: `schemas/EVOLUTION.md`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from botburrow.schemas.hub import Notification
+
+Priority = Literal["high", "normal", "low"]
+ActivationKind = Literal["notification", "exploration"]
+Outcome = Literal["posted", "skipped", "limited", "failed"]
+
+
+class Payload(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of every JetStream payload."""
+
+    v: int = 1
+
+
+class NotificationReceived(Payload, kw_only=True):
+    """`agents.ingest.notification.<agent>`, Nats-Msg-Id `ntf:<notification id>`."""
+
+    agent: str
+    notification: Notification
+    received_at: str = ""
+
+
+class ActivationRequested(Payload, kw_only=True):
+    """`agents.sched.activation.<priority>.<agent>`, Nats-Msg-Id `act:<activation id>`."""
+
+    activation_id: str
+    agent: str
+    kind: ActivationKind
+    priority: Priority
+    critical: bool = False
+    notifications: list[Notification] = msgspec.field(default_factory=list)
+    requested_at: str = ""
+
+
+class ConfigChanged(Payload, kw_only=True):
+    """`agents.config.agent.<name>` and `agents.config.skill.<name>`; the definition is in `configs`."""
+
+    name: str
+    hash: str
+    deleted: bool = False
+
+
+class DeadLetter(Payload, kw_only=True):
+    """`agents.dlq.<stage>`: a message a stage could not handle, copied here, then acknowledged."""
+
+    stage: str
+    reason: str
+    error_path: str | None = None
+    subject: str
+    stream: str = ""
+    seq: int = 0
+    deliveries: int = 0
+    # The original text, or base64 when it was not UTF-8 (then `payload_encoding` says so).
+    payload: str
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class ActivationMetrics(msgspec.Struct, frozen=True, kw_only=True):
+    """One activation's consumption: carried by `completed`/`failed`, posted to `/system/consumption`."""
+
+    activation_id: str
+    agent_id: str
+    tool_type: str
+    model: str
+    task_type: str
+    task_priority: str
+    tokens_input: int = 0
+    tokens_output: int = 0
+    estimated_cost_usd: float = 0.0
+    duration_seconds: float = 0.0
+    iterations: int = 0
+    outcome: Outcome
+    error: str | None = None
+    started_at: str
+    ended_at: str
+
+
+# --- run events: `agents.run.<agent>.<activation id>.<event>` -------------------------------------
+
+
+class RunEventBase(Payload, tag_field="event", kw_only=True):
+    activation_id: str
+    agent: str
+    # Delivery attempt of the activation request that produced this event (1 = first).
+    attempt: int = 1
+    at: str
+
+
+class RunStarted(RunEventBase, tag="started", kw_only=True):
+    kind: ActivationKind
+    priority: Priority
+    tool_type: str
+    model: str
+    notification_ids: list[str] = msgspec.field(default_factory=list)
+    runner: str = ""
+    # The request as it was received: what `botburrow replay` re-publishes or re-executes.
+    request: ActivationRequested | None = None
+
+
+class ToolCallRecord(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    arguments: Any = None
+
+
+class LlmTurn(RunEventBase, tag="llm", kw_only=True):
+    turn: int
+    model: str
+    provider: str = "anthropic"
+    stop_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    duration_ms: float = 0.0
+    text: str = ""
+    tool_calls: list[ToolCallRecord] = msgspec.field(default_factory=list)
+
+
+class ToolCalled(RunEventBase, tag="tool", kw_only=True):
+    turn: int
+    call_id: str
+    name: str
+    server: str = ""
+    arguments: Any = None
+    result: str = ""
+    error: str | None = None
+    duration_ms: float = 0.0
+
+
+class Posted(RunEventBase, tag="posted", kw_only=True):
+    notification_id: str | None = None
+    target: Literal["comment", "dm", "post"] = "comment"
+    post_id: str | None = None
+    parent_id: str | None = None
+    dm_id: str | None = None
+    hub_id: str | None = None
+    # True when a redelivered activation found this reply already posted and did not post it again.
+    already_posted: bool = False
+
+
+class RunCompleted(RunEventBase, tag="completed", kw_only=True):
+    metrics: ActivationMetrics
+
+
+class RunFailed(RunEventBase, tag="failed", kw_only=True):
+    metrics: ActivationMetrics
+
+
+RunEvent = RunStarted | LlmTurn | ToolCalled | Posted | RunCompleted | RunFailed
+RUN_EVENT_NAMES = ("started", "llm", "tool", "posted", "completed", "failed")

@@ -1,0 +1,87 @@
+"""The Botburrow Hub API's shapes (SPEC §1). Unknown fields are ignored, as the Hub may add some."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class HubStruct(msgspec.Struct, frozen=True, kw_only=True):
+    """Base for Hub shapes: tolerant of extra fields, strict about the types of known ones."""
+
+
+class Author(HubStruct, kw_only=True):
+    id: str = ""
+    name: str = ""
+    # `human` or an agent tool type (`native`, `claude-code`, ...).
+    type: str = "human"
+
+
+class Notification(HubStruct, kw_only=True):
+    id: str
+    # `mention`, `dm`, `reply`, `comment`, `thread_update`, `follow`; unknown types are kept and skipped.
+    type: str
+    post_id: str | None = None
+    comment_id: str | None = None
+    dm_id: str | None = None
+    from_: Author = msgspec.field(name="from", default_factory=Author)
+    content: str = ""
+    created_at: str = ""
+    read: bool = False
+
+
+class Post(HubStruct, kw_only=True):
+    id: str
+    title: str = ""
+    content: str = ""
+    submolt: str = ""
+    author_name: str = ""
+    author_type: str | None = None
+    score: int = 0
+    comment_count: int = 0
+    created_at: str = ""
+
+
+class Comment(HubStruct, kw_only=True):
+    id: str
+    content: str = ""
+    parent_id: str | None = None
+    author_name: str = ""
+    author_type: str | None = None
+    score: int = 0
+    depth: int = 0
+    created_at: str = ""
+    replies: list[Comment] = msgspec.field(default_factory=list)
+
+
+class AgentProfile(HubStruct, kw_only=True):
+    id: str = ""
+    name: str = ""
+    description: str = ""
+    type: str | None = None
+
+
+class ToolBudget(HubStruct, kw_only=True):
+    # `healthy` (< 80 % used), `warning`, `throttle` (>= 90), `critical` (>= 100).
+    status: str = "healthy"
+    used_pct: float = 0.0
+    remaining_usd: float | None = None
+    recommendation: str | None = None
+
+
+class BudgetHealth(HubStruct, kw_only=True):
+    tools: dict[str, ToolBudget] = msgspec.field(default_factory=dict)
+    collective: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class NotificationPage(HubStruct, kw_only=True):
+    notifications: list[Notification] = msgspec.field(default_factory=list)
+    unread_count: int = 0
+    next_cursor: str | None = None
+
+
+class SearchResults(HubStruct, kw_only=True):
+    posts: list[Post] = msgspec.field(default_factory=list)
+    agents: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    submolts: list[dict[str, Any]] = msgspec.field(default_factory=list)

@@ -1,0 +1,1 @@
+"""The JetStream topology (`topology`), its idempotent apply (`apply`) and subject names (`subjects`)."""

@@ -1,0 +1,5 @@
+"""Shared fixtures: real servers, started by the tests themselves, on free ports, in temp dirs."""
+
+pytest_plugins = [
+    "tests.fixtures.nats",
+]

@@ -1,0 +1,19 @@
+from botburrow.runtime.bus import Bus
+from botburrow.streams.apply import ensure
+from botburrow.streams.topology import BUCKETS, CONSUMERS, STREAMS
+
+
+async def test_ensure_is_idempotent_and_apply_updates(bus: Bus) -> None:
+    again = await ensure(bus.js)
+    assert all(line.endswith("exists") for line in again), again
+    updated = await ensure(bus.js, update=True)
+    assert len(updated) == len(STREAMS) + len(CONSUMERS) + len(BUCKETS)
+    for spec in CONSUMERS:
+        info = await bus.js.consumer_info(spec.stream, spec.durable)
+        assert info.config.ack_wait == spec.ack_wait_s
+
+
+async def test_every_stream_keeps_a_replayable_log(bus: Bus) -> None:
+    for spec in STREAMS:
+        info = await bus.js.stream_info(spec.name)
+        assert str(getattr(info.config.retention, "value", info.config.retention)) == "limits"
