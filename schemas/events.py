@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
-
 from botburrow.schemas.hub import Notification
 
 Priority = Literal["high", "normal", "low"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from botburrow.streams.topology import BUCKETS, CONSUMERS, STREAMS, BucketSpec, ConsumerSpec, StreamSpec
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -20,8 +21,6 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
-
-from botburrow.streams.topology import BUCKETS, CONSUMERS, STREAMS, BucketSpec, ConsumerSpec, StreamSpec
 
 log = logging.getLogger(__name__)
 

@@ -154,3 +154,86 @@ async def consume(
         for msg in msgs:
             await handle_message(msg, handler, dlq, consumer=durable)
     await sub.unsubscribe()
+
+
+class Item:
+    """One message of a batch: its decoded payload, and a way to dead-letter it alone."""
+
+    __slots__ = ("msg", "path", "payload", "rejected")
+
+    def __init__(self, msg: Msg, payload: Any) -> None:
+        self.msg, self.payload = msg, payload
+        self.rejected: str | None = None
+        self.path: str | None = None
+
+    def reject(self, reason: str, path: str | None = None) -> None:
+        self.rejected, self.path = reason, path
+
+
+BatchHandler = Callable[[list[Item]], Awaitable[None]]
+
+
+async def handle_batch(msgs: list[Msg], handler: BatchHandler, dlq: DeadLetters, *, consumer: str) -> None:
+    """Decode a fetched batch, give the valid ones to `handler` at once, then settle every message.
+
+    The handler does all its side effects (publishes, KV writes) before returning; only then is the
+    batch acknowledged, so a crash in between redelivers it, and idempotent handlers absorb that.
+    """
+    items: list[Item] = []
+    for msg in msgs:
+        deliveries = _metadata(msg).get("deliveries", 1)
+        if deliveries > MAX_DELIVERIES:
+            await dlq.send(msg, f"gave up after {deliveries - 1} deliveries", category="exhausted")
+            await msg.ack()
+            continue
+        try:
+            items.append(Item(msg, decode_subject(msg.subject, msg.data)))
+        except DecodeError as exc:
+            await dlq.send(msg, f"invalid payload: {exc.reason}", path=exc.path, category="invalid")
+            await msg.ack()
+    if not items:
+        return
+    try:
+        await handler(items)
+    except Retry as exc:
+        for item in items:
+            await item.msg.nak(delay=exc.delay_s)
+        return
+    except Exception:
+        FAILED.labels(dlq.stage, consumer).inc(len(items))
+        log.exception("batch handler failed", extra={"consumer": consumer, "size": len(items)})
+        for item in items:
+            await item.msg.nak(delay=1.0)
+        return
+    for item in items:
+        if item.rejected is not None:
+            await dlq.send(item.msg, item.rejected, path=item.path)
+        await item.msg.ack()
+    PROCESSED.labels(dlq.stage, consumer).inc(len(items))
+
+
+async def consume_batches(
+    bus: Bus,
+    *,
+    stage: str,
+    stream: str,
+    durable: str,
+    handler: BatchHandler,
+    stop: asyncio.Event,
+    batch: int = 500,
+    fetch_timeout_s: float = 0.5,
+) -> None:
+    """Like `consume`, but the handler sees each fetched batch at once (for stages that batch writes)."""
+    dlq = DeadLetters(bus, stage)
+    sub = await bus.js.pull_subscribe_bind(durable, stream)
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
+        except NatsTimeoutError:
+            continue
+        except Exception as exc:  # APIError, a connection being re-established: back off, keep going
+            log.warning("fetch failed", extra={"consumer": durable, "error": repr(exc)})
+            await asyncio.sleep(1)
+            continue
+        await handle_batch(msgs, handler, dlq, consumer=durable)
+    await sub.unsubscribe()

@@ -53,7 +53,7 @@ def start(work_dir: Path, *, store_dir: Path | None = None, timeout_s: float = 1
     store = store_dir or work_dir / "store"
     ports_dir = work_dir / "ports"
     ports_dir.mkdir(exist_ok=True)
-    log = open(work_dir / "nats-server.log", "ab")  # noqa: SIM115 - handed to the child process
+    log = open(work_dir / "nats-server.log", "ab")
     process = subprocess.Popen(
         [find_binary(), "-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js", "-sd", str(store),
          "--ports_file_dir", str(ports_dir)],
