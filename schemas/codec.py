@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import msgspec
+
 from botburrow.schemas.events import (
     ActivationRequested,
     ConfigChanged,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
+
 from botburrow.schemas.hub import Notification
 
 Priority = Literal["high", "normal", "low"]

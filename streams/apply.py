@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 
-from botburrow.streams.topology import BUCKETS, CONSUMERS, STREAMS, BucketSpec, ConsumerSpec, StreamSpec
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -21,6 +20,8 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from botburrow.streams.topology import BUCKETS, CONSUMERS, STREAMS, BucketSpec, ConsumerSpec, StreamSpec
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,12 @@ def bucket_config(spec: BucketSpec, replicas: int) -> KeyValueConfig:
     )
 
 
+def _verb(exists: bool, update: bool) -> str:
+    if not exists:
+        return "created"
+    return "updated" if update else "exists"
+
+
 async def ensure(js: JetStreamContext, *, update: bool = False, replicas: int = 1) -> list[str]:
     """Make the topology exist; returns a line per object saying what was done (for progress output)."""
     done: list[str] = []
@@ -93,7 +100,7 @@ async def ensure(js: JetStreamContext, *, update: bool = False, replicas: int = 
         if not exists or update:
             # add_consumer with an existing durable name updates its mutable settings.
             await js.add_consumer(spec.stream, consumer_config(spec))
-        done.append(f"consumer {spec.stream}/{spec.durable}: {'updated' if exists and update else 'created' if not exists else 'exists'}")
+        done.append(f"consumer {spec.stream}/{spec.durable}: {_verb(exists, update)}")
     for spec in BUCKETS:
         try:
             await js.key_value(spec.name)
@@ -103,7 +110,7 @@ async def ensure(js: JetStreamContext, *, update: bool = False, replicas: int = 
         if not exists or update:
             # create_key_value on an existing bucket with the same name updates it.
             await js.create_key_value(bucket_config(spec, replicas))
-        done.append(f"bucket {spec.name}: {'updated' if exists and update else 'created' if not exists else 'exists'}")
+        done.append(f"bucket {spec.name}: {_verb(exists, update)}")
     for line in done:
         log.debug("topology", extra={"detail": line})
     return done
