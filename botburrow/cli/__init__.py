@@ -1,1 +1,75 @@
-"""TODO"""
+"""The `botburrow` command (SPEC §7). Each sub-command imports only what it needs, so starting a
+stage does not load the others' code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Sequence
+
+STAGES = ("ingest", "scheduler", "runner", "metrics", "configsync")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="botburrow", description="Make Botburrow Hub agents act.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for stage in STAGES:
+        sub.add_parser(stage, help=f"run the {stage} stage")
+    dev = sub.add_parser("dev", help="everything on one machine: NATS, Hub emulator, scripted LLM, all stages")
+    dev.add_argument("--no-demo", action="store_true", help="do not send the demo mention")
+    dev.add_argument("--runners", type=int, default=1, help="runner processes to start")
+    sub.add_parser("hub-emulator", help="the Hub emulator alone", add_help=False)
+    sub.add_parser("scripted-llm", help="the scripted LLM alone", add_help=False)
+    streams = sub.add_parser("streams", help="JetStream topology")
+    streams.add_argument("action", choices=["apply"])
+    validate = sub.add_parser("validate", help="check a definitions directory as the loader would")
+    validate.add_argument("directory")
+    inject = sub.add_parser("inject", help="publish a notification, or any payload as is (--raw)")
+    inject.add_argument("kind", nargs="?", choices=["notification"])
+    inject.add_argument("--raw", metavar="SUBJECT", help="publish stdin or FILE to SUBJECT as is")
+    inject.add_argument("file", nargs="?", help="with --raw: the payload file (default: stdin)")
+    inject.add_argument("--agent")
+    inject.add_argument("--type", default="mention")
+    inject.add_argument("--post")
+    inject.add_argument("--comment")
+    inject.add_argument("--content", default="")
+    inject.add_argument("--from", dest="sender", default="operator")
+    inject.add_argument("--id", help="notification id (default: a new one)")
+    tail = sub.add_parser("tail", help="follow events as they arrive")
+    tail.add_argument("--subject", default="agents.>")
+    tail.add_argument("--json", action="store_true")
+    show = sub.add_parser("show", help="the timeline of one activation")
+    show.add_argument("activation_id")
+    show.add_argument("--json", action="store_true")
+    dlq = sub.add_parser("dlq", help="dead letters")
+    dlq.add_argument("action", choices=["ls", "show", "redrive"])
+    dlq.add_argument("seq", nargs="?", type=int)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in ("hub-emulator", "scripted-llm"):
+        module = "hub_emulator" if args_list[0] == "hub-emulator" else "scripted_llm"
+        sys.exit(importlib.import_module(f"botburrow.services.{module}").main(args_list[1:]) or 0)
+    args = _parser().parse_args(args_list)
+    if args.command in STAGES:
+        importlib.import_module(f"botburrow.services.{args.command}").main()
+        return
+    if args.command == "dev":
+        from botburrow.services.dev import main as dev_main
+
+        sys.exit(dev_main(demo=not args.no_demo, runners=args.runners))
+    if args.command == "validate":
+        from botburrow.definitions.validate import validate_dir
+
+        problems = validate_dir(args.directory)
+        for line in problems:
+            print(line)
+        print(f"{len(problems)} problem(s)" if problems else "all definitions valid")
+        sys.exit(1 if problems else 0)
+    from botburrow.cli import ops
+
+    sys.exit(asyncio.run(ops.run(args)))

@@ -1,0 +1,3 @@
+from botburrow.cli import main
+
+main()

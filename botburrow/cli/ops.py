@@ -1,0 +1,143 @@
+"""Operator commands that talk to NATS: streams apply, inject, tail, show, dlq."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+
+from botburrow.cli.read import read_all
+from botburrow.cli.timeline import render
+from botburrow.runtime.bus import Bus
+from botburrow.schemas.codec import DecodeError, decode_subject
+from botburrow.schemas.events import DeadLetter, NotificationReceived
+from botburrow.schemas.hub import Author, Notification
+from botburrow.settings import load
+from botburrow.streams import subjects
+from botburrow.streams.apply import ensure
+
+
+async def _connect() -> Bus:
+    settings = load("cli", required=False)
+    try:
+        return await Bus.connect(settings["NATS_URL"], name="botburrow-cli", creds=settings["NATS_CREDS"],
+                                 connect_timeout_s=3)
+    except Exception as exc:
+        raise SystemExit(f"cannot reach NATS at {settings['NATS_URL']} (set NATS_URL): {type(exc).__name__}") from None
+
+
+async def run(args: argparse.Namespace) -> int:
+    bus = await _connect()
+    try:
+        handler = {"streams": streams_apply, "inject": inject, "tail": tail, "show": show, "dlq": dlq}[args.command]
+        return await handler(bus, args)
+    finally:
+        await bus.close()
+
+
+async def streams_apply(bus: Bus, args: argparse.Namespace) -> int:
+    replicas = load("cli", required=False)["STREAM_REPLICAS"]
+    for line in await ensure(bus.js, update=True, replicas=replicas):
+        print(line)
+    return 0
+
+
+def _read_payload(path: str | None) -> bytes:
+    return Path(path).read_bytes() if path else sys.stdin.buffer.read()
+
+
+async def inject(bus: Bus, args: argparse.Namespace) -> int:
+    await ensure(bus.js)
+    if args.raw:
+        data = await asyncio.to_thread(_read_payload, args.file)
+        ack = await bus.publish(args.raw, data)
+        print(f"published {len(data)} bytes to {args.raw} (stream {ack.stream}, seq {ack.seq})")
+        return 0
+    if args.kind != "notification" or not args.agent:
+        raise SystemExit("usage: botburrow inject notification --agent A --type mention --post P --content TEXT")
+    notification = Notification(
+        id=args.id or f"ntf-{uuid.uuid4().hex[:12]}", type=args.type, post_id=args.post, comment_id=args.comment,
+        from_=Author(id=args.sender, name=args.sender, type="human"), content=args.content,
+        created_at=datetime.now(UTC).isoformat())
+    payload = NotificationReceived(agent=args.agent, notification=notification,
+                                   received_at=datetime.now(UTC).isoformat())
+    ack = await bus.publish(subjects.notification(args.agent), payload, msg_id=f"ntf:{notification.id}")
+    print(f"notification {notification.id} for {args.agent} published (seq {ack.seq}"
+          f"{', duplicate' if ack.duplicate else ''})")
+    return 0
+
+
+def pretty(subject: str, data: bytes) -> str:
+    try:
+        payload = decode_subject(subject, data)
+    except DecodeError as exc:
+        return f"{subject}  (undecodable: {exc.reason[:80]}) {data[:200]!r}"
+    if subject.startswith("agents.run."):
+        return f"{subject}\n    {render([payload])}"
+    return f"{subject}  {msgspec.json.encode(payload).decode()[:300]}"
+
+
+async def tail(bus: Bus, args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def on_msg(msg) -> None:
+        print(msg.data.decode(errors="replace") if args.json else pretty(msg.subject, msg.data), flush=True)
+
+    sub = await bus.nc.subscribe(args.subject, cb=on_msg)
+    print(f"following {args.subject} (Ctrl-C to stop)", file=sys.stderr)
+    await stop.wait()
+    await sub.unsubscribe()
+    return 0
+
+
+async def load_run(bus: Bus, activation_id: str) -> list:
+    msgs = await read_all(bus, "RUNS", subjects.run_events_of(activation_id))
+    events = []
+    for msg in msgs:
+        with contextlib.suppress(DecodeError):
+            events.append(decode_subject(msg.subject, msg.data))
+    return events
+
+
+async def show(bus: Bus, args: argparse.Namespace) -> int:
+    events = await load_run(bus, args.activation_id)
+    if not events:
+        print(f"no events for activation {args.activation_id!r} (unknown id, or aged out of RUNS)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([msgspec.to_builtins(e) for e in events], indent=2))
+    else:
+        print(render(events))
+    return 0
+
+
+async def dlq(bus: Bus, args: argparse.Namespace) -> int:
+    if args.action == "ls":
+        for msg in await read_all(bus, "DLQ", "agents.dlq.*"):
+            letter = msgspec.json.decode(msg.data, type=DeadLetter)
+            print(f"{msg.metadata.sequence.stream:>6}  {letter.stage:<10} {letter.subject:<50} {letter.reason[:80]}")
+        return 0
+    if args.seq is None:
+        raise SystemExit(f"usage: botburrow dlq {args.action} <seq>")
+    raw = await bus.js.get_msg("DLQ", args.seq)
+    letter = msgspec.json.decode(raw.data, type=DeadLetter)
+    if args.action == "show":
+        print(json.dumps(msgspec.to_builtins(letter), indent=2))
+        return 0
+    data = base64.b64decode(letter.payload) if letter.payload_encoding == "base64" else letter.payload.encode()
+    ack = await bus.publish(letter.subject, data, msg_id=f"redrive:{args.seq}:{uuid.uuid4().hex[:8]}",
+                            headers={"Redrive-Of": str(args.seq)})
+    print(f"redriven to {letter.subject} (seq {ack.seq})")
+    return 0

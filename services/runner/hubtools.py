@@ -1,0 +1,118 @@
+"""The Hub tools the native loop offers (server `hub`), gated by the agent's `hub:*` grants.
+
+Read tools need `hub:read`, write tools `hub:write`; the check happens both when the list is built
+and on every call. Comments made through a tool go through the same `Poster` as final answers, so
+limits and idempotency are the same, and the activation knows which threads were already answered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from botburrow.hub.client import HubClient
+from botburrow.services.runner.loop import ToolOutcome, dumps
+from botburrow.services.runner.posting import Poster, Target
+from botburrow.services.runner.transcript import ToolSpec
+from botburrow.streams.subjects import token
+
+SERVER = "hub"
+
+
+def _schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+_STR = {"type": "string"}
+
+
+@dataclass(frozen=True)
+class HubTool:
+    spec: ToolSpec
+    grant: str
+    run: Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+def bare_community(name: str) -> str:
+    return name[2:] if name.startswith("m/") else name
+
+
+class HubTools:
+    """Hub tools for one activation of one agent."""
+
+    def __init__(self, hub: HubClient, key: str, grants: set[str], poster: Poster, activation_id: str) -> None:
+        self.hub, self.key, self.grants, self.poster = hub, key, grants, poster
+        self.activation_id = activation_id
+        # Threads (post id, parent id) the model answered through a tool: no second answer there.
+        self.commented: set[tuple[str, str | None]] = set()
+        tools = [
+            HubTool(ToolSpec("hub__get_thread", "Read a post and its comment tree.",
+                             _schema({"post_id": _STR}, ["post_id"])), "hub:read", self._get_thread),
+            HubTool(ToolSpec("hub__search", "Search posts, agents and communities.",
+                             _schema({"query": _STR, "limit": {"type": "integer"}}, ["query"])),
+                    "hub:read", self._search),
+            HubTool(ToolSpec("hub__list_posts", "List recent posts of a community (m/<name>).",
+                             _schema({"community": _STR, "sort": {"enum": ["new", "hot", "top"]},
+                                      "limit": {"type": "integer"}}, ["community"])), "hub:read", self._list_posts),
+            HubTool(ToolSpec("hub__create_comment", "Comment on a post, or reply to a comment with parent_id.",
+                             _schema({"post_id": _STR, "content": _STR, "parent_id": _STR}, ["post_id", "content"])),
+                    "hub:write", self._create_comment),
+            HubTool(ToolSpec("hub__create_post", "Create a post in a community (m/<name>).",
+                             _schema({"community": _STR, "title": _STR, "content": _STR},
+                                     ["community", "title", "content"])), "hub:write", self._create_post),
+        ]
+        self._tools = {tool.spec.name: tool for tool in tools if tool.grant in grants}
+
+    def specs(self) -> list[ToolSpec]:
+        return [tool.spec for tool in self._tools.values()]
+
+    def handles(self, name: str) -> bool:
+        return name in self._tools
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> ToolOutcome:
+        tool = self._tools.get(name)
+        if tool is None or tool.grant not in self.grants:
+            return ToolOutcome(f"{name} is not granted to this agent", is_error=True, server=SERVER)
+        try:
+            value = await tool.run(arguments)
+        except (KeyError, TypeError) as exc:
+            return ToolOutcome(f"bad arguments for {name}: {exc}", is_error=True, server=SERVER)
+        return ToolOutcome(value if isinstance(value, str) else dumps(value), server=SERVER)
+
+    async def _get_thread(self, args: dict[str, Any]) -> Any:
+        post = await self.hub.get_post(self.key, str(args["post_id"]))
+        comments = await self.hub.get_comments(self.key, post.id)
+        return {"post": msgspec.to_builtins(post), "comments": msgspec.to_builtins(comments)}
+
+    async def _search(self, args: dict[str, Any]) -> Any:
+        return msgspec.to_builtins(await self.hub.search(self.key, str(args["query"]), int(args.get("limit", 10))))
+
+    async def _list_posts(self, args: dict[str, Any]) -> Any:
+        posts = await self.hub.list_posts(self.key, bare_community(str(args["community"])),
+                                          str(args.get("sort", "new")), int(args.get("limit", 10)))
+        return msgspec.to_builtins(posts)
+
+    async def _create_comment(self, args: dict[str, Any]) -> Any:
+        post_id, content = str(args["post_id"]), str(args["content"])
+        parent_id = str(args["parent_id"]) if args.get("parent_id") else None
+        digest = hashlib.sha256(f"{post_id}|{parent_id}|{content}".encode()).hexdigest()[:16]
+        result = await self.poster.publish(f"{token(self.activation_id)}.tool-{digest}",
+                                           Target("comment", post_id=post_id, parent_id=parent_id), content)
+        if result.outcome == "limited":
+            return f"not posted: {result.reason}"
+        self.commented.add((post_id, parent_id))
+        return {"comment_id": result.hub_id, "status": result.outcome}
+
+    async def _create_post(self, args: dict[str, Any]) -> Any:
+        title, content = str(args["title"]), str(args["content"])
+        community = bare_community(str(args["community"]))
+        digest = hashlib.sha256(f"{community}|{title}|{content}".encode()).hexdigest()[:16]
+        result = await self.poster.publish(f"{token(self.activation_id)}.post-{digest}",
+                                           Target("post", submolt=community, title=title), content)
+        if result.outcome == "limited":
+            return f"not posted: {result.reason}"
+        return {"post_id": result.hub_id, "status": result.outcome}

@@ -1,0 +1,55 @@
+"""The agent's lease in the `leases` bucket: at most one activation of an agent runs anywhere.
+
+The bucket's TTL is about the runner consumers' ack wait, so a crashed runner's lease frees itself
+about when its message is redelivered. A live runner renews it with every heartbeat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from botburrow.streams.subjects import token
+
+log = logging.getLogger(__name__)
+
+
+class Lease:
+    def __init__(self, kv: KeyValue, agent: str, owner: str) -> None:
+        self.kv, self.key, self.owner = kv, token(agent), owner
+        self.revision: int | None = None
+
+    async def acquire(self) -> bool:
+        try:
+            self.revision = await self.kv.create(self.key, self.owner.encode())
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def holder(self) -> str | None:
+        try:
+            entry = await self.kv.get(self.key)
+        except KeyNotFoundError:
+            return None
+        return entry.value.decode() if entry.value else None
+
+    async def renew(self) -> bool:
+        if self.revision is None:
+            return False
+        try:
+            self.revision = await self.kv.update(self.key, self.owner.encode(), last=self.revision)
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            log.warning("lease lost", extra={"agent": self.key})
+            self.revision = None
+            return False
+        return True
+
+    async def release(self) -> None:
+        if self.revision is None:
+            return
+        with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
+            await self.kv.delete(self.key, last=self.revision)
+        self.revision = None

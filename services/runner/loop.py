@@ -1,0 +1,141 @@
+"""The native agent loop (SPEC §4 step 3): a small state machine over a neutral transcript.
+
+    call model -> (no tool calls) done
+               -> run each tool call, answer each with its result -> call model again
+    stop at max_iterations (fail), the token budget (fail), or the deadline (the caller's timeout)
+
+Model errors that may pass (429, 529, 5xx, connection) are retried with backoff as long as the
+activation's deadline allows. Every model turn and tool call is recorded through `Recorder`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from botburrow.services.runner.transcript import (
+    AssistantTurn,
+    Entry,
+    Model,
+    ModelError,
+    ModelReply,
+    ToolCall,
+    ToolResult,
+    ToolResults,
+    ToolSpec,
+)
+
+MAX_MODEL_ATTEMPTS = 6
+
+
+class LoopFailed(Exception):
+    """The loop ended without an answer; `reason` is the activation's failure reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    content: str
+    is_error: bool = False
+    server: str = ""
+
+
+class Toolbox(Protocol):
+    def specs(self) -> list[ToolSpec]: ...
+
+    async def call(self, name: str, arguments: dict[str, object]) -> ToolOutcome: ...
+
+
+class Recorder(Protocol):
+    async def llm(self, turn: int, reply: ModelReply, duration_ms: float, provider: str) -> None: ...
+
+    async def tool(self, turn: int, call: ToolCall, outcome: ToolOutcome, duration_ms: float) -> None: ...
+
+
+@dataclass
+class LoopResult:
+    text: str
+    iterations: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class LoopLimits:
+    max_iterations: int
+    max_tokens: int
+    deadline: float  # time.monotonic() value
+    call_timeout_s: float = 120.0
+
+
+async def _call_model(model: Model, system: str, transcript: list[Entry], tools: list[ToolSpec],
+                      limits: LoopLimits) -> ModelReply:
+    for attempt in range(1, MAX_MODEL_ATTEMPTS + 1):
+        remaining_s = limits.deadline - time.monotonic()
+        if remaining_s <= 0:
+            raise LoopFailed("timeout")
+        try:
+            return await asyncio.wait_for(model.complete(system, transcript, tools),
+                                          min(limits.call_timeout_s, remaining_s))
+        except TimeoutError:
+            error = ModelError("model call timed out", retry_after_s=0.5)
+        except ModelError as exc:
+            error = exc
+        if error.retry_after_s is None or attempt == MAX_MODEL_ATTEMPTS:
+            raise LoopFailed(f"model error: {error}")
+        backoff_s = max(error.retry_after_s, 0.25 * 2 ** (attempt - 1)) * random.uniform(1.0, 1.25)
+        if time.monotonic() + backoff_s >= limits.deadline:
+            raise LoopFailed(f"timeout (last model error: {error})")
+        await asyncio.sleep(backoff_s)
+    raise AssertionError("unreachable")
+
+
+async def _run_tool(call: ToolCall, toolbox: Toolbox, known: set[str]) -> ToolOutcome:
+    if call.name not in known:
+        return ToolOutcome(f"unknown tool {call.name!r}; available: {', '.join(sorted(known))}", is_error=True)
+    if not isinstance(call.arguments, dict):
+        return ToolOutcome(f"arguments for {call.name} are not a JSON object: {str(call.arguments)[:200]}",
+                           is_error=True)
+    try:
+        return await toolbox.call(call.name, call.arguments)
+    except Exception as exc:  # a tool's failure is the model's information, never the loop's end
+        return ToolOutcome(f"{call.name} failed: {type(exc).__name__}: {exc}", is_error=True)
+
+
+async def run_loop(model: Model, system: str, transcript: list[Entry], toolbox: Toolbox, limits: LoopLimits,
+                   recorder: Recorder, result: LoopResult) -> LoopResult:
+    """Run to a final answer; `result` holds the running totals, so they survive a LoopFailed."""
+    tools = toolbox.specs()
+    known = {tool.name for tool in tools}
+    for turn in range(1, limits.max_iterations + 1):
+        started = time.monotonic()
+        reply = await _call_model(model, system, transcript, tools, limits)
+        result.iterations = turn
+        result.input_tokens += reply.input_tokens
+        result.output_tokens += reply.output_tokens
+        await recorder.llm(turn, reply, (time.monotonic() - started) * 1000, model.provider)
+        if result.input_tokens + result.output_tokens > limits.max_tokens:
+            raise LoopFailed("max_tokens")
+        if not reply.tool_calls:
+            result.text = reply.text
+            return result
+        transcript.append(AssistantTurn(reply.text, reply.tool_calls))
+        answers = []
+        for call in reply.tool_calls:
+            started = time.monotonic()
+            outcome = await _run_tool(call, toolbox, known)
+            await recorder.tool(turn, call, outcome, (time.monotonic() - started) * 1000)
+            answers.append(ToolResult(call.id, outcome.content, outcome.is_error))
+        transcript.append(ToolResults(answers))
+    raise LoopFailed("max_iterations")
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)

@@ -1,0 +1,193 @@
+"""Posting as the agent, exactly once, within its limits (SPEC §4 step 4).
+
+Idempotency: the `replies` bucket holds a marker per (activation id, notification id). It is written
+as `pending` with the text *before* the Hub call and as `posted` with the Hub's id after it, so a
+runner that dies in between leaves enough behind: the redelivered activation finds the pending
+marker, looks for that exact comment in the thread, and posts the stored text only if it is not
+there. A `posted` marker means the reply is never sent again.
+
+Limits (daily posts and comments, replies per thread, minimum interval) live in the `limits`
+bucket and are updated with compare-and-set, so they hold across every runner.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from botburrow.hub.client import HubClient
+from botburrow.runtime.bus import Bus
+from botburrow.schemas.agent import Limits
+from botburrow.schemas.hub import Comment
+from botburrow.streams.subjects import token
+
+CAS_ATTEMPTS = 20
+
+
+class ReplyMarker(msgspec.Struct, frozen=True, kw_only=True):
+    state: Literal["pending", "posted"]
+    content: str
+    target: Literal["comment", "dm"] = "comment"
+    post_id: str | None = None
+    parent_id: str | None = None
+    dm_id: str | None = None
+    hub_id: str | None = None
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    """One agent's counters for one UTC day."""
+
+    posts: int = 0
+    comments: int = 0
+    last_post_at: float = 0.0
+    threads: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: Literal["comment", "dm", "post"]
+    post_id: str | None = None
+    parent_id: str | None = None
+    dm_id: str | None = None
+    submolt: str | None = None
+    title: str | None = None
+
+
+@dataclass(frozen=True)
+class PostResult:
+    outcome: Literal["posted", "already_posted", "limited"]
+    hub_id: str | None = None
+    reason: str | None = None
+
+
+def limit_reason(usage: Usage, limits: Limits, target: Target, now_s: float) -> str | None:
+    """Why `target` may not be posted now, or None. DMs are answers to a person: only the interval applies."""
+    if target.kind == "post" and usage.posts >= limits.max_daily_posts:
+        return f"max_daily_posts ({limits.max_daily_posts}) reached"
+    if target.kind == "comment":
+        if usage.comments >= limits.max_daily_comments:
+            return f"max_daily_comments ({limits.max_daily_comments}) reached"
+        if target.post_id and usage.threads.get(target.post_id, 0) >= limits.max_responses_per_thread:
+            return f"max_responses_per_thread ({limits.max_responses_per_thread}) reached"
+    return None
+
+
+def interval_wait_s(usage: Usage, limits: Limits, now_s: float) -> float:
+    """Seconds until min_interval_seconds has passed since the agent's last post (0 when it has)."""
+    return max(0.0, usage.last_post_at + limits.min_interval_seconds - now_s)
+
+
+class Poster:
+    def __init__(self, bus: Bus, hub: HubClient, agent: str, agent_key: str, limits: Limits) -> None:
+        self.bus, self.hub, self.agent, self.key, self.limits = bus, hub, agent, agent_key, limits
+
+    def _usage_key(self, now_s: float) -> str:
+        return f"{token(self.agent)}.{time.strftime('%Y%m%d', time.gmtime(now_s))}"
+
+    async def usage(self, now_s: float | None = None) -> Usage:
+        kv = await self.bus.kv("limits")
+        try:
+            entry = await kv.get(self._usage_key(now_s or time.time()))
+        except KeyNotFoundError:
+            return Usage()
+        return msgspec.json.decode(entry.value, type=Usage) if entry.value else Usage()
+
+    async def _reserve(self, target: Target) -> str | None:
+        """Count this post against the limits (CAS); return why it may not be posted, or None."""
+        kv = await self.bus.kv("limits")
+        for _ in range(CAS_ATTEMPTS):
+            now_s = time.time()
+            key = self._usage_key(now_s)
+            try:
+                entry = await kv.get(key)
+                usage, revision = msgspec.json.decode(entry.value, type=Usage), entry.revision
+            except KeyNotFoundError:
+                usage, revision = Usage(), None
+            reason = limit_reason(usage, self.limits, target, now_s)
+            if reason:
+                return reason
+            if target.kind == "post":
+                usage.posts += 1
+            elif target.kind == "comment":
+                usage.comments += 1
+                if target.post_id:
+                    usage.threads[target.post_id] = usage.threads.get(target.post_id, 0) + 1
+            usage.last_post_at = now_s
+            try:
+                if revision is None:
+                    await kv.create(key, msgspec.json.encode(usage))
+                else:
+                    await kv.update(key, msgspec.json.encode(usage), last=revision)
+                return None
+            except KeyWrongLastSequenceError:
+                continue  # another runner counted meanwhile: read again
+        return "limits bucket contended; try later"
+
+    async def _marker(self, key: str) -> ReplyMarker | None:
+        kv = await self.bus.kv("replies")
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            return None
+        return msgspec.json.decode(entry.value, type=ReplyMarker) if entry.value else None
+
+    async def already_posted(self, idempotency_key: str) -> bool:
+        marker = await self._marker(idempotency_key)
+        return marker is not None and marker.state == "posted"
+
+    async def _find_existing(self, marker: ReplyMarker) -> str | None:
+        """After a crash between posting and marking: is the pending text already in the thread?"""
+        if marker.target != "comment" or not marker.post_id:
+            return None  # DMs cannot be read back; the pending marker alone decides (at most once)
+        comments = await self.hub.get_comments(self.key, marker.post_id)
+        stack: list[Comment] = list(comments)
+        while stack:
+            comment = stack.pop()
+            if comment.author_name == self.agent and comment.content == marker.content:
+                return comment.id
+            stack.extend(comment.replies)
+        return None
+
+    async def publish(self, idempotency_key: str, target: Target, text: str) -> PostResult:
+        """Post `text` to `target` once for `idempotency_key` (activation id + notification id)."""
+        kv = await self.bus.kv("replies")
+        marker = await self._marker(idempotency_key)
+        if marker and marker.state == "posted":
+            return PostResult("already_posted", marker.hub_id)
+        if marker and marker.state == "pending":
+            found = await self._find_existing(marker)
+            if found or marker.target == "dm":
+                await kv.put(idempotency_key, msgspec.json.encode(msgspec.structs.replace(
+                    marker, state="posted", hub_id=found)))
+                return PostResult("already_posted", found)
+            text = marker.content  # post what was decided before the crash, not a new answer
+        else:
+            reason = await self._reserve(target)
+            if reason:
+                return PostResult("limited", reason=reason)
+        pending = ReplyMarker(state="pending", content=text, target="dm" if target.kind == "dm" else "comment",
+                              post_id=target.post_id, parent_id=target.parent_id, dm_id=target.dm_id)
+        await kv.put(idempotency_key, msgspec.json.encode(pending))
+        hub_id = await self._send(target, text)
+        await kv.put(idempotency_key, msgspec.json.encode(msgspec.structs.replace(pending, state="posted",
+                                                                                   hub_id=hub_id)))
+        return PostResult("posted", hub_id)
+
+    async def _send(self, target: Target, text: str) -> str | None:
+        if target.kind == "dm":
+            response = await self.hub.send_dm(self.key, target.dm_id or "", text)
+            message = response.get("message") if isinstance(response, dict) else None
+            return str(message.get("id")) if isinstance(message, dict) and message.get("id") else None
+        if target.kind == "post":
+            post = await self.hub.create_post(self.key, target.submolt or "general", target.title or "", text)
+            return post.id
+        comment = await self.hub.create_comment(self.key, target.post_id or "", text, target.parent_id)
+        return comment.id
+
+
+def reply_key(activation_id: str, notification_id: str) -> str:
+    return f"{token(activation_id)}.{token(notification_id)}"

@@ -1,0 +1,181 @@
+"""Model adapters: Anthropic Messages (the `anthropic` package) and OpenAI-compatible Chat Completions.
+
+Each turns the neutral transcript into its provider's messages, makes one call without retrying
+(the agent loop owns retries, within the activation's deadline) and maps errors to `ModelError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import anthropic
+import httpx
+
+from botburrow.schemas.agent import Brain
+from botburrow.secrets import env_name_to_secret, read_secret, redact
+from botburrow.services.runner.transcript import (
+    AssistantTurn,
+    Entry,
+    ModelError,
+    ModelReply,
+    ToolCall,
+    ToolResults,
+    ToolSpec,
+    UserText,
+)
+
+ANTHROPIC_DEFAULT_URL = "https://api.anthropic.com"
+DEFAULT_MAX_TOKENS = 4096
+RETRYABLE_STATUSES = {408, 409, 429, 500, 502, 503, 504, 529}
+# Without a real key, local mode and tests talk to the scripted LLM, which accepts any key.
+LOCAL_KEY = "local-mode-no-key"
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    try:
+        return float(headers.get("retry-after", "")) if headers else None
+    except ValueError:
+        return None
+
+
+class AnthropicModel:
+    provider = "anthropic"
+
+    def __init__(self, brain: Brain, *, base_url: str, api_key: str, timeout_s: float) -> None:
+        self.model, self.brain = brain.model, brain
+        self._client = anthropic.AsyncAnthropic(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s)
+
+    @staticmethod
+    def messages(transcript: list[Entry]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for entry in transcript:
+            if isinstance(entry, UserText):
+                out.append({"role": "user", "content": [{"type": "text", "text": entry.text}]})
+            elif isinstance(entry, AssistantTurn):
+                blocks: list[dict[str, Any]] = [{"type": "text", "text": entry.text}] if entry.text else []
+                blocks += [
+                    {"type": "tool_use", "id": c.id, "name": c.name,
+                     "input": c.arguments if isinstance(c.arguments, dict) else {}}
+                    for c in entry.tool_calls
+                ]
+                out.append({"role": "assistant", "content": blocks})
+            elif isinstance(entry, ToolResults):
+                out.append({"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": r.call_id, "content": r.content, "is_error": r.is_error}
+                    for r in entry.results
+                ]})
+        return out
+
+    async def complete(self, system: str, transcript: list[Entry], tools: list[ToolSpec]) -> ModelReply:
+        request: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": self.brain.max_tokens or DEFAULT_MAX_TOKENS,
+            "temperature": self.brain.temperature,
+            "system": system,
+            "messages": self.messages(transcript),
+        }
+        if tools:
+            request["tools"] = [{"name": t.name, "description": t.description, "input_schema": t.input_schema}
+                                for t in tools]
+        try:
+            response = await self._client.messages.create(**request)
+        except anthropic.APIStatusError as exc:
+            raise ModelError(redact(f"anthropic {exc.status_code}: {exc.message}"), status=exc.status_code,
+                             retry_after_s=_retry_after(exc.response.headers) if exc.status_code in
+                             RETRYABLE_STATUSES else None) from None
+        except (anthropic.APITimeoutError, anthropic.APIConnectionError) as exc:
+            raise ModelError(f"anthropic unreachable: {type(exc).__name__}", retry_after_s=1.0) from None
+        text = "".join(block.text for block in response.content if block.type == "text")
+        calls = [ToolCall(block.id, block.name, dict(block.input) if isinstance(block.input, dict) else {})
+                 for block in response.content if block.type == "tool_use"]
+        return ModelReply(text=text, tool_calls=calls, stop_reason=response.stop_reason,
+                          input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens,
+                          model=response.model or self.model)
+
+
+class OpenAIModel:
+    provider = "openai"
+
+    def __init__(self, brain: Brain, *, base_url: str, api_key: str, timeout_s: float) -> None:
+        self.model, self.brain = brain.model, brain
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._client = httpx.AsyncClient(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"})
+
+    @staticmethod
+    def messages(system: str, transcript: list[Entry]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [{"role": "system", "content": system}]
+        for entry in transcript:
+            if isinstance(entry, UserText):
+                out.append({"role": "user", "content": entry.text})
+            elif isinstance(entry, AssistantTurn):
+                message: dict[str, Any] = {"role": "assistant", "content": entry.text or None}
+                if entry.tool_calls:
+                    message["tool_calls"] = [
+                        {"id": c.id, "type": "function", "function": {
+                            "name": c.name,
+                            "arguments": c.arguments if isinstance(c.arguments, str) else json.dumps(c.arguments)}}
+                        for c in entry.tool_calls
+                    ]
+                out.append(message)
+            elif isinstance(entry, ToolResults):
+                out += [{"role": "tool", "tool_call_id": r.call_id, "content": r.content} for r in entry.results]
+        return out
+
+    async def complete(self, system: str, transcript: list[Entry], tools: list[ToolSpec]) -> ModelReply:
+        body: dict[str, Any] = {"model": self.model, "temperature": self.brain.temperature,
+                                "messages": self.messages(system, transcript)}
+        if self.brain.max_tokens:
+            body["max_tokens"] = self.brain.max_tokens
+        if tools:
+            body["tools"] = [{"type": "function", "function": {
+                "name": t.name, "description": t.description, "parameters": t.input_schema}} for t in tools]
+        try:
+            response = await self._client.post(self._url, json=body)
+        except httpx.HTTPError as exc:
+            raise ModelError(f"openai endpoint unreachable: {type(exc).__name__}", retry_after_s=1.0) from None
+        if response.status_code >= 400:
+            retry = _retry_after(response.headers) if response.status_code in RETRYABLE_STATUSES else None
+            if response.status_code in RETRYABLE_STATUSES and retry is None:
+                retry = 1.0
+            raise ModelError(redact(f"openai {response.status_code}: {response.text[:300]}"),
+                             status=response.status_code, retry_after_s=retry)
+        data = response.json()
+        choice = data["choices"][0]
+        message = choice.get("message") or {}
+        calls = [ToolCall(c.get("id", ""), c["function"]["name"], _parse_arguments(c["function"].get("arguments")))
+                 for c in message.get("tool_calls") or []]
+        usage = data.get("usage") or {}
+        return ModelReply(text=message.get("content") or "", tool_calls=calls, stop_reason=choice.get("finish_reason"),
+                          input_tokens=int(usage.get("prompt_tokens", 0)),
+                          output_tokens=int(usage.get("completion_tokens", 0)), model=data.get("model", self.model))
+
+
+def _parse_arguments(raw: Any) -> dict[str, Any] | str:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        parsed = json.loads(raw or "{}")
+    except ValueError:
+        return str(raw)
+    return parsed if isinstance(parsed, dict) else str(raw)
+
+
+def model_for(brain: Brain, environ: Mapping[str, str], *, timeout_s: float) -> AnthropicModel | OpenAIModel:
+    """Build the model client for an agent's brain (SPEC §4: base URL and key resolution)."""
+    override = environ.get("MODEL_BASE_URL_OVERRIDE", "").rstrip("/")
+    if brain.provider == "anthropic":
+        base = override or brain.api_base or environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_DEFAULT_URL
+        key = read_secret("anthropic-api-key", environ=environ) or (LOCAL_KEY if override else None)
+        if key is None:
+            raise ModelError("no Anthropic key: set secret anthropic-api-key or ANTHROPIC_API_KEY")
+        return AnthropicModel(brain, base_url=base, api_key=key, timeout_s=timeout_s)
+    env_name = brain.api_key_env or "OPENAI_API_KEY"
+    base = f"{override}/v1" if override else brain.api_base
+    if not base:
+        raise ModelError(f"provider {brain.provider} needs brain.api_base (an OpenAI-compatible endpoint)")
+    key = read_secret(env_name_to_secret(env_name), env_name, environ=environ) or (LOCAL_KEY if override else None)
+    if key is None:
+        raise ModelError(f"no key for {brain.provider}: set secret {env_name_to_secret(env_name)} or {env_name}")
+    return OpenAIModel(brain, base_url=base, api_key=key, timeout_s=timeout_s)

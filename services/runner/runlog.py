@@ -1,0 +1,101 @@
+"""The activation's event log (SPEC §5): every event on `agents.run.<agent>.<activation id>.<event>`.
+
+Message ids are deterministic per attempt (`run:<activation>:<attempt>:<event>:<n>`), so a retried
+publish is deduplicated, while a redelivered activation (a new attempt) leaves its own record.
+Free text is redacted by value and capped at 64 KiB per field.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from botburrow.runtime.bus import Bus
+from botburrow.schemas.events import (
+    ActivationMetrics,
+    ActivationRequested,
+    LlmTurn,
+    Posted,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    ToolCalled,
+    ToolCallRecord,
+)
+from botburrow.secrets import redact
+from botburrow.services.runner.loop import ToolOutcome, dumps
+from botburrow.services.runner.transcript import ModelReply, ToolCall
+from botburrow.streams import subjects
+
+FIELD_CAP = 64 * 1024
+
+
+def now_rfc3339() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def clean(text: str) -> str:
+    text = redact(text)
+    return text if len(text) <= FIELD_CAP else text[:FIELD_CAP] + "…[truncated]"
+
+
+def clean_value(value: Any) -> Any:
+    """Redact and cap a JSON-able value (tool arguments) without changing its shape."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {k: clean_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_value(v) for v in value]
+    return value
+
+
+class RunLog:
+    def __init__(self, bus: Bus, request: ActivationRequested, attempt: int, trace_id: str) -> None:
+        self.bus, self.request, self.attempt, self.trace_id = bus, request, attempt, trace_id
+        self._counts: dict[str, int] = {}
+
+    def _common(self) -> dict[str, Any]:
+        return {"activation_id": self.request.activation_id, "agent": self.request.agent,
+                "attempt": self.attempt, "at": now_rfc3339()}
+
+    async def _emit(self, event: str, payload: Any) -> None:
+        n = self._counts.get(event, 0) + 1
+        self._counts[event] = n
+        msg_id = f"run:{self.request.activation_id}:{self.attempt}:{event}:{n}"
+        await self.bus.publish(subjects.run_event(self.request.agent, self.request.activation_id, event),
+                               payload, msg_id=msg_id, trace_id=self.trace_id)
+
+    async def started(self, tool_type: str, model: str, runner: str) -> None:
+        r = self.request
+        await self._emit("started", RunStarted(
+            **self._common(), kind=r.kind, priority=r.priority, tool_type=tool_type, model=model,
+            notification_ids=[n.id for n in r.notifications], runner=runner, request=r))
+
+    async def llm(self, turn: int, reply: ModelReply, duration_ms: float, provider: str) -> None:
+        await self._emit("llm", LlmTurn(
+            **self._common(), turn=turn, model=reply.model, provider=provider, stop_reason=reply.stop_reason,
+            input_tokens=reply.input_tokens, output_tokens=reply.output_tokens, duration_ms=round(duration_ms, 2),
+            text=clean(reply.text),
+            tool_calls=[ToolCallRecord(id=c.id, name=c.name, arguments=clean_value(c.arguments))
+                        for c in reply.tool_calls]))
+
+    async def tool(self, turn: int, call: ToolCall, outcome: ToolOutcome, duration_ms: float) -> None:
+        await self._emit("tool", ToolCalled(
+            **self._common(), turn=turn, call_id=call.id, name=call.name, server=outcome.server,
+            arguments=clean_value(call.arguments), result=clean(outcome.content),
+            error=clean(outcome.content)[:1000] if outcome.is_error else None, duration_ms=round(duration_ms, 2)))
+
+    async def posted(self, **fields: Any) -> None:
+        await self._emit("posted", Posted(**self._common(), **fields))
+
+    async def finished(self, metrics: ActivationMetrics) -> None:
+        if metrics.outcome == "failed":
+            await self._emit("failed", RunFailed(**self._common(), metrics=metrics))
+        else:
+            await self._emit("completed", RunCompleted(**self._common(), metrics=metrics))
+
+
+def tool_text(value: Any) -> str:
+    return value if isinstance(value, str) else dumps(value)

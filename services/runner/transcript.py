@@ -1,0 +1,77 @@
+"""A provider-neutral conversation, and the model seam the agent loop talks to.
+
+The loop appends entries; each provider adapter turns the transcript into its own message format.
+Keeping one neutral form means the loop cannot produce a sequence that is valid for one provider
+and broken for the other: a tool call is always answered by a result with the same id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    # Parsed arguments, or the raw text when the model sent JSON that does not parse.
+    arguments: dict[str, Any] | str
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    call_id: str
+    content: str
+    is_error: bool = False
+
+
+@dataclass(frozen=True)
+class UserText:
+    text: str
+
+
+@dataclass(frozen=True)
+class AssistantTurn:
+    text: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ToolResults:
+    results: list[ToolResult]
+
+
+Entry = UserText | AssistantTurn | ToolResults
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelReply:
+    text: str
+    tool_calls: list[ToolCall]
+    stop_reason: str | None
+    input_tokens: int
+    output_tokens: int
+    model: str
+
+
+class ModelError(Exception):
+    """A model call failed. `retry_after_s` is set when trying again may help (429, 529, 5xx)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.retry_after_s = status, retry_after_s
+
+
+class Model(Protocol):
+    provider: str
+    model: str
+
+    async def complete(self, system: str, transcript: list[Entry], tools: list[ToolSpec]) -> ModelReply: ...
