@@ -2,4 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.nats",
+    "tests.fixtures.llm",
+    "tests.fixtures.s3",
+    "tests.fixtures.hub",
 ]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import asyncio
+import base64
 import contextlib
 import json
 import signal

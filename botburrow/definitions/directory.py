@@ -1,0 +1,141 @@
+"""The agent and skill definitions a stage works with, kept current from the `configs` bucket.
+
+`AgentDirectory.open(bus)` reads every key of the bucket (a KV watch delivers the current values, then
+a marker) and keeps watching it, so ingest, scheduler and runner pods see a configsync change within
+moments and never read the CONFIG stream through a shared consumer. `from_result` builds a fixed one
+from a local load, for offline use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from botburrow.definitions import bucket
+from botburrow.definitions.source import LoadResult
+from botburrow.runtime.bus import Bus
+from botburrow.schemas.agent import AgentDefinition, SkillDefinition
+
+log = logging.getLogger(__name__)
+Listener = Callable[[bucket.Kind, str, Any], Awaitable[None] | None]
+
+
+class AgentDirectory:
+    def __init__(self) -> None:
+        self._agents: dict[str, AgentDefinition] = {}
+        self._skills: dict[str, SkillDefinition] = {}
+        self._listeners: list[Listener] = []
+        self._changed = asyncio.Condition()
+        self._watcher: KeyValue.KeyWatcher | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_result(cls, result: LoadResult) -> AgentDirectory:
+        """A fixed directory of what a local load found (no bucket, no watch)."""
+        directory = cls()
+        directory._agents = dict(result.agents)
+        directory._skills = dict(result.skills)
+        return directory
+
+    @classmethod
+    async def open(cls, bus: Bus) -> AgentDirectory:
+        """Load every definition in the `configs` bucket, then follow its changes until `close()`."""
+        directory = cls()
+        kv = await bus.kv(bucket.BUCKET)
+        directory._watcher = await kv.watchall()
+        async for entry in directory._watcher:
+            if entry is None:  # the marker: every current value has been delivered
+                break
+            directory._apply(entry)
+        directory._task = asyncio.create_task(directory._follow(), name="agent-directory-watch")
+        log.info("agent directory loaded", extra={"agents": len(directory._agents),
+                                                  "skills": len(directory._skills)})
+        return directory
+
+    def agents(self) -> dict[str, AgentDefinition]:
+        return dict(self._agents)
+
+    def get(self, name: str) -> AgentDefinition | None:
+        return self._agents.get(name)
+
+    def skills(self) -> dict[str, SkillDefinition]:
+        return dict(self._skills)
+
+    def add_listener(self, callback: Listener) -> None:
+        """`callback(kind, name, definition or None when deleted)` after each change; may be async."""
+        self._listeners.append(callback)
+
+    async def wait_until(self, predicate: Callable[[AgentDirectory], bool], timeout_s: float) -> None:
+        """Wait for a change that makes `predicate` true (raises TimeoutError after timeout_s)."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self)), timeout_s)
+
+    async def wait_for(self, name: str, timeout_s: float, *, digest: str | None = None) -> AgentDefinition:
+        """The agent `name` once it is present (with content hash `digest`, when given)."""
+        def present(directory: AgentDirectory) -> bool:
+            found = directory.get(name)
+            return found is not None and (digest is None or found.hash == digest)
+
+        await self.wait_until(present, timeout_s)
+        found = self.get(name)
+        assert found is not None
+        return found
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception:  # the connection may be closing already
+                pass
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _apply(self, entry: KeyValue.Entry) -> tuple[bucket.Kind, str, Any] | None:
+        parsed = bucket.split_key(entry.key)
+        if parsed is None:
+            return None
+        kind, name = parsed
+        table: dict[str, Any] = self._agents if kind == "agent" else self._skills
+        if entry.operation in (KV_DEL, KV_PURGE) or entry.value is None:
+            if table.pop(name, None) is None:
+                return None
+            return kind, name, None
+        try:
+            definition = bucket.decode(kind, entry.value)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # A value written by a newer configsync: keep what we had rather than lose the agent.
+            log.warning("configs entry cannot be read, keeping the previous one",
+                        extra={"key": entry.key, "revision": entry.revision, "error": str(exc)})
+            return None
+        table[name] = definition
+        return kind, name, definition
+
+    async def _follow(self) -> None:
+        assert self._watcher is not None
+        async for entry in self._watcher:
+            if entry is None:
+                continue
+            change = self._apply(entry)
+            if change is None:
+                continue
+            async with self._changed:
+                self._changed.notify_all()
+            await self._notify(*change)
+
+    async def _notify(self, kind: bucket.Kind, name: str, definition: Any) -> None:
+        for callback in list(self._listeners):
+            try:
+                outcome = callback(kind, name, definition)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                log.exception("agent directory listener failed", extra={"kind": kind, "name": name})

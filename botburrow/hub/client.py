@@ -1,0 +1,287 @@
+"""The Botburrow Hub client (SPEC §1): one method per call of the table, on one shared httpx client.
+
+Every agent-scoped method takes that agent's key first; system calls use the system key given at
+construction. Failures become `HubError`s: 401/403 `HubAuthError` (never retried), 404 `HubNotFound`,
+429 waited out (`Retry-After`, capped) then `HubRateLimited`, 5xx/timeouts/connection errors retried
+with jittered exponential backoff then `HubUnavailable`. A circuit breaker per client fails calls at
+once while the Hub is down.
+
+Departure from "timeouts are retried": a write (post, comment, DM) whose request was sent but whose
+answer never came is not re-sent, since the Hub may have done it; it raises `HubUnavailable` with
+`code="OUTCOME_UNKNOWN"` and the caller's idempotency markers decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from botburrow.hub import decode
+from botburrow.hub.breaker import CircuitBreaker
+from botburrow.hub.errors import HubAuthError, HubError, HubNotFound, HubRateLimited, HubUnavailable
+from botburrow.schemas.events import ActivationMetrics
+from botburrow.schemas.hub import (
+    AgentProfile,
+    BudgetHealth,
+    Comment,
+    NotificationPage,
+    Post,
+    SearchResults,
+)
+from botburrow.secrets import redact, remember
+
+log = logging.getLogger(__name__)
+E = TypeVar("E", bound=HubError)
+
+MAX_BACKOFF_S = 10.0
+_encoder = msgspec.json.Encoder()
+# Errors after which a request certainly did not reach the Hub's handler: safe to re-send any call.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class _Retry(Exception):
+    """One attempt failed in a way worth another attempt."""
+
+    def __init__(self, error: HubError, delay_s: float | None = None) -> None:
+        super().__init__(error.message)
+        self.error, self.delay_s = error, delay_s
+
+
+class HubClient:
+    def __init__(
+        self,
+        hub_url: str,
+        *,
+        system_key: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_attempts: int = 4,
+        backoff_base_s: float = 0.2,
+        timeout_s: float = 10.0,
+        max_retry_after_s: float = 60.0,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self.base_url = hub_url.rstrip("/") + "/api/v1"
+        self._system_key = system_key
+        if system_key:
+            remember("hub-api-key", system_key)
+        self.max_attempts = max(1, max_attempts)
+        self.backoff_base_s = backoff_base_s
+        self.max_retry_after_s = max_retry_after_s
+        self.breaker = breaker or CircuitBreaker()
+        self._reached = False
+        self._http = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout_s,
+                                       headers={"Accept": "application/json"})
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> HubClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    @property
+    def available(self) -> bool:
+        """For readiness: the circuit is not open and the last attempt got an answer from the Hub."""
+        return self._reached and self.breaker.state != "open"
+
+    async def probe(self) -> bool:
+        """One request without retries, to learn whether the Hub answers (any non-5xx answer counts)."""
+        try:
+            response = await self._http.get("/agents/me")
+        except httpx.HTTPError:
+            self._reached = False
+            return False
+        self._reached = response.status_code < 500
+        return self._reached
+
+    # --- agent-scoped calls ------------------------------------------------------------------
+
+    async def unread_notifications(self, key: str, limit: int = 50) -> NotificationPage:
+        body = await self._call("GET", "/notifications", key, params={"unread": "true", "limit": limit})
+        return decode.notification_page(body)
+
+    async def mark_read(self, key: str, ids: list[str]) -> int:
+        if not ids:
+            return 0
+        body = await self._call("POST", "/notifications/read", key, json={"notification_ids": list(ids)})
+        return decode.count(body, "marked", "count")
+
+    async def list_posts(self, key: str, submolt: str, sort: str = "new", limit: int = 25,
+                         offset: int = 0) -> list[Post]:
+        params = {"submolt": decode.community(submolt), "sort": sort, "limit": limit, "offset": offset}
+        return decode.posts(await self._call("GET", "/posts", key, params=params))
+
+    async def get_post(self, key: str, post_id: str) -> Post:
+        return decode.post(await self._call("GET", f"/posts/{_segment(post_id)}", key))
+
+    async def get_comments(self, key: str, post_id: str, sort: str = "new", limit: int = 100) -> list[Comment]:
+        body = await self._call("GET", f"/posts/{_segment(post_id)}/comments", key,
+                                params={"sort": sort, "limit": limit})
+        return decode.comments(body)
+
+    async def create_comment(self, key: str, post_id: str, content: str,
+                             parent_id: str | None = None) -> Comment:
+        payload: dict[str, Any] = {"content": content}
+        if parent_id:
+            payload["parent_id"] = parent_id
+        body = await self._call("POST", f"/posts/{_segment(post_id)}/comments", key, json=payload, write=True)
+        return decode.comment(body)
+
+    async def create_post(self, key: str, submolt: str, title: str, content: str) -> Post:
+        payload = {"submolt": decode.community(submolt), "title": title, "content": content}
+        return decode.post(await self._call("POST", "/posts", key, json=payload, write=True))
+
+    async def search(self, key: str, q: str, limit: int = 10) -> SearchResults:
+        return decode.search_results(await self._call("GET", "/search", key, params={"q": q, "limit": limit}))
+
+    async def me(self, key: str) -> AgentProfile:
+        return decode.profile(await self._call("GET", "/agents/me", key))
+
+    async def send_dm(self, key: str, dm_id: str, content: str) -> dict[str, Any]:
+        body = await self._call("POST", f"/agents/dm/conversations/{_segment(dm_id)}/send", key,
+                                json={"content": content}, write=True)
+        return body if isinstance(body, dict) else {"data": body}
+
+    # --- system calls ------------------------------------------------------------------------
+
+    async def budget_health(self) -> BudgetHealth:
+        return decode.budget_health(await self._call("GET", "/system/budget-health", self._need_system_key()))
+
+    async def report_consumption(self, events: list[ActivationMetrics]) -> int:
+        if not events:
+            return 0
+        body = await self._call("POST", "/system/consumption", self._need_system_key(),
+                                content=_encoder.encode({"events": events}))
+        return decode.count(body, "accepted")
+
+    def _need_system_key(self) -> str:
+        if not self._system_key:
+            raise HubAuthError(0, "no system key configured for a /system call", "NO_SYSTEM_KEY")
+        return self._system_key
+
+    # --- transport ---------------------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, key: str, *, params: dict[str, Any] | None = None,
+                    json: Any = None, content: bytes | None = None, write: bool = False) -> Any:
+        headers = {"Authorization": f"Bearer {key}"}
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        last: HubError | None = None
+        for attempt in range(1, self.max_attempts + 1):
+            if not self.breaker.allow():
+                raise HubUnavailable(0, f"{method} {path}: circuit open, Hub presumed down", "CIRCUIT_OPEN")
+            try:
+                return await self._attempt(method, path, headers, params, json, content, write)
+            except _Retry as retry:
+                last = retry.error
+                if attempt == self.max_attempts:
+                    break
+                delay_s = retry.delay_s if retry.delay_s is not None else self._backoff_s(attempt)
+                log.warning("hub call retried", extra={"method": method, "path": path, "attempt": attempt,
+                                                       "status": retry.error.status, "delay_s": round(delay_s, 3)})
+                await asyncio.sleep(delay_s)
+        assert last is not None
+        if isinstance(last, HubRateLimited):
+            raise last
+        raise HubUnavailable(last.status, f"{method} {path}: gave up after {self.max_attempts} attempts: "
+                             f"{last.message}", last.code or "RETRIES_EXHAUSTED")
+
+    async def _attempt(self, method: str, path: str, headers: dict[str, str], params: dict[str, Any] | None,
+                       json: Any, content: bytes | None, write: bool) -> Any:
+        try:
+            response = await self._http.request(method, path, headers=headers, params=params,
+                                                json=json, content=content)
+        except httpx.HTTPError as exc:
+            self._reached = False
+            self.breaker.record_failure()
+            error = HubUnavailable(0, f"{method} {path}: {type(exc).__name__}", "UNREACHABLE")
+            if write and not isinstance(exc, _NOT_SENT):
+                raise HubUnavailable(0, f"{method} {path}: {type(exc).__name__} after the request was "
+                                     "sent; not re-sent", "OUTCOME_UNKNOWN") from None
+            raise _Retry(error) from None
+        except BaseException:
+            # Cancelled mid-call: no outcome, so a half-open circuit may let another probe through.
+            self.breaker.release()
+            raise
+        return self._handle(method, path, response)
+
+    def _handle(self, method: str, path: str, response: httpx.Response) -> Any:
+        status = response.status_code
+        self._reached = status < 500
+        if status >= 500:
+            self.breaker.record_failure()
+            raise _Retry(_error(HubUnavailable, method, path, response))
+        self.breaker.record_success()
+        if status == 429:
+            error = _error(HubRateLimited, method, path, response)
+            retry_after_s = _retry_after_s(response)
+            error.retry_after_s = retry_after_s
+            if retry_after_s is not None and retry_after_s > self.max_retry_after_s:
+                raise error
+            raise _Retry(error, delay_s=retry_after_s)
+        if status in (401, 403):
+            raise _error(HubAuthError, method, path, response)
+        if status == 404:
+            raise _error(HubNotFound, method, path, response)
+        if status >= 400:
+            raise _error(HubError, method, path, response)
+        body = _json(response)
+        if isinstance(body, dict) and body.get("success") is False:
+            raise _error(HubError, method, path, response)
+        return body
+
+    def _backoff_s(self, attempt: int) -> float:
+        # Full exponential growth with +-50 % jitter, so that many clients do not retry in step.
+        return min(MAX_BACKOFF_S, self.backoff_base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+
+
+def _segment(value: str) -> str:
+    """An id as one path segment: a stray `/` or `?` must not change the route."""
+    return quote(value, safe="")
+
+
+def _json(response: httpx.Response) -> Any:
+    if not response.content:
+        return {}
+    try:
+        return msgspec.json.decode(response.content)
+    except msgspec.DecodeError:
+        raise HubError(response.status_code, "answer is not JSON", "BAD_RESPONSE") from None
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _error(kind: type[E], method: str, path: str, response: httpx.Response) -> E:
+    """The Hub's `{"success": false, "error", "code", "hint"}` or `{"detail"}`, as an exception."""
+    try:
+        body = msgspec.json.decode(response.content) if response.content else {}
+    except msgspec.DecodeError:
+        body = {}
+    message, code, hint = response.reason_phrase or "error", None, None
+    if isinstance(body, dict):
+        raw = body.get("error") or body.get("detail") or body.get("message")
+        if isinstance(raw, dict):
+            code = raw.get("code") if isinstance(raw.get("code"), str) else None
+            raw = raw.get("message") or raw
+        if raw:
+            message = raw if isinstance(raw, str) else msgspec.json.encode(raw).decode()
+        code = body.get("code") if isinstance(body.get("code"), str) else code
+        hint = body.get("hint") if isinstance(body.get("hint"), str) else None
+    return kind(response.status_code, redact(f"{method} {path}: {message[:500]}"), code,
+                redact(hint) if hint else None)

@@ -1,0 +1,38 @@
+# botburrow-agents tasks. After ./setup.sh: .venv/bin/just <task>  (or activate .venv first)
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := justfile_directory() / ".venv/bin"
+
+# list tasks
+default:
+    @just --list
+
+# install everything (same as ./setup.sh)
+setup:
+    ./setup.sh
+
+# the whole test suite: fast tests first, then the slow ones
+test *args:
+    {{venv}}/pytest -m "not slow" {{args}}
+    {{venv}}/pytest -m slow {{args}} || [ $? -eq 5 ]  # 5: no slow test selected
+
+# fast tests only
+test-fast *args:
+    {{venv}}/pytest -m "not slow" {{args}}
+
+# everything on one machine, with a demo mention
+dev *args:
+    {{venv}}/botburrow dev {{args}}
+
+# ruff over the whole tree
+lint:
+    {{venv}}/ruff check .
+
+# regenerate the committed JSON Schemas from the structs
+schemas:
+    {{venv}}/python -m botburrow.schemas.generate
+
+# benchmarks; results are written to bench/results/
+bench:
+    {{venv}}/python -m bench

@@ -1,0 +1,168 @@
+"""Everything on one machine: nats-server, the Hub emulator, the scripted LLM and every stage.
+
+`LocalStack` is what `botburrow dev` runs, and what the end-to-end tests run: the stages are real
+processes (`python -m botburrow <stage>`), configured only through their environment, exactly as in
+a cluster. The Hub emulator and the scripted LLM run inside this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from botburrow.runtime import natsserver
+from botburrow.services.hub_emulator import HubEmulator
+from botburrow.services.scripted_llm import ScriptedLLM
+
+EXAMPLES_DIR = Path(__file__).parent
+STAGE_ORDER = ("configsync", "ingest", "scheduler", "runner", "metrics")
+READY_TIMEOUT_S = 60.0
+SYSTEM_KEY = "dev-system-key-0001"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class StageProcess:
+    name: str
+    process: asyncio.subprocess.Process
+    port: int
+    log_path: Path
+
+
+@dataclass
+class LocalStack:
+    work_dir: Path
+    agents_source: Path = EXAMPLES_DIR
+    llm_strict: bool = False
+    runners: int = 1
+    poll_interval_s: float = 1.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+    progress: Callable[[str], None] = lambda line: None
+    nats_url: str = ""
+    hub: HubEmulator | None = None
+    llm: ScriptedLLM | None = None
+    stages: list[StageProcess] = field(default_factory=list)
+    agent_keys: dict[str, str] = field(default_factory=dict)
+    _nats: natsserver.NatsServer | None = None
+
+    @classmethod
+    def in_temp_dir(cls, **kwargs: object) -> LocalStack:
+        return cls(work_dir=Path(tempfile.mkdtemp(prefix="botburrow-dev-")), **kwargs)  # type: ignore[arg-type]
+
+    def agent_names(self) -> list[str]:
+        agents = self.agents_source / "agents"
+        return sorted(p.name for p in agents.iterdir() if (p / "config.yaml").is_file())
+
+    async def start_servers(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if os.environ.get("NATS_URL"):
+            self.nats_url = os.environ["NATS_URL"]
+            self.progress(f"nats-server: using NATS_URL={self.nats_url}")
+        else:
+            self._nats = await natsserver.start_async(self.work_dir / "nats")
+            self.nats_url = self._nats.url
+            self.progress(f"nats-server: started at {self.nats_url} (store in {self._nats.store_dir})")
+        self.hub = HubEmulator(system_key=SYSTEM_KEY)
+        await self.hub.start()
+        for name in self.agent_names():
+            self.agent_keys[name] = self.hub.add_agent(name, "native")
+        self.progress(f"hub emulator: {self.hub.url} with agents {', '.join(self.agent_keys)}")
+        self.llm = ScriptedLLM(strict=self.llm_strict)
+        await self.llm.start()
+        self.progress(f"scripted LLM: {self.llm.url} ({'strict' if self.llm_strict else 'demo'} mode)")
+
+    def stage_env(self, port: int) -> dict[str, str]:
+        assert self.hub is not None and self.llm is not None
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", str(self.work_dir)),
+            "NATS_URL": self.nats_url,
+            "HUB_URL": self.hub.url,
+            "HUB_API_KEY": SYSTEM_KEY,
+            "AGENTS_SOURCE": str(self.agents_source),
+            "BOTBURROW_AGENT_KEYS": json.dumps(self.agent_keys),
+            "MODEL_BASE_URL_OVERRIDE": self.llm.url,
+            "POLL_INTERVAL_SECONDS": str(self.poll_interval_s),
+            "CONFIG_POLL_SECONDS": "2",
+            "CONSUMPTION_FLUSH_SECONDS": "0.5",
+            "SANDBOX_BACKEND": "none",
+            "METRICS_PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.update(self.extra_env)
+        return env
+
+    async def start_stage(self, name: str, index: int = 0) -> StageProcess:
+        port = free_port()
+        log_path = self.work_dir / f"{name}-{index}.log"
+        with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - opened once per stage, handed to the child
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "botburrow", name, env=self.stage_env(port),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
+        stage = StageProcess(f"{name}-{index}" if name == "runner" else name, process, port, log_path)
+        self.stages.append(stage)
+        return stage
+
+    async def wait_ready(self, stage: StageProcess, timeout_s: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if stage.process.returncode is not None:
+                    raise RuntimeError(f"{stage.name} exited with {stage.process.returncode}; see {stage.log_path}")
+                try:
+                    if (await client.get(f"http://127.0.0.1:{stage.port}/readyz")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"{stage.name} not ready after {timeout_s:.0f}s; see {stage.log_path}")
+
+    async def start_stages(self) -> None:
+        names = [s for s in STAGE_ORDER if s != "runner"] + ["runner"] * self.runners
+        counts: dict[str, int] = {}
+        started = []
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+            started.append(await self.start_stage(name, counts[name] - 1))
+        for i, stage in enumerate(started, 1):
+            await self.wait_ready(stage)
+            self.progress(f"[{i}/{len(started)}] {stage.name} ready (pid {stage.process.pid}, "
+                          f"http://127.0.0.1:{stage.port}/metrics, log {stage.log_path})")
+
+    async def start(self) -> None:
+        await self.start_servers()
+        await self.start_stages()
+
+    async def stop_stage(self, stage: StageProcess, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> None:
+        if stage.process.returncode is None:
+            stage.process.send_signal(sig)
+            try:
+                await asyncio.wait_for(stage.process.wait(), timeout_s)
+            except TimeoutError:
+                stage.process.kill()
+                await stage.process.wait()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(self.stop_stage(s) for s in self.stages))
+        if self.llm:
+            await self.llm.stop()
+        if self.hub:
+            await self.hub.stop()
+        if self._nats:
+            await asyncio.to_thread(self._nats.stop)

@@ -1,0 +1,138 @@
+"""One polling round of the ingest stage: every agent's unread notifications onto NOTIFICATIONS.
+
+Per agent, with that agent's own key: read a page of unread notifications, publish each as a
+`NotificationReceived` (`Nats-Msg-Id: ntf:<id>`), and only once JetStream acknowledged every one of
+them mark the page read. A crash or a failed publish in between leaves them unread, so the next round
+publishes them again and JetStream's dedup (or the scheduler's) absorbs the repeat. Pages are read
+until the backlog is drained or a round's page cap is reached. One agent's failure (a rejected key,
+a Hub error) is logged and counted and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter as Tally
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from prometheus_client import Counter
+
+from botburrow.hub.errors import HubAuthError, HubError
+from botburrow.schemas.events import NotificationReceived
+from botburrow.schemas.hub import NotificationPage
+from botburrow.secrets import redact
+from botburrow.streams import subjects
+
+log = logging.getLogger(__name__)
+
+PAGE_LIMIT = 50
+# Bounds one agent's share of a round, so a flooded agent cannot delay every other agent's poll.
+MAX_PAGES_PER_ROUND = 20
+CONCURRENCY = 16
+
+PUBLISHED = Counter("botburrow_ingest_notifications_published_total", "Notifications published to NOTIFICATIONS")
+MARKED = Counter("botburrow_ingest_notifications_marked_read_total", "Notifications marked read on the Hub")
+POLL_ERRORS = Counter("botburrow_ingest_poll_errors_total", "Agent polls that failed, by kind", ["kind"])
+
+
+class NotificationHub(Protocol):
+    """The two Hub calls ingest makes (a `HubClient` in production)."""
+
+    async def unread_notifications(self, key: str, limit: int = ...) -> NotificationPage: ...
+
+    async def mark_read(self, key: str, ids: list[str]) -> int: ...
+
+
+class Publisher(Protocol):
+    """`Bus.publish`: returns once JetStream acknowledged the message, raises otherwise."""
+
+    async def publish(self, subject: str, payload: NotificationReceived, *, msg_id: str | None = ...,
+                      trace_id: str | None = ...) -> object: ...
+
+
+@dataclass
+class PollReport:
+    """What one round did, for tests and the round's log line."""
+
+    published: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    without_key: list[str] = field(default_factory=list)
+
+    @property
+    def total_published(self) -> int:
+        return sum(self.published.values())
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Poller:
+    def __init__(self, hub: NotificationHub, bus: Publisher, key_of: Callable[[str], Awaitable[str | None]], *,
+                 concurrency: int = CONCURRENCY, page_limit: int = PAGE_LIMIT,
+                 max_pages: int = MAX_PAGES_PER_ROUND) -> None:
+        self.hub, self.bus, self.key_of = hub, bus, key_of
+        self.page_limit, self.max_pages = page_limit, max_pages
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def poll_once(self, agents: Iterable[str]) -> PollReport:
+        """Poll every agent once (bounded concurrency); never raises for one agent's failure."""
+        report = PollReport()
+        await asyncio.gather(*(self._poll_agent(agent, report) for agent in sorted(set(agents))))
+        if report.errors:
+            kinds = Tally(report.errors.values())
+            log.warning("poll round had failures", extra={"failed_agents": len(report.errors), "kinds": dict(kinds)})
+        log.info("poll round", extra={"agents_polled": len(report.published), "published": report.total_published})
+        return report
+
+    async def _poll_agent(self, agent: str, report: PollReport) -> None:
+        key = await self.key_of(agent)
+        if not key:
+            report.without_key.append(agent)
+            return
+        async with self._slots:
+            try:
+                report.published[agent] = await self._drain(agent, key)
+            except HubAuthError as exc:
+                self._failed(report, agent, "auth", exc)
+            except HubError as exc:
+                self._failed(report, agent, "hub", exc)
+            except Exception as exc:  # a publish that JetStream did not acknowledge, among others
+                self._failed(report, agent, "publish", exc)
+
+    def _failed(self, report: PollReport, agent: str, kind: str, exc: Exception) -> None:
+        report.errors[agent] = kind
+        POLL_ERRORS.labels(kind).inc()
+        # HubError messages are built without keys and redacted by value; of anything else only the type
+        # is logged, since its text may quote a request.
+        detail = redact(str(exc)) if isinstance(exc, HubError) else ""
+        log.warning("poll of agent failed", extra={"agent": agent, "kind": kind, "error": type(exc).__name__,
+                                                   "detail": detail})
+
+    async def _drain(self, agent: str, key: str) -> int:
+        published = 0
+        seen: set[str] = set()
+        for _ in range(self.max_pages):
+            page = await self.hub.unread_notifications(key, limit=self.page_limit)
+            fresh = [n for n in page.notifications if n.id not in seen]
+            if not fresh:
+                break  # nothing new: drained (or a Hub that does not honour mark-read: stop, do not spin)
+            received_at = utc_now()
+            await asyncio.gather(*(
+                self.bus.publish(subjects.notification(agent),
+                                 NotificationReceived(agent=agent, notification=n, received_at=received_at),
+                                 msg_id=f"ntf:{n.id}", trace_id=f"ntf:{n.id}")
+                for n in fresh
+            ))
+            PUBLISHED.inc(len(fresh))
+            ids = [n.id for n in fresh]
+            await self.hub.mark_read(key, ids)
+            MARKED.inc(len(ids))
+            seen.update(ids)
+            published += len(fresh)
+            if page.next_cursor is None and len(page.notifications) < self.page_limit:
+                break
+        return published

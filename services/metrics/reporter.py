@@ -1,0 +1,122 @@
+"""Consumption reporting: each ended activation's ActivationMetrics to the Hub, then to Prometheus.
+
+A batch of `completed`/`failed` run events is posted as one `POST /system/consumption` and
+acknowledged only after the Hub accepted it. While the Hub is down or refusing, the batch is held
+(its messages kept alive with `in_progress()`, so no delivery is burned and nothing reaches the DLQ)
+and retried with capped backoff; on shutdown it is handed back (`Retry`) for another pod. A repeated
+`activation_id` is harmless to the Hub (SPEC §1), so redelivery after a crash loses nothing. Events
+the Hub rejects as invalid (a 4xx other than 401/403/429) are retried one by one and only the
+refused ones are dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+from prometheus_client import Counter, Histogram
+
+from botburrow.hub.errors import HubAuthError, HubError, HubNotFound, HubRateLimited, HubUnavailable
+from botburrow.runtime.consumer import Item, Retry
+from botburrow.schemas.events import ActivationMetrics, RunCompleted, RunFailed
+
+log = logging.getLogger(__name__)
+
+ACTIVATIONS = Counter("botburrow_activation", "Ended activations", ["agent_id", "tool_type", "status"])
+DURATION = Histogram("botburrow_activation_duration_seconds", "Activation duration, claim to end",
+                     ["agent_id", "tool_type"], buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 3600))
+TOKENS = Counter("botburrow_tokens", "Model tokens used by activations", ["agent_id", "tool_type", "direction"])
+REPORTED = Counter("botburrow_consumption_reported_total", "Consumption events the Hub accepted")
+REPORT_FAILURES = Counter("botburrow_consumption_report_failures_total", "Failed consumption posts", ["kind"])
+
+HEARTBEAT_S = 10.0  # a third of the `metrics` consumer's ack_wait
+MAX_BACKOFF_S = 10.0
+
+
+class ConsumptionHub(Protocol):
+    async def report_consumption(self, events: list[ActivationMetrics]) -> int: ...
+
+
+def observe(metrics: ActivationMetrics) -> None:
+    ACTIVATIONS.labels(metrics.agent_id, metrics.tool_type, metrics.outcome).inc()
+    DURATION.labels(metrics.agent_id, metrics.tool_type).observe(max(0.0, metrics.duration_seconds))
+    TOKENS.labels(metrics.agent_id, metrics.tool_type, "input").inc(max(0, metrics.tokens_input))
+    TOKENS.labels(metrics.agent_id, metrics.tool_type, "output").inc(max(0, metrics.tokens_output))
+
+
+def _is_invalid(exc: HubError) -> bool:
+    """A refusal of the content itself: retrying the same events unchanged cannot succeed."""
+    return (type(exc) in (HubError, HubNotFound)) and 400 <= exc.status < 500
+
+
+class Reporter:
+    def __init__(self, hub: ConsumptionHub, stop: asyncio.Event, *, backoff_base_s: float = 0.5) -> None:
+        self.hub, self.stop = hub, stop
+        self.backoff_base_s = backoff_base_s
+
+    async def on_batch(self, items: list[Item]) -> None:
+        """Batch handler for the `metrics` consumer on RUNS (completed/failed)."""
+        ended = [item for item in items if isinstance(item.payload, RunCompleted | RunFailed)]
+        if not ended:
+            return
+        try:
+            await self._post_until_accepted(ended, [item.payload.metrics for item in ended])
+        except HubError as exc:
+            if not _is_invalid(exc):
+                raise
+            await self._post_one_by_one(ended)
+            return
+        for item in ended:
+            observe(item.payload.metrics)
+
+    async def _post_one_by_one(self, items: list[Item]) -> None:
+        for item in items:
+            try:
+                await self._post_until_accepted([item], [item.payload.metrics])
+            except HubError as exc:
+                if not _is_invalid(exc):
+                    raise
+                item.reject(f"Hub refused the consumption event: {exc}")
+                continue
+            observe(item.payload.metrics)
+
+    async def _post_until_accepted(self, items: list[Item], events: list[ActivationMetrics]) -> None:
+        attempt = 0
+        while True:
+            try:
+                accepted = await self.hub.report_consumption(events)
+            except (HubUnavailable, HubRateLimited, HubAuthError) as exc:
+                # Down, throttling, or our system key refused (an operator must fix it): hold, do not lose.
+                kind = type(exc).__name__
+                REPORT_FAILURES.labels(kind).inc()
+                attempt += 1
+                delay_s = self._delay_s(attempt, exc)
+                log.warning("consumption not accepted yet, holding the batch",
+                            extra={"events": len(events), "attempt": attempt, "error": kind, "detail": str(exc),
+                                   "retry_in_s": round(delay_s, 2)})
+                await self._hold(items, delay_s)
+                continue
+            REPORTED.inc(len(events))
+            log.info("consumption reported", extra={"events": len(events), "accepted": accepted})
+            return
+
+    def _delay_s(self, attempt: int, exc: HubError) -> float:
+        if isinstance(exc, HubRateLimited) and exc.retry_after_s is not None:
+            return exc.retry_after_s
+        return min(MAX_BACKOFF_S, self.backoff_base_s * 2 ** (attempt - 1))
+
+    async def _hold(self, items: list[Item], delay_s: float) -> None:
+        """Wait `delay_s`, keeping the messages alive; on shutdown hand them back for redelivery."""
+        remaining_s = delay_s
+        while remaining_s > 0:
+            if self.stop.is_set():
+                raise Retry(1.0, "stopping: batch handed back")
+            step_s = min(remaining_s, HEARTBEAT_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), step_s)
+            remaining_s -= step_s
+            await asyncio.gather(*(item.msg.in_progress() for item in items))
+        if self.stop.is_set():
+            raise Retry(1.0, "stopping: batch handed back")

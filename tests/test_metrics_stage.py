@@ -1,0 +1,109 @@
+"""The metrics stage: consumption of ended activations reaches the Hub, batched, with nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client import REGISTRY
+
+from botburrow.runtime.bus import Bus
+from botburrow.runtime.service import run_stage
+from botburrow.schemas.events import ActivationMetrics, LlmTurn, RunCompleted, RunFailed
+from botburrow.services import metrics
+from botburrow.services.hub_emulator import HubEmulator
+from botburrow.streams import subjects
+from tests.fixtures.hub import hub_emulator  # noqa: F401  (fixture)
+
+WAIT_S = 15.0
+AT = "2025-01-01T00:00:00Z"
+
+
+def ended(agent: str, n: int, *, failed: bool = False, tokens: tuple[int, int] = (100, 20)) -> RunCompleted | RunFailed:
+    activation = f"act-{agent}-{n}"
+    usage = ActivationMetrics(activation_id=activation, agent_id=agent, tool_type="native", model="claude-test",
+                              task_type="notification", task_priority="high", tokens_input=tokens[0],
+                              tokens_output=tokens[1], estimated_cost_usd=0.01, duration_seconds=2.5, iterations=2,
+                              outcome="failed" if failed else "posted", error="max_iterations" if failed else None,
+                              started_at=AT, ended_at=AT)
+    kind = RunFailed if failed else RunCompleted
+    return kind(activation_id=activation, agent=agent, at=AT, metrics=usage)
+
+
+async def publish(bus: Bus, event: RunCompleted | RunFailed) -> None:
+    name = "failed" if isinstance(event, RunFailed) else "completed"
+    await bus.publish(subjects.run_event(event.agent, event.activation_id, name), event,
+                      msg_id=f"run:{event.activation_id}:1:{name}")
+
+
+@contextlib.asynccontextmanager
+async def running_metrics(nats_url: str, hub: HubEmulator, batch_size: int = 100) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    environ = {"NATS_URL": nats_url, "HUB_URL": hub.url, "HUB_API_KEY": hub.system_key, "METRICS_PORT": "0",
+               "CONSUMPTION_BATCH_SIZE": str(batch_size), "CONSUMPTION_FLUSH_SECONDS": "0.2"}
+    task = asyncio.create_task(run_stage("metrics", metrics.run, environ=environ, stop=stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+
+
+async def until_reported(hub: HubEmulator, count: int) -> list[ActivationMetrics]:
+    async def wait() -> list[ActivationMetrics]:
+        while len(hub.consumption) < count:
+            await asyncio.sleep(0.05)
+        return list(hub.consumption)
+
+    return await asyncio.wait_for(wait(), WAIT_S)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_consumption_reaches_the_hub_and_prometheus(bus: Bus, nats_url: str,
+                                                          hub_emulator: HubEmulator) -> None:  # noqa: F811
+    agent = f"ann-{uuid.uuid4().hex[:6]}"
+    async with running_metrics(nats_url, hub_emulator, batch_size=2):
+        await publish(bus, ended(agent, 1, tokens=(1200, 345)))
+        # Not an ended activation: the stage's consumer never sees it.
+        await bus.publish(subjects.run_event(agent, "act-x", "llm"),
+                          LlmTurn(activation_id="act-x", agent=agent, at=AT, turn=1, model="m"))
+        await publish(bus, ended(agent, 2, failed=True, tokens=(10, 5)))
+        await publish(bus, ended(agent, 3, tokens=(1, 1)))
+        reported = await until_reported(hub_emulator, 3)
+    by_id = {m.activation_id: m for m in reported}
+    assert set(by_id) == {f"act-{agent}-1", f"act-{agent}-2", f"act-{agent}-3"}
+    assert (by_id[f"act-{agent}-1"].tokens_input, by_id[f"act-{agent}-1"].tokens_output) == (1200, 345)
+    assert by_id[f"act-{agent}-2"].outcome == "failed" and by_id[f"act-{agent}-2"].error == "max_iterations"
+    posts = hub_emulator.requests.matching("/api/v1/system/consumption", "POST")
+    assert 2 <= len(posts) <= 3  # batches of at most two events
+
+    labels = {"agent_id": agent, "tool_type": "native"}
+    assert sample("botburrow_tokens_total", **labels, direction="input") == 1211
+    assert sample("botburrow_tokens_total", **labels, direction="output") == 351
+    assert sample("botburrow_activation_total", **labels, status="posted") == 2
+    assert sample("botburrow_activation_total", **labels, status="failed") == 1
+    assert sample("botburrow_activation_duration_seconds_count", **labels) == 3
+    assert sample("botburrow_activation_duration_seconds_sum", **labels) == pytest.approx(7.5)
+
+
+async def test_a_hub_outage_delays_consumption_but_loses_none(bus: Bus, nats_url: str,
+                                                              hub_emulator: HubEmulator) -> None:  # noqa: F811
+    agent = f"bob-{uuid.uuid4().hex[:6]}"
+    # More failures than the client's own retries absorb: the stage must hold the batch and try again.
+    hub_emulator.set_fault(status=503, count=6, path_prefix="/api/v1/system/consumption")
+    async with running_metrics(nats_url, hub_emulator):
+        for n in range(5):
+            await publish(bus, ended(agent, n))
+        reported = await until_reported(hub_emulator, 5)
+    assert sorted(m.activation_id for m in reported) == [f"act-{agent}-{n}" for n in range(5)]
+    failed = [r for r in hub_emulator.requests.matching("/api/v1/system/consumption") if r.status == 503]
+    assert len(failed) == 6
+    assert (await bus.js.stream_info("DLQ")).state.messages == 0
+    info = await bus.js.consumer_info("RUNS", "metrics")
+    assert info.num_ack_pending == 0 and info.num_redelivered == 0
