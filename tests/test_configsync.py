@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -181,3 +182,21 @@ async def test_offline_directory_from_a_local_load(definitions: Path) -> None:
     assert set(directory.agents()) == AGENTS and set(directory.skills()) == SKILLS
     assert directory.get("nobody") is None
     await directory.close()
+
+
+async def test_a_broken_definition_is_logged_once_and_names_its_field(
+        bus: Bus, definitions: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = LocalSource(definitions)
+    await sync_once(bus, source)
+    config = definitions / "agents/devops-agent/config.yaml"
+    config.write_text(config.read_text().replace("max_iterations:", "max_iterations: 77 #"))
+    known: set[str] = set()
+    with caplog.at_level(logging.ERROR, logger="botburrow.services.configsync.sync"):
+        for _ in range(2):
+            report = await sync_once(bus, source, known_errors=known)
+            assert report.kept == ["agent.devops-agent"]
+    records = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(records) == 1
+    assert "keeping its previous version" in records[0].getMessage()
+    assert records[0].path == "agents/devops-agent/config.yaml"  # type: ignore[attr-defined]
+    assert records[0].field_path == "$.behavior.max_iterations"  # type: ignore[attr-defined]

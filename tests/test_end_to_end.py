@@ -51,8 +51,8 @@ async def test_a_mention_is_answered_end_to_end(stack: LocalStack, bus: Bus) -> 
         if not ended.done():
             ended.set_result(msg.subject)
 
-    await bus.nc.subscribe("agents.run.pirate-captain.*.*", cb=lambda m: on_end(m) if m.subject.endswith(
-        ("completed", "failed")) else asyncio.sleep(0))
+    await bus.nc.subscribe("agents.run.pirate-captain.*.completed", cb=on_end)
+    await bus.nc.subscribe("agents.run.pirate-captain.*.failed", cb=on_end)
     notification = stack.hub.mention("pirate-captain", "how do I learn to sail?")
     subject = await asyncio.wait_for(ended, 60)
     assert subject.endswith(".completed"), subject

@@ -5,3 +5,9 @@ activation from claim to completion; `loop` the native agent loop over a neutral
 `providers` the model adapters; `hubtools` the Hub tools; `posting` exactly-once posting within
 limits; `runlog` the event log; `pricing` the price table.
 """
+
+
+def main() -> None:
+    from botburrow.services.runner.stage import main as stage_main
+
+    stage_main()
