@@ -20,7 +20,7 @@ from botburrow.runtime.health import Health
 from botburrow.schemas.codec import decode_subject
 from botburrow.schemas.events import ConfigChanged
 from botburrow.services.configsync import sync_forever, sync_once
-from tests.fixtures.s3 import S3Server, s3  # noqa: F401
+from tests.fixtures.s3 import S3Server
 
 PUBLISHED = Path("/work/shared/agent-definitions")
 AGENTS = {"claude-coder-1", "devops-agent", "pirate-captain-agent", "research-agent", "sprint-coder",
@@ -164,7 +164,7 @@ async def test_sync_forever_is_ready_once_the_source_answered(bus: Bus, definiti
         await server.stop()
 
 
-async def test_sync_from_s3(bus: Bus, s3: S3Server, definitions: Path) -> None:  # noqa: F811
+async def test_sync_from_s3(bus: Bus, s3: S3Server, definitions: Path) -> None:
     prefix = s3.new_prefix()
     s3.upload_tree(definitions, prefix, manifest=True)
     source: S3Source = s3.source(prefix)

@@ -25,7 +25,7 @@ from botburrow.definitions import (
 )
 from botburrow.definitions.source import warn_unacted
 from botburrow.schemas.agent import AgentConfig, SkillFrontMatter
-from tests.fixtures.s3 import S3Server, s3  # noqa: F401
+from tests.fixtures.s3 import S3Server
 
 PUBLISHED = Path("/work/shared/agent-definitions")
 AGENTS = {"claude-coder-1", "devops-agent", "pirate-captain-agent", "research-agent", "sprint-coder",
@@ -213,7 +213,7 @@ async def test_missing_directory_is_a_source_error(tmp_path: Path) -> None:
         await load_all(LocalSource(tmp_path / "nope"))
 
 
-async def test_s3_with_manifest_rereads_only_changed_entries(s3: S3Server, definitions: Path) -> None:  # noqa: F811
+async def test_s3_with_manifest_rereads_only_changed_entries(s3: S3Server, definitions: Path) -> None:
     prefix = s3.new_prefix()
     s3.upload_tree(definitions, prefix, manifest=True)
     source = s3.source(prefix)
@@ -234,7 +234,7 @@ async def test_s3_with_manifest_rereads_only_changed_entries(s3: S3Server, defin
     assert second.agents["devops-agent"] == first.agents["devops-agent"]
 
 
-async def test_s3_without_manifest_uses_etags(s3: S3Server, definitions: Path) -> None:  # noqa: F811
+async def test_s3_without_manifest_uses_etags(s3: S3Server, definitions: Path) -> None:
     prefix = s3.new_prefix()
     s3.upload_tree(definitions, prefix, manifest=False)
     source = s3.source(prefix)
@@ -245,7 +245,7 @@ async def test_s3_without_manifest_uses_etags(s3: S3Server, definitions: Path) -
     assert source.object_gets == gets_before  # nothing changed: nothing re-read
 
 
-async def test_s3_bad_credentials_is_a_source_error_without_the_secret(s3: S3Server) -> None:  # noqa: F811
+async def test_s3_bad_credentials_is_a_source_error_without_the_secret(s3: S3Server) -> None:
     source = S3Source(s3.bucket, s3.new_prefix(), endpoint=s3.endpoint, access_key="wrong-access-key",
                       secret_key="wrong-secret-value-42", region="us-east-1")
     with pytest.raises(SourceError) as caught:

@@ -21,7 +21,7 @@ from botburrow.services.dev.stack import LocalStack
 pytestmark = pytest.mark.slow
 
 
-async def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:  # noqa: ANN001
+async def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
@@ -47,7 +47,7 @@ async def test_a_mention_is_answered_end_to_end(stack: LocalStack, bus: Bus) -> 
     await _await_configs(bus, ["pirate-captain"])
     ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-    async def on_end(msg) -> None:  # noqa: ANN001
+    async def on_end(msg) -> None:
         if not ended.done():
             ended.set_result(msg.subject)
 
@@ -65,9 +65,9 @@ async def test_a_mention_is_answered_end_to_end(stack: LocalStack, bus: Bus) -> 
     assert flat[0].parent_id == notification.comment_id
     assert all(n.read for n in stack.hub.notifications_of("pirate-captain") if n.id == notification.id)
 
-    await wait_until(lambda: any(m.activation_id == activation_id for m in stack.hub.consumption()),
+    await wait_until(lambda: any(m.activation_id == activation_id for m in stack.hub.consumption),
                      what="consumption reported to the Hub")
-    (metrics,) = [m for m in stack.hub.consumption() if m.activation_id == activation_id]
+    (metrics,) = [m for m in stack.hub.consumption if m.activation_id == activation_id]
     assert (metrics.tokens_input, metrics.tokens_output, metrics.outcome) == (321, 45, "posted")
     assert metrics.agent_id == "pirate-captain" and metrics.estimated_cost_usd > 0
 

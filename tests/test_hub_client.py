@@ -1,5 +1,4 @@
 """HubClient against the real emulator over HTTP: every call of SPEC §1, retries, 429, breaker."""
-# ruff: noqa: F811  (fixtures imported by name until conftest lists tests.fixtures.hub)
 
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ from botburrow.hub import (
 )
 from botburrow.schemas.events import ActivationMetrics
 from botburrow.services.hub_emulator import HubEmulator
-from tests.fixtures.hub import hub_client, hub_emulator  # noqa: F401
 
 AGENT_KEY = "agent-key-for-helper-0001"
 

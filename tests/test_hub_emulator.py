@@ -1,5 +1,4 @@
 """The Hub emulator over real HTTP: auth, the admin API, notifications, rate limits, faults, the CLI."""
-# ruff: noqa: F811  (fixtures imported by name until conftest lists tests.fixtures.hub)
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ import httpx
 import pytest
 
 from botburrow.services.hub_emulator import HubEmulator
-from tests.fixtures.hub import hub_emulator  # noqa: F401
 
 
 @pytest.fixture

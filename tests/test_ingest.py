@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -23,7 +23,6 @@ from botburrow.services import ingest
 from botburrow.services.hub_emulator import HubEmulator
 from botburrow.services.ingest.poller import Poller
 from botburrow.streams.apply import ensure
-from tests.fixtures.hub import hub_emulator  # noqa: F401  (fixture)
 
 WAIT_S = 10.0
 
@@ -47,7 +46,7 @@ def keys_lookup(keys: dict[str, str]) -> Any:
 
 
 @pytest.fixture
-async def client(hub_emulator: HubEmulator) -> AsyncIterator[HubClient]:  # noqa: F811
+async def client(hub_emulator: HubEmulator) -> AsyncIterator[HubClient]:
     hub = HubClient(hub_emulator.url, backoff_base_s=0.01)
     try:
         yield hub
@@ -64,7 +63,7 @@ async def stream_messages(bus: Bus) -> list[tuple[dict[str, str], NotificationRe
     return found
 
 
-async def test_publishes_each_notification_then_marks_it_read(bus: Bus, hub_emulator: HubEmulator,  # noqa: F811
+async def test_publishes_each_notification_then_marks_it_read(bus: Bus, hub_emulator: HubEmulator,
                                                               client: HubClient) -> None:
     keys = {"ann": hub_emulator.add_agent("ann"), "bob": hub_emulator.add_agent("bob")}
     first = hub_emulator.mention("ann", "hello?")
@@ -85,7 +84,7 @@ async def test_publishes_each_notification_then_marks_it_read(bus: Bus, hub_emul
 
 
 async def test_nothing_is_marked_read_when_jetstream_does_not_acknowledge(
-        bus: Bus, hub_emulator: HubEmulator, client: HubClient) -> None:  # noqa: F811
+        bus: Bus, hub_emulator: HubEmulator, client: HubClient) -> None:
     keys = {"ann": hub_emulator.add_agent("ann")}
     hub_emulator.mention("ann", "one")
     poller = Poller(client, bus, keys_lookup(keys))
@@ -100,7 +99,7 @@ async def test_nothing_is_marked_read_when_jetstream_does_not_acknowledge(
     assert [n.read for n in hub_emulator.notifications_of("ann")] == [True]
 
 
-async def test_a_rejected_key_fails_only_that_agent(bus: Bus, hub_emulator: HubEmulator, client: HubClient,  # noqa: F811
+async def test_a_rejected_key_fails_only_that_agent(bus: Bus, hub_emulator: HubEmulator, client: HubClient,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     keys = {"ann": hub_emulator.add_agent("ann"), "bob": "wrong-key-for-bob-123456"}
     hub_emulator.add_agent("bob")
@@ -115,7 +114,7 @@ async def test_a_rejected_key_fails_only_that_agent(bus: Bus, hub_emulator: HubE
     assert any(getattr(r, "agent", None) == "bob" and getattr(r, "kind", None) == "auth" for r in caplog.records)
 
 
-async def test_a_backlog_drains_in_one_round(bus: Bus, hub_emulator: HubEmulator, client: HubClient) -> None:  # noqa: F811
+async def test_a_backlog_drains_in_one_round(bus: Bus, hub_emulator: HubEmulator, client: HubClient) -> None:
     keys = {"ann": hub_emulator.add_agent("ann")}
     for i in range(27):
         hub_emulator.mention("ann", f"question {i}")
@@ -123,6 +122,17 @@ async def test_a_backlog_drains_in_one_round(bus: Bus, hub_emulator: HubEmulator
     assert report.published == {"ann": 27}
     assert all(n.read for n in hub_emulator.notifications_of("ann"))
     assert (await bus.js.stream_info("NOTIFICATIONS")).state.messages == 27
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Until `condition()` holds (state another component changes, with no event to await)."""
+    async def wait() -> None:
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(wait(), WAIT_S)
 
 
 def free_port() -> int:
@@ -150,26 +160,20 @@ async def test_stage_starts_with_the_hub_down_and_recovers(bus: Bus, nats_url: s
     note = emulator.mention("ann", "are you there?")
     environ = {"NATS_URL": nats_url, "HUB_URL": f"http://127.0.0.1:{hub_port}", "METRICS_PORT": "0",
                "POLL_INTERVAL_SECONDS": "0.2", "BOTBURROW_AGENT_KEYS": json.dumps({"ann": key})}
-    ports: list[int] = []
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
     stage = asyncio.create_task(run_stage("ingest", ingest.run, environ=environ, stop=stop,
-                                          on_ready_port=ports.append))
+                                          on_ready_port=port.set_result))
     try:
         async with httpx.AsyncClient() as http:
-            while not ports:
-                await asyncio.sleep(0.01)
-            readyz = f"http://127.0.0.1:{ports[0]}/readyz"
+            readyz = f"http://127.0.0.1:{await asyncio.wait_for(port, WAIT_S)}/readyz"
             down = await wait_ready(http, readyz, ready=False)
             assert down["checks"]["hub"] is False
             await emulator.start(port=hub_port)
             up = await wait_ready(http, readyz, ready=True)
             assert up["checks"] == {"nats": True, "hub": True}
 
-        async def delivered() -> None:
-            while not emulator.notifications_of("ann")[0].read:
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(delivered(), WAIT_S)
+        await eventually(lambda: emulator.notifications_of("ann")[0].read)
         [(headers, event)] = await stream_messages(bus)
         assert headers["Nats-Msg-Id"] == f"ntf:{note.id}" and event.notification.content == note.content
     finally:

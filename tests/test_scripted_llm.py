@@ -1,7 +1,6 @@
 """The scripted LLM against the real `anthropic` SDK and raw OpenAI-style HTTP (httpx)."""
 
 # Test parameters named after the imported fixture are not redefinitions.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ import httpx
 import pytest
 
 from botburrow.services.scripted_llm import ScriptedLLM
-from tests.fixtures.llm import scripted_llm  # noqa: F401
 
 WEATHER_TOOL = {
     "name": "get_weather",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from botburrow.runtime.bus import Bus
@@ -23,7 +22,7 @@ async def read_all(bus: Bus, stream: str, subject: str, *, batch: int = 256) -> 
         while remaining > 0:
             try:
                 msgs = await sub.fetch(min(batch, remaining), timeout=2)
-            except NatsTimeoutError:
+            except TimeoutError:  # nats.errors.TimeoutError is one, and so is an asyncio timeout inside fetch
                 break
             out += msgs
             remaining -= len(msgs)

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError
 from prometheus_client import Counter
 
@@ -145,7 +144,7 @@ async def consume(
     while not stop.is_set():
         try:
             msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
-        except NatsTimeoutError:
+        except TimeoutError:  # nats.errors.TimeoutError is one, and so is an asyncio timeout inside fetch
             continue
         except APIError as exc:
             log.warning("fetch failed", extra={"consumer": durable, "error": str(exc)})
@@ -229,7 +228,7 @@ async def consume_batches(
     while not stop.is_set():
         try:
             msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
-        except NatsTimeoutError:
+        except TimeoutError:  # nats.errors.TimeoutError is one, and so is an asyncio timeout inside fetch
             continue
         except Exception as exc:  # APIError, a connection being re-established: back off, keep going
             log.warning("fetch failed", extra={"consumer": durable, "error": repr(exc)})

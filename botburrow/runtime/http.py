@@ -34,7 +34,9 @@ class RunningServer:
 
 async def serve(app: object, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
     """Start `app` on host:port (0 = a free port) and return once it accepts connections."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose protocol says TCP, and
+    # without it every response waits ~40 ms for delayed ACKs.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.setblocking(False)

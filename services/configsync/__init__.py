@@ -6,6 +6,19 @@ that is broken now but was valid before keeps its previous version in the bucket
 working; definitions gone from the source are deleted. Layout: `botburrow.definitions`.
 """
 
+from botburrow.definitions.source import open_source
+from botburrow.runtime import service
+from botburrow.runtime.service import StageContext
 from botburrow.services.configsync.sync import SyncReport, sync_forever, sync_once
 
-__all__ = ["SyncReport", "sync_forever", "sync_once"]
+__all__ = ["SyncReport", "main", "run", "sync_forever", "sync_once"]
+
+
+async def run(ctx: StageContext) -> None:
+    source = open_source(ctx.settings["AGENTS_SOURCE"], ctx.environ)
+    await sync_forever(ctx.bus, source, poll_s=ctx.settings["CONFIG_POLL_SECONDS"], stop=ctx.stop,
+                       health=ctx.health)
+
+
+def main() -> None:
+    service.main("configsync", run)

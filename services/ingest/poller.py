@@ -85,7 +85,10 @@ class Poller:
         if report.errors:
             kinds = Tally(report.errors.values())
             log.warning("poll round had failures", extra={"failed_agents": len(report.errors), "kinds": dict(kinds)})
-        log.info("poll round", extra={"agents_polled": len(report.published), "published": report.total_published})
+        # Every round is logged at debug only: at a short interval, quiet rounds would flood the log.
+        level = logging.INFO if report.total_published else logging.DEBUG
+        log.log(level, "poll round", extra={"agents_polled": len(report.published),
+                                            "published": report.total_published})
         return report
 
     async def _poll_agent(self, agent: str, report: PollReport) -> None:

@@ -9,10 +9,10 @@ CONSUMPTION_BATCH_SIZE (a partial batch waits at most CONSUMPTION_FLUSH_SECONDS)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from botburrow.hub.breaker import CircuitBreaker
 from botburrow.hub.client import HubClient
+from botburrow.hub.probe import keep_probing
 from botburrow.runtime import service
 from botburrow.runtime.consumer import consume_batches
 from botburrow.runtime.service import StageContext
@@ -28,15 +28,6 @@ PROBE_INTERVAL_S = 5.0
 __all__ = ["STAGE", "Reporter", "main", "observe", "run"]
 
 
-async def _probe_while_idle(hub: HubClient, stop: asyncio.Event) -> None:
-    """Keep readiness current while no consumption flows (then no call tells us the Hub's state)."""
-    while not stop.is_set():
-        if not hub.available:
-            await hub.probe()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), PROBE_INTERVAL_S)
-
-
 async def run(ctx: StageContext) -> None:
     flush_s: float = ctx.settings["CONSUMPTION_FLUSH_SECONDS"]
     system_key = read_secret("hub-api-key", environ=ctx.environ)
@@ -48,7 +39,7 @@ async def run(ctx: StageContext) -> None:
     reporter = Reporter(hub, ctx.stop)
     try:
         await asyncio.gather(
-            _probe_while_idle(hub, ctx.stop),
+            keep_probing(hub, ctx.stop),
             consume_batches(ctx.bus, stage=STAGE, stream="RUNS", durable="metrics", handler=reporter.on_batch,
                             stop=ctx.stop, batch=ctx.settings["CONSUMPTION_BATCH_SIZE"], fetch_timeout_s=flush_s),
         )

@@ -72,7 +72,8 @@ class AnthropicModel:
         request: dict[str, Any] = {
             "model": self.model,
             "max_tokens": self.brain.max_tokens or DEFAULT_MAX_TOKENS,
-            "temperature": self.brain.temperature,
+            # This SDK version no longer has a `temperature` parameter; the API still takes it.
+            "extra_body": {"temperature": self.brain.temperature},
             "system": system,
             "messages": self.messages(transcript),
         }

@@ -17,10 +17,10 @@ import socket
 import uuid
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from botburrow.definitions.directory import AgentDirectory
 from botburrow.hub.client import HubClient
+from botburrow.hub.probe import keep_probing
 from botburrow.runtime import service
 from botburrow.runtime.consumer import DeadLetters, Retry
 from botburrow.runtime.service import StageContext
@@ -71,7 +71,7 @@ class Runner:
             timeout_s = IDLE_FETCH_S if i == len(order) - 1 else BUSY_FETCH_S
             try:
                 msgs = await subs[priority].fetch(free, timeout=timeout_s)
-            except NatsTimeoutError:
+            except TimeoutError:  # nats.errors.TimeoutError is one, and so is an asyncio timeout inside fetch
                 continue
             except Exception as exc:  # reconnecting, leader election: back off and try again
                 log.warning("fetch failed", extra={"priority": priority, "error": repr(exc)})
@@ -155,9 +155,11 @@ async def run(ctx: StageContext) -> None:
         runner_id=f"{socket.gethostname()}-{os.getpid()}",
     )
     ctx.health.add_check("hub", lambda: hub.available)
+    probing = asyncio.create_task(keep_probing(hub, ctx.stop))
     try:
         await Runner(ctx, deps).run()
     finally:
+        probing.cancel()
         await directory.close()
         await hub.aclose()
 
