@@ -21,6 +21,13 @@ step "installing botburrow-agents and its pinned dependencies into .venv"
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 
+# promtool (Debian's prometheus package) checks the alert rules in deploy/; installed when we may.
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  step "installing promtool (Debian package prometheus)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+    || echo "setup: could not install prometheus (promtool); the rule tests will be skipped" >&2
+fi
+
 for extra in deploy/setup.sh; do
   if [ -x "$extra" ]; then
     step "running $extra"
