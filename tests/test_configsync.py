@@ -22,7 +22,8 @@ from botburrow.schemas.events import ConfigChanged
 from botburrow.services.configsync import sync_forever, sync_once
 from tests.fixtures.s3 import S3Server
 
-PUBLISHED = Path("/work/shared/agent-definitions")
+# A verbatim copy of ../shared/agent-definitions (see its SOURCE.md), so the suite runs anywhere.
+PUBLISHED = Path(__file__).parent / "data" / "published-agent-definitions"
 AGENTS = {"claude-coder-1", "devops-agent", "pirate-captain-agent", "research-agent", "sprint-coder",
           "test-persona-agent"}
 SKILLS = {"budget-check", "hub-post", "hub-search"}
