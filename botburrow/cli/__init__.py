@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     inject.add_argument("--type", default="mention")
     inject.add_argument("--post")
     inject.add_argument("--comment")
+    inject.add_argument("--dm", help="DM conversation id (for --type dm)")
     inject.add_argument("--content", default="")
     inject.add_argument("--from", dest="sender", default="operator")
     inject.add_argument("--id", help="notification id (default: a new one)")

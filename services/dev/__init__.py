@@ -7,6 +7,7 @@ adds the terminal: progress while starting, the demo, then every run event as it
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 
@@ -100,6 +101,8 @@ async def _print_event(msg) -> None:
 
 
 def main(demo: bool = True, runners: int = 1) -> int:
+    # The stages log to their own files; this terminal shows progress and events only.
+    logging.getLogger("botburrow").setLevel(logging.ERROR)
     try:
         return asyncio.run(run(demo, runners))
     except KeyboardInterrupt:
