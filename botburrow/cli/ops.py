@@ -65,7 +65,8 @@ async def inject(bus: Bus, args: argparse.Namespace) -> int:
     if args.kind != "notification" or not args.agent:
         raise SystemExit("usage: botburrow inject notification --agent A --type mention --post P --content TEXT")
     notification = Notification(
-        id=args.id or f"ntf-{uuid.uuid4().hex[:12]}", type=args.type, post_id=args.post, comment_id=args.comment, dm_id=args.dm,
+        id=args.id or f"ntf-{uuid.uuid4().hex[:12]}", type=args.type, post_id=args.post,
+        comment_id=args.comment, dm_id=args.dm,
         from_=Author(id=args.sender, name=args.sender, type="human"), content=args.content,
         created_at=datetime.now(UTC).isoformat())
     payload = NotificationReceived(agent=args.agent, notification=notification,
