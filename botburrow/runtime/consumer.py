@@ -1,9 +1,10 @@
 """The consumer loop every stage uses, and dead-lettering.
 
-A handler gets each decoded payload once. It returns to have the message acknowledged, raises
-`Retry(delay_s)` to have it redelivered later, or raises `Reject(reason)` to dead-letter it. Any
-other exception is logged and retried with backoff until the delivery cap, then dead-lettered: a
-consumer never crashes or stalls on bad input (SPEC §5).
+A stage's handler gets each fetched batch of decoded payloads at once. It returns to have the batch
+acknowledged (after `Item.reject(reason)` dead-letters single items), or raises `Retry(delay_s)` to
+have it redelivered later. Undecodable payloads never reach it: they go to the DLQ with the bad
+field's path. Any other exception is logged and the batch redelivered; past the delivery cap a
+message is dead-lettered. A consumer never crashes or stalls on bad input (SPEC §5).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.js.errors import APIError
 from prometheus_client import Counter
 
 from botburrow.runtime.bus import Bus
@@ -40,14 +40,6 @@ class Retry(Exception):
     def __init__(self, delay_s: float, reason: str = "") -> None:
         super().__init__(reason or f"retry in {delay_s:.1f}s")
         self.delay_s = delay_s
-
-
-class Reject(Exception):
-    """Dead-letter this message: it can never succeed as it is."""
-
-    def __init__(self, reason: str, path: str | None = None, category: str = "rejected") -> None:
-        super().__init__(reason)
-        self.reason, self.path, self.category = reason, path, category
 
 
 class DeadLetters:
@@ -87,72 +79,6 @@ def _metadata(msg: Msg) -> dict[str, Any]:
     except Exception:  # not a JetStream message (e.g. a core NATS test message)
         return {}
     return {"stream": meta.stream, "seq": meta.sequence.stream, "deliveries": meta.num_delivered}
-
-
-Handler = Callable[[Any, Msg], Awaitable[None]]
-
-
-async def handle_message(msg: Msg, handler: Handler, dlq: DeadLetters, *, consumer: str) -> None:
-    """Decode, run the handler, and settle the message: ack, nak with delay, or dead-letter + ack."""
-    deliveries = _metadata(msg).get("deliveries", 1)
-    if deliveries > MAX_DELIVERIES:
-        await dlq.send(msg, f"gave up after {deliveries - 1} deliveries", category="exhausted")
-        await msg.ack()
-        return
-    try:
-        payload = decode_subject(msg.subject, msg.data)
-    except DecodeError as exc:
-        await dlq.send(msg, f"invalid payload: {exc.reason}", path=exc.path, category="invalid")
-        await msg.ack()
-        return
-    try:
-        await handler(payload, msg)
-    except Retry as exc:
-        await msg.nak(delay=exc.delay_s)
-        return
-    except Reject as exc:
-        await dlq.send(msg, exc.reason, path=exc.path, category=exc.category)
-        await msg.ack()
-        return
-    except Exception as exc:
-        FAILED.labels(dlq.stage, consumer).inc()
-        log.exception("handler failed", extra={"subject": msg.subject, "deliveries": deliveries})
-        if deliveries >= MAX_DELIVERIES:
-            await dlq.send(msg, f"handler failed {deliveries} times: {exc!r}", category="exhausted")
-            await msg.ack()
-        else:
-            await msg.nak(delay=min(30.0, 0.5 * 2**deliveries))
-        return
-    await msg.ack()
-    PROCESSED.labels(dlq.stage, consumer).inc()
-
-
-async def consume(
-    bus: Bus,
-    *,
-    stage: str,
-    stream: str,
-    durable: str,
-    handler: Handler,
-    stop: asyncio.Event,
-    batch: int = 100,
-    fetch_timeout_s: float = 1.0,
-) -> None:
-    """Fetch from a durable pull consumer until `stop` is set, handling messages in stream order."""
-    dlq = DeadLetters(bus, stage)
-    sub = await bus.js.pull_subscribe_bind(durable, stream)
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
-        except TimeoutError:  # nats.errors.TimeoutError is one, and so is an asyncio timeout inside fetch
-            continue
-        except APIError as exc:
-            log.warning("fetch failed", extra={"consumer": durable, "error": str(exc)})
-            await asyncio.sleep(1)
-            continue
-        for msg in msgs:
-            await handle_message(msg, handler, dlq, consumer=durable)
-    await sub.unsubscribe()
 
 
 class Item:
