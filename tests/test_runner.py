@@ -176,7 +176,7 @@ async def test_tool_round_trip_on_anthropic_posts_one_reply(rig: Rig) -> None:
         {"text": "It is about a question for me.", "usage": {"input_tokens": 200, "output_tokens": 20}},
     ])
     await rig.start()
-    activation_id, end, events = await rig.activate("anthro", [note])
+    _, end, events = await rig.activate("anthro", [note])
 
     assert end == "completed"
     assert kinds(events) == ["RunStarted", "LlmTurn", "ToolCalled", "LlmTurn", "Posted", "RunCompleted"]

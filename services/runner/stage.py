@@ -65,6 +65,9 @@ class Runner:
                 task.add_done_callback(self.active.discard)
         stopping.cancel()
         await self._drain()
+        for sub in subs.values():  # else Bus.close's drain waits out its timeout on their queues
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _fetch(self, subs: dict, order: list[str], free: int) -> list[Msg]:
         for i, priority in enumerate(order):
