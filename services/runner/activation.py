@@ -140,8 +140,11 @@ class Activation:
         chosen = context.select_skills(definition, skills, grants, task, community)
         tools = HubTools(self.deps.hub, key, grants, poster, self.request.activation_id)
         model = model_for(definition.config.brain, self.deps.environ, timeout_s=120)
-        await run_loop(model, context.system_prompt(definition, chosen), [UserText(task)], tools,
-                       self._loop_limits(definition, deadline_s), self.log, self.totals)
+        try:
+            await run_loop(model, context.system_prompt(definition, chosen), [UserText(task)], tools,
+                           self._loop_limits(definition, deadline_s), self.log, self.totals)
+        finally:
+            await model.aclose()  # one client per activation: close its connections with it
         return self.totals.text.strip(), tools
 
     async def _answer(self, definition: AgentDefinition, key: str, poster: Poster, deadline_s: float) -> str:

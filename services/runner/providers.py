@@ -47,6 +47,9 @@ class AnthropicModel:
         self.model, self.brain = brain.model, brain
         self._client = anthropic.AsyncAnthropic(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s)
 
+    async def aclose(self) -> None:
+        await self._client.close()
+
     @staticmethod
     def messages(transcript: list[Entry]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -103,6 +106,9 @@ class OpenAIModel:
         self.model, self.brain = brain.model, brain
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._client = httpx.AsyncClient(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"})
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
     @staticmethod
     def messages(system: str, transcript: list[Entry]) -> list[dict[str, Any]]:
