@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from botburrow.hub.client import HubAuthError, HubClient, HubError, HubUnavailable
@@ -22,13 +22,21 @@ from botburrow.schemas.events import ActivationMetrics, ActivationRequested
 from botburrow.schemas.hub import Notification, Post
 from botburrow.secrets import redact
 from botburrow.services.runner import context
-from botburrow.services.runner.hubtools import HubTools
-from botburrow.services.runner.loop import LoopFailed, LoopLimits, LoopResult, run_loop
+from botburrow.services.runner.loop import LoopFailed, LoopLimits, LoopResult
 from botburrow.services.runner.posting import Poster, PostResult, Target, interval_wait_s, reply_key
 from botburrow.services.runner.pricing import PriceTable
-from botburrow.services.runner.providers import model_for
 from botburrow.services.runner.runlog import RunLog, now_rfc3339
-from botburrow.services.runner.transcript import ModelError, UserText
+from botburrow.services.runner.seams import (
+    AllowWhatConfigsAsk,
+    GrantResolver,
+    HubToolsOnly,
+    NativeThinker,
+    Thinker,
+    ThinkRequest,
+    ToolContext,
+    ToolsetFactory,
+)
+from botburrow.services.runner.transcript import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,9 @@ class Deps:
     environ: Mapping[str, str]
     limits: Limits
     runner_id: str
+    grants: GrantResolver = field(default_factory=AllowWhatConfigsAsk)
+    toolsets: ToolsetFactory = field(default_factory=HubToolsOnly)
+    thinkers: Mapping[str, Thinker] = field(default_factory=lambda: {"native": NativeThinker()})
 
 
 def answerable(definition: AgentDefinition, notification: Notification) -> bool:
@@ -116,7 +127,7 @@ class Activation:
         await self.log.started(tool_type, model, self.deps.runner_id)
         if definition is None:
             raise ActivationFailed(f"unknown agent {self.request.agent!r}", dead_letter=True)
-        if definition.config.type != "native":
+        if definition.config.type not in self.deps.thinkers:
             raise ActivationFailed(f"executor {definition.config.type!r} is not available in this runner",
                                    dead_letter=True)
         key = self.deps.keys.get(definition.name)
@@ -134,18 +145,21 @@ class Activation:
                           max_tokens=self.deps.limits.max_tokens, deadline=deadline_s)
 
     async def _think(self, definition: AgentDefinition, key: str, poster: Poster, task: str,
-                     community: str | None, deadline_s: float) -> tuple[str, HubTools]:
-        grants = set(definition.config.capabilities.grants)
+                     community: str | None, deadline_s: float) -> tuple[str, ToolContext]:
+        grants = self.deps.grants.resolve(definition)
         skills: Mapping[str, SkillDefinition] = self.deps.definitions.skills()
         chosen = context.select_skills(definition, skills, grants, task, community)
-        tools = HubTools(self.deps.hub, key, grants, poster, self.request.activation_id)
-        model = model_for(definition.config.brain, self.deps.environ, timeout_s=120)
-        try:
-            await run_loop(model, context.system_prompt(definition, chosen), [UserText(task)], tools,
-                           self._loop_limits(definition, deadline_s), self.log, self.totals)
-        finally:
-            await model.aclose()  # one client per activation: close its connections with it
-        return self.totals.text.strip(), tools
+        tools = ToolContext(definition=definition, agent_key=key, grants=grants,
+                            activation_id=self.request.activation_id, poster=poster, hub=self.deps.hub,
+                            recorder=self.log)
+        thinker = self.deps.thinkers[definition.config.type]
+        async with self.deps.toolsets.open(tools) as toolbox:
+            text = await thinker.think(ThinkRequest(
+                definition=definition, system=context.system_prompt(definition, chosen), task=task,
+                toolbox=toolbox, limits=self._loop_limits(definition, deadline_s), recorder=self.log,
+                totals=self.totals, environ=self.deps.environ, activation_id=self.request.activation_id,
+                tools=tools))
+        return text, tools
 
     async def _answer(self, definition: AgentDefinition, key: str, poster: Poster, deadline_s: float) -> str:
         todo = [n for n in self.request.notifications if answerable(definition, n)]
@@ -174,7 +188,7 @@ class Activation:
         comments = await self.deps.hub.get_comments(key, post.id)
         return context.render_thread(post, comments), post.submolt
 
-    async def _post(self, poster: Poster, notification: Notification, text: str, tools: HubTools) -> PostResult:
+    async def _post(self, poster: Poster, notification: Notification, text: str, tools: ToolContext) -> PostResult:
         target = target_for(notification)
         if target.kind == "comment" and (target.post_id, target.parent_id) in tools.commented:
             await self.log.posted(notification_id=notification.id, target="comment", post_id=target.post_id,

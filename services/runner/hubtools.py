@@ -44,11 +44,12 @@ def bare_community(name: str) -> str:
 class HubTools:
     """Hub tools for one activation of one agent."""
 
-    def __init__(self, hub: HubClient, key: str, grants: set[str], poster: Poster, activation_id: str) -> None:
+    def __init__(self, hub: HubClient, key: str, grants: set[str], poster: Poster, activation_id: str,
+                 commented: set[tuple[str, str | None]] | None = None) -> None:
         self.hub, self.key, self.grants, self.poster = hub, key, grants, poster
         self.activation_id = activation_id
         # Threads (post id, parent id) the model answered through a tool: no second answer there.
-        self.commented: set[tuple[str, str | None]] = set()
+        self.commented: set[tuple[str, str | None]] = set() if commented is None else commented
         tools = [
             HubTool(ToolSpec("hub__get_thread", "Read a post and its comment tree.",
                              _schema({"post_id": _STR}, ["post_id"])), "hub:read", self._get_thread),

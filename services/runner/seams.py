@@ -1,0 +1,93 @@
+"""The three places an activation is extended, each a small protocol with a default:
+
+- `GrantResolver`: which of a config's grants the agent holds (the cluster policy, SPEC §3);
+- `ToolsetFactory`: the tools an activation may call (Hub tools; MCP servers later), opened and
+  closed around the thinking;
+- `Thinker`: how an executor type turns a prompt into a final answer (the native loop; the CLIs).
+
+`Activation` (posting, limits, the event log) stays the same whatever is plugged in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from botburrow.schemas.agent import AgentDefinition
+from botburrow.services.runner.loop import LoopLimits, LoopResult, Recorder, Toolbox, run_loop
+from botburrow.services.runner.transcript import UserText
+
+
+class GrantResolver(Protocol):
+    def resolve(self, definition: AgentDefinition) -> set[str]: ...
+
+
+class AllowWhatConfigsAsk:
+    """No policy file: an agent holds every grant its config asks for (SPEC §3)."""
+
+    def resolve(self, definition: AgentDefinition) -> set[str]:
+        return set(definition.config.capabilities.grants)
+
+
+@dataclass
+class ToolContext:
+    definition: AgentDefinition
+    agent_key: str
+    grants: set[str]
+    activation_id: str
+    poster: object  # posting.Poster
+    hub: object  # HubClient
+    workspace: Path | None = None
+    recorder: Recorder | None = None
+    # Threads (post id, parent id) answered through a tool: the final answer is not posted there again.
+    commented: set[tuple[str, str | None]] = field(default_factory=set)
+
+
+class ToolsetFactory(Protocol):
+    def open(self, ctx: ToolContext) -> contextlib.AbstractAsyncContextManager[Toolbox]: ...
+
+
+@dataclass
+class ThinkRequest:
+    definition: AgentDefinition
+    system: str
+    task: str
+    toolbox: Toolbox
+    limits: LoopLimits
+    recorder: Recorder
+    totals: LoopResult
+    environ: Mapping[str, str]
+    activation_id: str
+    tools: ToolContext
+
+
+class Thinker(Protocol):
+    async def think(self, request: ThinkRequest) -> str: ...
+
+
+class NativeThinker:
+    """`type: native`: the agent loop against the model API (SPEC §4)."""
+
+    async def think(self, request: ThinkRequest) -> str:
+        from botburrow.services.runner.providers import model_for
+
+        model = model_for(request.definition.config.brain, request.environ, timeout_s=120)
+        try:
+            await run_loop(model, request.system, [UserText(request.task)], request.toolbox, request.limits,
+                           request.recorder, request.totals)
+        finally:
+            await model.aclose()  # one client per activation: close its connections with it
+        return request.totals.text.strip()
+
+
+class HubToolsOnly:
+    """The default toolset: the Hub tools, served in-process (SPEC §3 allows it for the native loop)."""
+
+    @contextlib.asynccontextmanager
+    async def open(self, ctx: ToolContext) -> AsyncIterator[Toolbox]:
+        from botburrow.services.runner.hubtools import HubTools
+
+        yield HubTools(ctx.hub, ctx.agent_key, ctx.grants, ctx.poster, ctx.activation_id, ctx.commented)
