@@ -38,7 +38,8 @@ async def _connect() -> Bus:
 async def run(args: argparse.Namespace) -> int:
     bus = await _connect()
     try:
-        handler = {"streams": streams_apply, "inject": inject, "tail": tail, "show": show, "dlq": dlq}[args.command]
+        handler = {"streams": streams_apply, "inject": inject, "tail": tail, "show": show, "dlq": dlq,
+                   "replay": replay}[args.command]
         return await handler(bus, args)
     finally:
         await bus.close()
@@ -142,3 +143,9 @@ async def dlq(bus: Bus, args: argparse.Namespace) -> int:
                             headers={"Redrive-Of": str(args.seq)})
     print(f"redriven to {letter.subject} (seq {ack.seq})")
     return 0
+
+
+async def replay(bus: Bus, args: argparse.Namespace) -> int:
+    from botburrow.cli.replay import run as run_replay
+
+    return await run_replay(bus, args)
