@@ -21,6 +21,16 @@ step "installing botburrow-agents and its pinned dependencies into .venv"
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 
+# The pinned npm tools (MCP servers, coding-agent CLIs) under tools/node_modules; skipped when current.
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -f tools/node_modules/.package-lock.json ] || [ tools/package-lock.json -nt tools/node_modules/.package-lock.json ]; then
+    step "installing the pinned npm tools into tools/node_modules (MCP servers, coding-agent CLIs)"
+    npm ci --prefix tools --no-audit --no-fund --loglevel=error
+  fi
+else
+  echo "setup: npm not found: the npm MCP servers and coding-agent CLIs are not installed" >&2
+fi
+
 # promtool (Debian's prometheus package) checks the alert rules in deploy/; installed when we may.
 if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   step "installing promtool (Debian package prometheus)"
