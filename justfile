@@ -36,3 +36,7 @@ schemas:
 # benchmarks; results are written to bench/results/
 bench:
     {{venv}}/python -m bench
+
+# fault and load suite: small by default (~1 min); `just soak --full` = 1,000 agents, 20,000 notifications
+soak *args:
+    {{venv}}/python -m bench.soak {{args}}

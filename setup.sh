@@ -31,6 +31,13 @@ else
   echo "setup: npm not found: the npm MCP servers and coding-agent CLIs are not installed" >&2
 fi
 
+# Aider in its own virtual environment (its pinned dependencies clash with ours).
+if [ ! -x tools/aider/bin/aider ]; then
+  step "installing aider-chat 0.86.2 into tools/aider"
+  "$PYTHON" -m venv tools/aider
+  tools/aider/bin/python -m pip install --quiet aider-chat==0.86.2
+fi
+
 # promtool (Debian's prometheus package) checks the alert rules in deploy/; installed when we may.
 if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   step "installing promtool (Debian package prometheus)"
@@ -38,11 +45,21 @@ if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     || echo "setup: could not install prometheus (promtool); the rule tests will be skipped" >&2
 fi
 
-for extra in deploy/setup.sh; do
-  if [ -x "$extra" ]; then
-    step "running $extra"
-    "$extra"
+# Sandbox backends (bubblewrap, a Docker engine) and debootstrap for the sandbox base image.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  missing=""
+  command -v bwrap >/dev/null || missing="$missing bubblewrap"
+  command -v dockerd >/dev/null || missing="$missing docker.io"
+  command -v debootstrap >/dev/null || missing="$missing debootstrap"
+  if [ -n "$missing" ]; then
+    step "installing sandbox backends:$missing"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null \
+      || echo "setup: could not install$missing; the sandbox tests will be skipped" >&2
   fi
-done
+  if command -v debootstrap >/dev/null; then
+    step "building the sandbox base root file system (cached in .cache/sandbox/; ~80 s the first time)"
+    .venv/bin/python -m botburrow.sandbox.images
+  fi
+fi
 
 step "done. Next: .venv/bin/botburrow dev   (or: .venv/bin/just test)"

@@ -95,3 +95,25 @@ class AgentKeys:
                 remember(f"agent-key:{agent}", key)
                 return key
         return self._inline.get(agent)
+
+
+def remember_all(environ: Mapping[str, str] | None = None) -> int:
+    """Register every secret this process could ever see, so each is redacted even before (or without)
+    being read: every file in SECRETS_DIR and AGENT_KEYS_DIR, the known secret variables, and the
+    inline agent keys. Returns how many values were registered."""
+    env = os.environ if environ is None else environ
+    count = 0
+    for folder_var, prefix in (("SECRETS_DIR", ""), ("AGENT_KEYS_DIR", "agent-key:")):
+        folder = env.get(folder_var)
+        if folder and Path(folder).is_dir():
+            for path in Path(folder).iterdir():
+                if path.is_file() and not path.name.startswith("."):
+                    remember(prefix + path.name, path.read_text().strip())
+                    count += 1
+    for name, var in ENV_FALLBACK.items():
+        if env.get(var):
+            remember(name, env[var])
+            count += 1
+    if env.get("BOTBURROW_AGENT_KEYS"):
+        count += len(AgentKeys(env)._inline)
+    return count

@@ -13,6 +13,7 @@ from botburrow.schemas.events import (
     DeadLetter,
     NotificationReceived,
     RunEvent,
+    SchedulingRefused,
 )
 
 # One schema per subject (SPEC §5). Patterns use NATS wildcards; order does not matter.
@@ -23,6 +24,7 @@ SUBJECT_SCHEMAS: dict[str, Any] = {
     "agents.config.agent.*": ConfigChanged,
     "agents.config.skill.*": ConfigChanged,
     "agents.dlq.*": DeadLetter,
+    "agents.sched.decision.*": SchedulingRefused,
 }
 
 _encoder = msgspec.json.Encoder()

@@ -86,6 +86,17 @@ class ActivationMetrics(msgspec.Struct, frozen=True, kw_only=True):
     ended_at: str
 
 
+class SchedulingRefused(Payload, kw_only=True):
+    """`agents.sched.decision.<agent>`: work the scheduler would start but may not, and why.
+
+    Emitted once per agent and reason (again only after the reason changed or work started)."""
+
+    agent: str
+    kind: str
+    reason: str
+    at: str
+
+
 # --- run events: `agents.run.<agent>.<activation id>.<event>` -------------------------------------
 
 

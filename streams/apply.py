@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -18,19 +19,35 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
+    SubjectTransform,
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
-from botburrow.streams.topology import BUCKETS, CONSUMERS, STREAMS, BucketSpec, ConsumerSpec, StreamSpec
+from botburrow.streams.topology import (
+    BUCKETS,
+    CONSUMERS,
+    RUNNER_ACK_WAIT_S,
+    STREAMS,
+    BucketSpec,
+    ConsumerSpec,
+    StreamSpec,
+)
 
 log = logging.getLogger(__name__)
 
 
 def stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
+    sources = [
+        StreamSource(name=source.stream,
+                     subject_transforms=[SubjectTransform(src=t.src, dest=t.dest) for t in source.transforms])
+        for source in spec.sources
+    ]
     return StreamConfig(
         name=spec.name,
         description=spec.description or None,
-        subjects=spec.subjects,
+        subjects=spec.subjects or None,
+        sources=sources or None,
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         num_replicas=replicas,
@@ -75,8 +92,31 @@ def _verb(exists: bool, update: bool) -> str:
     return "updated" if update else "exists"
 
 
-async def ensure(js: JetStreamContext, *, update: bool = False, replicas: int = 1) -> list[str]:
+async def _update_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -> None:
+    # nats-py's create_key_value only adds (an existing bucket with other settings is error 10058):
+    # a bucket is the stream KV_<name>, so change that stream's settings directly.
+    config = (await js.stream_info(f"KV_{spec.name}")).config
+    config.max_age = spec.ttl_s or 0
+    if config.max_age and config.duplicate_window and config.duplicate_window > config.max_age:
+        config.duplicate_window = config.max_age  # the server refuses a window longer than the TTL
+    config.max_msgs_per_subject = spec.history
+    config.num_replicas = replicas
+    config.description = spec.description or None
+    await js.update_stream(config)
+
+
+def with_runner_ack_wait(runner_ack_wait_s: float) -> tuple[list[ConsumerSpec], list[BucketSpec]]:
+    """The runner consumers' ack wait and the leases TTL move together (RUNNER_ACK_WAIT_SECONDS)."""
+    consumers = [msgspec.structs.replace(c, ack_wait_s=runner_ack_wait_s) if c.durable.startswith("runner-") else c
+                 for c in CONSUMERS]
+    buckets = [msgspec.structs.replace(b, ttl_s=runner_ack_wait_s) if b.name == "leases" else b for b in BUCKETS]
+    return consumers, buckets
+
+
+async def ensure(js: JetStreamContext, *, update: bool = False, replicas: int = 1,
+                 runner_ack_wait_s: float = RUNNER_ACK_WAIT_S) -> list[str]:
     """Make the topology exist; returns a line per object saying what was done (for progress output)."""
+    consumers, buckets = with_runner_ack_wait(runner_ack_wait_s)
     done: list[str] = []
     for spec in STREAMS:
         config = stream_config(spec, replicas)
@@ -91,7 +131,7 @@ async def ensure(js: JetStreamContext, *, update: bool = False, replicas: int = 
             done.append(f"stream {spec.name}: updated")
         else:
             done.append(f"stream {spec.name}: exists")
-    for spec in CONSUMERS:
+    for spec in consumers:
         exists = True
         try:
             await js.consumer_info(spec.stream, spec.durable)
@@ -101,15 +141,16 @@ async def ensure(js: JetStreamContext, *, update: bool = False, replicas: int = 
             # add_consumer with an existing durable name updates its mutable settings.
             await js.add_consumer(spec.stream, consumer_config(spec))
         done.append(f"consumer {spec.stream}/{spec.durable}: {_verb(exists, update)}")
-    for spec in BUCKETS:
+    for spec in buckets:
         try:
             await js.key_value(spec.name)
             exists = True
         except BucketNotFoundError:
             exists = False
-        if not exists or update:
-            # create_key_value on an existing bucket with the same name updates it.
+        if not exists:
             await js.create_key_value(bucket_config(spec, replicas))
+        elif update:
+            await _update_bucket(js, spec, replicas)
         done.append(f"bucket {spec.name}: {_verb(exists, update)}")
     for line in done:
         log.debug("topology", extra={"detail": line})

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.llm",
     "tests.fixtures.s3",
     "tests.fixtures.hub",
+    "tests.fixtures.docker",
 ]

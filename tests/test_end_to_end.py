@@ -30,7 +30,8 @@ async def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition"
 
 
 @pytest.fixture
-async def stack(tmp_path: Path, nats_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[LocalStack]:
+async def stack(tmp_path: Path, nats_url: str, bus: Bus, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[LocalStack]:
+    # `bus` first: it resets the topology, which must happen before the stages bind to it.
     monkeypatch.setenv("NATS_URL", nats_url)
     s = LocalStack(work_dir=tmp_path / "stack", llm_strict=True, poll_interval_s=0.2)
     try:

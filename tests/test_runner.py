@@ -11,6 +11,7 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -70,13 +71,14 @@ class Rig:
         kv = await self.bus.kv(bucket.BUCKET)
         await kv.put(bucket.key("agent", name), bucket.encode(definition))
 
-    async def start(self, key_overrides: dict[str, str] | None = None) -> None:
+    async def start(self, key_overrides: dict[str, str] | None = None, **extra_env: str) -> None:
         environ = {
             "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
             "NATS_URL": self.nats_url,
             "HUB_URL": self.hub.url, "HUB_API_KEY": self.hub.system_key,
             "BOTBURROW_AGENT_KEYS": json.dumps({**self.keys, **(key_overrides or {})}),
             "MODEL_BASE_URL_OVERRIDE": self.llm.url, "METRICS_PORT": "0", "RUNNER_CONCURRENCY": "4",
+            **extra_env,
         }
         self.task = asyncio.create_task(run_stage("runner", runner_body, environ=environ, stop=self.stop))
 
@@ -261,10 +263,10 @@ async def test_max_iterations_fails_without_posting(rig: Rig) -> None:
     assert not rig.llm.violations
 
 
-async def test_unavailable_executor_fails_and_is_dead_lettered(rig: Rig) -> None:
+async def test_unavailable_executor_fails_and_is_dead_lettered(rig: Rig, tmp_path: Path) -> None:
     await rig.add_agent("coder", type_="claude-code")
     note = rig.hub.mention("coder", "fix my bug")
-    await rig.start()
+    await rig.start(BOTBURROW_TOOLS_DIR=str(tmp_path))  # a runner without the Claude Code CLI
     activation_id, end, events = await rig.activate("coder", [note])
 
     assert end == "failed"

@@ -31,6 +31,7 @@ from botburrow.services.scheduler.state import (
     activation_id,
 )
 from botburrow.streams import subjects
+from botburrow.streams.topology import SCHEDULER_PARTITIONS, scheduler_durable
 
 NOW = "2025-01-01T00:00:00.000Z"
 WAIT_S = 10.0
@@ -270,17 +271,18 @@ async def test_pending_work_survives_a_restart(bus: Bus, nats_url: str) -> None:
             await publish_end(bus, first)
             second, _ = await activations.next(ActivationRequested)
             assert [n.id for n in second.notifications] == ["n2"] and second.agent == "ann"
-            await wait_consumed(bus, "NOTIFICATIONS", "scheduler")
+            await wait_consumed(bus)
     # Nothing for bob (replies off), nothing for n1 again.
     assert (await bus.js.stream_info("ACTIVATIONS")).state.messages == 2
 
 
-async def wait_consumed(bus: Bus, stream: str, durable: str) -> None:
-    """Until the consumer has handled and acknowledged everything in its stream."""
+async def wait_consumed(bus: Bus) -> None:
+    """Until every scheduler partition consumer has handled and acknowledged everything sourced to it."""
     async def drained() -> None:
         while True:
-            info = await bus.js.consumer_info(stream, durable)
-            if info.num_pending == 0 and info.num_ack_pending == 0:
+            infos = [await bus.js.consumer_info("SCHEDULER", scheduler_durable(p)) for p in range(SCHEDULER_PARTITIONS)]
+            sourced = (await bus.js.stream_info("SCHEDULER")).state.messages
+            if sourced and all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
                 return
             await asyncio.sleep(0.02)
 

@@ -14,6 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from botburrow.cli.read import read_all
 from botburrow.cli.timeline import render
@@ -29,8 +32,9 @@ from botburrow.streams.apply import ensure
 async def _connect() -> Bus:
     settings = load("cli", required=False)
     try:
-        return await Bus.connect(settings["NATS_URL"], name="botburrow-cli", creds=settings["NATS_CREDS"],
-                                 connect_timeout_s=3)
+        # Bus.connect reconnects forever (right for a stage); a command gives up and says so.
+        return await asyncio.wait_for(Bus.connect(settings["NATS_URL"], name="botburrow-cli",
+                                                  creds=settings["NATS_CREDS"], connect_timeout_s=3), 10)
     except Exception as exc:
         raise SystemExit(f"cannot reach NATS at {settings['NATS_URL']} (set NATS_URL): {type(exc).__name__}") from None
 
@@ -46,8 +50,9 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def streams_apply(bus: Bus, args: argparse.Namespace) -> int:
-    replicas = load("cli", required=False)["STREAM_REPLICAS"]
-    for line in await ensure(bus.js, update=True, replicas=replicas):
+    settings = load("cli", required=False)
+    for line in await ensure(bus.js, update=True, replicas=settings["STREAM_REPLICAS"],
+                             runner_ack_wait_s=settings["RUNNER_ACK_WAIT_SECONDS"]):
         print(line)
     return 0
 
@@ -114,33 +119,63 @@ async def load_run(bus: Bus, activation_id: str) -> list:
 
 
 async def show(bus: Bus, args: argparse.Namespace) -> int:
-    events = await load_run(bus, args.activation_id)
+    from botburrow.cli.replay import read_events
+
+    events, problems, _ = await read_events(bus, args.activation_id)
+    for problem in problems:  # events of another schema version: shown as a note, never a traceback
+        print(f"warning: {problem}", file=sys.stderr)
     if not events:
-        print(f"no events for activation {args.activation_id!r} (unknown id, or aged out of RUNS)", file=sys.stderr)
+        if not problems:
+            print(f"no events for activation {args.activation_id!r} (unknown id, or aged out of RUNS)",
+                  file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps([msgspec.to_builtins(e) for e in events], indent=2))
     else:
-        print(render(events))
+        print(render(events, whole=True))
     return 0
+
+
+def _letter(data: bytes) -> DeadLetter | None:
+    try:
+        return msgspec.json.decode(data, type=DeadLetter)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 async def dlq(bus: Bus, args: argparse.Namespace) -> int:
     if args.action == "ls":
-        for msg in await read_all(bus, "DLQ", "agents.dlq.*"):
-            letter = msgspec.json.decode(msg.data, type=DeadLetter)
-            print(f"{msg.metadata.sequence.stream:>6}  {letter.stage:<10} {letter.subject:<50} {letter.reason[:80]}")
+        msgs = await read_all(bus, "DLQ", "agents.dlq.*")
+        for msg in msgs:
+            letter = _letter(msg.data)
+            seq = msg.metadata.sequence.stream
+            if letter is None:
+                print(f"{seq:>6}  {msg.subject:<10} (not a dead letter: {msg.data[:60]!r})")
+                continue
+            print(f"{seq:>6}  {letter.stage:<10} {letter.subject:<50} {letter.reason[:80]}")
+        print(f"{len(msgs)} dead letter(s)", file=sys.stderr)
         return 0
     if args.seq is None:
         raise SystemExit(f"usage: botburrow dlq {args.action} <seq>")
-    raw = await bus.js.get_msg("DLQ", args.seq)
-    letter = msgspec.json.decode(raw.data, type=DeadLetter)
+    try:
+        raw = await bus.js.get_msg("DLQ", args.seq)
+    except NotFoundError:
+        print(f"no dead letter with seq {args.seq} in DLQ", file=sys.stderr)
+        return 1
+    letter = _letter(raw.data)
+    if letter is None:
+        print(f"DLQ seq {args.seq} is not a dead letter: {raw.data[:200]!r}", file=sys.stderr)
+        return 1
     if args.action == "show":
         print(json.dumps(msgspec.to_builtins(letter), indent=2))
         return 0
     data = base64.b64decode(letter.payload) if letter.payload_encoding == "base64" else letter.payload.encode()
-    ack = await bus.publish(letter.subject, data, msg_id=f"redrive:{args.seq}:{uuid.uuid4().hex[:8]}",
-                            headers={"Redrive-Of": str(args.seq)})
+    try:
+        ack = await bus.publish(letter.subject, data, msg_id=f"redrive:{args.seq}:{uuid.uuid4().hex[:8]}",
+                                headers={"Redrive-Of": str(args.seq)})
+    except (NoRespondersError, NoStreamResponseError, NatsTimeoutError):
+        print(f"cannot redrive DLQ seq {args.seq}: no stream takes {letter.subject!r}", file=sys.stderr)
+        return 1
     print(f"redriven to {letter.subject} (seq {ack.seq})")
     return 0
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from botburrow.schemas.events import LlmTurn, Posted, RunCompleted, RunFailed, RunStarted, ToolCalled
+from botburrow.services.runner.pricing import PriceTable
+
+_DEFAULT_PRICES = PriceTable.load(None)
 
 
 def _short(text: str, width: int = 100) -> str:
@@ -12,24 +16,53 @@ def _short(text: str, width: int = 100) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def render(events: list[Any]) -> str:
+def _epoch_s(at: str) -> float | None:
+    try:
+        return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _summary(events: list[Any], prices: PriceTable) -> str:
+    turns = [e for e in events if isinstance(e, LlmTurn)]
+    tools = [e for e in events if isinstance(e, ToolCalled)]
+    tokens_in, tokens_out = sum(t.input_tokens for t in turns), sum(t.output_tokens for t in turns)
+    cost_usd = sum(prices.cost_usd(t.model, t.input_tokens, t.output_tokens) for t in turns)
+    times = [s for s in (_epoch_s(e.at) for e in events) if s is not None]
+    span = f", {max(times) - min(times):.2f}s first to last event" if times else ""
+    return (f"total: {len(turns)} model turn(s) ({sum(t.duration_ms for t in turns) / 1000:.2f}s), "
+            f"{len(tools)} tool call(s) ({sum(t.duration_ms for t in tools) / 1000:.2f}s, "
+            f"{sum(1 for t in tools if t.error)} failed), tokens {tokens_in} in / {tokens_out} out, "
+            f"~${cost_usd:.6f}{span}")
+
+
+def render(events: list[Any], prices: PriceTable | None = None, *, whole: bool = False) -> str:
+    """One line per event; for a `whole` activation's log
+    (`show`, not `tail`) also each event's offset from the first, a totals line, and notes on a missing
+    beginning or end."""
     if not events:
         return "no events"
+    prices = prices or _DEFAULT_PRICES
     lines: list[str] = []
+    start_s = _epoch_s(events[0].at)
     for event in events:
         at = event.at[11:23] if len(event.at) >= 23 else event.at
-        prefix = f"{at}  #{event.attempt}  "
+        at_s = _epoch_s(event.at)
+        offset = f" +{at_s - start_s:7.3f}s" if whole and at_s is not None and start_s is not None else ""
+        prefix = f"{at}{offset}  #{event.attempt}  "
         if isinstance(event, RunStarted):
             lines.append(f"{prefix}started    {event.agent} ({event.tool_type}, {event.model}) "
                          f"{event.kind}/{event.priority} notifications={','.join(event.notification_ids) or '-'}")
         elif isinstance(event, LlmTurn):
             calls = ", ".join(c.name for c in event.tool_calls)
+            cost_usd = prices.cost_usd(event.model, event.input_tokens, event.output_tokens)
             lines.append(f"{prefix}llm        turn {event.turn}: {event.input_tokens} in / {event.output_tokens} out, "
-                         f"{event.duration_ms:.0f} ms, stop={event.stop_reason}"
+                         f"~${cost_usd:.6f}, {event.duration_ms:.0f} ms, stop={event.stop_reason}"
                          + (f", calls {calls}" if calls else f", says: {_short(event.text)}"))
         elif isinstance(event, ToolCalled):
             status = "error" if event.error else "ok"
-            lines.append(f"{prefix}tool       {event.name} {status} in {event.duration_ms:.0f} ms: "
+            server = f"{event.server}/" if event.server and not event.name.startswith(f"{event.server}__") else ""
+            lines.append(f"{prefix}tool       {server}{event.name} {status} in {event.duration_ms:.0f} ms: "
                          f"{_short(event.result, 80)}")
         elif isinstance(event, Posted):
             where = f"dm {event.dm_id}" if event.target == "dm" else f"post {event.post_id}" + (
@@ -42,4 +75,10 @@ def render(events: list[Any]) -> str:
             lines.append(f"{prefix}{kind}  outcome={m.outcome} tokens={m.tokens_input}/{m.tokens_output} "
                          f"cost=${m.estimated_cost_usd:.6f} {m.duration_seconds:.2f}s iterations={m.iterations}"
                          + (f" error={m.error}" if m.error else ""))
+    if whole:
+        lines.append(_summary(events, prices))
+        if not any(isinstance(e, RunStarted) for e in events):
+            lines.insert(0, "(truncated: no `started` event; the beginning has aged out of RUNS)")
+        if not any(isinstance(e, RunCompleted | RunFailed) for e in events):
+            lines.append("(no `completed`/`failed` event: still running, crashed, or the end is missing)")
     return "\n".join(lines)

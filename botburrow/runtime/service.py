@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -17,10 +18,14 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+import nats.errors
+import nats.js.errors
+
 from botburrow import logs
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.health import Health
 from botburrow.runtime.http import RunningServer
+from botburrow.secrets import remember_all
 from botburrow.settings import Settings, load
 from botburrow.streams.apply import ensure
 
@@ -41,6 +46,12 @@ class StageContext:
 
 StageBody = Callable[[StageContext], Awaitable[None]]
 
+# What a NATS restart or leader election raises under a stage; anything else is a bug and ends it.
+NATS_TRANSIENT: tuple[type[BaseException], ...] = (
+    TimeoutError, nats.errors.ConnectionClosedError, nats.errors.NoServersError, nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError,
+)
+
 
 async def connect_until_stopped(url: str, name: str, creds: str | None, stop: asyncio.Event) -> Bus | None:
     """Connect to NATS, retrying every second until it answers or `stop` is set."""
@@ -54,6 +65,27 @@ async def connect_until_stopped(url: str, name: str, creds: str | None, stop: as
     return None
 
 
+async def _run_body_until_stopped(ctx: StageContext, body: StageBody) -> None:
+    """Run the stage's body; when NATS fails under it (a restart, a leader election), start it again.
+
+    The body cleans up in its own `finally`, so a restart begins from a clean state; every consumer is
+    durable, so nothing is lost in between.
+    """
+    for attempt in itertools.count(1):
+        try:
+            await ensure(ctx.bus.js, runner_ack_wait_s=ctx.settings["RUNNER_ACK_WAIT_SECONDS"])
+            await body(ctx)
+            return
+        except NATS_TRANSIENT as exc:
+            if ctx.stop.is_set():
+                return
+            delay_s = min(10.0, 0.5 * 2**attempt)
+            log.warning("stage interrupted by NATS, restarting it", extra={
+                "stage": ctx.name, "error": repr(exc), "attempt": attempt, "retry_in_s": delay_s})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.stop.wait(), delay_s)
+
+
 async def run_stage(
     name: str,
     body: StageBody,
@@ -64,6 +96,7 @@ async def run_stage(
 ) -> None:
     env = dict(os.environ if environ is None else environ)
     settings = load(name, env)
+    remember_all(env)
     stop = stop or asyncio.Event()
     health = Health(name)
     server: RunningServer = await health.serve(settings.metrics_port)
@@ -76,8 +109,8 @@ async def run_stage(
         if bus is None:
             return
         health.add_check("nats", lambda: bus.nc.is_connected)
-        await ensure(bus.js)
-        await body(StageContext(name, settings, bus, health, stop, env, server.port))
+        ctx = StageContext(name, settings, bus, health, stop, env, server.port)
+        await _run_body_until_stopped(ctx, body)
     finally:
         if bus is not None:
             await bus.close()

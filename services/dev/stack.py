@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,9 +51,13 @@ class LocalStack:
     work_dir: Path
     agents_source: Path = EXAMPLES_DIR
     llm_strict: bool = False
+    # (low, high) seconds of random latency on every model answer (soak tests); None: instant.
+    llm_latency_s: tuple[float, float] | None = None
     runners: int = 1
     poll_interval_s: float = 1.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    # How long each stage may take to report ready at start (a thousand agents on a small machine: more).
+    ready_timeout_s: float = READY_TIMEOUT_S
     progress: Callable[[str], None] = lambda line: None
     nats_url: str = ""
     hub: HubEmulator | None = None
@@ -83,7 +88,7 @@ class LocalStack:
         for name in self.agent_names():
             self.agent_keys[name] = self.hub.add_agent(name, "native")
         self.progress(f"hub emulator: {self.hub.url} with agents {', '.join(self.agent_keys)}")
-        self.llm = ScriptedLLM(strict=self.llm_strict)
+        self.llm = ScriptedLLM(strict=self.llm_strict, latency_s=self.llm_latency_s)
         await self.llm.start()
         self.progress(f"scripted LLM: {self.llm.url} ({'strict' if self.llm_strict else 'demo'} mode)")
 
@@ -141,7 +146,7 @@ class LocalStack:
             counts[name] = counts.get(name, 0) + 1
             started.append(await self.start_stage(name, counts[name] - 1))
         for i, stage in enumerate(started, 1):
-            await self.wait_ready(stage)
+            await self.wait_ready(stage, self.ready_timeout_s)
             self.progress(f"[{i}/{len(started)}] {stage.name} ready (pid {stage.process.pid}, "
                           f"http://127.0.0.1:{stage.port}/metrics, log {stage.log_path})")
 
@@ -158,6 +163,18 @@ class LocalStack:
                 stage.process.kill()
                 await stage.process.wait()
 
+    async def restart_nats(self, down_s: float = 0.0, sig: int = signal.SIGKILL) -> None:
+        """Stop the embedded nats-server (SIGKILL by default, as a crash) and start it again on the same
+        store and the same client port, so every stage reconnects to the URL it was given."""
+        if self._nats is None:
+            raise RuntimeError("restart_nats needs the embedded nats-server (NATS_URL was set)")
+        old = self._nats
+        old.process.send_signal(sig)
+        await asyncio.to_thread(old.process.wait)
+        await asyncio.sleep(down_s)
+        port = int(old.url.rsplit(":", 1)[1])
+        self._nats = await asyncio.to_thread(_start_nats_on_port, self.work_dir / "nats", old.store_dir, port)
+
     async def stop(self) -> None:
         await asyncio.gather(*(self.stop_stage(s) for s in self.stages))
         if self.llm:
@@ -166,3 +183,23 @@ class LocalStack:
             await self.hub.stop()
         if self._nats:
             await asyncio.to_thread(self._nats.stop)
+
+
+def _start_nats_on_port(work_dir: Path, store_dir: Path, port: int, timeout_s: float = 15.0) -> natsserver.NatsServer:
+    """`natsserver.start` with a fixed client port (a restart must keep the URL the stages know)."""
+    log = open(work_dir / "nats-server.log", "ab")
+    process = subprocess.Popen(
+        [natsserver.find_binary(), "-a", "127.0.0.1", "-p", str(port), "-m", "-1", "-js", "-sd", str(store_dir)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    url = f"nats://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"nats-server exited with {process.returncode}; see {work_dir / 'nats-server.log'}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return natsserver.NatsServer(process, url, "", store_dir)
+        time.sleep(0.02)
+    process.kill()
+    raise RuntimeError(f"nats-server did not listen on {port} within {timeout_s}s")

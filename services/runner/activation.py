@@ -23,11 +23,19 @@ from botburrow.schemas.hub import Notification, Post
 from botburrow.secrets import redact
 from botburrow.services.runner import context
 from botburrow.services.runner.loop import LoopFailed, LoopLimits, LoopResult
-from botburrow.services.runner.posting import Poster, PostResult, Target, interval_wait_s, reply_key
+from botburrow.services.runner.posting import (
+    Poster,
+    PostResult,
+    Target,
+    interval_wait_s,
+    limit_reason,
+    reply_key,
+)
 from botburrow.services.runner.pricing import PriceTable
 from botburrow.services.runner.runlog import RunLog, now_rfc3339
 from botburrow.services.runner.seams import (
     AllowWhatConfigsAsk,
+    ExecutorUnavailable,
     GrantResolver,
     HubToolsOnly,
     NativeThinker,
@@ -45,6 +53,7 @@ ANSWERED_BY = {"mention": "respond_to_mentions", "dm": "respond_to_dms", "reply"
 EXPLORATION_MIN_AGE_S = 300
 EXPLORATION_CANDIDATES = 10
 HUB_OUTAGE_RETRY_S = 15.0
+NATS_TIMEOUT_RETRY_S = 5.0
 
 
 class ActivationFailed(Exception):
@@ -98,6 +107,7 @@ class Activation:
         self.started_at = now_rfc3339()
         # Set when the request can never succeed as it is: the stage copies it to the DLQ.
         self.dead_letter: str | None = None
+        self._deadline: asyncio.Timeout | None = None
 
     async def run(self) -> ActivationMetrics:
         definition = self.deps.definitions.get(self.request.agent)
@@ -109,9 +119,14 @@ class Activation:
         except ActivationFailed as exc:
             error = exc.reason
             self.dead_letter = exc.reason if exc.dead_letter else None
+        except ExecutorUnavailable as exc:
+            error = self.dead_letter = exc.reason
         except LoopFailed as exc:
             error = exc.reason
         except TimeoutError:
+            if self._deadline is None or not self._deadline.expired():
+                # Not our deadline: a NATS call timed out (a server restart). Hand the request back.
+                raise Retry(NATS_TIMEOUT_RETRY_S, "nats timeout") from None
             error = "timeout"
         except HubAuthError as exc:
             error = f"hub refused the agent's key ({exc.status})"
@@ -135,7 +150,8 @@ class Activation:
             raise ActivationFailed(f"no Hub key for agent {definition.name!r}", dead_letter=True)
         poster = Poster(self.deps.bus, self.deps.hub, definition.name, key, definition.config.behavior.limits)
         deadline_s = self.started_s + self.deps.limits.timeout_s
-        async with asyncio.timeout_at(asyncio.get_running_loop().time() + self.deps.limits.timeout_s):
+        self._deadline = asyncio.timeout_at(asyncio.get_running_loop().time() + self.deps.limits.timeout_s)
+        async with self._deadline:
             if self.request.kind == "exploration":
                 return await self._explore(definition, key, poster, deadline_s)
             return await self._answer(definition, key, poster, deadline_s)
@@ -151,7 +167,7 @@ class Activation:
         chosen = context.select_skills(definition, skills, grants, task, community)
         tools = ToolContext(definition=definition, agent_key=key, grants=grants,
                             activation_id=self.request.activation_id, poster=poster, hub=self.deps.hub,
-                            recorder=self.log)
+                            recorder=self.log, skills=chosen)
         thinker = self.deps.thinkers[definition.config.type]
         async with self.deps.toolsets.open(tools) as toolbox:
             text = await thinker.think(ThinkRequest(
@@ -167,9 +183,14 @@ class Activation:
                       if not await poster.already_posted(reply_key(self.request.activation_id, n.id))]
         if not open_items:
             return "posted" if todo else "skipped"
-        wait_s = interval_wait_s(await poster.usage(), definition.config.behavior.limits, time.time())
+        usage, limits = await poster.usage(), definition.config.behavior.limits
+        wait_s = interval_wait_s(usage, limits, time.time())
         if wait_s > 0:
             raise Retry(wait_s, "min_interval_seconds")
+        # No model call for answers a limit already forbids (posting re-checks them atomically).
+        open_items = [n for n in open_items if limit_reason(usage, limits, target_for(n), time.time()) is None]
+        if not open_items:
+            return "limited"
         threads = [await self._thread(key, n) for n in open_items]
         task = context.notification_task([(n, text) for n, (text, _) in zip(open_items, threads, strict=True)])
         community = next((c for _, c in threads if c), None)

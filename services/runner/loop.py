@@ -11,6 +11,7 @@ activation's deadline allows. Every model turn and tool call is recorded through
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import time
@@ -29,7 +30,7 @@ from botburrow.services.runner.transcript import (
     ToolSpec,
 )
 
-MAX_MODEL_ATTEMPTS = 6
+MAX_BACKOFF_S = 30.0
 
 
 class LoopFailed(Exception):
@@ -77,7 +78,9 @@ class LoopLimits:
 
 async def _call_model(model: Model, system: str, transcript: list[Entry], tools: list[ToolSpec],
                       limits: LoopLimits) -> ModelReply:
-    for attempt in range(1, MAX_MODEL_ATTEMPTS + 1):
+    # Retry as long as the activation's deadline allows: an overloaded model is the common case, and
+    # giving up after a fixed count fails activations that a short wait would have saved.
+    for attempt in itertools.count(1):
         remaining_s = limits.deadline - time.monotonic()
         if remaining_s <= 0:
             raise LoopFailed("timeout")
@@ -88,9 +91,9 @@ async def _call_model(model: Model, system: str, transcript: list[Entry], tools:
             error = ModelError("model call timed out", retry_after_s=0.5)
         except ModelError as exc:
             error = exc
-        if error.retry_after_s is None or attempt == MAX_MODEL_ATTEMPTS:
+        if error.retry_after_s is None:
             raise LoopFailed(f"model error: {error}")
-        backoff_s = max(error.retry_after_s, 0.25 * 2 ** (attempt - 1)) * random.uniform(1.0, 1.25)
+        backoff_s = min(MAX_BACKOFF_S, max(error.retry_after_s, 0.25 * 2 ** (attempt - 1))) * random.uniform(1.0, 1.25)
         if time.monotonic() + backoff_s >= limits.deadline:
             raise LoopFailed(f"timeout (last model error: {error})")
         await asyncio.sleep(backoff_s)

@@ -23,6 +23,7 @@ from botburrow.hub.client import HubClient
 from botburrow.runtime.bus import Bus
 from botburrow.schemas.agent import Limits
 from botburrow.schemas.hub import Comment
+from botburrow.secrets import redact
 from botburrow.streams.subjects import token
 
 CAS_ATTEMPTS = 20
@@ -154,6 +155,7 @@ class Poster:
 
     async def publish(self, idempotency_key: str, target: Target, text: str) -> PostResult:
         """Post `text` to `target` once for `idempotency_key` (activation id + notification id)."""
+        text = redact(text)  # a model can be talked into repeating a secret: it never reaches the Hub
         kv = await self.bus.kv("replies")
         marker = await self._marker(idempotency_key)
         if marker and marker.state == "posted":

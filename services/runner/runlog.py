@@ -1,7 +1,9 @@
 """The activation's event log (SPEC §5): every event on `agents.run.<agent>.<activation id>.<event>`.
 
-Message ids are deterministic per attempt (`run:<activation>:<attempt>:<event>:<n>`), so a retried
-publish is deduplicated, while a redelivered activation (a new attempt) leaves its own record.
+Message ids are deterministic per delivery: `run:<activation>:<stream seq>.<attempt>:<event>:<n>`, where
+the stream sequence is that of the request message and the attempt its delivery count. A retried
+publish is deduplicated; a redelivery (new attempt) and a re-published request with the same
+activation id (a redrive: new sequence, attempt 1 again) each leave their own record.
 Free text is redacted by value and capped at 64 KiB per field.
 """
 
@@ -52,8 +54,10 @@ def clean_value(value: Any) -> Any:
 
 
 class RunLog:
-    def __init__(self, bus: Bus, request: ActivationRequested, attempt: int, trace_id: str) -> None:
+    def __init__(self, bus: Bus, request: ActivationRequested, attempt: int, trace_id: str,
+                 *, stream_seq: int = 0) -> None:
         self.bus, self.request, self.attempt, self.trace_id = bus, request, attempt, trace_id
+        self.delivery = f"{stream_seq}.{attempt}"
         self._counts: dict[str, int] = {}
 
     def _common(self) -> dict[str, Any]:
@@ -63,7 +67,7 @@ class RunLog:
     async def _emit(self, event: str, payload: Any) -> None:
         n = self._counts.get(event, 0) + 1
         self._counts[event] = n
-        msg_id = f"run:{self.request.activation_id}:{self.attempt}:{event}:{n}"
+        msg_id = f"run:{self.request.activation_id}:{self.delivery}:{event}:{n}"
         await self.bus.publish(subjects.run_event(self.request.agent, self.request.activation_id, event),
                                payload, msg_id=msg_id, trace_id=self.trace_id)
 

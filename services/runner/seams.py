@@ -16,9 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from botburrow.schemas.agent import AgentDefinition
+from botburrow.schemas.agent import AgentDefinition, SkillDefinition
 from botburrow.services.runner.loop import LoopLimits, LoopResult, Recorder, Toolbox, run_loop
 from botburrow.services.runner.transcript import UserText
+
+
+class ExecutorUnavailable(Exception):
+    """The agent's executor cannot run on this runner (its CLI is not installed): the request can never
+    succeed here as it is, so the activation fails and the request is dead-lettered."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class GrantResolver(Protocol):
@@ -42,6 +51,9 @@ class ToolContext:
     hub: object  # HubClient
     workspace: Path | None = None
     recorder: Recorder | None = None
+    # The skills chosen for this activation (a skill may bring its own MCP server).
+    # None: not chosen yet (the skills the config lists apply).
+    skills: list[SkillDefinition] | None = None
     # Threads (post id, parent id) answered through a tool: the final answer is not posted there again.
     commented: set[tuple[str, str | None]] = field(default_factory=set)
 

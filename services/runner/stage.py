@@ -5,22 +5,31 @@ normal, then low; low goes first every LOW_SHARE-th round so it is never starved
 task per request. Each task holds the agent's lease and heartbeats its message (`in_progress`)
 until it acknowledges it. On SIGTERM the loop stops fetching, lets running work finish within the
 grace period and hands the rest back (`nak`) so another runner takes it at once.
+
+Heartbeat and lease timing are read from the server at start (the runner consumers' `ack_wait`, the
+`leases` bucket's TTL), not from constants: whoever created the topology (`botburrow streams apply`,
+or a test with short values) decides, and the runner always beats well inside both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from botburrow.definitions.directory import AgentDirectory
+from botburrow.hub.breaker import CircuitBreaker
 from botburrow.hub.client import HubClient
 from botburrow.hub.probe import keep_probing
+from botburrow.mcp.grants import PolicyGrantResolver
 from botburrow.runtime import service
 from botburrow.runtime.consumer import DeadLetters, Retry
 from botburrow.runtime.service import StageContext
@@ -28,17 +37,47 @@ from botburrow.schemas.codec import DecodeError, decode_subject
 from botburrow.schemas.events import ActivationMetrics, ActivationRequested
 from botburrow.secrets import AgentKeys, read_secret
 from botburrow.services.runner.activation import Activation, Deps, Limits
+from botburrow.services.runner.executors import cli_thinkers
+from botburrow.services.runner.gateway import ModelGateway
 from botburrow.services.runner.lease import Lease
+from botburrow.services.runner.mcptools import McpToolsets
 from botburrow.services.runner.pricing import PriceTable
 from botburrow.services.runner.runlog import RunLog, now_rfc3339
+from botburrow.services.runner.seams import NativeThinker
 from botburrow.streams.subjects import PRIORITIES
-from botburrow.streams.topology import MAX_DELIVERIES, RUNNER_ACK_WAIT_S
+from botburrow.streams.topology import LEASE_TTL_S, MAX_DELIVERIES, RUNNER_ACK_WAIT_S
 
 log = logging.getLogger(__name__)
 LOW_SHARE = 5
+HUB_BREAKER_COOLDOWN_S = 5.0
 IDLE_FETCH_S = 0.5
 BUSY_FETCH_S = 0.05
 LEASE_HELD_RETRY_S = 5.0
+BEATS_PER_DEADLINE = 3
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How often to heartbeat and renew, and how long to wait for a held lease, from the live topology."""
+
+    ack_wait_s: float
+    lease_ttl_s: float
+
+    @property
+    def heartbeat_s(self) -> float:
+        return min(self.ack_wait_s, self.lease_ttl_s) / BEATS_PER_DEADLINE
+
+    @property
+    def lease_held_retry_s(self) -> float:
+        # A dead holder's lease expires within one TTL; retrying sooner only burns deliveries.
+        return min(LEASE_HELD_RETRY_S, self.lease_ttl_s / 2)
+
+
+async def read_timing(js: JetStreamContext) -> Timing:
+    ack_waits = [(await js.consumer_info("ACTIVATIONS", f"runner-{p}")).config.ack_wait or RUNNER_ACK_WAIT_S
+                 for p in PRIORITIES]
+    lease_ttl_s = (await (await js.key_value("leases")).status()).ttl or LEASE_TTL_S
+    return Timing(ack_wait_s=min(ack_waits), lease_ttl_s=lease_ttl_s)
 
 
 class Runner:
@@ -47,11 +86,18 @@ class Runner:
         self.concurrency: int = ctx.settings["RUNNER_CONCURRENCY"]
         self.dlq = DeadLetters(ctx.bus, "runner")
         self.active: set[asyncio.Task[None]] = set()
+        self.timing = Timing(ack_wait_s=RUNNER_ACK_WAIT_S, lease_ttl_s=LEASE_TTL_S)
+        self.taking_work = False  # readiness: true while the fetch loop runs
 
     async def run(self) -> None:
+        self.timing = await read_timing(self.ctx.bus.js)
+        log.info("runner timing", extra={"ack_wait_s": self.timing.ack_wait_s,
+                                          "lease_ttl_s": self.timing.lease_ttl_s,
+                                          "heartbeat_s": self.timing.heartbeat_s})
         subs = {p: await self.ctx.bus.js.pull_subscribe_bind(f"runner-{p}", "ACTIVATIONS") for p in PRIORITIES}
         stopping = asyncio.create_task(self.ctx.stop.wait())
         rounds = 0
+        self.taking_work = True
         while not self.ctx.stop.is_set():
             free = self.concurrency - len(self.active)
             if free <= 0:
@@ -60,9 +106,14 @@ class Runner:
             order = list(PRIORITIES) if rounds % LOW_SHARE else ["low", "high", "normal"]
             rounds += 1
             for msg in await self._fetch(subs, order, free):
+                if self.ctx.stop.is_set():  # SIGTERM arrived during the fetch: not ours to start
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+                    continue
                 task = asyncio.create_task(self._handle(msg))
                 self.active.add(task)
                 task.add_done_callback(self.active.discard)
+        self.taking_work = False
         stopping.cancel()
         await self._drain()
         for sub in subs.values():  # else Bus.close's drain waits out its timeout on their queues
@@ -70,8 +121,10 @@ class Runner:
                 await sub.unsubscribe()
 
     async def _fetch(self, subs: dict, order: list[str], free: int) -> list[Msg]:
-        for i, priority in enumerate(order):
-            timeout_s = IDLE_FETCH_S if i == len(order) - 1 else BUSY_FETCH_S
+        # Quick looks in priority order; when all are empty, wait on `high`, so a mention or DM arriving
+        # at an idle runner starts at once (a long wait on `low` delayed it by up to IDLE_FETCH_S).
+        attempts = [(p, BUSY_FETCH_S) for p in order] + [(PRIORITIES[0], IDLE_FETCH_S)]
+        for priority, timeout_s in attempts:
             try:
                 msgs = await subs[priority].fetch(free, timeout=timeout_s)
             except TimeoutError:  # nats.errors.TimeoutError is one, and so is an asyncio timeout inside fetch
@@ -96,10 +149,12 @@ class Runner:
 
     async def _heartbeat(self, msg: Msg, lease: Lease) -> None:
         while True:
-            await asyncio.sleep(RUNNER_ACK_WAIT_S / 3)
+            await asyncio.sleep(self.timing.heartbeat_s)
+            # A failed beat (NATS reconnecting) must not end the loop: the next one may get through.
             with contextlib.suppress(Exception):
                 await msg.in_progress()
-            await lease.renew()
+            with contextlib.suppress(Exception):
+                await lease.renew()
 
     async def _handle(self, msg: Msg) -> None:
         deliveries = msg.metadata.num_delivered
@@ -110,13 +165,13 @@ class Runner:
             await msg.ack()
             return
         trace_id = (msg.headers or {}).get("Trace-Id") or uuid.uuid4().hex
-        runlog = RunLog(self.ctx.bus, request, deliveries, trace_id)
+        runlog = RunLog(self.ctx.bus, request, deliveries, trace_id, stream_seq=msg.metadata.sequence.stream)
         if deliveries > MAX_DELIVERIES:
             await self._give_up(msg, request, runlog, deliveries)
             return
         lease = Lease(await self.ctx.bus.kv("leases"), request.agent, f"{self.deps.runner_id}/{request.activation_id}")
         if not await lease.acquire():
-            await msg.nak(delay=LEASE_HELD_RETRY_S)
+            await msg.nak(delay=self.timing.lease_held_retry_s)
             return
         beat = asyncio.create_task(self._heartbeat(msg, lease))
         try:
@@ -147,22 +202,44 @@ class Runner:
         await msg.ack()
 
 
+# Imported lazily by the native thinker; importing `anthropic` takes seconds of CPU, and doing it on the
+# event loop in the first activation would stall every heartbeat past the ack wait.
+HEAVY_MODULES = ("botburrow.services.runner.providers",)
+
+
 async def run(ctx: StageContext) -> None:
-    hub = HubClient(ctx.settings["HUB_URL"], system_key=read_secret("hub-api-key", environ=ctx.environ))
+    for module in HEAVY_MODULES:
+        await asyncio.to_thread(importlib.import_module, module)
+    # A short breaker cool-down: a Hub blip must not idle every runner for the default 30 s.
+    hub = HubClient(ctx.settings["HUB_URL"], system_key=read_secret("hub-api-key", environ=ctx.environ),
+                    breaker=CircuitBreaker(cooldown_s=HUB_BREAKER_COOLDOWN_S))
     directory = await AgentDirectory.open(ctx.bus)
+    gateway = ModelGateway()  # CLI executors reach the model only through it (SPEC §4)
+    toolsets = McpToolsets(
+        ctx.environ, github_host=ctx.settings["GITHUB_HOST"], skills=directory.skills,
+        start_timeout_s=ctx.settings["MCP_START_TIMEOUT_SECONDS"],
+        call_timeout_s=ctx.settings["MCP_CALL_TIMEOUT_SECONDS"], reuse_idle_s=ctx.settings["MCP_REUSE_IDLE_SECONDS"])
     deps = Deps(
         bus=ctx.bus, hub=hub, definitions=directory, keys=AgentKeys(ctx.environ),
         prices=PriceTable.load(ctx.settings["PRICE_TABLE_FILE"]), environ=ctx.environ,
         limits=Limits(timeout_s=ctx.settings["ACTIVATION_TIMEOUT_SECONDS"],
                       max_tokens=ctx.settings["ACTIVATION_MAX_TOKENS"]),
         runner_id=f"{socket.gethostname()}-{os.getpid()}",
+        grants=PolicyGrantResolver.from_settings(ctx.settings["GRANT_POLICY_FILE"]),
+        toolsets=toolsets,
+        thinkers={"native": NativeThinker(),
+                  **cli_thinkers({**ctx.environ, "SANDBOX_BACKEND": ctx.settings["SANDBOX_BACKEND"]}, gateway=gateway)},
     )
     ctx.health.add_check("hub", lambda: hub.available)
+    runner = Runner(ctx, deps)
+    ctx.health.add_check("taking_work", lambda: runner.taking_work)
     probing = asyncio.create_task(keep_probing(hub, ctx.stop))
     try:
-        await Runner(ctx, deps).run()
+        await runner.run()
     finally:
         probing.cancel()
+        await toolsets.aclose()
+        await gateway.stop()
         await directory.close()
         await hub.aclose()
 

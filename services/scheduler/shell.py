@@ -1,19 +1,22 @@
-"""The scheduler's I/O around `SchedulerState`: batches in, activation requests and `agent-state` out.
+"""The scheduler's I/O around `SchedulerState`, for one partition of the agents.
 
-Both consumers (notifications, and the `completed`/`failed` run events) feed one state under one
-lock, batch by batch: decide, publish every activation request (`act:<id>` so JetStream drops a
-repeat), write every changed agent to `agent-state`, and only then let the batch be acknowledged. A
-failure anywhere rolls the state back and the whole batch is redelivered.
+The partition's consumer delivers notifications and `completed`/`failed` run events in stream order;
+each batch goes through one state under one lock: decide, publish every activation request (`act:<id>`
+so JetStream drops a repeat) and refusal event, write every changed agent to `agent-state`, and only
+then let the batch be acknowledged. A failure anywhere rolls the state back and the whole batch is
+redelivered. `tick` does the timed work: lost in-flight activations, budget re-checks, exploration.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
 import msgspec
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge
 
@@ -21,12 +24,17 @@ from botburrow.runtime.bus import Bus
 from botburrow.runtime.consumer import Item
 from botburrow.schemas.agent import AgentDefinition
 from botburrow.schemas.events import NotificationReceived, RunCompleted, RunFailed
+from botburrow.services.scheduler.budget import BudgetGate
+from botburrow.services.scheduler.due import ExploreRule
 from botburrow.services.scheduler.state import AgentState, Changes, Responds, SchedulerState
 from botburrow.streams import subjects
 
 log = logging.getLogger(__name__)
 
 STATE_BUCKET = "agent-state"
+LEASES_BUCKET = "leases"
+APPLY_ATTEMPTS = 4
+APPLY_BACKOFF_S = 0.5
 
 SCHEDULED = Counter("botburrow_scheduler_activations_scheduled_total", "Activation requests published",
                     ["priority"])
@@ -35,6 +43,10 @@ MERGED = Counter("botburrow_scheduler_notifications_merged_total",
 SKIPPED = Counter("botburrow_scheduler_notifications_skipped_total",
                   "Notifications that lead to no activation", ["reason"])
 IN_FLIGHT = Gauge("botburrow_scheduler_agents_in_flight", "Agents with a queued or running activation")
+REFUSED = Counter("botburrow_scheduler_refusals_total", "Work the scheduler may not start now, by reason",
+                  ["kind", "reason"])
+LOST = Counter("botburrow_scheduler_activations_lost_total",
+               "In-flight activations given up after their age with no lease held (their agent is freed)")
 
 _state_decoder = msgspec.json.Decoder(AgentState)
 _encoder = msgspec.json.Encoder()
@@ -50,15 +62,24 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-async def load_states(kv: KeyValue) -> list[AgentState]:
-    """Every agent's persisted state: the last value of each key, read through one watcher."""
+def decision_subject(agent: str) -> str:
+    """Refusal events (SPEC §5 names no scheduler event subject; this is ours, stream DECISIONS)."""
+    return f"agents.sched.decision.{subjects.token(agent)}"
+
+
+class NotOwner(Exception):
+    """This replica's lease on the partition may have lapsed: do not act, let the batch be redelivered."""
+
+
+async def load_states(kv: KeyValue, keep: Callable[[str], bool] = lambda key: True) -> list[AgentState]:
+    """Every agent's persisted state (of the keys `keep` accepts), read through one watcher."""
     watcher = await kv.watchall(ignore_deletes=True)
     states: list[AgentState] = []
     try:
         async for entry in watcher:
             if entry is None:  # the marker after the initial values
                 break
-            if not entry.value:
+            if not entry.value or not keep(entry.key):
                 continue
             try:
                 states.append(_state_decoder.decode(entry.value))
@@ -70,38 +91,53 @@ async def load_states(kv: KeyValue) -> list[AgentState]:
 
 
 class Scheduler:
-    def __init__(self, bus: Bus, kv: KeyValue, agents: AgentLookup, state: SchedulerState | None = None) -> None:
+    """One partition's scheduling (or all agents, with the defaults)."""
+
+    def __init__(self, bus: Bus, kv: KeyValue, agents: AgentLookup, state: SchedulerState | None = None, *,
+                 budget: BudgetGate | None = None, owner: Callable[[], bool] = lambda: True,
+                 min_gap_s: float | None = None) -> None:
         self.bus, self.kv, self.agents = bus, kv, agents
-        self.state = state or SchedulerState()
+        self.state = state if state is not None else SchedulerState()
+        self.budget = budget or BudgetGate(None)
+        self.owner = owner
+        self.min_gap_s = min_gap_s
+        self.state.gate = self._gate
         self._lock = asyncio.Lock()
+        self._budget_version = -1
 
-    @classmethod
-    async def open(cls, bus: Bus, agents: AgentLookup) -> Scheduler:
-        kv = await bus.kv(STATE_BUCKET)
-        states = await load_states(kv)
-        scheduler = cls(bus, kv, agents, SchedulerState({s.agent: s for s in states}))
-        IN_FLIGHT.set(scheduler.state.in_flight_count)
-        log.info("agent state loaded", extra={"agents": len(states)})
-        return scheduler
+    def _gate(self, agent: str, kind: str, critical: bool) -> str | None:
+        definition = self.agents.get(agent)
+        return self.budget.refusal(definition.config.type if definition else "", kind, critical)
 
-    async def on_notifications(self, items: list[Item]) -> None:
-        """Batch handler for the `scheduler` consumer on NOTIFICATIONS."""
+    def configure(self, name: str, definition: AgentDefinition | None) -> None:
+        """An agent was added, changed or removed: (re)set its exploration rule."""
+        rule = None
+        if definition is not None:
+            rule = ExploreRule.of(definition.config) if self.min_gap_s is None else \
+                ExploreRule.of(definition.config, self.min_gap_s)
+        self.state.configure(name, rule)
+
+    async def on_batch(self, items: list[Item]) -> None:
+        """Batch handler for the partition's consumer: notifications and ended runs, in stream order."""
         async with self._lock:
             self.state.begin()
             try:
                 for item in items:
-                    self._notification(item)
+                    if isinstance(item.payload, RunCompleted | RunFailed):
+                        self._run_ended(item.payload)
+                    elif isinstance(item.payload, NotificationReceived):
+                        self._notification(item)
+                    # other run events are not sourced into SCHEDULER; anything else is ignored
                 await self._apply(self.state.prepare(utc_now()))
             except BaseException:
                 self.state.rollback()
                 raise
             self.state.commit()
 
+    on_notifications = on_runs = on_batch
+
     def _notification(self, item: Item) -> None:
         event = item.payload
-        if not isinstance(event, NotificationReceived):
-            item.reject(f"not a notification: {type(event).__name__}")
-            return
         definition = self.agents.get(event.agent)
         if definition is None:
             item.reject(f"unknown agent {event.agent}")
@@ -110,39 +146,85 @@ class Scheduler:
         log.debug("notification", extra={"agent": event.agent, "notification_id": event.notification.id,
                                          "type": event.notification.type, "verdict": verdict})
 
-    async def on_runs(self, items: list[Item]) -> None:
-        """Batch handler for the `scheduler-runs` consumer: an ended activation frees its agent."""
+    def _run_ended(self, event: RunCompleted | RunFailed) -> None:
+        self.state.on_run_ended(event.agent, event.activation_id, failed=isinstance(event, RunFailed),
+                                ended_at=event.metrics.ended_at or event.at, outcome=event.metrics.outcome)
+
+    async def tick(self, explore_limit: int, leases: KeyValue | None = None) -> int:
+        """Timed work; returns the explorations queued. Cost: the due and refused agents only."""
         async with self._lock:
+            now = utc_now()
             self.state.begin()
             try:
-                for item in items:
-                    event = item.payload
-                    if isinstance(event, RunCompleted | RunFailed):
-                        self.state.on_run_ended(event.agent, event.activation_id, failed=isinstance(event, RunFailed),
-                                                ended_at=event.metrics.ended_at or event.at,
-                                                outcome=event.metrics.outcome)
-                await self._apply(self.state.prepare(utc_now()))
+                for agent, activation in self.state.overdue(now):
+                    await self._check_lost(leases, agent, activation, now)
+                changed = self.budget.version != self._budget_version
+                if changed or self.state.blocked_count:
+                    self._budget_version = self.budget.version
+                    self.state.retry_blocked(explorations=changed)
+                explored = self.state.explore(now, explore_limit) if explore_limit > 0 else 0
+                await self._apply(self.state.prepare(now))
             except BaseException:
                 self.state.rollback()
                 raise
             self.state.commit()
+            return explored
+
+    async def _check_lost(self, leases: KeyValue | None, agent: str, activation: str, now: str) -> None:
+        """Old and no lease held: its runner died (or it never reached one); free the agent."""
+        if leases is not None:
+            try:
+                await leases.get(subjects.token(agent))
+                self.state.still_running(agent, activation, now)
+                return
+            except KeyNotFoundError:
+                pass
+        log.warning("in-flight activation lost", extra={"agent": agent, "activation_id": activation})
+        self.state.on_run_ended(agent, activation, failed=True, ended_at=now, outcome="lost")
 
     async def _apply(self, changes: Changes) -> None:
-        """Publish, then persist; counted only once both succeeded."""
+        """Publish, then persist; counted only once both succeeded.
+
+        A failure after something was published is retried here with the same changes (msg ids and
+        puts make that harmless) rather than rolled back: a rolled-back batch comes back after newer
+        messages and could be decided differently, giving the agent a second activation."""
+        if (changes.requests or changes.agents) and not self.owner():
+            raise NotOwner("partition lease not current")  # nothing published yet: a rollback is safe
+        for attempt in range(1, APPLY_ATTEMPTS + 1):
+            try:
+                await self._publish_and_persist(changes)
+                break
+            except Exception as exc:
+                if attempt == APPLY_ATTEMPTS:
+                    raise
+                log.warning("publish or persist failed, retrying", extra={"attempt": attempt, "error": repr(exc)})
+                await asyncio.sleep(APPLY_BACKOFF_S * attempt)
+        self._count(changes)
+
+    async def _publish_and_persist(self, changes: Changes) -> None:
         await asyncio.gather(*(
             self.bus.publish(subjects.activation(request.priority, request.agent), request,
                              msg_id=f"act:{request.activation_id}", trace_id=request.activation_id)
             for request in changes.requests
+        ), *(
+            self.bus.publish(decision_subject(refusal.agent), refusal,
+                             msg_id=f"dec:{refusal.agent}:{refusal.kind}:{refusal.reason}:{refusal.at}")
+            for refusal in changes.refusals
         ))
         await asyncio.gather(*(
             self.kv.put(subjects.token(agent), _encoder.encode(state)) for agent, state in changes.agents.items()
         ))
+
+    def _count(self, changes: Changes) -> None:
         for request in changes.requests:
             SCHEDULED.labels(request.priority).inc()
             log.info("activation requested", extra={"activation_id": request.activation_id, "agent": request.agent,
-                                                    "priority": request.priority,
+                                                    "priority": request.priority, "kind": request.kind,
                                                     "notifications": len(request.notifications)})
+        for refusal in changes.refusals:
+            REFUSED.labels(refusal.kind, refusal.reason).inc()
+            log.info("work refused", extra={"agent": refusal.agent, "kind": refusal.kind, "reason": refusal.reason})
         MERGED.inc(changes.merged)
+        LOST.inc(changes.lost)
         for reason, count in changes.skipped.items():
             SKIPPED.labels(reason).inc(count)
-        IN_FLIGHT.set(self.state.in_flight_count)

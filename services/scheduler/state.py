@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 import msgspec
 
 from botburrow.schemas.agent import AgentConfig
-from botburrow.schemas.events import ActivationRequested, Priority
+from botburrow.schemas.events import ActivationRequested, Priority, SchedulingRefused
 from botburrow.schemas.hub import Notification
+from botburrow.services.scheduler.due import DueQueue, ExploreRule, epoch_s
 
 # SPEC §4: the priority of each notification type that can lead to an activation.
 PRIORITY_OF_TYPE: dict[str, Priority] = {
@@ -44,6 +45,18 @@ MAX_NOTIFICATIONS_PER_ACTIVATION = 20
 RECENT_IDS_KEPT = 200
 
 Verdict = Literal["queued", "merged", "duplicate", "skipped"]
+# An in-flight activation older than this, whose agent holds no lease, is taken as lost (its runner
+# died and the request was dead-lettered, or never reached a runner): the agent is freed.
+DEFAULT_STUCK_AFTER_S = 30 * 60.0
+# An agent refused by the budget gate is looked at again this much later.
+REFUSED_RECHECK_S = 60.0
+
+# gate(agent, kind, critical) -> the reason this work may not start now, or None.
+Gate = Callable[[str, str, bool], "str | None"]
+
+
+def _open_gate(agent: str, kind: str, critical: bool) -> str | None:
+    return None
 
 
 class Responds(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +91,7 @@ class InFlight(msgspec.Struct, frozen=True, kw_only=True):
     priority: Priority
     notification_ids: tuple[str, ...]
     requested_at: str
+    kind: str = "notification"
 
 
 class AgentState(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,6 +113,8 @@ class AgentState(msgspec.Struct, frozen=True, kw_only=True):
     activations_requested: int = 0
     activations_completed: int = 0
     activations_failed: int = 0
+    explorations_requested: int = 0
+    activations_lost: int = 0
 
     def knows(self, notification_id: str) -> bool:
         if self.in_flight is not None and notification_id in self.in_flight.notification_ids:
@@ -115,6 +131,8 @@ class Changes:
     skipped: Counter[str] = field(default_factory=Counter)
     merged: int = 0
     duplicates: int = 0
+    refusals: list[SchedulingRefused] = field(default_factory=list)
+    lost: int = 0
 
 
 def activation_id(agent: str, notification_ids: Iterable[str]) -> str:
@@ -148,10 +166,22 @@ def _pick(pending: tuple[Notification, ...]) -> tuple[tuple[Notification, ...], 
 
 
 class SchedulerState:
-    def __init__(self, agents: Mapping[str, AgentState] | None = None) -> None:
+    def __init__(self, agents: Mapping[str, AgentState] | None = None, *,
+                 stuck_after_s: float = DEFAULT_STUCK_AFTER_S) -> None:
         self._agents: dict[str, AgentState] = {}
         self._before: dict[str, AgentState | None] = {}
         self._changes = Changes()
+        self.stuck_after_s = stuck_after_s
+        self.gate: Gate = _open_gate
+        # Exploration: the rules of agents with discovery on, and when each is next due.
+        self._rules: dict[str, ExploreRule] = {}
+        self._explore_due = DueQueue()
+        # In-flight activations by the time they count as possibly lost.
+        self._stuck_due = DueQueue()
+        # Idle agents with pending notifications that the gate refused: looked at again on a tick.
+        self._blocked: set[str] = set()
+        self._refused: dict[str, str] = {}
+        self._popped: list[tuple[DueQueue, tuple[float, str, str]]] = []
         # Kept incrementally so that reading it costs nothing at 100k agents.
         self.in_flight_count = 0
         self.load((agents or {}).values())
@@ -164,10 +194,34 @@ class SchedulerState:
     def __len__(self) -> int:
         return len(self._agents)
 
+    @property
+    def blocked_count(self) -> int:
+        return len(self._blocked)
+
     def load(self, states: Iterable[AgentState]) -> None:
         """Take over persisted states (at start-up, or when a partition is assigned)."""
         for state in states:
             self._store(state.agent, state)
+            if state.in_flight is not None:
+                self._stuck_due.push(_s(state.in_flight.requested_at) + self.stuck_after_s, state.agent,
+                                     state.in_flight.activation_id)
+            elif state.pending:
+                self._blocked.add(state.agent)
+
+    def configure(self, agent: str, rule: ExploreRule | None) -> None:
+        """An agent's exploration rule (None: no exploration); a new or changed one is due per its state."""
+        if rule is None:
+            self._rules.pop(agent, None)
+            return
+        if self._rules.get(agent) == rule:
+            return
+        self._rules[agent] = rule
+        self._explore_due.push(self._explore_due_s(agent, rule), agent)
+
+    def _explore_due_s(self, agent: str, rule: ExploreRule) -> float:
+        state = self._agents.get(agent)
+        last = epoch_s(state.last_activated_at) if state else None
+        return 0.0 if last is None else last + rule.gap_s  # never run: before everyone
 
     def _store(self, agent: str, state: AgentState | None) -> None:
         old = self._agents.get(agent)
@@ -184,6 +238,7 @@ class SchedulerState:
         if self._before:
             raise RuntimeError("a batch is already open: commit or roll it back first")
         self._changes = Changes()
+        self._popped = []
 
     def _set(self, state: AgentState) -> None:
         if state.agent not in self._before:
@@ -221,6 +276,7 @@ class SchedulerState:
             return False  # a redelivered event: already counted
         ends_in_flight = state.in_flight is not None and state.in_flight.activation_id == activation
         ended_ids = state.in_flight.notification_ids if ends_in_flight and state.in_flight else ()
+        lost = outcome == "lost"
         self._set(msgspec.structs.replace(
             state,
             in_flight=None if ends_in_flight else state.in_flight,
@@ -229,18 +285,95 @@ class SchedulerState:
             last_activation_id=activation,
             last_outcome=outcome,
             activations_completed=state.activations_completed + int(not failed),
-            activations_failed=state.activations_failed + int(failed),
+            activations_failed=state.activations_failed + int(failed and not lost),
+            activations_lost=state.activations_lost + int(lost),
         ))
+        self._changes.lost += int(lost)
+        rule = self._rules.get(agent)
+        if rule is not None:  # staleness advances: the next exploration is due a gap after this run
+            self._explore_due.push((epoch_s(ended_at) or 0.0) + rule.gap_s, agent)
         return ends_in_flight
+
+    def retry_blocked(self, *, explorations: bool = False) -> None:
+        """Have `prepare` look again at every agent the gate refused (cost: the refused agents only);
+        with `explorations` (the gate changed), refused explorations are due again at once too."""
+        if explorations:
+            for agent, key in self._refused.items():
+                if key.startswith("exploration:"):
+                    self._explore_due.push(0.0, agent)
+        for agent in list(self._blocked):
+            state = self._agents.get(agent)
+            if state is None or state.in_flight is not None or not state.pending:
+                self._blocked.discard(agent)
+            else:
+                self._set(state)
+
+    def explore(self, now: str, limit: int) -> int:
+        """Queue up to `limit` explorations, stalest (never run first) among the due agents."""
+        now_s, started = _s(now), 0
+        while started < limit:
+            batch = self._explore_due.pop_due(now_s, limit - started)
+            if not batch:
+                break
+            for entry in batch:
+                self._popped.append((self._explore_due, entry))
+                started += int(self._explore_one(entry[1], now, now_s))
+        return started
+
+    def _explore_one(self, agent: str, now: str, now_s: float) -> bool:
+        rule = self._rules.get(agent)
+        state = self._current(agent)
+        if rule is None or state.in_flight is not None or state.pending:
+            return False  # no longer exploring, or busy: re-queued when its run ends
+        due_s = self._explore_due_s(agent, rule)
+        if due_s > now_s:  # a stale hint: the agent ran since it was queued
+            self._explore_due.push(due_s, agent)
+            return False
+        reason = self.gate(agent, "exploration", False)
+        if reason is not None:
+            self._refuse(agent, "exploration", reason, now)
+            self._explore_due.push(now_s + REFUSED_RECHECK_S, agent)
+            return False
+        request_id = activation_id(agent, [f"explore:{state.activations_requested}"])
+        request = ActivationRequested(activation_id=request_id, agent=agent, kind="exploration", priority="low",
+                                      requested_at=now)
+        self._set(self._started(state, request, (), now, explorations=1))
+        return True
+
+    def overdue(self, now: str) -> list[tuple[str, str]]:
+        """(agent, activation id) of in-flight activations old enough to be checked for a lease."""
+        found = []
+        for entry in self._stuck_due.pop_due(_s(now)):
+            self._popped.append((self._stuck_due, entry))
+            state = self._agents.get(entry[1])
+            if state is not None and state.in_flight is not None and state.in_flight.activation_id == entry[2]:
+                found.append((entry[1], entry[2]))
+        return found
+
+    def still_running(self, agent: str, activation: str, now: str) -> None:
+        """Its lease is held: look again a while later."""
+        self._stuck_due.push(_s(now) + self.stuck_after_s / 4, agent, activation)
 
     def prepare(self, now: str) -> Changes:
         """Schedule every touched idle agent with pending work; return what the batch changed."""
         for agent in list(self._before):
             state = self._agents[agent]
             if state.in_flight is None and state.pending:
-                self._set(self._start(state, now))
+                reason = self.gate(agent, "notification", False)
+                if reason is None:
+                    self._blocked.discard(agent)
+                    self._set(self._start(state, now))
+                else:
+                    self._blocked.add(agent)
+                    self._refuse(agent, "notification", reason, now)
         self._changes.agents = {agent: self._agents[agent] for agent in self._before}
         return self._changes
+
+    def _refuse(self, agent: str, kind: str, reason: str, now: str) -> None:
+        key = f"{kind}:{reason}"
+        if self._refused.get(agent) != key:
+            self._refused[agent] = key
+            self._changes.refusals.append(SchedulingRefused(agent=agent, kind=kind, reason=reason, at=now))
 
     def _start(self, state: AgentState, now: str) -> AgentState:
         chosen, rest = _pick(state.pending)
@@ -249,21 +382,38 @@ class SchedulerState:
         request = ActivationRequested(activation_id=activation_id(state.agent, ids), agent=state.agent,
                                       kind="notification", priority=priority, notifications=list(chosen),
                                       requested_at=now)
+        return self._started(state, request, rest, now)
+
+    def _started(self, state: AgentState, request: ActivationRequested, rest: tuple[Notification, ...], now: str,
+                 *, explorations: int = 0) -> AgentState:
         self._changes.requests.append(request)
+        self._refused.pop(state.agent, None)
+        self._stuck_due.push(_s(now) + self.stuck_after_s, state.agent, request.activation_id)
+        ids = tuple(n.id for n in request.notifications)
         return msgspec.structs.replace(
             state,
-            in_flight=InFlight(activation_id=request.activation_id, priority=priority, notification_ids=ids,
-                               requested_at=now),
+            in_flight=InFlight(activation_id=request.activation_id, priority=request.priority, notification_ids=ids,
+                               requested_at=now, kind=request.kind),
             pending=rest,
             last_requested_at=now,
             activations_requested=state.activations_requested + 1,
+            explorations_requested=state.explorations_requested + explorations,
         )
 
     def commit(self) -> None:
         self._before.clear()
+        self._popped = []
         self._changes = Changes()
 
     def rollback(self) -> None:
         for agent, before in self._before.items():
             self._store(agent, before)
+            if before is not None and before.in_flight is None and before.pending:
+                self._blocked.add(agent)
+        for queue, entry in self._popped:  # due entries taken by this batch are due again
+            queue.push(*entry)
         self.commit()
+
+
+def _s(stamp: str) -> float:
+    return epoch_s(stamp) or 0.0

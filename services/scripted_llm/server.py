@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Mapping, Sequence
 from types import ModuleType
@@ -58,6 +59,8 @@ class ScriptedLLM:
     `expect` is an error response and a violation. Not strict (demo mode): violations are still
     recorded, but every request is answered, with a friendly tool-less reply once the script is out.
     api_key: if set, only this key is accepted (else any non-empty key).
+    latency_s: (low, high): every model answer first waits a uniformly random time in that range, on
+    top of a step's own `delay_s` (load and soak tests want a model that is not instant).
     """
 
     def __init__(
@@ -67,8 +70,10 @@ class ScriptedLLM:
         strict: bool = True,
         api_key: str | None = None,
         models: Sequence[str] = DEFAULT_MODELS,
+        latency_s: tuple[float, float] | None = None,
     ) -> None:
         self.strict = strict
+        self.latency_s = latency_s
         self.api_key = api_key
         self.models = list(models)
         self.requests: list[RecordedRequest] = []
@@ -200,6 +205,8 @@ class ScriptedLLM:
     async def _scripted_answer(
         self, record: RecordedRequest, body: dict[str, Any], api: ModuleType
     ) -> Answer | Response:
+        if self.latency_s is not None:
+            await asyncio.sleep(random.uniform(*self.latency_s))
         record.key = key = self._scripts.choose_key(record.tag, record.model)
         taken = self._scripts.take(key)
         if taken is None:

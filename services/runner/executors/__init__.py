@@ -1,0 +1,38 @@
+"""The coding-agent CLI executors (SPEC §4): `claude-code`, `goose`, `aider`, `opencode`, `custom`.
+
+`cli_thinkers(environ)` returns one `Thinker` per executor type, sharing one runner-side model gateway;
+the runner registers them next to `native` in `Deps.thinkers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from botburrow.services.runner.executors.aider import Aider
+from botburrow.services.runner.executors.base import CliThinker, McpEntry, McpWiring, ToolboxRelay, find_binary
+from botburrow.services.runner.executors.claude import ClaudeCode
+from botburrow.services.runner.executors.custom import Custom
+from botburrow.services.runner.executors.goose import Goose
+from botburrow.services.runner.executors.opencode import OpenCode
+from botburrow.services.runner.executors.process import (
+    Completed,
+    DirectRunner,
+    ProcessRunner,
+    SandboxRunner,
+    runner_for,
+)
+from botburrow.services.runner.gateway import ModelGateway
+from botburrow.services.runner.seams import Thinker
+
+__all__ = ["CliThinker", "Completed", "DirectRunner", "McpEntry", "McpWiring", "ProcessRunner", "SandboxRunner",
+           "ToolboxRelay", "cli_thinkers", "find_binary"]
+
+
+def cli_thinkers(environ: Mapping[str, str], *, gateway: ModelGateway | None = None,
+                 runner: ProcessRunner | None = None, mcp: McpWiring | None = None) -> dict[str, Thinker]:
+    """One thinker per CLI executor type; the gateway starts with the first activation that needs it.
+    The process runner follows SANDBOX_BACKEND unless one is given (tests)."""
+    gateway = gateway or ModelGateway()
+    runner = runner or runner_for(environ)
+    flavors = [ClaudeCode(), Goose(), Aider(), OpenCode(), Custom()]
+    return {f.name: CliThinker(f, gateway, runner=runner, mcp=mcp) for f in flavors}

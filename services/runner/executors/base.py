@@ -1,0 +1,250 @@
+"""What every CLI executor shares: the job, the MCP wiring seam, the run, the verdict.
+
+A `CliThinker` opens a model-gateway session (the CLI gets a per-activation token, never a key),
+asks its `Flavor` for the invocation (argv, environment built from nothing, config files in a
+per-activation run directory with a fresh HOME), runs it through a `ProcessRunner` within the
+activation's deadline, and lets the flavor parse the output. Success is decided from the parsed
+output, never the exit code alone (the CLIs' exit codes lie); any failure raises `LoopFailed` with a
+reason naming the CLI, so the activation fails with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from botburrow.secrets import redact
+from botburrow.services.runner.executors.process import Completed, DirectRunner, ProcessRunner
+from botburrow.services.runner.gateway import GatewaySession, ModelGateway
+from botburrow.services.runner.loop import LoopFailed, ToolOutcome
+from botburrow.services.runner.seams import ExecutorUnavailable, ThinkRequest
+from botburrow.services.runner.transcript import ToolCall
+from botburrow.tools import tools_dir
+
+log = logging.getLogger(__name__)
+
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+STDERR_TAIL_CHARS = 400
+
+
+@dataclass(frozen=True)
+class McpEntry:
+    """One MCP server as the CLI starts it: a stdio command (the relay), never holding a credential."""
+
+    name: str
+    command: str
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+class McpWiring(Protocol):
+    """The stdio entries a CLI config names for the activation's MCP servers (started runner-side)."""
+
+    def open(self, request: ThinkRequest) -> contextlib.AbstractAsyncContextManager[list[McpEntry]]: ...
+
+
+class ToolboxRelay:
+    """The default: every server of the activation's toolbox (`McpToolbox`, hub included), each reached
+    through `python -m botburrow.mcp.relay <socket> <server>`; the servers and their credentials stay on
+    the runner side. A toolbox without a relay (hub tools only) gives the CLI no MCP servers."""
+
+    @contextlib.asynccontextmanager
+    async def open(self, request: ThinkRequest) -> AsyncIterator[list[McpEntry]]:
+        relay = getattr(request.toolbox, "relay", None)
+        servers: list[str] = list(getattr(request.toolbox, "servers", []))
+        if relay is None or not servers:
+            yield []
+            return
+        socket = await relay()
+        yield [McpEntry(server, sys.executable, ("-m", "botburrow.mcp.relay", str(socket), server))
+               for server in servers]
+
+
+@dataclass(frozen=True)
+class CliJob:
+    """Everything a flavor needs to build one invocation."""
+
+    request: ThinkRequest
+    gateway: GatewaySession
+    mcp: list[McpEntry]
+    binary: str
+    run_dir: Path  # outside the workspace: configs, logs, HOME
+    home: Path
+    workspace: Path
+    timeout_s: float
+
+    @property
+    def model(self) -> str:
+        return self.request.definition.config.brain.model
+
+    @property
+    def provider(self) -> str:
+        return self.request.definition.config.brain.provider
+
+    @property
+    def shell_enabled(self) -> bool:
+        return self.request.definition.config.capabilities.shell.enabled
+
+    @property
+    def max_turns(self) -> int:
+        return self.request.definition.config.behavior.max_iterations
+
+    def base_env(self) -> dict[str, str]:
+        """The environment from nothing: a PATH that finds the CLI, a fresh HOME, a UTF-8 locale."""
+        bin_dir = str(Path(self.binary).parent)
+        return {"PATH": f"{bin_dir}:{SYSTEM_PATH}", "HOME": str(self.home), "LANG": "C.UTF-8",
+                "TMPDIR": str(self.run_dir / "tmp")}
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.run_dir / name
+        path.write_text(text)
+        return path
+
+
+@dataclass
+class ToolEvent:
+    call_id: str
+    name: str
+    arguments: Any
+    result: str = ""
+    is_error: bool = False
+    server: str = ""
+
+
+@dataclass
+class Parsed:
+    """A CLI's structured output, read: the answer, the tool calls it made, and why it failed (if so)."""
+
+    text: str = ""
+    tools: list[ToolEvent] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Invocation:
+    argv: list[str]
+    env: dict[str, str]
+
+
+class Flavor(Protocol):
+    name: str  # the config `type`
+    binary_name: str
+
+    def invocation(self, job: CliJob) -> Invocation: ...
+
+    def parse(self, job: CliJob, done: Completed) -> Parsed: ...
+
+
+def find_binary(name: str, environ: Mapping[str, str]) -> str | None:
+    """A CLI from the pinned tools (`BOTBURROW_TOOLS_DIR`, laid out by setup.sh), else the runner's PATH."""
+    tools = tools_dir(environ)
+    for candidate in (tools / "node_modules" / ".bin" / name, tools / name / "bin" / name,
+                      tools / "node_modules" / "@aaif" / "goose-binary-linux-x64" / "bin" / name):
+        if candidate.is_file():
+            return str(candidate)
+    return shutil.which(name, path=environ.get("PATH"))
+
+
+def reads(job: CliJob) -> list[Path]:
+    """Host paths the CLI must see (read-only in a sandbox): its run directory, the pinned tools, the
+    Python that runs the MCP relay, the relay's socket directory, and the folders of a custom command
+    and its args as the definition names them (never paths from the task text)."""
+    import botburrow
+
+    paths = [job.run_dir, Path(job.binary).resolve().parent, tools_dir(job.request.environ),
+             Path(sys.prefix), Path(sys.base_prefix), Path(botburrow.__file__).resolve().parents[1]]
+    executor = job.request.definition.config.executor
+    named = [executor.command, *executor.args] if executor is not None else []
+    for arg in [*named, *(arg for entry in job.mcp for arg in entry.args)]:
+        folder = Path(arg).parent
+        if arg.startswith("/") and len(folder.parts) > 2:  # never `/` or a top-level folder like /etc
+            paths.append(folder)
+    return paths
+
+
+class CliThinker:
+    def __init__(self, flavor: Flavor, gateway: ModelGateway, *, runner: ProcessRunner | None = None,
+                 mcp: McpWiring | None = None, binary: str | None = None) -> None:
+        self.flavor, self.gateway = flavor, gateway
+        self.runner = runner or DirectRunner()
+        self.mcp = mcp or ToolboxRelay()
+        self.binary = binary
+
+    def _prepare(self, request: ThinkRequest) -> tuple[str | None, Path, Path]:
+        locate = getattr(self.flavor, "locate", None)  # `custom` takes its command from the definition
+        binary = self.binary or (locate(request) if locate else find_binary(self.flavor.binary_name, request.environ))
+        run_dir = Path(tempfile.mkdtemp(prefix=f"bb-{self.flavor.name}-"))
+        for sub in ("home", "tmp"):
+            (run_dir / sub).mkdir()
+        # Not inside the run directory: a sandbox shows that read-only, which would hide a writable child.
+        workspace = request.tools.workspace or Path(tempfile.mkdtemp(prefix=f"bb-{self.flavor.name}-ws-"))
+        return (binary if binary and Path(binary).is_file() else None), run_dir, workspace
+
+    async def think(self, request: ThinkRequest) -> str:
+        name = self.flavor.name
+        timeout_s = request.limits.deadline - time.monotonic()
+        if timeout_s <= 0:
+            raise LoopFailed("timeout")
+        binary, run_dir, workspace = await asyncio.to_thread(self._prepare, request)
+        try:
+            if binary is None:
+                raise ExecutorUnavailable(
+                    f"executor {name!r} is not available: CLI {self.flavor.binary_name!r} is not installed here")
+            async with self.mcp.open(request) as entries, self.gateway.session(
+                    activation_id=request.activation_id, brain=request.definition.config.brain,
+                    environ=request.environ, recorder=request.recorder, totals=request.totals,
+                    limits=request.limits) as session:
+                job = CliJob(request=request, gateway=session, mcp=entries, binary=binary, run_dir=run_dir,
+                             home=run_dir / "home", workspace=workspace, timeout_s=timeout_s)
+                invocation = await asyncio.to_thread(self.flavor.invocation, job)  # writes its config files
+                started_s = time.monotonic()
+                done = await self.runner.run(invocation.argv, env=invocation.env, cwd=workspace,
+                                             timeout_s=timeout_s, stop=session.exceeded,
+                                             binds=reads(job), label=request.activation_id,
+                                             ports=[self.gateway.bound_port])
+                parsed = await asyncio.to_thread(self.flavor.parse, job, done)  # may read its log files
+        finally:
+            await asyncio.to_thread(shutil.rmtree, run_dir, True)
+            if workspace != request.tools.workspace:
+                await asyncio.to_thread(shutil.rmtree, workspace, True)
+        log.info("cli finished", extra={
+            "activation_id": request.activation_id, "executor": name, "exit_code": done.returncode,
+            "timed_out": done.timed_out, "duration_s": round(time.monotonic() - started_s, 2),
+            "model_turns": session.turns, "tool_calls": len(parsed.tools), "failed": parsed.error is not None})
+        await self._record_tools(request, parsed)
+        return self._verdict(name, done, parsed, session)
+
+    @staticmethod
+    async def _record_tools(request: ThinkRequest, parsed: Parsed) -> None:
+        for index, event in enumerate(parsed.tools, 1):
+            call = ToolCall(event.call_id or f"call-{index}", event.name, event.arguments)
+            await request.recorder.tool(index, call, ToolOutcome(event.result, event.is_error, event.server), 0.0)
+
+    @staticmethod
+    def _verdict(name: str, done: Completed, parsed: Parsed, session: GatewaySession) -> str:
+        if session.reason is not None:
+            raise LoopFailed(session.reason)  # max_tokens / timeout, as the native loop names them
+        if done.timed_out:
+            raise LoopFailed("timeout")
+
+        def failed(reason: str) -> LoopFailed:
+            # CLIs quote the URL they called, which carries the (dead, but still) activation token.
+            return LoopFailed(redact(reason).replace(session.token, "[activation-token]"))
+
+        if parsed.error is not None:
+            raise failed(f"{name}: {parsed.error}")
+        if done.returncode != 0:
+            tail = done.stderr.decode("utf-8", "replace").strip()[-STDERR_TAIL_CHARS:]
+            raise failed(f"{name}: exited with {done.returncode}: {tail or 'no output'}")
+        if not parsed.text.strip():
+            raise LoopFailed(f"{name}: finished without a final answer")
+        return parsed.text.strip()

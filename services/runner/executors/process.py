@@ -1,0 +1,195 @@
+"""How a CLI process is started: the seam a sandbox backend plugs into.
+
+`DirectRunner` runs the command on the runner's host (local mode, tests, and until a sandbox backend
+is wired in): stdin closed (OpenCode waits forever on an open one, Claude Code 3 s), its own process
+group killed whole at the deadline or when asked to stop, and exactly the environment given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+KILL_GRACE_S = 3.0
+OUTPUT_CAP_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Completed:
+    returncode: int | None
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool = False
+    stopped: bool = False  # killed because `stop` was set (the activation's limits were spent)
+
+
+class ProcessRunner(Protocol):
+    """Run argv in `cwd` (the workspace) with exactly `env`; `binds` are host paths the command reads
+    (the CLI, its configs, the relay): a sandbox shows them read-only at the same paths; `ports` are
+    runner loopback ports (the model gateway) it must reach at 127.0.0.1 as well."""
+
+    async def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, timeout_s: float,
+                  stop: asyncio.Event | None = None, binds: Sequence[Path] = (), label: str = "",
+                  ports: Sequence[int] = ()) -> Completed: ...
+
+
+class DirectRunner:
+    """No sandbox: a plain child process in a new session (SPEC §7 allows it in local mode only)."""
+
+    async def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, timeout_s: float,
+                  stop: asyncio.Event | None = None, binds: Sequence[Path] = (), label: str = "",
+                  ports: Sequence[int] = ()) -> Completed:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=dict(env), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=OUTPUT_CAP_BYTES)
+        output = asyncio.create_task(proc.communicate())
+        stopper = asyncio.create_task(stop.wait()) if stop is not None else None
+        try:
+            done, _ = await asyncio.wait({output, *([stopper] if stopper else [])}, timeout=timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if output in done:
+                stdout, stderr = output.result()
+                return Completed(proc.returncode, stdout, stderr)
+            await _kill_group(proc)
+            try:  # a grandchild that left the group may still hold the pipes open: do not wait on it
+                stdout, stderr = await asyncio.wait_for(asyncio.shield(output), KILL_GRACE_S)
+            except TimeoutError:
+                stdout, stderr = b"", b""
+            return Completed(proc.returncode, stdout, stderr, timed_out=not done, stopped=bool(done))
+        finally:
+            if stopper is not None:
+                stopper.cancel()
+            if not output.done():  # cancelled from outside: take the whole group down with us
+                await _kill_group(proc)
+                output.cancel()
+
+
+async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM to the process group, SIGKILL after a grace: MCP children and helpers go with the CLI."""
+    for sig, grace_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            await asyncio.wait_for(proc.wait(), grace_s)
+            break
+        except TimeoutError:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers that left the leader behind
+
+
+class SandboxRunner:
+    """A `botburrow.sandbox` backend as the runner: the workspace writable at its own path, every bind
+    read-only at its own path (so argv and config paths mean the same inside), HOME and TMPDIR on the
+    sandbox's scratch tmpfs (the run directory is read-only in there)."""
+
+    def __init__(self, sandbox: Any, limits: Any = None) -> None:
+        self.sandbox, self.limits = sandbox, limits
+
+    async def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, timeout_s: float,
+                  stop: asyncio.Event | None = None, binds: Sequence[Path] = (), label: str = "",
+                  ports: Sequence[int] = ()) -> Completed:
+        from botburrow.sandbox import Limits
+
+        limits = msgspec.structs.replace(self.limits or Limits(), timeout_s=timeout_s)
+        async with contextlib.AsyncExitStack() as stack:
+            if self.sandbox.name != "none":  # its own network namespace: carry the ports in over sockets
+                for port in ports:
+                    sockets = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="bb-lo-"))
+                    stack.push_async_callback(asyncio.to_thread, shutil.rmtree, sockets, True)
+                    await stack.enter_async_context(_unix_to_tcp(sockets / "gw.sock", port))
+                    argv = [sys.executable, "-m", "botburrow.services.runner.executors.loopback",
+                            str(sockets / "gw.sock"), str(port), *argv]
+                    binds = [*binds, sockets]
+            return await self._run(argv, env, cwd, limits, stop, binds, label)
+
+    async def _run(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, limits: Any,
+                   stop: asyncio.Event | None, binds: Sequence[Path], label: str) -> Completed:
+        from botburrow.sandbox import SCRATCH, Bind, SandboxSpec
+
+        # `none` runs on the host, where the run directory is writable and /tmp is shared: keep HOME.
+        scratch = {} if self.sandbox.name == "none" else {"HOME": SCRATCH, "TMPDIR": SCRATCH}
+        spec = SandboxSpec(argv=list(argv), env={**env, **scratch}, workspace=str(cwd),
+                           workdir=str(cwd), binds=tuple(Bind(source=str(p), target=str(p)) for p in _outermost(binds)),
+                           limits=limits, label=label or "botburrow-cli")
+        result = await self.sandbox.run(spec, stop=stop)
+        return Completed(None if result.timed_out else result.exit_code, result.stdout.encode(),
+                         result.stderr.encode(), timed_out=result.timed_out, stopped=result.stopped)
+
+
+@contextlib.asynccontextmanager
+async def _unix_to_tcp(path: Path, port: int) -> AsyncIterator[None]:
+    """A unix socket at `path` whose connections are forwarded to 127.0.0.1:port (the runner's side)."""
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        with contextlib.suppress(OSError):
+            writer.write_eof()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        up_writer.close()
+        writer.close()
+
+    server = await asyncio.start_unix_server(forward, str(path))
+    await asyncio.to_thread(os.chmod, path, 0o777)  # the sandbox user (uid 1000) connects to it
+    try:
+        yield
+    finally:
+        server.close()
+
+
+def _outermost(paths: Sequence[Path]) -> list[Path]:
+    """Distinct paths without those inside another one (a bind over a parent would hide it)."""
+    unique = sorted({p.resolve() for p in paths if p.exists()}, key=lambda p: len(p.parts))
+    kept: list[Path] = []
+    for path in unique:
+        if not any(path.is_relative_to(k) for k in kept):
+            kept.append(path)
+    return kept
+
+
+class NoNetworkSandbox:
+    """SANDBOX_BACKEND=docker: its image does not carry the CLIs and the Python the loopback forwarder
+    needs at the runner's paths yet, so a CLI there could never reach its model. Fail clearly instead of
+    running the CLI unsandboxed."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    async def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, timeout_s: float,
+                  stop: asyncio.Event | None = None, binds: Sequence[Path] = (), label: str = "",
+                  ports: Sequence[int] = ()) -> Completed:
+        from botburrow.services.runner.loop import LoopFailed
+
+        raise LoopFailed(f"CLI executors cannot run in the {self.backend!r} sandbox yet (no model gateway "
+                         "inside it); use SANDBOX_BACKEND=none in local mode")
+
+
+def runner_for(environ: Mapping[str, str]) -> ProcessRunner:
+    """The process runner SANDBOX_BACKEND asks for (SPEC §7; default bwrap)."""
+    backend = environ.get("SANDBOX_BACKEND") or "bwrap"
+    if backend in ("none", "bwrap"):
+        from botburrow import sandbox
+
+        return SandboxRunner(sandbox.create(backend))
+    return NoNetworkSandbox(backend)

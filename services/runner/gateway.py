@@ -1,0 +1,386 @@
+"""The runner-side model gateway (SPEC §4): how a CLI in a sandbox reaches the model without a key.
+
+One HTTP server per runner process speaks the providers' own APIs:
+
+  POST [/<token>]/v1/messages[?beta=true]   Anthropic Messages, JSON or SSE (passed through as it streams)
+  POST [/<token>]/v1/chat/completions       OpenAI Chat Completions, JSON or SSE
+  GET  [/<token>]/v1/models                 the activation's model (goose's OpenAI provider asks first)
+
+Each activation opens a `GatewaySession` with a random short-lived token; a request is accepted only
+if its path tag or its key (`x-api-key`, `Authorization: Bearer`, `api-key`) is a live token. The
+gateway drops the caller's credentials, adds the real key upstream, refuses calls past the
+activation's deadline or token budget, and records every answered call as an `llm` run event with the
+provider's usage (from the JSON body, or the SSE `message_start`/`message_delta` and `include_usage`
+chunks), adding it to the activation's totals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from botburrow.runtime.http import RunningServer, serve
+from botburrow.schemas.agent import Brain
+from botburrow.secrets import env_name_to_secret, read_secret, redact
+from botburrow.services.runner.loop import LoopLimits, LoopResult, Recorder
+from botburrow.services.runner.providers import ANTHROPIC_DEFAULT_URL, LOCAL_KEY
+from botburrow.services.runner.transcript import ModelReply, ToolCall
+
+log = logging.getLogger(__name__)
+
+# Request headers worth forwarding; everything else (credentials, hop-by-hop, encodings) stays here.
+FORWARDED_HEADERS = ("content-type", "accept", "anthropic-version", "anthropic-beta", "openai-organization")
+UPSTREAM_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where one provider's calls go, and the real key they carry (never shown to the sandbox)."""
+
+    base_url: str  # without /v1
+    key: str | None
+
+
+def upstreams_for(brain: Brain, environ: Mapping[str, str]) -> dict[str, Upstream]:
+    """Upstreams per wire protocol; the resolution mirrors `providers.model_for` (SPEC §4)."""
+    override = environ.get("MODEL_BASE_URL_OVERRIDE", "").rstrip("/")
+    anthropic_base = override or (brain.api_base if brain.provider == "anthropic" else None) \
+        or environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_DEFAULT_URL
+    anthropic_key = read_secret("anthropic-api-key", environ=environ) or (LOCAL_KEY if override else None)
+    env_name = brain.api_key_env or "OPENAI_API_KEY"
+    openai_base = override or (brain.api_base or "").rstrip("/").removesuffix("/v1")
+    openai_key = read_secret(env_name_to_secret(env_name), env_name, environ=environ) or (
+        LOCAL_KEY if override else None)
+    return {"anthropic": Upstream(anthropic_base.rstrip("/").removesuffix("/v1"), anthropic_key),
+            "openai": Upstream(openai_base, openai_key)}
+
+
+@dataclass
+class GatewaySession:
+    """One activation's access: its token, limits, recorder and running totals."""
+
+    token: str
+    activation_id: str
+    model: str
+    upstreams: dict[str, Upstream]
+    recorder: Recorder
+    totals: LoopResult
+    limits: LoopLimits
+    base_url: str = ""  # the gateway URL with this session's tag, without /v1
+    # Set with the reason when the activation's limits are spent: the executor stops its CLI.
+    exceeded: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: str | None = None
+    turns: int = 0
+    last_text: str = ""  # the last answer's text (for CLIs whose own output is not structured)
+
+    def refuse_reason(self) -> str | None:
+        if time.monotonic() >= self.limits.deadline:
+            return "timeout"
+        if self.totals.input_tokens + self.totals.output_tokens > self.limits.max_tokens:
+            return "max_tokens"
+        return None
+
+    def fail(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.exceeded.set()
+
+
+class ModelGateway:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host, self.port = host, port
+        self._sessions: dict[str, GatewaySession] = {}
+        self._server: RunningServer | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._lock = asyncio.Lock()
+        self.app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST"])])
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._server is None:
+                self._client = httpx.AsyncClient(timeout=httpx.Timeout(UPSTREAM_TIMEOUT_S, connect=10.0))
+                self._server = await serve(self.app, self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            server, self._server = self._server, None
+            await server.stop()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    @property
+    def bound_port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("model gateway not started")
+        return self._server.port
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("model gateway not started")
+        return self._server.url
+
+    @contextlib.asynccontextmanager
+    async def session(self, *, activation_id: str, brain: Brain, environ: Mapping[str, str], recorder: Recorder,
+                      totals: LoopResult, limits: LoopLimits) -> AsyncIterator[GatewaySession]:
+        """A live token for the block's duration; afterwards every request with it is refused."""
+        await self.start()
+        token = "bbgw-" + secrets.token_urlsafe(24)
+        session = GatewaySession(token=token, activation_id=activation_id, model=brain.model,
+                                 upstreams=upstreams_for(brain, environ), recorder=recorder, totals=totals,
+                                 limits=limits, base_url=f"{self.url}/{token}")
+        self._sessions[token] = session
+        try:
+            yield session
+        finally:
+            del self._sessions[token]
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def _find(self, request: Request, tag: str) -> GatewaySession | None:
+        headers = request.headers
+        bearer = headers.get("authorization", "")
+        bearer = bearer[7:].strip() if bearer.lower().startswith("bearer ") else ""
+        for candidate in (tag, headers.get("x-api-key", "").strip(), bearer, headers.get("api-key", "").strip()):
+            if candidate and candidate in self._sessions:
+                return self._sessions[candidate]
+        return None
+
+    async def _handle(self, request: Request) -> Response:
+        path = "/" + request.path_params["path"]
+        tag, sep, api_path = path.partition("/v1/")
+        if not sep:
+            return _error("openai", 404, f"no such route: {request.method} {redact(path)}")
+        provider = "anthropic" if api_path.startswith("messages") else "openai"
+        session = self._find(request, tag.strip("/"))
+        if session is None:
+            return _error(provider, 401, "invalid or expired activation token")
+        if request.method == "GET" and api_path == "models":
+            return JSONResponse({"object": "list", "data": [
+                {"id": session.model, "object": "model", "type": "model", "created": 0, "owned_by": "botburrow",
+                 "display_name": session.model}], "has_more": False})
+        if request.method != "POST" or api_path not in ("messages", "messages/count_tokens", "chat/completions"):
+            return _error(provider, 404, f"no such route: {request.method} /v1/{api_path}")
+        refused = session.refuse_reason()
+        if refused:
+            session.fail(refused)
+            # 400, not 429 or 5xx: the CLIs retry those, and this activation is over.
+            return _error(provider, 400, f"activation limit reached: {refused}")
+        return await self._forward(request, session, provider, api_path)
+
+    async def _forward(self, request: Request, session: GatewaySession, provider: str, api_path: str) -> Response:
+        upstream = session.upstreams[provider]
+        if not upstream.base_url or upstream.key is None:
+            return _error(provider, 400, f"no {provider} endpoint or key configured for this agent")
+        headers = {k: v for k, v in request.headers.items() if k in FORWARDED_HEADERS}
+        headers["accept-encoding"] = "identity"  # the gateway reads the stream to take usage from it
+        if provider == "anthropic":
+            headers["x-api-key"] = upstream.key
+        else:
+            headers["authorization"] = f"Bearer {upstream.key}"
+        url = f"{upstream.base_url}/v1/{api_path}" + (f"?{request.url.query}" if request.url.query else "")
+        body = await request.body()
+        assert self._client is not None
+        started_s = time.monotonic()
+        try:
+            upstream_response = await self._client.send(
+                self._client.build_request("POST", url, content=body, headers=headers), stream=True)
+        except httpx.HTTPError as exc:
+            return _error(provider, 502, f"model upstream unreachable: {type(exc).__name__}")
+        recording = api_path != "messages/count_tokens" and upstream_response.status_code < 400
+        meter = Meter(provider, _json_or_none(body)) if recording else None
+        out_headers = {k: v for k, v in upstream_response.headers.items()
+                       if k.lower() in ("content-type", "request-id", "retry-after", "retry-after-ms")}
+
+        async def relay() -> AsyncIterator[bytes]:
+            # One chunk behind: the answer is recorded before its last bytes leave, so a client that
+            # has the whole answer can rely on its `llm` event (and the totals) being there.
+            held: bytes | None = None
+            try:
+                async for chunk in upstream_response.aiter_raw():
+                    if meter is not None:
+                        meter.feed(chunk)
+                    if held is not None:
+                        yield held
+                    held = chunk
+                if meter is not None:
+                    await self._record(session, meter, provider, (time.monotonic() - started_s) * 1000)
+                if held is not None:
+                    yield held
+            finally:
+                await upstream_response.aclose()
+
+        return StreamingResponse(relay(), status_code=upstream_response.status_code, headers=out_headers)
+
+    async def _record(self, session: GatewaySession, meter: Meter, provider: str, duration_ms: float) -> None:
+        reply = meter.reply(session.model)
+        session.turns += 1
+        session.last_text = reply.text
+        totals = session.totals
+        totals.iterations += 1
+        totals.input_tokens += reply.input_tokens
+        totals.output_tokens += reply.output_tokens
+        try:
+            await session.recorder.llm(session.turns, reply, duration_ms, provider)
+        except Exception:  # the CLI's answer is already on its way; a lost event must not break it
+            log.exception("recording an llm event failed", extra={"activation_id": session.activation_id})
+        if totals.input_tokens + totals.output_tokens > session.limits.max_tokens:
+            session.fail("max_tokens")
+
+
+def _json_or_none(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _error(provider: str, status: int, message: str) -> Response:
+    if provider == "anthropic":
+        return JSONResponse({"type": "error", "error": {"type": "invalid_request_error" if status < 500
+                                                          else "api_error", "message": message}}, status)
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "code": None}}, status)
+
+
+class Meter:
+    """Rebuilds one model answer (text, tool calls, usage) from the bytes passed through, JSON or SSE."""
+
+    def __init__(self, provider: str, request: dict[str, Any] | None) -> None:
+        self.provider = provider
+        self.model: str | None = (request or {}).get("model")
+        self._buffer = bytearray()
+        self._is_sse: bool | None = None
+        self.text: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.stop_reason: str | None = None
+        self.input_tokens = self.output_tokens = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        if self._is_sse is None and self._buffer.strip():
+            self._is_sse = not self._buffer.lstrip().startswith(b"{")
+        if not self._is_sse:
+            return
+        while b"\n" in self._buffer:
+            line, _, rest = self._buffer.partition(b"\n")
+            self._buffer = bytearray(rest)
+            text = line.decode("utf-8", "replace").strip()
+            if text.startswith("data:"):
+                data = _json_or_none(text[5:].strip().encode())
+                if data is not None:
+                    self._event(data)
+
+    def _event(self, data: dict[str, Any]) -> None:
+        if self.provider == "anthropic":
+            self._anthropic_event(data)
+        else:
+            self._openai_chunk(data)
+
+    def _anthropic_event(self, data: dict[str, Any]) -> None:
+        kind = data.get("type")
+        if kind == "message_start":
+            message = data.get("message") or {}
+            self.model = message.get("model") or self.model
+            self._anthropic_usage(message.get("usage") or {})
+        elif kind == "content_block_start":
+            block = data.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                self.calls[data.get("index", 0)] = {"id": block.get("id", ""), "name": block.get("name", ""),
+                                                    "arguments": ""}
+            elif block.get("type") == "text":
+                self.text.append(block.get("text", ""))
+        elif kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                self.text.append(delta.get("text", ""))
+            elif delta.get("type") == "input_json_delta" and data.get("index", 0) in self.calls:
+                self.calls[data.get("index", 0)]["arguments"] += delta.get("partial_json", "")
+        elif kind == "message_delta":
+            self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
+            self._anthropic_usage(data.get("usage") or {})
+
+    def _anthropic_usage(self, usage: dict[str, Any]) -> None:
+        # message_delta carries the final output count (and, on newer APIs, input counts again).
+        inputs = sum(int(usage.get(k) or 0) for k in
+                     ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+        if inputs:
+            self.input_tokens = inputs
+        if usage.get("output_tokens") is not None:
+            self.output_tokens = int(usage["output_tokens"])
+
+    def _openai_chunk(self, data: dict[str, Any]) -> None:
+        self.model = data.get("model") or self.model
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            self.input_tokens = int(usage.get("prompt_tokens") or 0)
+            self.output_tokens = int(usage.get("completion_tokens") or 0)
+        for choice in data.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                self.text.append(delta["content"])
+            for call in delta.get("tool_calls") or []:
+                slot = self.calls.setdefault(call.get("index", 0), {"id": "", "name": "", "arguments": ""})
+                function = call.get("function") or {}
+                slot["id"] = call.get("id") or slot["id"]
+                slot["name"] = function.get("name") or slot["name"]
+                slot["arguments"] += function.get("arguments") or ""
+            self.stop_reason = choice.get("finish_reason") or self.stop_reason
+
+    def _whole_body(self) -> None:
+        data = _json_or_none(bytes(self._buffer)) or {}
+        if self.provider == "anthropic":
+            self.model = data.get("model") or self.model
+            for index, block in enumerate(data.get("content") or []):
+                if block.get("type") == "text":
+                    self.text.append(block.get("text", ""))
+                elif block.get("type") == "tool_use":
+                    self.calls[index] = {"id": block.get("id", ""), "name": block.get("name", ""),
+                                         "arguments": block.get("input") or {}}
+            self.stop_reason = data.get("stop_reason")
+            self._anthropic_usage(data.get("usage") or {})
+            return
+        self.model = data.get("model") or self.model
+        usage = data.get("usage") or {}
+        self.input_tokens = int(usage.get("prompt_tokens") or 0)
+        self.output_tokens = int(usage.get("completion_tokens") or 0)
+        for choice in data.get("choices") or []:
+            message = choice.get("message") or {}
+            self.text.append(message.get("content") or "")
+            for index, call in enumerate(message.get("tool_calls") or []):
+                function = call.get("function") or {}
+                self.calls[index] = {"id": call.get("id", ""), "name": function.get("name", ""),
+                                     "arguments": function.get("arguments") or ""}
+            self.stop_reason = choice.get("finish_reason")
+
+    def reply(self, default_model: str) -> ModelReply:
+        if self._is_sse is False:
+            self._whole_body()
+        calls = [ToolCall(c["id"], c["name"], _arguments(c["arguments"])) for _, c in sorted(self.calls.items())]
+        return ModelReply(text="".join(self.text), tool_calls=calls, stop_reason=self.stop_reason,
+                          input_tokens=self.input_tokens, output_tokens=self.output_tokens,
+                          model=self.model or default_model)
+
+
+def _arguments(raw: Any) -> dict[str, Any] | str:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        parsed = json.loads(raw or "{}")
+    except ValueError:
+        return str(raw)
+    return parsed if isinstance(parsed, dict) else str(raw)

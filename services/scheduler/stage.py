@@ -1,0 +1,185 @@
+"""One scheduler replica: the partitions it holds, their consumers, the directory, the budget, the ticks.
+
+Claiming partitions loads their agents' state from `agent-state` (one watch for all the partitions of
+a claim), sets the exploration rules from the agent directory and starts one consumer loop each.
+Releasing stops the loops (each finishes and acknowledges its batch) before the lease is given up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
+
+from botburrow.definitions.directory import AgentDirectory
+from botburrow.runtime.bus import Bus
+from botburrow.runtime.consumer import DeadLetters, handle_batch
+from botburrow.schemas.agent import AgentDefinition
+from botburrow.services.scheduler.budget import BudgetGate
+from botburrow.services.scheduler.partitions import PartitionOwner, original_subject, partition_of
+from botburrow.services.scheduler.shell import IN_FLIGHT, LEASES_BUCKET, STATE_BUCKET, Scheduler, load_states
+from botburrow.services.scheduler.state import DEFAULT_STUCK_AFTER_S, AgentState, SchedulerState
+from botburrow.streams.topology import SCHEDULER_PARTITIONS, scheduler_durable
+
+log = logging.getLogger(__name__)
+
+STAGE = "scheduler"
+FETCH_BATCH = 1000
+FETCH_TIMEOUT_S = 0.5
+LOW_CONSUMER = "runner-low"
+
+
+@dataclass
+class Tuning:
+    tick_s: float = 1.0
+    explore_min_gap_s: float = 15 * 60.0
+    # Exploration is queued only while the runners' low backlog is under this (all replicas together).
+    low_backlog_max: int = 50
+    stuck_after_s: float = DEFAULT_STUCK_AFTER_S
+
+
+@dataclass
+class Held:
+    scheduler: Scheduler | None = None  # None while its states are loading
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class Replica:
+    def __init__(self, bus: Bus, directory: AgentDirectory, budget: BudgetGate, replica_id: str,
+                 tuning: Tuning | None = None) -> None:
+        self.bus, self.directory, self.budget, self.replica_id = bus, directory, budget, replica_id
+        self.tuning = tuning or Tuning()
+        self.held: dict[int, Held] = {}
+        self.dlq = DeadLetters(bus, STAGE)
+        self.owner: PartitionOwner | None = None
+        self._kv: KeyValue | None = None
+        self._leases: KeyValue | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._kv = await self.bus.kv(STATE_BUCKET)
+        self._leases = await self.bus.kv(LEASES_BUCKET)
+        self.owner = PartitionOwner(await self.bus.kv("scheduler-owners"), self.replica_id,
+                                    on_claim=self.claim, on_release=self.release)
+        self.directory.add_listener(self.on_definition)
+        await asyncio.gather(self.owner.run(stop), self._ticks(stop))
+
+    # --- partitions ----------------------------------------------------------------------------
+
+    async def claim(self, parts: list[int]) -> None:
+        """Start the partitions in the background: loading 100k states must not delay lease renewals."""
+        assert self._kv is not None
+        wanted = set(parts)
+        loading = asyncio.ensure_future(load_states(self._kv, lambda key: partition_of(key) in wanted))
+        for p in parts:
+            held = Held()
+            held.task = asyncio.create_task(self._start(p, held, loading), name=f"scheduler-p{p}")
+            self.held[p] = held
+
+    async def _start(self, p: int, held: Held, loading: asyncio.Future[list[AgentState]]) -> None:
+        assert self._kv is not None and self.owner is not None
+        kv = self._kv
+        while True:
+            try:
+                states = [s for s in await asyncio.shield(loading) if partition_of(s.agent) == p]
+                break
+            except Exception as exc:  # NATS trouble while loading: load this partition again
+                log.warning("partition state load failed", extra={"partition": p, "error": repr(exc)})
+                await asyncio.sleep(1)
+                loading = asyncio.ensure_future(load_states(kv, lambda key: partition_of(key) == p))
+        state = SchedulerState({s.agent: s for s in states}, stuck_after_s=self.tuning.stuck_after_s)
+        scheduler = Scheduler(self.bus, self._kv, self.directory, state, budget=self.budget,
+                              owner=functools.partial(self.owner.valid, p), min_gap_s=self.tuning.explore_min_gap_s)
+        for name, definition in self.directory.agents().items():
+            if partition_of(name) == p:
+                scheduler.configure(name, definition)
+        held.scheduler = scheduler
+        log.info("partition started", extra={"partition": p, "agents": len(states)})
+        await self._consume(p, held)
+
+    async def release(self, parts: list[int]) -> None:
+        stopping = [self.held.pop(p) for p in parts if p in self.held]
+        for held in stopping:
+            held.stop.set()
+            if held.scheduler is None and held.task is not None:
+                held.task.cancel()  # still loading: nothing to finish
+        await asyncio.gather(*(held.task for held in stopping if held.task), return_exceptions=True)
+
+    async def _consume(self, p: int, held: Held) -> None:
+        assert held.scheduler is not None
+        scheduler, durable = held.scheduler, scheduler_durable(p)
+        sub = await self.bus.js.pull_subscribe_bind(durable, "SCHEDULER")
+        try:
+            while not held.stop.is_set():
+                if self.owner is not None and not self.owner.valid(p):
+                    # Our lease renewal is late (a stalled loop?): take nothing we might not own.
+                    await asyncio.sleep(0.1)
+                    continue
+                try:
+                    msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
+                except TimeoutError:
+                    continue
+                except Exception as exc:  # APIError, reconnecting: back off, keep going
+                    log.warning("fetch failed", extra={"consumer": durable, "error": repr(exc)})
+                    await asyncio.sleep(1)
+                    continue
+                # Decode and dead-letter by the original subject (the partition prefix is ours).
+                await handle_batch([_unprefixed(msg) for msg in msgs], scheduler.on_batch, self.dlq,
+                                   consumer=durable)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    # --- config changes, ticks -------------------------------------------------------------------
+
+    def on_definition(self, kind: Any, name: str, definition: Any) -> None:
+        if kind != "agent":
+            return
+        held = self.held.get(partition_of(name))
+        if held is not None and held.scheduler is not None:
+            held.scheduler.configure(name, definition if isinstance(definition, AgentDefinition) else None)
+
+    async def _ticks(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.tuning.tick_s)
+            if stop.is_set():
+                break
+            try:
+                await self.tick()
+            except Exception as exc:  # one bad tick must not end the stage
+                log.warning("tick failed", extra={"error": repr(exc)})
+
+    async def tick(self) -> int:
+        """Refresh the budget, then each held partition's timed work; returns explorations queued."""
+        await self.budget.refresh()
+        limit = await self._explore_allowance()
+        explored = 0
+        schedulers = [held.scheduler for held in self.held.values() if held.scheduler is not None]
+        for scheduler in schedulers:
+            explored += await scheduler.tick(max(0, limit - explored), self._leases)
+        IN_FLIGHT.set(sum(scheduler.state.in_flight_count for scheduler in schedulers))
+        return explored
+
+    async def _explore_allowance(self) -> int:
+        """This replica's share of the room left under the low-backlog bound."""
+        try:
+            info = await self.bus.js.consumer_info("ACTIVATIONS", LOW_CONSUMER)
+            backlog = info.num_pending + info.num_ack_pending
+        except Exception:  # no runner consumer yet: treat as empty
+            backlog = 0
+        room = max(0, self.tuning.low_backlog_max - backlog)
+        return math.ceil(room * len(self.held) / SCHEDULER_PARTITIONS)
+
+
+def _unprefixed(msg: Msg) -> Msg:
+    """The same message (same reply subject, so acks work) under its original subject."""
+    return Msg(_client=msg._client, subject=original_subject(msg.subject), reply=msg.reply, data=msg.data,
+               headers=msg.headers)

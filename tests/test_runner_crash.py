@@ -1,0 +1,222 @@
+"""Crash safety of the runner with real processes: SIGKILL mid-activation, SIGTERM hand-back and finish,
+heartbeats and lease renewal past the ack wait, and run-event ids that survive a redrive.
+
+Crash tests create the topology with short runner timing themselves (`shorten`): the runner reads
+its heartbeat interval from the live consumers and `leases` bucket, so no test waits 60 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from nats.js.kv import KV_DEL, KV_PURGE
+
+# The in-process runner imports the model clients before it takes work (seconds on a busy machine):
+# import them at collection, not inside a test's wait.
+import botburrow.services.runner.providers  # noqa: F401
+from botburrow.cli.ops import load_run
+from botburrow.runtime.bus import Bus
+from botburrow.schemas.events import RunStarted
+from botburrow.services.dev.stack import LocalStack, StageProcess
+from botburrow.services.hub_emulator import HubEmulator
+from botburrow.services.scripted_llm import ScriptedLLM
+from botburrow.streams import subjects
+from botburrow.streams.apply import bucket_config, consumer_config
+from botburrow.streams.subjects import PRIORITIES
+from botburrow.streams.topology import BUCKETS, consumer
+from tests.test_runner import Rig, kinds, lease_released
+
+WAIT_S = 20.0
+
+
+async def shorten(bus: Bus, *, ack_wait_s: float, lease_ttl_s: float) -> None:
+    """Recreate the runner consumers and the leases bucket with short timing, as `streams apply` would."""
+    for priority in PRIORITIES:
+        spec = msgspec.structs.replace(consumer(f"runner-{priority}"), ack_wait_s=ack_wait_s)
+        await bus.js.add_consumer(spec.stream, consumer_config(spec))
+    leases = next(b for b in BUCKETS if b.name == "leases")
+    await bus.js.delete_key_value("leases")  # nats-py's create_key_value adds, it never updates
+    await bus.js.create_key_value(bucket_config(msgspec.structs.replace(leases, ttl_s=lease_ttl_s), 1))
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
+    """Wait for a condition on in-process state (the scripted LLM's request log) to become true."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110 - the scripted LLM has no event to wait on
+            await asyncio.sleep(0.02)
+
+
+class Runners:
+    """Runner processes (`python -m botburrow runner`) against the test's NATS, Hub emulator and LLM."""
+
+    def __init__(self, rig: Rig, work_dir: Path) -> None:
+        self.rig = rig
+        self.stack = LocalStack(work_dir=work_dir, nats_url=rig.nats_url, hub=rig.hub, llm=rig.llm)
+        self.started: list[StageProcess] = []
+
+    async def start(self, **env: str) -> StageProcess:
+        self.stack.agent_keys = dict(self.rig.keys)
+        self.stack.extra_env = {"HUB_API_KEY": self.rig.hub.system_key, "LOG_LEVEL": "DEBUG", **env}
+        stage = await self.stack.start_stage("runner", len(self.started))
+        self.started.append(stage)
+        await self.stack.wait_ready(stage)
+        return stage
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.stack.stop_stage(s, signal.SIGKILL) for s in self.started))
+
+
+@pytest.fixture
+async def rig(bus: Bus, nats_url: str, hub_emulator: HubEmulator, scripted_llm: ScriptedLLM) -> AsyncIterator[Rig]:
+    r = Rig(bus, nats_url, hub_emulator, scripted_llm)
+    try:
+        yield r
+    finally:
+        await r.close()
+
+
+@pytest.fixture
+async def runners(rig: Rig, tmp_path: Path) -> AsyncIterator[Runners]:
+    r = Runners(rig, tmp_path)
+    try:
+        yield r
+    finally:
+        await r.close()
+
+
+def started_events(events: list[Any]) -> list[RunStarted]:
+    return [e for e in events if isinstance(e, RunStarted)]
+
+
+async def pending_on(bus: Bus, priority: str = "high") -> tuple[int, int]:
+    """(num_ack_pending, num_redelivered) of a runner consumer."""
+    await bus.nc.flush()
+    info = await bus.js.consumer_info("ACTIVATIONS", f"runner-{priority}")
+    return info.num_ack_pending, info.num_redelivered
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_activation_runs_again_on_another_runner_and_posts_once(
+        rig: Rig, runners: Runners) -> None:
+    await shorten(rig.bus, ack_wait_s=2, lease_ttl_s=2)
+    await rig.add_agent("sturdy")
+    note = rig.hub.mention("sturdy", "are you there?")
+    rig.llm.set_script([{"text": "Never sent.", "delay_s": 8}, {"text": "Here after a crash."}])
+    first = await runners.start()
+    activation_id = f"act-{uuid.uuid4().hex[:10]}"
+    wait = await rig.ends_of("sturdy", activation_id)
+    await rig.publish("sturdy", activation_id, [note])
+    await until(lambda: len(rig.llm.requests) == 1)  # the first runner is mid model call
+
+    first.process.kill()
+    assert await first.process.wait() == -signal.SIGKILL
+    await runners.start()
+    assert await wait() == ["completed"]
+
+    await lease_released(rig.bus, "sturdy")
+    events = await load_run(rig.bus, activation_id)
+    first_try, second_try = started_events(events)
+    assert first_try.runner != second_try.runner and second_try.attempt > first_try.attempt == 1
+    assert kinds(events).count("Posted") == 1 and kinds(events)[-1] == "RunCompleted"
+    assert [c.content for c in rig.replies_by("sturdy", note.post_id)] == ["Here after a crash."]
+    assert await pending_on(rig.bus) == (0, 0)
+    assert len(rig.llm.requests) == 2 and not rig.llm.violations
+
+
+@pytest.mark.slow
+async def test_sigterm_hands_unfinished_work_back_at_once(rig: Rig, runners: Runners) -> None:
+    # Default ack wait (60 s): the second runner only gets the work in time if the first naks it.
+    await rig.add_agent("handover")
+    note = rig.hub.mention("handover", "take your time")
+    rig.llm.set_script([{"text": "Too slow.", "delay_s": 8}, {"text": "Taken over."}])
+    first = await runners.start(RUNNER_GRACE_SECONDS="0.5")
+    activation_id = f"act-{uuid.uuid4().hex[:10]}"
+    wait = await rig.ends_of("handover", activation_id)
+    await rig.publish("handover", activation_id, [note])
+    await until(lambda: len(rig.llm.requests) == 1)
+
+    first.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(first.process.wait(), WAIT_S) == 0
+    await runners.start()
+    assert await wait() == ["completed"]
+
+    events = await load_run(rig.bus, activation_id)
+    assert [s.attempt for s in started_events(events)] == [1, 2]
+    assert [c.content for c in rig.replies_by("handover", note.post_id)] == ["Taken over."]
+    assert not rig.llm.violations
+
+
+@pytest.mark.slow
+async def test_sigterm_lets_running_work_finish_within_the_grace_period(rig: Rig, runners: Runners) -> None:
+    await rig.add_agent("finisher")
+    note = rig.hub.mention("finisher", "almost done?")
+    rig.llm.set_script([{"text": "Finished in time.", "delay_s": 1.0}])
+    first = await runners.start(RUNNER_GRACE_SECONDS="30")
+    activation_id = f"act-{uuid.uuid4().hex[:10]}"
+    wait = await rig.ends_of("finisher", activation_id)
+    await rig.publish("finisher", activation_id, [note])
+    await until(lambda: len(rig.llm.requests) == 1)
+
+    first.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(first.process.wait(), WAIT_S) == 0
+    assert await wait() == ["completed"]
+    assert [c.content for c in rig.replies_by("finisher", note.post_id)] == ["Finished in time."]
+    assert await pending_on(rig.bus) == (0, 0)
+
+
+@pytest.mark.slow
+async def test_heartbeats_and_lease_renewal_outlive_the_ack_wait(rig: Rig) -> None:
+    await shorten(rig.bus, ack_wait_s=1.5, lease_ttl_s=1.5)
+    await rig.add_agent("steady")
+    note = rig.hub.mention("steady", "think hard")
+    rig.llm.set_script([{"text": "Slow but steady.", "delay_s": 4.5}])  # three ack waits
+    lease_writes: list[str] = []
+    watcher = await (await rig.bus.kv("leases")).watch(subjects.token("steady"))
+
+    async def watch() -> None:
+        async for entry in watcher:
+            if entry is not None:
+                lease_writes.append("released" if entry.operation in (KV_DEL, KV_PURGE) else "held")
+
+    watching = asyncio.create_task(watch())
+    await rig.start()
+    try:
+        _, end, events = await rig.activate("steady", [note])
+        await until(lambda: "released" in lease_writes)
+    finally:
+        watching.cancel()
+        await watcher.stop()
+
+    assert end == "completed", events[-1].metrics.error
+    assert [s.attempt for s in started_events(events)] == [1]
+    assert await pending_on(rig.bus) == (0, 0)
+    # Acquired once and renewed on every heartbeat (about 9 in 4.5 s); never taken over meanwhile.
+    assert lease_writes[-1] == "released" and lease_writes.count("held") >= 4
+    assert len(rig.llm.requests) == 1 and [c.content for c in rig.replies_by("steady", note.post_id)] == [
+        "Slow but steady."]
+
+
+async def test_a_redriven_activation_leaves_its_own_run_record(rig: Rig) -> None:
+    await rig.add_agent("again")
+    note = rig.hub.mention("again", "once more")
+    rig.llm.set_script([{"text": "Only answer."}])
+    await rig.start()
+    activation_id, end, _ = await rig.activate("again", [note])
+    assert end == "completed"
+    await lease_released(rig.bus, "again")
+
+    wait = await rig.ends_of("again", activation_id)
+    await rig.publish("again", activation_id, [note], msg_id=f"redrive:{activation_id}:1")
+    assert await wait() == ["completed"]
+
+    events = await load_run(rig.bus, activation_id)
+    assert kinds(events) == ["RunStarted", "LlmTurn", "Posted", "RunCompleted", "RunStarted", "RunCompleted"]
+    assert [s.attempt for s in started_events(events)] == [1, 1]
+    assert [c.content for c in rig.replies_by("again", note.post_id)] == ["Only answer."]

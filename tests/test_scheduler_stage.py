@@ -1,0 +1,127 @@
+"""The scheduler stage on a real nats-server: partitions, the budget gate against the Hub emulator,
+config changes without restart, and agents freed after their activation was lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import msgspec
+
+from botburrow.definitions import bucket
+from botburrow.runtime.bus import Bus
+from botburrow.runtime.service import run_stage
+from botburrow.schemas.agent import Discovery
+from botburrow.schemas.events import ActivationRequested, DeadLetter, SchedulingRefused
+from botburrow.services import scheduler
+from botburrow.services.hub_emulator import HubEmulator
+from botburrow.services.scheduler.partitions import partition_of
+from botburrow.services.scheduler.state import AgentState
+from botburrow.streams import subjects
+from tests.test_scheduler import WAIT_S, add_agents, definition, feed, note, publish_notification, wait_for_state
+
+
+@contextlib.asynccontextmanager
+async def scheduler_with(nats_url: str, **env: str) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    environ = {"NATS_URL": nats_url, "HUB_URL": "http://127.0.0.1:9", "METRICS_PORT": "0",
+               "SCHEDULER_TICK_SECONDS": "0.05", **env}
+    task = asyncio.create_task(run_stage("scheduler", scheduler.run, environ=environ, stop=stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+
+
+async def test_partitions_match_the_servers_subject_transform(bus: Bus) -> None:
+    agents = [f"agent-{i}" for i in range(40)] + ["ann", "b.o.b"]
+    for agent in agents:
+        await publish_notification(bus, agent, note(f"n-{agent}"))
+    seen: dict[str, int] = {}
+    sub = await bus.js.subscribe("agents.sched.part.>", stream="SCHEDULER", ordered_consumer=True)
+    try:
+        while len(seen) < len(agents):
+            msg = await sub.next_msg(timeout=WAIT_S)
+            tokens = msg.subject.split(".")
+            seen[tokens[-1]] = int(tokens[3])
+    finally:
+        await sub.unsubscribe()
+    assert seen == {subjects.token(agent): partition_of(agent) for agent in agents}
+    assert len(set(seen.values())) > 8  # spread over the partitions
+
+
+async def test_budget_gate_refuses_with_events_and_config_changes_apply_live(
+        bus: Bus, nats_url: str, hub_emulator: HubEmulator) -> None:
+    hub_emulator.set_budget("native", used_pct=95.0)  # throttle: no exploration
+    await add_agents(bus, definition("ann"))
+    env = {"HUB_URL": hub_emulator.url, "HUB_API_KEY": hub_emulator.system_key, "BUDGET_CACHE_SECONDS": "0.05"}
+    async with feed(bus, "agents.sched.decision.>") as decisions, feed(bus, "agents.sched.activation.>") as requests, \
+            feed(bus, "agents.dlq.scheduler") as dlq, scheduler_with(nats_url, **env):
+        # A new agent with discovery on is picked up without a restart, and refused while throttled.
+        await add_agents(bus, definition("eve", discovery=Discovery(enabled=True)))
+        refused, _ = await decisions.next(SchedulingRefused)
+        assert (refused.agent, refused.kind, refused.reason) == ("eve", "exploration", "budget_throttle")
+        hub_emulator.set_budget("native", used_pct=10.0)
+        explored, _ = await requests.next(ActivationRequested)
+        assert (explored.agent, explored.kind, explored.priority) == ("eve", "exploration", "low")
+
+        hub_emulator.set_budget("native", used_pct=100.0)  # critical: nothing new starts
+        await wait_for_budget(hub_emulator, bus)
+        await publish_notification(bus, "ann", note("n1"))
+        refused, _ = await decisions.next(SchedulingRefused)
+        assert (refused.agent, refused.kind, refused.reason) == ("ann", "notification", "budget_critical")
+        hub_emulator.set_budget("native", used_pct=50.0)
+        request, _ = await requests.next(ActivationRequested)
+        assert request.agent == "ann" and [n.id for n in request.notifications] == ["n1"]
+
+        # A removed agent stops being scheduled: its notifications are dead-lettered with the reason.
+        await (await bus.kv(bucket.BUCKET)).delete(bucket.key("agent", "ann"))
+        await wait_gone(bus, "ann")
+        await publish_notification(bus, "ann", note("n2"))
+        letter, _ = await dlq.next(DeadLetter)
+        assert letter.reason == "unknown agent ann"
+
+
+async def wait_for_budget(hub: HubEmulator, bus: Bus) -> None:
+    """The emulator answers with the new status at once; give the scheduler's cache a few ticks."""
+    assert hub.world.budget_health()["tools"]["native"]["status"] == "critical"
+    await asyncio.sleep(0.3)  # BUDGET_CACHE_SECONDS=0.05: several refreshes, no assertion on time
+
+
+async def wait_gone(bus: Bus, agent: str) -> None:
+    """Until the configs bucket shows the agent deleted (the scheduler's directory watches the same)."""
+    kv = await bus.kv(bucket.BUCKET)
+    watcher = await kv.watch(bucket.key("agent", agent), include_history=False)
+    try:
+        async def deleted() -> None:
+            async for entry in watcher:
+                if entry is not None and entry.value in (None, b""):
+                    return
+        await asyncio.wait_for(deleted(), WAIT_S)
+    finally:
+        await watcher.stop()
+    await asyncio.sleep(0.2)  # the scheduler's own watch delivers the same delete
+
+
+async def test_an_agent_whose_activation_was_lost_is_freed_but_not_one_holding_its_lease(
+        bus: Bus, nats_url: str) -> None:
+    await add_agents(bus, definition("ann"), definition("bob"))
+    state_kv = await bus.kv("agent-state")
+    leases = await bus.kv("leases")
+    await leases.put(subjects.token("bob"), b"runner-1")  # bob's runner is alive
+    async with feed(bus, "agents.sched.activation.>") as requests, \
+            scheduler_with(nats_url, SCHEDULER_STUCK_AFTER_SECONDS="1"):
+        for agent in ("bob", "ann"):
+            await publish_notification(bus, agent, note(f"{agent}-1"))
+            await requests.next(ActivationRequested)
+        for agent in ("bob", "ann"):
+            await publish_notification(bus, agent, note(f"{agent}-2"))
+            await wait_for_state(state_kv, agent, lambda s: len(s.pending) == 1)
+        request, _ = await requests.next(ActivationRequested)
+        assert request.agent == "ann" and [n.id for n in request.notifications] == ["ann-2"]
+        ann = await wait_for_state(state_kv, "ann", lambda s: s.activations_lost == 1)
+        assert ann.last_outcome == "lost"
+    bob = msgspec.json.decode((await state_kv.get("bob")).value or b"", type=AgentState)
+    assert bob.activations_lost == 0 and [n.id for n in bob.pending] == ["bob-2"]
