@@ -295,7 +295,8 @@ async def test_a_missing_cli_fails_with_a_clear_reason(cli_rig: CliRig, tmp_path
     cli_rig.environ |= {"BOTBURROW_TOOLS_DIR": str(tmp_path / "none"), "PATH": "/usr/bin:/bin"}
     cli_rig.add_agent("ghost", "claude-code", "ghost-model")
     metrics, _ = await cli_rig.activate("ghost", cli_rig.hub.mention("ghost", "hello"))
-    assert (metrics.outcome, metrics.error) == ("failed", "executor 'claude-code' is not available: CLI 'claude' is not installed here")
+    assert metrics.outcome == "failed"
+    assert metrics.error == "executor 'claude-code' is not available: CLI 'claude' is not installed here"
 
 
 async def test_a_crash_fails_with_its_exit_code_and_stderr(cli_rig: CliRig) -> None:
