@@ -48,11 +48,17 @@ class AgentDirectory:
         """Load every definition in the `configs` bucket, then follow its changes until `close()`."""
         directory = cls()
         kv = await bus.kv(bucket.BUCKET)
+        # Loaded = everything written before we opened. Waiting for the watcher's "caught up" marker
+        # instead would wait for configsync to stop writing (minutes, while it fills a big bucket).
+        last_seq = (await bus.js.stream_info(f"KV_{bucket.BUCKET}")).state.last_seq
         directory._watcher = await kv.watchall()
-        async for entry in directory._watcher:
-            if entry is None:  # the marker: every current value has been delivered
-                break
-            directory._apply(entry)
+        if last_seq:
+            async for entry in directory._watcher:
+                if entry is None:  # the marker: every current value has been delivered
+                    break
+                directory._apply(entry)
+                if entry.revision >= last_seq:
+                    break
         directory._task = asyncio.create_task(directory._follow(), name="agent-directory-watch")
         log.info("agent directory loaded", extra={"agents": len(directory._agents),
                                                   "skills": len(directory._skills)})
