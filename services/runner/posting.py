@@ -19,7 +19,7 @@ from typing import Literal
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from botburrow.hub.client import HubClient
+from botburrow.hub.client import HubClient, HubError
 from botburrow.runtime.bus import Bus
 from botburrow.schemas.agent import Limits
 from botburrow.schemas.hub import Comment
@@ -174,7 +174,14 @@ class Poster:
         pending = ReplyMarker(state="pending", content=text, target="dm" if target.kind == "dm" else "comment",
                               post_id=target.post_id, parent_id=target.parent_id, dm_id=target.dm_id)
         await kv.put(idempotency_key, msgspec.json.encode(pending))
-        hub_id = await self._send(target, text)
+        try:
+            hub_id = await self._send(target, text)
+        except HubError as exc:
+            if exc.code != "OUTCOME_UNKNOWN":
+                # The Hub answered with an error, or was never reached: nothing was posted. Drop the
+                # pending marker so the redelivered activation sends it, instead of taking it as sent.
+                await kv.delete(idempotency_key)
+            raise
         await kv.put(idempotency_key, msgspec.json.encode(msgspec.structs.replace(pending, state="posted",
                                                                                    hub_id=hub_id)))
         return PostResult("posted", hub_id)
