@@ -39,7 +39,8 @@ OPENAI_BRAIN = ("provider: openai\n  model: gpt-4o-mini\n  api_base: https://exa
                 "  api_key_env: OPENAI_API_KEY")
 
 
-def agent_yaml(name: str, *, type_: str = "native", brain: str = ANTHROPIC_BRAIN, max_iterations: int = 5) -> bytes:
+def agent_yaml(name: str, *, type_: str = "native", brain: str = ANTHROPIC_BRAIN, max_iterations: int = 5,
+               shell: str = "") -> bytes:
     return f"""\
 version: "1.0.0"
 name: {name}
@@ -48,7 +49,7 @@ brain:
   {brain}
 capabilities:
   grants: [hub:read, hub:write]
-behavior:
+{shell}behavior:
   respond_to_mentions: true
   max_iterations: {max_iterations}
   limits:

@@ -37,10 +37,13 @@ from botburrow.mcp.endpoint import RelayEndpoint
 from botburrow.mcp.hubserver import build_hub_server
 from botburrow.mcp.proxy import CallResult, ServerHost, ServerUnavailable
 from botburrow.mcp.servers import NODE_MODULES, Launch, Planner
+from botburrow.sandbox import Sandbox
+from botburrow.sandbox import create as create_sandbox
 from botburrow.schemas.agent import SkillDefinition
 from botburrow.services.runner.hubtools import HubTools
 from botburrow.services.runner.loop import ToolOutcome
 from botburrow.services.runner.seams import ToolContext
+from botburrow.services.runner.shelltools import ShellTools
 from botburrow.services.runner.transcript import ToolCall, ToolSpec
 from botburrow.streams.subjects import token
 
@@ -70,10 +73,11 @@ class McpToolbox:
     """The loop's Toolbox: in-process hub tools plus every started server's filtered tools."""
 
     def __init__(self, agent: str, hub: HubTools | None, hosts: dict[str, ServerHost], scratch: Path,
-                 grants: set[str]) -> None:
+                 grants: set[str], shell: ShellTools | None = None) -> None:
         self.agent, self.hub, self.hosts, self.scratch, self.grants = agent, hub, hosts, scratch, grants
+        self.shell = shell
         self._routes: dict[str, tuple[str, str]] = {}
-        self._specs: list[ToolSpec] = list(hub.specs()) if hub else []
+        self._specs: list[ToolSpec] = (list(hub.specs()) if hub else []) + (shell.specs() if shell else [])
         taken = {spec.name for spec in self._specs}
         for server, host in hosts.items():
             for tool in host.tools:
@@ -95,6 +99,8 @@ class McpToolbox:
         return list(self._specs)
 
     async def call(self, name: str, arguments: dict[str, Any]) -> ToolOutcome:
+        if self.shell is not None and self.shell.handles(name):
+            return await self.shell.call(name, arguments)
         if self.hub is not None and self.hub.handles(name):
             outcome = await self.hub.call(name, arguments)
             MCP_CALLS.labels(self.agent, "hub", "error" if outcome.is_error else "ok").inc()
@@ -198,6 +204,7 @@ class McpToolsets:
         self.start_timeout_s, self.call_timeout_s = start_timeout_s, call_timeout_s
         self.skills = skills  # e.g. AgentDirectory.skills: for a skill's `mcp.server`, see _skills
         self.pool = ServerPool(reuse_idle_s)
+        self._sandbox: Sandbox | None = None
         self._root: Path | None = None
 
     def _skills(self, ctx: ToolContext) -> Sequence[SkillDefinition]:
@@ -256,7 +263,7 @@ class McpToolsets:
             hub = None
             if any(g.split(":")[0] == "hub" for g in ctx.grants):
                 hub = HubTools(ctx.hub, ctx.agent_key, ctx.grants, ctx.poster, ctx.activation_id, ctx.commented)
-            box = McpToolbox(ctx.definition.name, hub, hosts, scratch, ctx.grants)
+            box = McpToolbox(ctx.definition.name, hub, hosts, scratch, ctx.grants, self._shell(ctx, workspace))
             yield box
         finally:
             if box is not None:
@@ -264,6 +271,17 @@ class McpToolsets:
             await self._release(ctx.definition.name, launches, hosts)
             errlog.close()
             await asyncio.to_thread(shutil.rmtree, scratch, True)
+
+    def _shell(self, ctx: ToolContext, workspace: Path) -> ShellTools | None:
+        """Shell and file tools for the native loop, only with `shell.enabled` (a CLI brings its own)."""
+        shell = ctx.definition.config.capabilities.shell
+        if not shell.enabled or ctx.definition.config.type != "native":
+            return None
+        if self._sandbox is None:
+            backend = self.environ.get("SANDBOX_BACKEND") or "bwrap"
+            self._sandbox = create_sandbox(backend, docker_host=self.environ.get("DOCKER_HOST"),
+                                           image=self.environ.get("SANDBOX_IMAGE"))
+        return ShellTools(shell, workspace, self._sandbox, ctx.activation_id)
 
     async def _release(self, agent: str, launches: list[Launch], hosts: dict[str, ServerHost]) -> None:
         closing = []
@@ -279,5 +297,7 @@ class McpToolsets:
 
     async def aclose(self) -> None:
         await self.pool.aclose()
+        if self._sandbox is not None:
+            await self._sandbox.close()
         if self._root is not None:
             await asyncio.to_thread(shutil.rmtree, self._root, True)
