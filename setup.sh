@@ -25,7 +25,8 @@ step "installing botburrow-agents and its pinned dependencies into .venv"
 if command -v npm >/dev/null 2>&1; then
   if [ ! -f tools/node_modules/.package-lock.json ] || [ tools/package-lock.json -nt tools/node_modules/.package-lock.json ]; then
     step "installing the pinned npm tools into tools/node_modules (MCP servers, coding-agent CLIs)"
-    npm ci --prefix tools --no-audit --no-fund --loglevel=error
+    # npm install, not ci: the lock file cannot list every platform variant of the optional CLI binaries.
+    npm install --prefix tools --no-audit --no-fund --loglevel=error
   fi
 else
   echo "setup: npm not found: the npm MCP servers and coding-agent CLIs are not installed" >&2
