@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.hub",
     "tests.fixtures.docker",
+    "tests.fixtures.runner",
 ]

@@ -9,7 +9,6 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +25,14 @@ from botburrow.schemas.events import (
     ToolCalled,
     ToolCallRecord,
 )
-from botburrow.services.hub_emulator import HubEmulator
-from botburrow.services.scripted_llm import ScriptedLLM
 from botburrow.streams import subjects
-from tests.test_runner import Rig, agent_yaml
+from tests.fixtures.runner import Rig, agent_yaml
 
 # Imported here, at collection: the runner imports the provider SDKs on its first activation, which on a
 # loaded machine can eat most of Rig's end-of-run timeout.
 importlib.import_module("botburrow.services.runner.providers")
 
 
-@pytest.fixture
-async def rig(bus: Bus, nats_url: str, hub_emulator: HubEmulator, scripted_llm: ScriptedLLM) -> AsyncIterator[Rig]:
-    r = Rig(bus, nats_url, hub_emulator, scripted_llm)
-    try:
-        yield r
-    finally:
-        await r.close()
 
 
 def args(activation_id: str, **options: Any) -> argparse.Namespace:

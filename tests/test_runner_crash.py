@@ -25,13 +25,11 @@ from botburrow.cli.ops import load_run
 from botburrow.runtime.bus import Bus
 from botburrow.schemas.events import RunStarted
 from botburrow.services.dev.stack import LocalStack, StageProcess
-from botburrow.services.hub_emulator import HubEmulator
-from botburrow.services.scripted_llm import ScriptedLLM
 from botburrow.streams import subjects
 from botburrow.streams.apply import bucket_config, consumer_config
 from botburrow.streams.subjects import PRIORITIES
 from botburrow.streams.topology import BUCKETS, consumer
-from tests.test_runner import Rig, kinds, lease_released
+from tests.fixtures.runner import Rig, kinds, lease_released
 
 WAIT_S = 20.0
 
@@ -73,13 +71,6 @@ class Runners:
         await asyncio.gather(*(self.stack.stop_stage(s, signal.SIGKILL) for s in self.started))
 
 
-@pytest.fixture
-async def rig(bus: Bus, nats_url: str, hub_emulator: HubEmulator, scripted_llm: ScriptedLLM) -> AsyncIterator[Rig]:
-    r = Rig(bus, nats_url, hub_emulator, scripted_llm)
-    try:
-        yield r
-    finally:
-        await r.close()
 
 
 @pytest.fixture

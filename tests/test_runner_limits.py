@@ -23,13 +23,11 @@ from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import run_stage
 from botburrow.schemas.events import ActivationRequested, RunStarted
 from botburrow.schemas.hub import Notification
-from botburrow.services.hub_emulator import HubEmulator
 from botburrow.services.runner.posting import Usage
 from botburrow.services.runner.stage import LOW_SHARE
 from botburrow.services.runner.stage import run as runner_body
-from botburrow.services.scripted_llm import ScriptedLLM
 from botburrow.streams import subjects
-from tests.test_runner import Rig
+from tests.fixtures.runner import Rig
 from tests.test_runner_crash import Runners
 
 WAIT_S = 30.0
@@ -105,13 +103,6 @@ async def usage_of(bus: Bus, agent: str) -> Usage:
     return msgspec.json.decode(entry.value, type=Usage)
 
 
-@pytest.fixture
-async def rig(bus: Bus, nats_url: str, hub_emulator: HubEmulator, scripted_llm: ScriptedLLM) -> AsyncIterator[Rig]:
-    r = Rig(bus, nats_url, hub_emulator, scripted_llm)
-    try:
-        yield r
-    finally:
-        await r.close()
 
 
 @pytest.fixture

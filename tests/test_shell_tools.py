@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import AsyncIterator
 
 import pytest
 
-from botburrow.runtime.bus import Bus
 from botburrow.schemas.agent import Shell
-from botburrow.services.hub_emulator import HubEmulator
 from botburrow.services.runner.shelltools import refusal
 from botburrow.services.scripted_llm import ScriptedLLM
-from tests.test_runner import Rig, kinds
+from tests.fixtures.runner import Rig, kinds
 
 BACKEND = "bwrap" if shutil.which("bwrap") else "none"
 SHELL = """\
@@ -26,13 +23,6 @@ SHELL = """\
 """
 
 
-@pytest.fixture
-async def rig(bus: Bus, nats_url: str, hub_emulator: HubEmulator, scripted_llm: ScriptedLLM) -> AsyncIterator[Rig]:
-    r = Rig(bus, nats_url, hub_emulator, scripted_llm)
-    try:
-        yield r
-    finally:
-        await r.close()
 
 
 @pytest.mark.parametrize(("command", "blocked"), [
