@@ -53,7 +53,7 @@ def published_skills() -> list[Any]:
 
 
 class McpRig:
-    """Like tests/test_runner.py's Rig, but the stage body builds Deps with our grants and toolsets."""
+    """Like tests/fixtures/runner.py's Rig, but the stage body builds Deps with our grants and toolsets."""
 
     def __init__(self, bus: Bus, nats_url: str, hub: HubEmulator, llm: ScriptedLLM, tmp_path: Path) -> None:
         self.bus, self.nats_url, self.hub, self.llm, self.tmp_path = bus, nats_url, hub, llm, tmp_path
