@@ -31,8 +31,12 @@ Obj = dict[str, Any]
 # Environment variables a pod may set that are not settings: none today. Python's own variables
 # (PYTHON*) would go here; settings are read only through botburrow.settings.
 ENV_EXCEPTIONS: frozenset[str] = frozenset()
+# Settings a stage reads that the manifests must NOT carry, with why. Every other setting a stage reads
+# is in its ConfigMap (SPEC §7: "the manifests provide exactly the settings the code reads"); an empty
+# value there means "deliberately unset" and documents the knob where operators look for it.
+NEVER_DEPLOYED = {"MODEL_BASE_URL_OVERRIDE": "local mode and tests only: it sends every model call to one URL"}
 # Workloads that are not stages, with the settings they read (`botburrow streams apply`).
-JOB_SETTINGS = {"streams-apply": {"NATS_URL", "NATS_CREDS", "STREAM_REPLICAS", "LOG_LEVEL"}}
+JOB_SETTINGS = {"streams-apply": {"NATS_URL", "NATS_CREDS", "STREAM_REPLICAS", "RUNNER_ACK_WAIT_SECONDS", "LOG_LEVEL"}}
 # The one pod allowed to deviate from the hardened securityContext, and exactly how (runner.yaml).
 RUNNER_EXCEPTION = {
     "runtimeClassName": "gvisor",
@@ -104,37 +108,48 @@ def _container_env(container: Obj, objs: list[Obj]) -> dict[str, str | None]:
 
 
 def env_errors(objs: list[Obj]) -> list[str]:
-    """Every variable a stage's pod sets is a setting that stage reads; every required one is set; every
-    directory setting points at a mounted volume."""
+    """A stage's pod sets exactly the settings that stage reads (none of NEVER_DEPLOYED), every value
+    parses, every directory setting points at a mounted volume, and settings that must agree across
+    workloads do."""
     errors = []
+    ack_waits: dict[str, str | None] = {}
     for obj, pod in workloads(objs):
         stage, where = component(obj), name_of(obj)
         container = pod["containers"][0]
         env = _container_env(container, objs)
         if stage in settings.STAGES:
             readable = {s.name for s in settings.SETTINGS if stage in s.stages}
-            required = {s.name for s in settings.SETTINGS if stage in s.stages and s.required and s.default is None}
+            required = readable - set(NEVER_DEPLOYED)
         elif stage in JOB_SETTINGS:
-            readable, required = JOB_SETTINGS[stage], {"NATS_URL"}
+            readable = required = JOB_SETTINGS[stage]
         else:
             errors.append(f"{where}: component {stage!r} is neither a stage nor a known job")
             continue
         errors += [f"{where}: sets {name}, which {stage} never reads (botburrow/settings.py)"
                    for name in sorted(set(env) - readable - ENV_EXCEPTIONS)]
-        errors += [f"{where}: does not set {name}, which {stage} requires" for name in sorted(required - set(env))]
+        errors += [f"{where}: does not set {name}, which {stage} reads (an empty value marks it unset)"
+                   for name in sorted(required - set(env))]
+        errors += [f"{where}: sets {name}: {NEVER_DEPLOYED[name]}" for name in sorted(set(env) & set(NEVER_DEPLOYED))]
         for name, value in env.items():
             setting = settings.BY_NAME.get(name)
-            if setting and value is not None:
+            if setting and value:
                 try:
                     setting.parse(value)
                 except ValueError as exc:
                     errors.append(f"{where}: {name}={value!r} is invalid: {exc}")
+        if "RUNNER_ACK_WAIT_SECONDS" in env:
+            ack_waits[where] = env["RUNNER_ACK_WAIT_SECONDS"]
         mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
         errors += [f"{where}: {name}={env[name]} is not a mounted volume"
-                   for name in ("SECRETS_DIR", "AGENT_KEYS_DIR") if name in env and env[name] not in mounts]
+                   for name in ("SECRETS_DIR", "AGENT_KEYS_DIR") if env.get(name) and env[name] not in mounts]
+        errors += [f"{where}: {name} is empty, and {stage} requires it" for name, value in env.items()
+                   if not value and name in settings.BY_NAME and settings.BY_NAME[name].required]
         port = env.get("METRICS_PORT")
         if stage in settings.STAGES and port != str(settings.DEFAULT_METRICS_PORTS[stage]):
             errors.append(f"{where}: METRICS_PORT {port} is not the stage's default")
+    if len(set(ack_waits.values())) > 1:  # each stage would re-create the runner consumers with its own
+        errors.append("RUNNER_ACK_WAIT_SECONDS differs between workloads: "
+                      + ", ".join(f"{where}={value}" for where, value in sorted(ack_waits.items())))
     return errors
 
 

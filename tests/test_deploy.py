@@ -84,7 +84,13 @@ def test_env_check_catches_unread_and_missing_settings(rendered):
     _config(broken, "runner")["RUNNER_CONCURENCY"] = "4"  # a typo is not a setting
     del _config(broken, "ingest")["HUB_URL"]  # required
     _config(broken, "metrics")["SECRETS_DIR"] = "/nowhere"
+    del _config(broken, "scheduler")["EXPLORE_MIN_GAP_SECONDS"]  # has a default, but the manifests say it
+    _config(broken, "runner")["MODEL_BASE_URL_OVERRIDE"] = "http://llm.local"  # local mode only
+    _config(broken, "metrics")["RUNNER_ACK_WAIT_SECONDS"] = "30"  # the others say 60
     errors = "\n".join(check.env_errors(broken))
+    assert "botburrow-scheduler: does not set EXPLORE_MIN_GAP_SECONDS" in errors
+    assert "botburrow-runner: sets MODEL_BASE_URL_OVERRIDE: local mode and tests only" in errors
+    assert "RUNNER_ACK_WAIT_SECONDS differs between workloads" in errors
     assert "botburrow-configsync: sets HUB_URL" in errors
     assert "sets RUNNER_CONCURENCY" in errors
     assert "botburrow-ingest: does not set HUB_URL" in errors
