@@ -176,3 +176,23 @@ async def test_low_priority_work_is_not_starved_by_a_high_backlog(rig: Rig) -> N
     positions = [ends.order.index(subjects.token(a)) for a in low_ids]
     assert max(positions) < 2 * LOW_SHARE + 1, ends.order
     assert not rig.llm.violations
+
+
+async def test_a_post_the_hub_refuses_gives_its_count_back(bus: Bus, hub_emulator: Any, hub_client: Any) -> None:
+    from botburrow.hub.client import HubError
+    from botburrow.schemas.agent import Limits
+    from botburrow.services.runner.posting import Poster, Target
+
+    key = hub_emulator.add_agent("refused")
+    note = hub_emulator.mention("refused", "please answer")
+    poster = Poster(bus, hub_client, "refused", key, Limits(max_daily_comments=1, min_interval_seconds=0))
+    target = Target(kind="comment", post_id=note.post_id)
+    hub_emulator.set_fault(status=400, count=1, method="POST", path_prefix=f"/api/v1/posts/{note.post_id}/comments")
+    with pytest.raises(HubError):
+        await poster.publish("act-refused.n1", target, "first try")
+    assert (await poster.usage()).comments == 0  # refused: not counted, so the retry below fits the limit
+    posted = await poster.publish("act-refused.n1", target, "second try")
+    assert posted.outcome == "posted"
+    assert (await poster.usage()).comments == 1
+    limited = await poster.publish("act-refused.n2", target, "over the limit")
+    assert limited.outcome == "limited" and "max_daily_comments" in (limited.reason or "")

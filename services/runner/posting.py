@@ -13,6 +13,7 @@ bucket and are updated with compare-and-set, so they hold across every runner.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -97,27 +98,22 @@ class Poster:
             return Usage()
         return msgspec.json.decode(entry.value, type=Usage) if entry.value else Usage()
 
-    async def _reserve(self, target: Target) -> str | None:
-        """Count this post against the limits (CAS); return why it may not be posted, or None."""
+    async def _change_usage(self, change: Callable[[Usage, float], str | None],
+                            day_s: float | None = None) -> str | None:
+        """Apply `change` to today's counters (or those of the day of `day_s`) with compare-and-set, so
+        it holds across runners. `change` returns a reason to leave them as they are, or None."""
         kv = await self.bus.kv("limits")
         for _ in range(CAS_ATTEMPTS):
             now_s = time.time()
-            key = self._usage_key(now_s)
+            key = self._usage_key(day_s or now_s)
             try:
                 entry = await kv.get(key)
                 usage, revision = msgspec.json.decode(entry.value, type=Usage), entry.revision
             except KeyNotFoundError:
                 usage, revision = Usage(), None
-            reason = limit_reason(usage, self.limits, target, now_s)
+            reason = change(usage, now_s)
             if reason:
                 return reason
-            if target.kind == "post":
-                usage.posts += 1
-            elif target.kind == "comment":
-                usage.comments += 1
-                if target.post_id:
-                    usage.threads[target.post_id] = usage.threads.get(target.post_id, 0) + 1
-            usage.last_post_at = now_s
             try:
                 if revision is None:
                     await kv.create(key, msgspec.json.encode(usage))
@@ -127,6 +123,33 @@ class Poster:
             except KeyWrongLastSequenceError:
                 continue  # another runner counted meanwhile: read again
         return "limits bucket contended; try later"
+
+    async def _reserve(self, target: Target) -> tuple[str | None, float, float]:
+        """Count this post against the limits; return why it may not be posted (or None), when it was
+        counted, and the agent's previous last-post time (for `_release`)."""
+        counted: list[float] = [0.0, 0.0]
+
+        def count(usage: Usage, now_s: float) -> str | None:
+            reason = limit_reason(usage, self.limits, target, now_s)
+            if reason:
+                return reason
+            _add(usage, target, 1)
+            counted[:] = [now_s, usage.last_post_at]
+            usage.last_post_at = now_s
+            return None
+
+        reason = await self._change_usage(count)
+        return reason, counted[0], counted[1]
+
+    async def _release(self, target: Target, counted_at_s: float, previous_post_at_s: float) -> None:
+        """Give back a reservation the Hub refused, so a redelivery is not counted twice."""
+
+        def uncount(usage: Usage, now_s: float) -> None:
+            _add(usage, target, -1)
+            if usage.last_post_at == counted_at_s:  # nobody posted since: the interval starts where it did
+                usage.last_post_at = previous_post_at_s
+
+        await self._change_usage(uncount, day_s=counted_at_s)
 
     async def _marker(self, key: str) -> ReplyMarker | None:
         kv = await self.bus.kv("replies")
@@ -158,6 +181,7 @@ class Poster:
         text = redact(text)  # a model can be talked into repeating a secret: it never reaches the Hub
         kv = await self.bus.kv("replies")
         marker = await self._marker(idempotency_key)
+        counted_at_s = previous_post_at_s = 0.0
         if marker and marker.state == "posted":
             return PostResult("already_posted", marker.hub_id)
         if marker and marker.state == "pending":
@@ -168,7 +192,7 @@ class Poster:
                 return PostResult("already_posted", found)
             text = marker.content  # post what was decided before the crash, not a new answer
         else:
-            reason = await self._reserve(target)
+            reason, counted_at_s, previous_post_at_s = await self._reserve(target)
             if reason:
                 return PostResult("limited", reason=reason)
         pending = ReplyMarker(state="pending", content=text, target="dm" if target.kind == "dm" else "comment",
@@ -179,8 +203,11 @@ class Poster:
         except HubError as exc:
             if exc.code != "OUTCOME_UNKNOWN":
                 # The Hub answered with an error, or was never reached: nothing was posted. Drop the
-                # pending marker so the redelivered activation sends it, instead of taking it as sent.
+                # pending marker so the redelivered activation sends it, instead of taking it as sent,
+                # and give back its count (a marker from before a crash was counted by that run).
                 await kv.delete(idempotency_key)
+                if not marker:
+                    await self._release(target, counted_at_s, previous_post_at_s)
             raise
         await kv.put(idempotency_key, msgspec.json.encode(msgspec.structs.replace(pending, state="posted",
                                                                                    hub_id=hub_id)))
@@ -196,6 +223,15 @@ class Poster:
             return post.id
         comment = await self.hub.create_comment(self.key, target.post_id or "", text, target.parent_id)
         return comment.id
+
+
+def _add(usage: Usage, target: Target, n: int) -> None:
+    if target.kind == "post":
+        usage.posts = max(0, usage.posts + n)
+    elif target.kind == "comment":
+        usage.comments = max(0, usage.comments + n)
+        if target.post_id:
+            usage.threads[target.post_id] = max(0, usage.threads.get(target.post_id, 0) + n)
 
 
 def reply_key(activation_id: str, notification_id: str) -> str:
