@@ -7,6 +7,7 @@ CLI's MCP config through a stdio relay over a unix socket), and the reply landin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,16 +28,26 @@ from botburrow.cli.ops import load_run
 from botburrow.definitions.parse import parse_agent
 from botburrow.hub import HubClient
 from botburrow.runtime.bus import Bus
+from botburrow.sandbox.docker import DockerSandbox
 from botburrow.schemas.agent import AgentDefinition
 from botburrow.schemas.events import ActivationMetrics, ActivationRequested
 from botburrow.services.hub_emulator import HubEmulator
 from botburrow.services.runner.activation import Activation, Deps, Limits
-from botburrow.services.runner.executors import Completed, DirectRunner, SandboxRunner, cli_thinkers, find_binary
+from botburrow.services.runner.executors import (
+    Completed,
+    DirectRunner,
+    McpEntry,
+    SandboxRunner,
+    cli_thinkers,
+    find_binary,
+)
+from botburrow.services.runner.executors.process import runner_for
 from botburrow.services.runner.gateway import ModelGateway
 from botburrow.services.runner.mcptools import McpToolsets
 from botburrow.services.runner.pricing import PriceTable
 from botburrow.services.runner.runlog import RunLog
 from botburrow.services.scripted_llm import ScriptedLLM
+from botburrow.settings import BY_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +91,22 @@ CUSTOM = textwrap.dedent("""
     if mode == "spend":
         time.sleep(300)  # the gateway's token budget is spent: the runner must stop us
     print("".join(text))
+""")
+
+# A `custom` executor that is a Node script: the sandbox must show the interpreter its `#!` line names
+# (the docker base image has no node). Calls the gateway (OpenAI SSE) like CUSTOM.
+NODE_AGENT = textwrap.dedent("""\
+    #!/usr/bin/env node
+    const body = {model: process.env.BOTBURROW_MODEL, stream: true, stream_options: {include_usage: true},
+                  messages: [{role: "user", content: process.argv[2]}]};
+    fetch(process.env.OPENAI_BASE_URL + "/chat/completions", {method: "POST", body: JSON.stringify(body),
+          headers: {"Authorization": "Bearer " + process.env.OPENAI_API_KEY, "Content-Type": "application/json"}})
+      .then(response => response.text())
+      .then(text => {
+        const parts = text.split("\\n").filter(line => line.startsWith("data: {"))
+          .flatMap(line => JSON.parse(line.slice(6)).choices.map(c => c.delta.content || ""));
+        console.log(parts.join(""));
+      });
 """)
 
 
@@ -128,7 +155,9 @@ def agent_yaml(name: str, type_: str, model: str, provider: str = "anthropic", e
 class CliRig:
     def __init__(self, bus: Bus, hub: HubEmulator, llm: ScriptedLLM, root: Path) -> None:
         self.bus, self.hub, self.llm, self.root = bus, hub, llm, root
-        (root / "custom.py").write_text(CUSTOM)
+        # In a folder of its own: a sandbox shows the command's folder, and tmp_path is private (0700).
+        (root / "bin").mkdir()
+        (root / "bin" / "custom.py").write_text(CUSTOM)
         self.definitions = Definitions()
         self.keys: dict[str, str] = {}
         (root / "server.py").write_text(FACTS_SERVER)
@@ -147,8 +176,16 @@ class CliRig:
         yaml_text = agent_yaml(name, type_, model, mcp=json.dumps([server] if facts else []), **options)
         self.definitions.agents[name] = parse_agent(name, yaml_text, b"You are {{name}}. Answer in one sentence.")
 
+    def add_node_agent(self, name: str) -> None:
+        script = self.root / "bin" / "agent.js"
+        script.write_text(NODE_AGENT)
+        script.chmod(0o755)
+        executor = f"executor:\n  command: {script}\n  args: ['${{PROMPT}}']\n"
+        self.add_agent(name, "custom", f"{name}-model", facts=False, provider="openai", extra=executor)
+
     def add_custom(self, name: str, mode: str) -> None:
-        executor = (f"executor:\n  command: {sys.executable}\n  args: [{self.root / 'custom.py'}, '${{PROMPT}}']\n"
+        script = self.root / "bin" / "custom.py"
+        executor = (f"executor:\n  command: {sys.executable}\n  args: [{script}, '${{PROMPT}}']\n"
                     f"  env: {{MODE: {mode}, PID_FILE: {self.root / 'pid'}}}\n")
         self.add_agent(name, "custom", f"{name}-model", facts=False, provider="openai", extra=executor)
 
@@ -342,22 +379,65 @@ async def test_goose_server_error_with_exit_zero_still_fails(cli_rig: CliRig) ->
     assert "500" in metrics.error and "bbgw-" not in metrics.error
 
 
-@pytest.mark.parametrize(("backend_name", "agent_type"), [
-    ("none", "custom"), ("none", "claude-code"), ("bwrap", "custom"), ("bwrap", "claude-code"), ("bwrap", "aider")])
-async def test_in_a_sandbox(cli_rig: CliRig, agent_type: str, backend_name: str) -> None:
-    """The same activation with the CLI run by a `botburrow.sandbox` backend; bwrap has no network, so
-    the gateway port is carried in over a unix socket (executors/loopback.py)."""
-    if backend_name == "bwrap" and shutil.which("bwrap") is None:
+class BrokenRelay:
+    """MCP wiring whose one server exits at once (as a relay that never comes up would)."""
+
+    @contextlib.asynccontextmanager
+    async def open(self, request: Any) -> AsyncIterator[list[McpEntry]]:
+        yield [McpEntry("broken", "/bin/false")]
+
+
+async def test_goose_without_its_mcp_server_fails_with_the_reason(cli_rig: CliRig) -> None:
+    # Goose carries on without an extension that did not start (also one slower than its ~10 s start-up
+    # window, as a relay on a loaded host can be): the agent must not act silently without its tools.
+    needs("goose")
+    cli_rig.add_agent("unlucky", "goose", "unlucky-model", facts=False)
+    cli_rig.llm.set_script([{"text": "I had no tools."}], key="unlucky-model")
+    thinkers = cli_thinkers(cli_rig.environ, gateway=cli_rig.gateway, runner=cli_rig.runner, mcp=BrokenRelay())
+    metrics, _ = await cli_rig.activate("unlucky", cli_rig.hub.mention("unlucky", "hello"), thinkers=thinkers)
+    assert metrics.outcome == "failed"
+    assert metrics.error.startswith("goose: MCP server 'broken' did not start: "), metrics.error
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> Any:
+    """The sandbox backend named by the test's parameter (sync: it may set up the async docker fixtures)."""
+    name = request.param
+    if name == "bwrap" and shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed")
-    backend = sandbox.create(backend_name)
+    if name == "docker":
+        return request.getfixturevalue("docker_sandbox")
+    return sandbox.create(name)
+
+
+@pytest.mark.parametrize(("backend", "agent_type"), [
+    ("none", "custom"), ("none", "claude-code"), ("bwrap", "custom"), ("bwrap", "claude-code"), ("bwrap", "aider"),
+    ("bwrap", "node-script"), ("docker", "custom"), ("docker", "node-script"), ("docker", "claude-code"),
+    ("docker", "goose"), ("docker", "opencode"), ("docker", "aider")], indirect=["backend"])
+async def test_in_a_sandbox(cli_rig: CliRig, agent_type: str, backend: Any) -> None:
+    """The same activation with the CLI run by a `botburrow.sandbox` backend; bwrap and docker have no
+    network, so the gateway port is carried in over a unix socket (executors/loopback.py). Docker runs
+    the debootstrap base image with the runner's toolchain shown read-only at its own paths."""
     cli_rig.runner = RecordingRunner(SandboxRunner(backend))
     if agent_type == "custom":
         cli_rig.add_custom("boxed", "answer")
+        cli_rig.llm.set_script([{"text": "Boxed otters."}], key="boxed-model")
+    elif agent_type == "node-script":
+        needs("node")
+        cli_rig.add_node_agent("boxed")
         cli_rig.llm.set_script([{"text": "Boxed otters."}], key="boxed-model")
     elif agent_type == "aider":
         needs("aider")
         cli_rig.add_agent("boxed", "aider", "boxed-model", provider="openai")
         cli_rig.llm.set_script([{"text": "Boxed otters."}], key="boxed-model")
+    elif agent_type == "goose":
+        needs("goose")
+        cli_rig.add_agent("boxed", "goose", "boxed-model")
+        cli_rig.llm.set_script(tool_script("facts__lookup", "Boxed otters."), key="boxed-model")
+    elif agent_type == "opencode":
+        needs("opencode")
+        cli_rig.add_agent("boxed", "opencode", "boxed-model", provider="openai")
+        cli_rig.llm.set_script(tool_script("facts_lookup", "Boxed otters."), key="boxed-model")
     else:
         needs("claude")
         cli_rig.add_agent("boxed", "claude-code", "boxed-model")
@@ -368,3 +448,10 @@ async def test_in_a_sandbox(cli_rig: CliRig, agent_type: str, backend_name: str)
 
     assert_posted(cli_rig, "boxed", note, metrics, events, "Boxed otters.")
     assert_clean(cli_rig, events)
+
+
+def test_sandbox_backend_docker_gets_a_docker_sandbox_runner() -> None:
+    runner = runner_for({"SANDBOX_BACKEND": "docker", "DOCKER_HOST": "unix:///nowhere/docker.sock"})
+    assert isinstance(runner, SandboxRunner) and isinstance(runner.sandbox, DockerSandbox)
+    assert runner.sandbox.image == BY_NAME["SANDBOX_IMAGE"].default
+    assert runner.sandbox.docker_host == "unix:///nowhere/docker.sock"

@@ -214,3 +214,15 @@ async def test_docker_setup_failures_are_sandbox_errors(docker_host: str, tmp_pa
 async def test_a_missing_workspace_is_a_sandbox_error(bwrap_sandbox: BwrapSandbox, tmp_path: Path) -> None:
     with pytest.raises(SandboxError, match="workspace"):
         await bwrap_sandbox.run(SandboxSpec(argv=["true"], workspace=str(tmp_path / "gone"), label="t"))
+
+
+@pytest.mark.slow
+async def test_docker_refuses_binds_its_user_cannot_read(docker_sandbox: DockerSandbox, tmp_path: Path) -> None:
+    # As root we hand the workspace to uid 1000: a private (0700) directory of ours would be unreadable
+    # inside, and a missing source would be created by the engine. Both fail before any container exists.
+    private, workspace = tmp_path / "private", tmp_path / "ws"
+    private.mkdir(mode=0o700), workspace.mkdir()
+    for source, reason in ((private, "cannot read the bind source"), (tmp_path / "gone", "does not exist")):
+        with pytest.raises(SandboxError, match=reason):
+            await docker_sandbox.run(spec(workspace, "print(1)", binds=(Bind(source=str(source), target="/opt/p"),)))
+    assert not (tmp_path / "gone").exists()

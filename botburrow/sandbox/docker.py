@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import socket
+import stat
 import time
 import uuid
 from typing import Any
@@ -84,6 +85,24 @@ async def _user_for(workspace: str) -> str:
     return f"{SANDBOX_UID}:{SANDBOX_UID}"
 
 
+def _unreachable_bind(spec: SandboxSpec, user: str) -> str | None:
+    """Why the container's user could not use a bind, if so. Binds keep their host owner and mode, and
+    this user is not the runner's when the runner is root: a private (0700) directory of the runner would
+    show up unreadable inside. And the engine would create a missing source as an empty root-owned dir."""
+    uid, gid = (int(part) for part in user.split(":"))
+    for bind in spec.binds:
+        try:
+            st = os.stat(bind.source)
+        except OSError:
+            return f"the bind source {bind.source} does not exist"
+        shift = 6 if st.st_uid == uid else 3 if st.st_gid == gid else 0
+        need = 0o1 if stat.S_ISDIR(st.st_mode) else 0o4  # traverse a directory, read a file
+        if not (st.st_mode >> shift) & need:
+            return (f"the sandbox user {uid} cannot read the bind source {bind.source} "
+                    f"(mode {stat.S_IMODE(st.st_mode):o}, owner {st.st_uid})")
+    return None
+
+
 class DockerSandbox:
     name = "docker"
 
@@ -108,7 +127,10 @@ class DockerSandbox:
         out = Capture(spec.limits.output_bytes, on_line)
         err = Capture(spec.limits.output_bytes)
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", spec.label)[:64]
-        config = container_config(self.image, spec, await _user_for(spec.workspace))
+        user = await _user_for(spec.workspace)
+        if problem := await asyncio.to_thread(_unreachable_bind, spec, user):
+            raise SandboxError(problem)
+        config = container_config(self.image, spec, user)
         try:
             container = await docker.containers.create(
                 config=config, name=f"botburrow-sbx-{safe}-{uuid.uuid4().hex[:8]}"

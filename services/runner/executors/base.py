@@ -15,6 +15,7 @@ import contextlib
 import logging
 import shutil
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -33,6 +34,9 @@ from botburrow.tools import tools_dir
 log = logging.getLogger(__name__)
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+#: The runner's CA trust store (public certificates only, never /etc/ssl/private): some CLIs' HTTP clients
+#: refuse to start without one (Goose: "builder error"), and a bare base image has none.
+CA_CERTS_DIR = Path("/etc/ssl/certs")
 STDERR_TAIL_CHARS = 400
 
 
@@ -154,16 +158,50 @@ def find_binary(name: str, environ: Mapping[str, str]) -> str | None:
     return shutil.which(name, path=environ.get("PATH"))
 
 
-def reads(job: CliJob) -> list[Path]:
-    """Host paths the CLI must see (read-only in a sandbox): its run directory, the pinned tools, the
-    Python that runs the MCP relay, the relay's socket directory, and the folders of a custom command
-    and its args as the definition names them (never paths from the task text)."""
+def interpreter(program: str, search_path: str) -> Path | None:
+    """The interpreter a script's `#!` line names (`/usr/bin/env node` looked up on `search_path`), or
+    None for a binary. A sandbox whose image lacks it (the docker base image has no node) needs it shown."""
+    try:
+        with open(program, "rb") as handle:
+            first = handle.readline(256)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode("utf-8", "replace").split()
+    if words and Path(words[0]).name == "env":
+        words = [w for w in words[1:] if not w.startswith("-") and "=" not in w]
+        found = shutil.which(words[0], path=search_path) if words else None
+        return Path(found) if found else None
+    return Path(words[0]) if words else None
+
+
+def _python_reads() -> list[Path]:
+    """The Python that runs the relay and the loopback forwarder: this venv and its base installation,
+    or only its interpreter and standard library when that installation is the system's /usr."""
     import botburrow
 
-    paths = [job.run_dir, Path(job.binary).resolve().parent, tools_dir(job.request.environ),
-             Path(sys.prefix), Path(sys.base_prefix), Path(botburrow.__file__).resolve().parents[1]]
+    paths = [Path(sys.prefix), Path(botburrow.__file__).resolve().parents[1]]
+    base = Path(sys.base_prefix)
+    if len(base.parts) > 2:
+        return [*paths, base]
+    return [*paths, Path(sys.executable).resolve(), Path(sysconfig.get_path("stdlib")),
+            Path(sysconfig.get_path("platstdlib"))]
+
+
+def reads(job: CliJob) -> list[Path]:
+    """Host paths the CLI must see (read-only in a sandbox): its run directory, the pinned tools, the
+    interpreter a script CLI names, the Python that runs the MCP relay, the CA certificates, the relay's
+    socket directory,
+    and the folders of a custom command and its args as the definition names them (never paths from
+    the task text)."""
+    paths = [job.run_dir, Path(job.binary).resolve().parent, tools_dir(job.request.environ), *_python_reads(),
+             CA_CERTS_DIR]
     executor = job.request.definition.config.executor
     named = [executor.command, *executor.args] if executor is not None else []
+    for program in {job.binary, *(e.command for e in job.mcp)}:
+        if (found := interpreter(program, job.base_env()["PATH"])) is not None:
+            paths.append(found)
     for arg in [*named, *(arg for entry in job.mcp for arg in entry.args)]:
         folder = Path(arg).parent
         if arg.startswith("/") and len(folder.parts) > 2:  # never `/` or a top-level folder like /etc
@@ -183,6 +221,8 @@ class CliThinker:
         locate = getattr(self.flavor, "locate", None)  # `custom` takes its command from the definition
         binary = self.binary or (locate(request) if locate else find_binary(self.flavor.binary_name, request.environ))
         run_dir = Path(tempfile.mkdtemp(prefix=f"bb-{self.flavor.name}-"))
+        # Traversable, not listable: a docker sandbox's user may differ from ours and must read its configs.
+        run_dir.chmod(0o711)
         for sub in ("home", "tmp"):
             (run_dir / sub).mkdir()
         # Not inside the run directory: a sandbox shows that read-only, which would hide a writable child.
@@ -233,6 +273,8 @@ class CliThinker:
     def _verdict(name: str, done: Completed, parsed: Parsed, session: GatewaySession) -> str:
         if session.reason is not None:
             raise LoopFailed(session.reason)  # max_tokens / timeout, as the native loop names them
+        if done.oom_killed:  # before the timeout: a CLI whose child was killed may hang until the deadline
+            raise LoopFailed(f"{name}: out of memory (the sandbox's memory limit was hit)")
         if done.timed_out:
             raise LoopFailed("timeout")
 

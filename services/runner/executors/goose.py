@@ -7,6 +7,7 @@ tokens, or an answer starting "Ran into this error" / "Network error".
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Any
 
@@ -15,6 +16,7 @@ from botburrow.services.runner.executors.process import Completed
 from botburrow.services.runner.executors.streams import json_lines, result_text
 
 ERROR_PREFIXES = ("Ran into this error", "Network error")
+EXTENSION_FAILED = re.compile(r"Failed to start extension '([^']*)' \((.*?)\), continuing without it")
 
 
 class Goose:
@@ -66,6 +68,11 @@ class Goose:
         parsed.text = "".join(texts.get(last_id, [])).strip()
         if parsed.error is None:
             parsed.error = self._failure(parsed.text, complete)
+        if failed := EXTENSION_FAILED.search(done.stderr.decode("utf-8", "replace")):
+            # Goose carries on without an extension that did not start (or not within its start-up window,
+            # about 10 s): the agent would act without the MCP tools its grants give it. The root cause
+            # of whatever else went wrong (a call to the missing tool, the model's reaction to that).
+            parsed.error = f"MCP server {failed.group(1)!r} did not start: {failed.group(2)[:200]}"
         return parsed
 
     @staticmethod

@@ -32,6 +32,7 @@ class Completed:
     stderr: bytes
     timed_out: bool = False
     stopped: bool = False  # killed because `stop` was set (the activation's limits were spent)
+    oom_killed: bool = False  # the sandbox's memory limit was hit (a process in it was killed)
 
 
 class ProcessRunner(Protocol):
@@ -89,10 +90,18 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # stragglers that left the leader behind
 
 
+#: A CLI sandbox holds the CLI, its MCP relays and the loopback forwarder. OpenCode (a Bun binary) with two
+#: relays was OOM-killed at 512 MiB and then hung until the deadline; with 1 CPU the relays' start-up
+#: (~1.7 s each, idle) pushes against Goose's extension start-up window.
+CLI_MEMORY_BYTES = 2 << 30
+CLI_CPUS = 2.0
+
+
 class SandboxRunner:
     """A `botburrow.sandbox` backend as the runner: the workspace writable at its own path, every bind
     read-only at its own path (so argv and config paths mean the same inside), HOME and TMPDIR on the
-    sandbox's scratch tmpfs (the run directory is read-only in there)."""
+    sandbox's scratch tmpfs (the run directory is read-only in there). `limits` default to the sandbox
+    defaults with CLI_MEMORY_BYTES and CLI_CPUS; the wall clock is always the activation's."""
 
     def __init__(self, sandbox: Any, limits: Any = None) -> None:
         self.sandbox, self.limits = sandbox, limits
@@ -102,11 +111,16 @@ class SandboxRunner:
                   ports: Sequence[int] = ()) -> Completed:
         from botburrow.sandbox import Limits
 
-        limits = msgspec.structs.replace(self.limits or Limits(), timeout_s=timeout_s)
+        # Docker refuses more CPUs than the host has.
+        cpus = min(CLI_CPUS, float(os.cpu_count() or 1))
+        limits = msgspec.structs.replace(self.limits or Limits(memory_bytes=CLI_MEMORY_BYTES, cpus=cpus),
+                                         timeout_s=timeout_s)
         async with contextlib.AsyncExitStack() as stack:
             if self.sandbox.name != "none":  # its own network namespace: carry the ports in over sockets
                 for port in ports:
                     sockets = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="bb-lo-"))
+                    # The docker sandbox's user may differ from ours: it must reach the socket by name.
+                    await asyncio.to_thread(os.chmod, sockets, 0o711)
                     stack.push_async_callback(asyncio.to_thread, shutil.rmtree, sockets, True)
                     await stack.enter_async_context(_unix_to_tcp(sockets / "gw.sock", port))
                     argv = [sys.executable, "-m", "botburrow.services.runner.executors.loopback",
@@ -116,16 +130,21 @@ class SandboxRunner:
 
     async def _run(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, limits: Any,
                    stop: asyncio.Event | None, binds: Sequence[Path], label: str) -> Completed:
-        from botburrow.sandbox import SCRATCH, Bind, SandboxSpec
+        from botburrow.sandbox import SCRATCH, Bind, SandboxError, SandboxSpec
+        from botburrow.services.runner.loop import LoopFailed
 
         # `none` runs on the host, where the run directory is writable and /tmp is shared: keep HOME.
         scratch = {} if self.sandbox.name == "none" else {"HOME": SCRATCH, "TMPDIR": SCRATCH}
         spec = SandboxSpec(argv=list(argv), env={**env, **scratch}, workspace=str(cwd),
                            workdir=str(cwd), binds=tuple(Bind(source=str(p), target=str(p)) for p in _outermost(binds)),
                            limits=limits, label=label or "botburrow-cli")
-        result = await self.sandbox.run(spec, stop=stop)
+        try:
+            result = await self.sandbox.run(spec, stop=stop)
+        except SandboxError as error:
+            raise LoopFailed(f"sandbox {self.sandbox.name}: {error}") from error
         return Completed(None if result.timed_out else result.exit_code, result.stdout.encode(),
-                         result.stderr.encode(), timed_out=result.timed_out, stopped=result.stopped)
+                         result.stderr.encode(), timed_out=result.timed_out, stopped=result.stopped,
+                         oom_killed=result.oom_killed)
 
 
 @contextlib.asynccontextmanager
@@ -159,8 +178,10 @@ async def _unix_to_tcp(path: Path, port: int) -> AsyncIterator[None]:
 
 
 def _outermost(paths: Sequence[Path]) -> list[Path]:
-    """Distinct paths without those inside another one (a bind over a parent would hide it)."""
-    unique = sorted({p.resolve() for p in paths if p.exists()}, key=lambda p: len(p.parts))
+    """Distinct paths without those inside another one (a bind over a parent would hide it). A symlink
+    is kept as named and as resolved: argv and shebangs name the one, the link leads to the other."""
+    named = {Path(os.path.abspath(p)) for p in paths if p.exists()}
+    unique = sorted(named | {p.resolve() for p in named}, key=lambda p: (len(p.parts), str(p)))
     kept: list[Path] = []
     for path in unique:
         if not any(path.is_relative_to(k) for k in kept):
@@ -168,28 +189,15 @@ def _outermost(paths: Sequence[Path]) -> list[Path]:
     return kept
 
 
-class NoNetworkSandbox:
-    """SANDBOX_BACKEND=docker: its image does not carry the CLIs and the Python the loopback forwarder
-    needs at the runner's paths yet, so a CLI there could never reach its model. Fail clearly instead of
-    running the CLI unsandboxed."""
-
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
-
-    async def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, timeout_s: float,
-                  stop: asyncio.Event | None = None, binds: Sequence[Path] = (), label: str = "",
-                  ports: Sequence[int] = ()) -> Completed:
-        from botburrow.services.runner.loop import LoopFailed
-
-        raise LoopFailed(f"CLI executors cannot run in the {self.backend!r} sandbox yet (no model gateway "
-                         "inside it); use SANDBOX_BACKEND=none in local mode")
-
-
 def runner_for(environ: Mapping[str, str]) -> ProcessRunner:
-    """The process runner SANDBOX_BACKEND asks for (SPEC §7; default bwrap)."""
-    backend = environ.get("SANDBOX_BACKEND") or "bwrap"
-    if backend in ("none", "bwrap"):
-        from botburrow import sandbox
+    """The process runner SANDBOX_BACKEND asks for (SPEC §7; default bwrap). The docker backend runs
+    SANDBOX_IMAGE (in production the runner image itself, so the runner's paths exist in it) on the
+    engine at DOCKER_HOST, with the runner's toolchain shown read-only at its own paths as with bwrap."""
+    from botburrow import sandbox
+    from botburrow.settings import BY_NAME
 
-        return SandboxRunner(sandbox.create(backend))
-    return NoNetworkSandbox(backend)
+    backend = environ.get("SANDBOX_BACKEND") or "bwrap"
+    if backend == "docker":
+        image = environ.get("SANDBOX_IMAGE") or BY_NAME["SANDBOX_IMAGE"].default
+        return SandboxRunner(sandbox.create("docker", docker_host=environ.get("DOCKER_HOST") or None, image=image))
+    return SandboxRunner(sandbox.create(backend))
