@@ -45,13 +45,25 @@ def remember(name: str, value: str) -> None:
         if _known.get(value) == name:
             return
         _known[value] = name
-        ordered = sorted(_known, key=len, reverse=True)
-        _pattern = re.compile("|".join(re.escape(v) for v in ordered))
+        # Compiled on the next `redact`, not here: registering N secrets one by one (a thousand agent keys
+        # at start) would otherwise compile N patterns of up to N alternatives, O(N^2): 45 CPU s for 1,000.
+        _pattern = None
+
+
+def _current_pattern() -> re.Pattern[str] | None:
+    global _pattern
+    with _lock:
+        if _pattern is None and _known:
+            ordered = sorted(_known, key=len, reverse=True)  # longest first: a secret containing another wins
+            _pattern = re.compile("|".join(re.escape(v) for v in ordered))
+        return _pattern
 
 
 def redact(text: str) -> str:
-    pattern = _pattern
-    if pattern is None or not text:
+    if not text:
+        return text
+    pattern = _pattern or _current_pattern()
+    if pattern is None:
         return text
     return pattern.sub(lambda m: f"[REDACTED:{_known.get(m.group(0), 'secret')}]", text)
 

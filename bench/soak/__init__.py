@@ -1,8 +1,8 @@
 """The fault and load suite (`just soak`): the whole system under load while things break.
 
-Every stage runs as its own process (several runners; one scheduler until the scheduler partitions,
-then two) against the Hub emulator and the scripted LLM in demo mode with random latency. While
-notifications flow, the soak SIGKILLs runners and the scheduler (and restarts them), restarts
+Every stage runs as its own process (several runners, two schedulers sharing the partitions) against
+the Hub emulator and the scripted LLM in demo mode with random latency. While notifications flow,
+the soak SIGKILLs runners and schedulers (and restarts them), restarts
 nats-server on the same store, bursts Hub 5xx/429 and model 429/529 errors, publishes malformed
 payloads on every subject and breaks an agent's config. Then it accounts for every notification
 (answered exactly once, skipped with a reason, failed with a reason, or dead-lettered), checks that

@@ -45,7 +45,8 @@ class SoakConfig:
     notifications: int
     runners: int
     inject_s: float
-    schedulers: int = 1
+    # Two, so a SIGKILLed scheduler's partitions are taken over by the other replica while it restarts.
+    schedulers: int = 2
     runner_concurrency: int = 8
     llm_latency_s: tuple[float, float] = (0.01, 0.25)
     poll_interval_s: float = 1.0

@@ -27,7 +27,8 @@ from botburrow.services.hub_emulator import HubEmulator
 from botburrow.services.scripted_llm import ScriptedLLM
 
 EXAMPLES_DIR = Path(__file__).parent
-STAGE_ORDER = ("configsync", "ingest", "scheduler", "runner", "metrics")
+STAGE_ORDER = ("configsync", "ingest", "scheduler", "metrics", "runner")
+REPLICATED = ("runner", "scheduler")
 READY_TIMEOUT_S = 60.0
 SYSTEM_KEY = "dev-system-key-0001"
 
@@ -54,6 +55,7 @@ class LocalStack:
     # (low, high) seconds of random latency on every model answer (soak tests); None: instant.
     llm_latency_s: tuple[float, float] | None = None
     runners: int = 1
+    schedulers: int = 1
     poll_interval_s: float = 1.0
     extra_env: dict[str, str] = field(default_factory=dict)
     # How long each stage may take to report ready at start (a thousand agents on a small machine: more).
@@ -120,7 +122,8 @@ class LocalStack:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "botburrow", name, env=self.stage_env(port),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
-        stage = StageProcess(f"{name}-{index}" if name == "runner" else name, process, port, log_path)
+        # Replicated stages get their index in the name, so each of several is told apart (faults, readiness).
+        stage = StageProcess(f"{name}-{index}" if name in REPLICATED else name, process, port, log_path)
         self.stages.append(stage)
         return stage
 
@@ -139,7 +142,8 @@ class LocalStack:
         raise RuntimeError(f"{stage.name} not ready after {timeout_s:.0f}s; see {stage.log_path}")
 
     async def start_stages(self) -> None:
-        names = [s for s in STAGE_ORDER if s != "runner"] + ["runner"] * self.runners
+        replicas = {"runner": self.runners, "scheduler": self.schedulers}
+        names = [s for stage in STAGE_ORDER for s in [stage] * replicas.get(stage, 1)]
         counts: dict[str, int] = {}
         started = []
         for name in names:

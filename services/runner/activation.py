@@ -179,8 +179,18 @@ class Activation:
 
     async def _answer(self, definition: AgentDefinition, key: str, poster: Poster, deadline_s: float) -> str:
         todo = [n for n in self.request.notifications if answerable(definition, n)]
-        open_items = [n for n in todo
-                      if not await poster.already_posted(reply_key(self.request.activation_id, n.id))]
+        open_items = []
+        for n in todo:
+            if not await poster.already_posted(reply_key(self.request.activation_id, n.id)):
+                open_items.append(n)
+                continue
+            if self.log.attempt == 1:
+                continue  # a redrive of a finished run: that run logged it
+            # A redelivery: the attempt that posted it may have died before logging it. Log it again, so the
+            # run's record shows every answer on the Hub (the full soak found three missing).
+            target = target_for(n)
+            await self.log.posted(notification_id=n.id, target=target.kind, post_id=target.post_id,
+                                  parent_id=target.parent_id, dm_id=target.dm_id, already_posted=True)
         if not open_items:
             return "posted" if todo else "skipped"
         usage, limits = await poster.usage(), definition.config.behavior.limits

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -35,6 +37,17 @@ class Lease:
         except KeyNotFoundError:
             return None
         return entry.value.decode() if entry.value else None
+
+    async def lapses_in_s(self, js: JetStreamContext, ttl_s: float) -> float | None:
+        """Seconds until the current holder's lease lapses unless it renews it (None: unknown), from the
+        server's timestamp of its last write."""
+        try:
+            last = await js.get_msg(f"KV_{self.kv._name}", subject=f"$KV.{self.kv._name}.{self.key}")
+        except Exception:  # gone meanwhile, or NATS trouble
+            return None
+        if last.time is None:
+            return None
+        return ttl_s - (time.time() - last.time.timestamp())
 
     async def renew(self) -> bool:
         if self.revision is None:

@@ -6,7 +6,9 @@ Each turns the neutral transcript into its provider's messages, makes one call w
 
 from __future__ import annotations
 
+import functools
 import json
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +35,13 @@ RETRYABLE_STATUSES = {408, 409, 429, 500, 502, 503, 504, 529}
 LOCAL_KEY = "local-mode-no-key"
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context per process, shared by every model client: building one loads the CA store (about
+    50 ms of CPU), and a client is built per activation."""
+    return ssl.create_default_context()
+
+
 def _retry_after(headers: Mapping[str, str] | None) -> float | None:
     try:
         return float(headers.get("retry-after", "")) if headers else None
@@ -45,7 +54,8 @@ class AnthropicModel:
 
     def __init__(self, brain: Brain, *, base_url: str, api_key: str, timeout_s: float) -> None:
         self.model, self.brain = brain.model, brain
-        self._client = anthropic.AsyncAnthropic(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s)
+        self._client = anthropic.AsyncAnthropic(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s,
+                                                http_client=anthropic.DefaultAsyncHttpxClient(verify=_tls()))
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -105,7 +115,8 @@ class OpenAIModel:
     def __init__(self, brain: Brain, *, base_url: str, api_key: str, timeout_s: float) -> None:
         self.model, self.brain = brain.model, brain
         self._url = base_url.rstrip("/") + "/chat/completions"
-        self._client = httpx.AsyncClient(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"})
+        self._client = httpx.AsyncClient(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"},
+                                         verify=_tls())
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -151,10 +151,23 @@ class Runner:
         while True:
             await asyncio.sleep(self.timing.heartbeat_s)
             # A failed beat (NATS reconnecting) must not end the loop: the next one may get through.
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+            # The lease first: if this runner dies, its lease then lapses before its message comes back.
             with contextlib.suppress(Exception):
                 await lease.renew()
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _lease_held_delay_s(self, lease: Lease, deliveries: int) -> float:
+        """When to try a held lease again. Every nak counts as a delivery, and after a nats-server restart
+        (which redelivers at once) a dead holder's lease holds for up to a TTL: fixed 5 s retries used up
+        MAX_DELIVERIES and failed activations (the full soak). So the wait doubles from 5 s, but never
+        past the moment the holder's lease lapses; the first retry stays short, as a live holder releases
+        its lease when its run ends."""
+        backoff_s = min(self.timing.lease_ttl_s, self.timing.lease_held_retry_s * 2 ** max(0, deliveries - 1))
+        lapses_in_s = await lease.lapses_in_s(self.ctx.bus.js, self.timing.lease_ttl_s)
+        if lapses_in_s is None:
+            return backoff_s
+        return max(self.timing.lease_held_retry_s, min(backoff_s, lapses_in_s + 1.0))
 
     async def _handle(self, msg: Msg) -> None:
         deliveries = msg.metadata.num_delivered
@@ -171,7 +184,7 @@ class Runner:
             return
         lease = Lease(await self.ctx.bus.kv("leases"), request.agent, f"{self.deps.runner_id}/{request.activation_id}")
         if not await lease.acquire():
-            await msg.nak(delay=self.timing.lease_held_retry_s)
+            await msg.nak(delay=await self._lease_held_delay_s(lease, deliveries))
             return
         beat = asyncio.create_task(self._heartbeat(msg, lease))
         try:
