@@ -37,6 +37,10 @@ schemas:
 bench:
     {{venv}}/python -m bench
 
+# build and smoke-check the runtime and sandbox images on a private Docker engine (no registry; root)
+images *args:
+    {{venv}}/python -m deploy.images.build {{args}}
+
 # fault and load suite: small by default (~1 min); `just soak --full` = 1,000 agents, 20,000 notifications
 soak *args:
     {{venv}}/python -m bench.soak {{args}}

