@@ -7,6 +7,9 @@
 3. Latency notification published -> activation request published, at 100/s and 1,000 notifications/s
    (fresh agents, one notification each, so each makes one request).
 4. In-process: `SchedulerState` with 100,000 agents (all exploring): tick cost and resident memory.
+
+Beside the rates, the scheduler process's CPU time per notification (2.) and per request (3.): rates
+and latencies move with whatever else runs on the machine, CPU time much less.
 """
 
 from __future__ import annotations
@@ -54,6 +57,12 @@ def rss_mib(pid: int | str = "self") -> float:
         if line.startswith("VmRSS:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process: steadier than rates when other work shares the cores."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def payload(agent: str, i: int) -> bytes:
@@ -216,11 +225,13 @@ async def _run(url: str, tmp: Path) -> dict[str, Any]:
     try:
         await asyncio.wait_for(all_partitions_held(bus), 60)
         js = bus.nc.jetstream(publish_async_max_pending=4000)
+        cpu_before = cpu_s(process.pid)
         started = time.perf_counter()
         await publish_all(js, items)
         published = time.perf_counter()
         await asyncio.wait_for(scheduler_drained(bus, len(items)), 120)
         elapsed = time.perf_counter() - started
+        result["scheduler_cpu_ms_per_notification"] = round((cpu_s(process.pid) - cpu_before) * 1000 / len(items), 3)
         requests = (await bus.js.stream_info("ACTIVATIONS")).state.messages
         result["dead_lettered"] = (await bus.js.stream_info("DLQ")).state.messages
         errors = [line for line in (tmp / "scheduler.log").read_text().splitlines() if '"level": "error"' in line]
@@ -230,8 +241,12 @@ async def _run(url: str, tmp: Path) -> dict[str, Any]:
                    "publish_s": round(published - started, 3), "through_scheduler_s": round(elapsed, 3),
                    "through_scheduler_per_s": round(len(items) / elapsed)}
         result["ratio_to_raw"] = round(result["through_scheduler_per_s"] / result["raw_publish_and_fetch_per_s"], 2)
-        result |= await latency(bus, floor_names, FLOOR_RATE)
-        result |= await latency(bus, latency_names, LATENCY_RATE)
+        for names_at_rate, rate in ((floor_names, FLOOR_RATE), (latency_names, LATENCY_RATE)):
+            cpu_before = cpu_s(process.pid)
+            result |= await latency(bus, names_at_rate, rate)
+            # Each of these notifications makes one request (and one state write): the cost of that path.
+            result[f"latency_at_{rate}_per_s_scheduler_cpu_ms_per_request"] = round(
+                (cpu_s(process.pid) - cpu_before) * 1000 / len(names_at_rate), 3)
         result["scheduler_process_rss_mib"] = rss_mib(process.pid)
         result["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
         result["scheduler_process_agents"] = AGENTS + LATENCY_AGENTS + FLOOR_AGENTS

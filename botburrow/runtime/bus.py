@@ -77,13 +77,7 @@ class Bus:
         trace_id: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> PubAck:
-        data = payload if isinstance(payload, bytes) else encode(payload)
-        all_headers = {"Trace-Id": trace_id or uuid.uuid4().hex}
-        if not isinstance(payload, bytes):
-            all_headers["Event-Type"] = event_type(payload)
-        if msg_id:
-            all_headers["Nats-Msg-Id"] = msg_id
-        all_headers.update(headers or {})
+        data, all_headers = _message(payload, msg_id, trace_id, headers)
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
                 return await self.js.publish(subject, data, headers=all_headers, timeout=5)
@@ -93,9 +87,37 @@ class Bus:
                 await asyncio.sleep(0.25 * attempt)
         raise AssertionError("unreachable")
 
+    async def publish_async(
+        self,
+        subject: str,
+        payload: msgspec.Struct | bytes,
+        *,
+        msg_id: str | None = None,
+        trace_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> asyncio.Future[PubAck]:
+        """Pipelined `publish`: sent now, the PubAck comes in the future (many in flight, one round trip).
+
+        No retries here: the caller bounds the wait (`asyncio.wait_for`) and redoes the whole lot, which
+        the deterministic msg ids make harmless."""
+        data, all_headers = _message(payload, msg_id, trace_id, headers)
+        return await self.js.publish_async(subject, data, headers=all_headers)
+
     async def close(self) -> None:
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()
             except Exception:  # the connection may already be gone; closing is best effort
                 await self.nc.close()
+
+
+def _message(payload: msgspec.Struct | bytes, msg_id: str | None, trace_id: str | None,
+             headers: Mapping[str, str] | None) -> tuple[bytes, dict[str, str]]:
+    data = payload if isinstance(payload, bytes) else encode(payload)
+    all_headers = {"Trace-Id": trace_id or uuid.uuid4().hex}
+    if not isinstance(payload, bytes):
+        all_headers["Event-Type"] = event_type(payload)
+    if msg_id:
+        all_headers["Nats-Msg-Id"] = msg_id
+    all_headers.update(headers or {})
+    return data, all_headers

@@ -1,8 +1,10 @@
 """One scheduler replica: the partitions it holds, their consumers, the directory, the budget, the ticks.
 
 Claiming partitions loads their agents' state from `agent-state` (one watch for all the partitions of
-a claim), sets the exploration rules from the agent directory and starts one consumer loop each.
-Releasing stops the loops (each finishes and acknowledges its batch) before the lease is given up.
+a claim), sets the exploration rules from the agent directory and starts one consumer loop each; a
+loop reads its durable through a `Puller` (one pull request kept outstanding, batches of whatever has
+arrived). Releasing stops the loops (each handles what its last request still brings and
+acknowledges it) before the lease is given up.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from botburrow.runtime.consumer import DeadLetters, handle_batch
 from botburrow.schemas.agent import AgentDefinition
 from botburrow.services.scheduler.budget import BudgetGate
 from botburrow.services.scheduler.partitions import PartitionOwner, original_subject, partition_of
+from botburrow.services.scheduler.puller import Puller
 from botburrow.services.scheduler.shell import IN_FLIGHT, LEASES_BUCKET, STATE_BUCKET, Scheduler, load_states
 from botburrow.services.scheduler.state import DEFAULT_STUCK_AFTER_S, AgentState, SchedulerState
 from botburrow.streams.topology import SCHEDULER_PARTITIONS, scheduler_durable
@@ -32,7 +35,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "scheduler"
 FETCH_BATCH = 1000
-FETCH_TIMEOUT_S = 0.5
+# An idle partition renews its pull request this often; a released one finishes within it.
+PULL_EXPIRES_S = 1.0
 LOW_CONSUMER = "runner-low"
 
 
@@ -76,29 +80,28 @@ class Replica:
     async def claim(self, parts: list[int]) -> None:
         """Start the partitions in the background: loading 100k states must not delay lease renewals."""
         assert self._kv is not None
-        wanted = set(parts)
-        loading = asyncio.ensure_future(load_states(self._kv, lambda key: partition_of(key) in wanted))
+        loading = asyncio.ensure_future(_load_grouped(self._kv, set(parts)))
         for p in parts:
             held = Held()
             held.task = asyncio.create_task(self._start(p, held, loading), name=f"scheduler-p{p}")
             self.held[p] = held
 
-    async def _start(self, p: int, held: Held, loading: asyncio.Future[list[AgentState]]) -> None:
+    async def _start(self, p: int, held: Held, loading: asyncio.Future[dict[int, list[AgentState]]]) -> None:
         assert self._kv is not None and self.owner is not None
         kv = self._kv
         while True:
             try:
-                states = [s for s in await asyncio.shield(loading) if partition_of(s.agent) == p]
+                states = (await asyncio.shield(loading)).get(p, [])
                 break
             except Exception as exc:  # NATS trouble while loading: load this partition again
                 log.warning("partition state load failed", extra={"partition": p, "error": repr(exc)})
                 await asyncio.sleep(1)
-                loading = asyncio.ensure_future(load_states(kv, lambda key: partition_of(key) == p))
+                loading = asyncio.ensure_future(_load_grouped(kv, {p}))
         state = SchedulerState({s.agent: s for s in states}, stuck_after_s=self.tuning.stuck_after_s)
         scheduler = Scheduler(self.bus, self._kv, self.directory, state, budget=self.budget,
                               owner=functools.partial(self.owner.valid, p), min_gap_s=self.tuning.explore_min_gap_s)
         for name, definition in self.directory.agents().items():
-            if partition_of(name) == p:
+            if partition_of(name) == p:  # cached: cheap for every partition of a claim
                 scheduler.configure(name, definition)
         held.scheduler = scheduler
         log.info("partition started", extra={"partition": p, "agents": len(states)})
@@ -115,27 +118,32 @@ class Replica:
     async def _consume(self, p: int, held: Held) -> None:
         assert held.scheduler is not None
         scheduler, durable = held.scheduler, scheduler_durable(p)
-        sub = await self.bus.js.pull_subscribe_bind(durable, "SCHEDULER")
+        puller = Puller(self.bus.nc, "SCHEDULER", durable, batch=FETCH_BATCH, expires_s=PULL_EXPIRES_S)
+        await puller.start()
         try:
-            while not held.stop.is_set():
-                if self.owner is not None and not self.owner.valid(p):
+            while True:
+                valid = self.owner is None or self.owner.valid(p)
+                if held.stop.is_set():
+                    puller.pulling = False
+                    # Finish what is on its way (so nothing waits out ack_wait), unless no longer ours.
+                    if puller.drained or not valid:
+                        break
+                if not valid:
                     # Our lease renewal is late (a stalled loop?): take nothing we might not own.
                     await asyncio.sleep(0.1)
                     continue
                 try:
-                    msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-                except TimeoutError:
-                    continue
-                except Exception as exc:  # APIError, reconnecting: back off, keep going
-                    log.warning("fetch failed", extra={"consumer": durable, "error": repr(exc)})
+                    msgs = await puller.next_batch(PULL_EXPIRES_S)
+                except Exception as exc:  # reconnecting: back off, keep going
+                    log.warning("pull failed", extra={"consumer": durable, "error": repr(exc)})
                     await asyncio.sleep(1)
                     continue
-                # Decode and dead-letter by the original subject (the partition prefix is ours).
-                await handle_batch([_unprefixed(msg) for msg in msgs], scheduler.on_batch, self.dlq,
-                                   consumer=durable)
+                if msgs:
+                    # Decode and dead-letter by the original subject (the partition prefix is ours).
+                    await handle_batch([_unprefixed(msg) for msg in msgs], scheduler.on_batch, self.dlq,
+                                       consumer=durable)
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await puller.close()
 
     # --- config changes, ticks -------------------------------------------------------------------
 
@@ -177,6 +185,14 @@ class Replica:
             backlog = 0
         room = max(0, self.tuning.low_backlog_max - backlog)
         return math.ceil(room * len(self.held) / SCHEDULER_PARTITIONS)
+
+
+async def _load_grouped(kv: KeyValue, parts: set[int]) -> dict[int, list[AgentState]]:
+    """The persisted states of these partitions' agents, by partition (one watch, one pass)."""
+    grouped: dict[int, list[AgentState]] = {}
+    for state in await load_states(kv, lambda key: partition_of(key) in parts):
+        grouped.setdefault(partition_of(state.agent), []).append(state)
+    return grouped
 
 
 def _unprefixed(msg: Msg) -> Msg:
