@@ -10,16 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from prometheus_client import REGISTRY
 
 from botburrow.definitions import AgentDirectory, LocalSource, S3Source, load_all
 from botburrow.definitions import bucket as configs
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.health import Health
+from botburrow.runtime.service import run_stage
 from botburrow.schemas.codec import decode_subject
 from botburrow.schemas.events import ConfigChanged
-from botburrow.services.configsync import sync_forever, sync_once
+from botburrow.services import configsync
+from botburrow.services.configsync import Syncer, sync_forever, sync_once
 from tests.fixtures.s3 import S3Server
 
 # A verbatim copy of ../shared/agent-definitions (see its SOURCE.md), so the suite runs anywhere.
@@ -201,3 +205,104 @@ async def test_a_broken_definition_is_logged_once_and_names_its_field(
     assert "keeping its previous version" in records[0].getMessage()
     assert records[0].path == "agents/devops-agent/config.yaml"  # type: ignore[attr-defined]
     assert records[0].field_path == "$.behavior.max_iterations"  # type: ignore[attr-defined]
+
+
+def parsed_total() -> float:
+    """Definitions configsync has parsed so far, from its Prometheus counter (process-wide)."""
+    return REGISTRY.get_sample_value("botburrow_configsync_parsed_definitions_total") or 0.0
+
+
+def write_many(root: Path, count: int) -> set[str]:
+    names = {f"many-{i:04d}" for i in range(count)}
+    for name in names:
+        folder = root / "agents" / name
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(f"name: {name}\ntype: native\nbrain:\n  model: m\ncapabilities: {{}}\n")
+        (folder / "system-prompt.md").write_text("You are {{name}}.\n")
+    return names
+
+
+async def test_stop_cancels_a_long_pass_and_the_next_start_finishes_it(bus: Bus, nats_url: str,
+                                                                       tmp_path: Path) -> None:
+    names = write_many(tmp_path / "many", 300)
+    kv = await bus.kv("configs")
+    watcher = await kv.watchall()
+    stop = asyncio.Event()
+    environ = {"NATS_URL": nats_url, "AGENTS_SOURCE": str(tmp_path / "many"), "METRICS_PORT": "0",
+               "CONFIG_POLL_SECONDS": "3600"}
+    stage = asyncio.create_task(run_stage("configsync", configsync.run, environ=environ, stop=stop))
+    try:
+        async with asyncio.timeout(WAIT_S):
+            async for entry in watcher:
+                if entry is not None:  # the first pass is writing the bucket: stop it now (a SIGTERM)
+                    break
+        stop.set()
+        await asyncio.wait_for(stage, WAIT_S)
+    finally:
+        stop.set()
+        await watcher.stop()
+    written = await kv.keys()
+    # Stopped mid-pass, not after it; and every definition written before the stop has its event.
+    assert 0 < len(written) < len(names) // 2
+    assert (await bus.js.stream_info("CONFIG")).state.messages == len(written)
+
+    report = await sync_once(bus, LocalSource(tmp_path / "many"))  # a restart reconciles with the bucket
+    assert sorted(report.added) == sorted({f"agent.{n}" for n in names} - set(written))
+    assert not report.updated and not report.deleted
+    assert (await bus.js.stream_info("CONFIG")).state.messages == len(names)
+
+
+async def test_a_pass_parses_only_what_changed(bus: Bus, definitions: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    syncer = Syncer(bus, LocalSource(definitions))
+    before = parsed_total()
+    assert len((await syncer.sync()).added) == len(AGENTS) + len(SKILLS)
+    assert parsed_total() - before == len(AGENTS) + len(SKILLS)
+
+    unchanged = await syncer.sync()
+    assert unchanged == configsync.SyncReport()
+    assert parsed_total() - before == len(AGENTS) + len(SKILLS)  # nothing parsed again
+
+    config = definitions / "agents/devops-agent/config.yaml"
+    good = config.read_text()
+    config.write_text(good.replace("max_iterations:", "max_iterations: 77 #"))
+    with caplog.at_level(logging.ERROR, logger="botburrow.services.configsync.sync"):
+        broken = await syncer.sync()
+        again = await syncer.sync()
+    assert broken.kept == again.kept == ["agent.devops-agent"] and not broken.changed and not again.changed
+    assert broken.errors == again.errors and "$.behavior.max_iterations" in broken.errors[0]
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+    assert parsed_total() - before == len(AGENTS) + len(SKILLS) + 1
+
+    prompt = definitions / "agents/research-agent/system-prompt.md"
+    prompt.write_text(prompt.read_text() + "One more line.\n")
+    config.write_text(good)
+    fixed = await syncer.sync()
+    assert fixed.updated == ["agent.research-agent"] and fixed.errors == [] and fixed.kept == []
+    assert parsed_total() - before == len(AGENTS) + len(SKILLS) + 3
+
+
+async def test_a_bucket_changed_behind_its_back_is_repaired(bus: Bus, definitions: Path) -> None:
+    syncer = Syncer(bus, LocalSource(definitions))
+    await syncer.sync()
+    kv = await bus.kv("configs")
+    await kv.delete("agent.devops-agent")  # an operator, or an older replica
+    stale = configs.decode("agent", (await kv.get("agent.research-agent")).value or b"")
+    await kv.put("agent.research-agent", configs.encode(msgspec.structs.replace(stale, hash="old")))
+    await kv.put("agent.nobody", configs.encode(msgspec.structs.replace(stale, name="nobody")))
+
+    report = await syncer.sync()
+    assert report.added == ["agent.devops-agent"] and report.updated == ["agent.research-agent"]
+    assert report.deleted == ["agent.nobody"]
+    assert await syncer.sync() == configsync.SyncReport()
+
+
+async def test_an_unchanged_s3_source_costs_no_get_and_no_parse(bus: Bus, s3: S3Server, definitions: Path) -> None:
+    prefix = s3.new_prefix()
+    s3.upload_tree(definitions, prefix, manifest=True)
+    source: S3Source = s3.source(prefix)
+    syncer = Syncer(bus, source)
+    assert len((await syncer.sync()).added) == len(AGENTS) + len(SKILLS)
+    gets, parsed = source.object_gets, parsed_total()
+    assert await syncer.sync() == configsync.SyncReport()
+    assert source.object_gets == gets and parsed_total() == parsed

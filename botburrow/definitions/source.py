@@ -1,9 +1,10 @@
 """Where definitions come from (SPEC §2): a local directory or an S3/R2 bucket, behind one seam.
 
 `DefinitionSource.snapshot()` returns every definition file (relative path -> `SourceFile`) as it is
-now. `LocalSource` hashes file by file; `S3Source` reads `manifest.json` and fetches only the entries
-whose hash changed since its last snapshot (without a manifest it lists the objects and uses their
-ETags). `load_all` turns a snapshot into parsed agents and skills plus the errors of the broken ones.
+now. `LocalSource` hashes file by file (reading again only the files whose stat changed); `S3Source`
+reads `manifest.json` and fetches only the entries whose hash changed since its last snapshot (without
+a manifest it lists the objects and uses their ETags). `load_all` turns a snapshot into parsed agents
+and skills plus the errors of the broken ones.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,17 +60,54 @@ class DefinitionSource(Protocol):
     async def close(self) -> None: ...
 
 
-def read_tree(root: Path) -> dict[str, SourceFile]:
-    """Every definition file under `root` (blocking: call it in a thread from async code)."""
+# A file modified this close to a scan may be written again within the same mtime tick, size unchanged:
+# its stat cannot be trusted to show that, so it is read again next time (git's "racy clean" rule).
+RACY_NS = 2_000_000_000
+StatKey = tuple[int, int, int, int]  # mtime_ns, ctime_ns, size, inode
+
+
+def _definition_entries(root: Path) -> list[tuple[str, os.DirEntry[str]]]:
+    """(relative path, entry) of the definition files under `root`; dot folders are skipped, as glob does."""
+    found = []
+    for folder in ("agents", "skills"):
+        try:
+            with os.scandir(root / folder) as named:
+                dirs = [d for d in named if not d.name.startswith(".") and d.is_dir()]
+        except FileNotFoundError:
+            continue
+        for directory in dirs:
+            with os.scandir(directory.path) as files:
+                for file in files:
+                    rel = f"{folder}/{directory.name}/{file.name}"
+                    if is_definition_file(rel) and file.is_file():
+                        found.append((rel, file))
+    return sorted(found, key=lambda item: item[0])
+
+
+def read_tree(root: Path, cache: dict[str, tuple[StatKey, SourceFile]] | None = None) -> dict[str, SourceFile]:
+    """Every definition file under `root` (blocking: call it in a thread from async code).
+
+    With a `cache` (kept by the caller, updated in place) a file whose stat has not changed since an
+    earlier call is not read and hashed again: a poll of an unchanged tree costs a directory listing.
+    """
     if not root.is_dir():
         raise SourceError(f"definitions directory {root} does not exist")
-    files = {}
-    for folder in ("agents", "skills"):
-        for file in sorted((root / folder).glob("*/*")):
-            rel = file.relative_to(root).as_posix()
-            if file.is_file() and is_definition_file(rel):
-                data = file.read_bytes()
-                files[rel] = SourceFile(path=rel, hash=hashlib.sha256(data).hexdigest(), data=data)
+    scan_ns = time.time_ns()
+    files, seen = {}, {}
+    for rel, entry in _definition_entries(root):
+        st = entry.stat()
+        stat_key = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+        cached = cache.get(rel) if cache is not None else None
+        if cached is not None and cached[0] == stat_key:
+            files[rel] = cached[1]
+        else:
+            data = Path(entry.path).read_bytes()
+            files[rel] = SourceFile(path=rel, hash=hashlib.sha256(data).hexdigest(), data=data)
+        if max(st.st_mtime_ns, st.st_ctime_ns) < scan_ns - RACY_NS:
+            seen[rel] = (stat_key, files[rel])
+    if cache is not None:
+        cache.clear()
+        cache.update(seen)
     return files
 
 
@@ -75,10 +115,11 @@ class LocalSource:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self.description = str(self.root)
+        self._stats: dict[str, tuple[StatKey, SourceFile]] = {}
 
     async def snapshot(self) -> dict[str, SourceFile]:
         try:
-            return await asyncio.to_thread(read_tree, self.root)
+            return await asyncio.to_thread(read_tree, self.root, self._stats)
         except OSError as exc:
             raise SourceError(f"cannot read {self.root}: {exc}") from None
 

@@ -4,14 +4,18 @@ Each pass loads the source (`AGENTS_SOURCE`), compares every definition's conten
 bucket, writes what changed (bucket first), then publishes `ConfigChanged` on CONFIG. A definition
 that is broken now but was valid before keeps its previous version in the bucket, so that agent keeps
 working; definitions gone from the source are deleted. Layout: `botburrow.definitions`.
+
+The stage keeps one `Syncer`: after its first pass (a full reconcile against the bucket), a pass parses
+only the definitions whose files changed, in a worker thread, and reads the bucket again only when
+someone else wrote it. A pass is cancelled by stop (SIGTERM), wherever it is.
 """
 
 from botburrow.definitions.source import open_source
 from botburrow.runtime import service
 from botburrow.runtime.service import StageContext
-from botburrow.services.configsync.sync import SyncReport, sync_forever, sync_once
+from botburrow.services.configsync.sync import Syncer, SyncReport, sync_forever, sync_once
 
-__all__ = ["SyncReport", "main", "run", "sync_forever", "sync_once"]
+__all__ = ["SyncReport", "Syncer", "main", "run", "sync_forever", "sync_once"]
 
 
 async def run(ctx: StageContext) -> None:

@@ -1,25 +1,34 @@
-"""One sync pass (`sync_once`) and the polling loop (`sync_forever`) of the configsync stage."""
+"""Sync passes (`Syncer`, `sync_once`) and the polling loop (`sync_forever`) of the configsync stage.
+
+Cost at 1,000 agents (bench/configsync.py): the first pass parses everything in a worker thread and
+writes what differs; later passes of the same `Syncer` list the source, parse only changed folders
+and trust their in-memory bucket hashes while the bucket's stream sequence shows no other writer.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import msgspec
-from nats.js.errors import NoKeysError
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from prometheus_client import Counter, Gauge
 
 from botburrow.definitions import bucket
 from botburrow.definitions.parse import DefinitionError
-from botburrow.definitions.source import DefinitionSource, LoadResult, SourceError, load_all
+from botburrow.definitions.source import DefinitionSource, LoadResult, SourceError
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.health import Health
 from botburrow.schemas.events import ConfigChanged
+from botburrow.services.configsync.parsing import ParseCache
 from botburrow.streams import subjects
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+YIELD_EVERY = 100
 
 SYNCS = Counter("botburrow_configsync_syncs_total", "Sync passes by result", ["result"])
 CHANGES = Counter("botburrow_configsync_changes_total", "Definitions written or deleted", ["kind", "change"])
@@ -42,25 +51,59 @@ class SyncReport(msgspec.Struct, kw_only=True):
         return bool(self.added or self.updated or self.deleted)
 
 
-async def _bucket_hashes(kv: KeyValue) -> dict[str, str]:
-    """Current bucket key -> the content hash its value carries."""
+def _hash_of(bucket_key: str, value: bytes | None) -> str | None:
+    """The content hash a bucket value carries; "" when unreadable (rewritten from the source), None if not ours."""
+    parsed = bucket.split_key(bucket_key)
+    if parsed is None or value is None:
+        return None
     try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return {}
-    hashes = {}
-    for key in keys:
-        parsed = bucket.split_key(key)
-        if parsed is None:
-            continue
-        entry = await kv.get(key)
-        if entry.value is None:
-            continue
-        try:
-            hashes[key] = bucket.decode(parsed[0], entry.value).hash
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            hashes[key] = ""  # unreadable: rewrite it from the source
+        return bucket.decode(parsed[0], value).hash
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+
+
+async def _stream_seq(bus: Bus) -> int:
+    """Last sequence of the bucket's stream: it moves with every put or delete, by anyone."""
+    return (await bus.js.stream_info(f"KV_{bucket.BUCKET}")).state.last_seq
+
+
+async def _bucket_hashes(kv: KeyValue, last_seq: int) -> dict[str, str]:
+    """Current bucket key -> the content hash its value carries, read with one watch (not a get per key)."""
+    hashes: dict[str, str] = {}
+    if not last_seq:
+        return hashes
+    watcher = await kv.watchall()
+    try:
+        async for entry in watcher:
+            if entry is None:  # the marker: every current value has been delivered
+                break
+            digest = None if entry.operation in (KV_DEL, KV_PURGE) else _hash_of(entry.key, entry.value)
+            if digest is None:
+                hashes.pop(entry.key, None)
+            else:
+                hashes[entry.key] = digest
+            if entry.revision >= last_seq:  # caught up with the state `last_seq` names
+                break
+            if len(hashes) % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # buffered entries never suspend the loop: let others run
+    finally:
+        with contextlib.suppress(Exception):  # the connection may be closing already
+            await watcher.stop()
     return hashes
+
+
+async def _uninterrupted(write: Awaitable[None]) -> None:
+    """Run a bucket write + its event to the end even if the pass is cancelled half way.
+
+    A cancel between the two would leave a version in the bucket whose CONFIG event is never sent (the
+    next pass finds nothing to change); the pair takes milliseconds, so stop waits for it.
+    """
+    task = asyncio.ensure_future(write)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.shield(task)
+        raise
 
 
 def _error_key(error: DefinitionError) -> str:
@@ -80,45 +123,100 @@ async def _publish(bus: Bus, kind: bucket.Kind, name: str, digest: str, *, delet
     await bus.publish(subject, event, msg_id=bucket.msg_id(kind, name, digest, deleted=deleted))
 
 
-async def sync_once(bus: Bus, source: DefinitionSource, *, known_errors: set[str] | None = None) -> SyncReport:
-    """One pass: source -> `configs` bucket -> CONFIG events. Raises SourceError if the source is unreadable.
+_Wanted = tuple[bucket.Kind, str, bucket.Definition]
 
-    `known_errors` (kept by the caller across passes) makes each definition error logged once, when it
-    first appears, instead of on every poll.
+
+def _definitions(result: LoadResult) -> list[_Wanted]:
+    return [*(("agent", name, d) for name, d in sorted(result.agents.items())),
+            *(("skill", name, d) for name, d in sorted(result.skills.items()))]
+
+
+class Syncer:
+    """configsync's passes, keeping what a pass learned for the next one.
+
+    Kept: the parsed definitions by folder (a pass parses only what changed at the source, in a thread)
+    and the bucket's hashes with the stream sequence they describe (a pass reads the bucket again only
+    when someone else wrote it since: another replica, an operator). A new `Syncer` (a process start)
+    reads and reconciles everything once.
     """
-    result = await load_all(source)
-    kv = await bus.kv(bucket.BUCKET)
-    current = await _bucket_hashes(kv)
-    broken = _broken_keys(result)
-    report = SyncReport(errors=sorted(broken.values()))
-    _log_errors(result, current, known_errors)
 
-    definitions: list[tuple[bucket.Kind, str, bucket.Definition]] = [
-        *(("agent", name, d) for name, d in sorted(result.agents.items())),
-        *(("skill", name, d) for name, d in sorted(result.skills.items())),
-    ]
-    for kind, name, definition in definitions:
+    def __init__(self, bus: Bus, source: DefinitionSource, *, known_errors: set[str] | None = None) -> None:
+        self.bus, self.source = bus, source
+        # Each definition error is logged once, when it first appears, instead of on every poll.
+        self.known_errors = set() if known_errors is None else known_errors
+        self.parser = ParseCache()
+        self._hashes: dict[str, str] = {}
+        self._bucket_seq: int | None = None  # the stream sequence `_hashes` describes; None: read again
+
+    async def sync(self) -> SyncReport:
+        """One pass: source -> `configs` bucket -> CONFIG events. Raises SourceError if the source is unreadable."""
+        result = await self.parser.load(await self.source.snapshot())
+        kv = await self.bus.kv(bucket.BUCKET)
+        seq = await _stream_seq(self.bus)
+        if seq != self._bucket_seq:
+            self._bucket_seq = None
+            self._hashes = await _bucket_hashes(kv, seq)
+        current = dict(self._hashes)
+        broken = _broken_keys(result)
+        report = SyncReport(errors=sorted(broken.values()))
+        _log_errors(result, current, self.known_errors)
+        wanted = _definitions(result)
+        writes = await self._write(kv, wanted, current, report)
+        gone = sorted(set(current) - {bucket.key(kind, name) for kind, name, _ in wanted})
+        writes += await self._delete(kv, gone, current, broken, report)
+        if writes:
+            seq_after = await _stream_seq(self.bus)
+            # Ours were the only writes since `seq`: memory matches the bucket. Else read it next pass.
+            self._bucket_seq = seq_after if seq_after == seq + writes else None
+        else:
+            self._bucket_seq = seq
+        INVALID.set(len(broken))
+        return report
+
+    async def _write(self, kv: KeyValue, wanted: list[_Wanted], current: dict[str, str], report: SyncReport) -> int:
+        writes = 0
+        for kind, name, definition in wanted:
+            key = bucket.key(kind, name)
+            if current.get(key) == definition.hash:
+                continue
+            await _uninterrupted(self._put(kv, kind, name, definition))
+            writes += 1
+            (report.updated if key in current else report.added).append(key)
+            CHANGES.labels(kind, "updated" if key in current else "added").inc()
+            log.info("definition written", extra={"key": key, "hash": definition.hash})
+        return writes
+
+    async def _put(self, kv: KeyValue, kind: bucket.Kind, name: str, definition: bucket.Definition) -> None:
         key = bucket.key(kind, name)
-        if current.get(key) == definition.hash:
-            continue
         await kv.put(key, bucket.encode(definition))  # bucket first: the event's reader finds it
-        await _publish(bus, kind, name, definition.hash, deleted=False)
-        (report.updated if key in current else report.added).append(key)
-        CHANGES.labels(kind, "updated" if key in current else "added").inc()
-        log.info("definition written", extra={"key": key, "hash": definition.hash})
+        self._hashes[key] = definition.hash
+        await _publish(self.bus, kind, name, definition.hash, deleted=False)
 
-    for key in sorted(set(current) - {bucket.key(k, n) for k, n, _ in definitions}):
-        if key in broken:
-            report.kept.append(key)
-            continue
-        kind, name = bucket.split_key(key) or ("agent", key)
-        await kv.delete(key)
-        await _publish(bus, kind, name, current[key], deleted=True)
-        report.deleted.append(key)
-        CHANGES.labels(kind, "deleted").inc()
-        log.info("definition deleted", extra={"key": key, "hash": current[key]})
-    INVALID.set(len(broken))
-    return report
+    async def _delete(self, kv: KeyValue, gone: list[str], current: dict[str, str], broken: dict[str, str],
+                      report: SyncReport) -> int:
+        writes = 0
+        for key in gone:
+            if key in broken:
+                report.kept.append(key)
+                continue
+            kind, name = bucket.split_key(key) or ("agent", key)
+            await _uninterrupted(self._remove(kv, kind, name, current[key]))
+            writes += 1
+            report.deleted.append(key)
+            CHANGES.labels(kind, "deleted").inc()
+            log.info("definition deleted", extra={"key": key, "hash": current[key]})
+        return writes
+
+    async def _remove(self, kv: KeyValue, kind: bucket.Kind, name: str, digest: str) -> None:
+        key = bucket.key(kind, name)
+        await kv.delete(key)  # bucket first, as for a write
+        self._hashes.pop(key, None)
+        await _publish(self.bus, kind, name, digest, deleted=True)
+
+
+async def sync_once(bus: Bus, source: DefinitionSource, *, known_errors: set[str] | None = None) -> SyncReport:
+    """One full pass with nothing remembered (reads and parses everything); see `Syncer`."""
+    return await Syncer(bus, source, known_errors=known_errors).sync()
 
 
 def _log_errors(result: LoadResult, current: dict[str, str], known_errors: set[str] | None) -> None:
@@ -139,18 +237,35 @@ def _log_errors(result: LoadResult, current: dict[str, str], known_errors: set[s
         known_errors.update(str(error) for error in result.errors)
 
 
+async def until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """`work`'s result, or None when `stop` is set first: then `work` is cancelled (and awaited)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        task.cancel()  # a no-op once it finished
+        await asyncio.wait({task})
+    return None if task.cancelled() else task.result()
+
+
 async def sync_forever(bus: Bus, source: DefinitionSource, *, poll_s: float, stop: asyncio.Event,
                        health: Health | None = None) -> None:
-    """Sync every `poll_s` until `stop` is set. Ready while NATS is connected and the source answered."""
+    """Sync every `poll_s` until `stop` is set. Ready while NATS is connected and the source answered.
+
+    A pass races `stop`: a stop cancels it where it is (safe: each bucket write and its event finish
+    together, and the next start reconciles against the bucket).
+    """
     reached = False
     if health is not None:
         health.add_check("nats", lambda: bus.nc.is_connected)
         health.add_check("source", lambda: reached)
-    known_errors: set[str] = set()
+    syncer = Syncer(bus, source)
     log.info("configsync started", extra={"source": source.description, "poll_s": poll_s})
     while not stop.is_set():
         try:
-            report = await sync_once(bus, source, known_errors=known_errors)
+            report = await until_stopped(syncer.sync(), stop)
         except SourceError as exc:
             reached = False
             SYNCS.labels("source_error").inc()
@@ -160,6 +275,9 @@ async def sync_forever(bus: Bus, source: DefinitionSource, *, poll_s: float, sto
             SYNCS.labels("failed").inc()
             log.exception("sync pass failed; retrying next poll")
         else:
+            if report is None:
+                log.info("sync pass cancelled by stop")
+                return
             reached = True
             SYNCS.labels("ok").inc()
             LAST_SYNC.set_to_current_time()
