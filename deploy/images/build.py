@@ -235,6 +235,19 @@ def version() -> str:
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
 
+async def build_checked(engine: Engine, name: str, sources: tuple[str, ...], extra: dict[str, bytes], tag: str,
+                        build_args: dict[str, str], checks: tuple[tuple[str, list[str], list[str]], ...], *,
+                        no_cache: bool) -> Built:
+    """Build deploy/images/<name>.Dockerfile as `tag`, run its smoke checks, insist on uid 10001."""
+    print(f"images | building {tag} FROM {next(iter(build_args.values()))}", flush=True)
+    context = await asyncio.to_thread(context_tar, sources, extra)
+    built = await engine.build(f"deploy/images/{name}.Dockerfile", context, tag, build_args, no_cache=no_cache)
+    await smoke(engine, built, checks)
+    if built.smoke["uid"] != "10001":
+        raise BuildError(f"{tag} runs as uid {built.smoke['uid']}, not 10001")
+    return built
+
+
 async def build_all(engine: Engine, args: argparse.Namespace) -> dict[str, object]:
     """Base (unless given), runtime, sandbox; smoke checks after each; the results as a JSON-able dict."""
     results: dict[str, object] = {"engine": (await engine.run("version", "--format", "{{.Server.Version}}")).strip()}
@@ -251,22 +264,12 @@ async def build_all(engine: Engine, args: argparse.Namespace) -> dict[str, objec
     tag = version()
     prefix = f"{args.registry.rstrip('/')}/" if args.registry else ""
     runtime_tag, sandbox_tag = f"{prefix}botburrow-runtime:{tag}", f"{prefix}botburrow-sandbox:{tag}"
-    print(f"images | building {runtime_tag} FROM {python_image}", flush=True)
-    runtime_context = await asyncio.to_thread(context_tar, RUNTIME_SOURCES, extra)
-    runtime = await engine.build("deploy/images/runtime.Dockerfile", runtime_context, runtime_tag,
-                                 {"PYTHON_IMAGE": python_image}, no_cache=args.no_cache)  # fmt: skip
-    await smoke(engine, runtime, SMOKE_RUNTIME)
-    if runtime.smoke["uid"] != "10001":
-        raise BuildError(f"{runtime_tag} runs as uid {runtime.smoke['uid']}, not 10001")
+    runtime = await build_checked(engine, "runtime", RUNTIME_SOURCES, extra, runtime_tag,
+                                  {"PYTHON_IMAGE": python_image}, SMOKE_RUNTIME, no_cache=args.no_cache)
     if errors := closure_errors(runtime.smoke.pop("closure")):
         raise BuildError(f"{runtime_tag}: the installed packages differ from constraints.txt:\n" + "\n".join(errors))
-    print(f"images | building {sandbox_tag} FROM {runtime_tag}", flush=True)
-    sandbox_context = await asyncio.to_thread(context_tar, SANDBOX_SOURCES, extra)
-    sandbox = await engine.build("deploy/images/sandbox.Dockerfile", sandbox_context, sandbox_tag,
-                                 {"BASE_IMAGE": runtime_tag}, no_cache=args.no_cache)  # fmt: skip
-    await smoke(engine, sandbox, SMOKE_SANDBOX)
-    if sandbox.smoke["uid"] != "10001":
-        raise BuildError(f"{sandbox_tag} runs as uid {sandbox.smoke['uid']}, not 10001")
+    sandbox = await build_checked(engine, "sandbox", SANDBOX_SOURCES, extra, sandbox_tag,
+                                  {"BASE_IMAGE": runtime_tag}, SMOKE_SANDBOX, no_cache=args.no_cache)
     for name, built in (("runtime", runtime), ("sandbox", sandbox)):
         smoke_lines = {key: (value.splitlines() or [""])[0][:200] for key, value in built.smoke.items()}
         size_mb = round(built.size_bytes / 1e6, 1)
