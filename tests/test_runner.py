@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from botburrow.streams import subjects
-from tests.fixtures.runner import END_TIMEOUT_S, OPENAI_BRAIN, Rig, dead_letters, kinds, lease_released, metrics_of
+from tests.fixtures.runner import END_TIMEOUT_S, OPENAI_BRAIN, Rig, dead_letters, kinds, metrics_of
 
 
 async def test_tool_round_trip_on_anthropic_posts_one_reply(rig: Rig) -> None:
@@ -140,23 +140,6 @@ async def test_a_refused_key_fails_one_agent_not_the_other(rig: Rig) -> None:
     assert "not-the-right-key" not in json.dumps(msgspec.to_builtins(locked_events))
     assert rig.replies_by("locked", locked_note.post_id) == []
     assert [c.content for c in rig.replies_by("fine", fine_note.post_id)] == ["Hello from fine."]
-
-
-async def test_the_same_activation_twice_posts_once(rig: Rig) -> None:
-    await rig.add_agent("once")
-    note = rig.hub.mention("once", "answer me")
-    rig.llm.set_script([{"text": "My one answer."}])
-    await rig.start()
-    activation_id, end, _ = await rig.activate("once", [note])
-    assert end == "completed"
-    await lease_released(rig.bus, "once")
-
-    wait = await rig.ends_of("once", activation_id)
-    await rig.publish("once", activation_id, [note], msg_id=f"act:{activation_id}:again")
-    assert await wait() == ["completed"]
-
-    assert [c.content for c in rig.replies_by("once", note.post_id)] == ["My one answer."]
-    assert len(rig.llm.requests) == 1 and not rig.llm.violations
 
 
 async def test_an_invalid_payload_is_dead_lettered_and_the_runner_goes_on(rig: Rig) -> None:

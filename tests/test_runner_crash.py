@@ -1,5 +1,6 @@
 """Crash safety of the runner with real processes: SIGKILL mid-activation, SIGTERM hand-back and finish,
-heartbeats and lease renewal past the ack wait, and run-event ids that survive a redrive.
+heartbeats and lease renewal past the ack wait, run-event ids that survive a redrive, and docker
+sandboxes of a killed runner removed when its replacement starts.
 
 Crash tests create the topology with short runner timing themselves (`shorten`): the runner reads
 its heartbeat interval from the live consumers and `leases` bucket, so no test waits 60 s.
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiodocker
 import msgspec
 import pytest
 from nats.js.kv import KV_DEL, KV_PURGE
@@ -23,6 +25,8 @@ from nats.js.kv import KV_DEL, KV_PURGE
 import botburrow.services.runner.providers  # noqa: F401
 from botburrow.cli.ops import load_run
 from botburrow.runtime.bus import Bus
+from botburrow.sandbox._common import LABEL_KEY
+from botburrow.sandbox.docker import OWNER_LABEL, RUNNER_LABEL, runner_identity
 from botburrow.schemas.events import RunStarted
 from botburrow.services.dev.stack import LocalStack, StageProcess
 from botburrow.streams import subjects
@@ -195,12 +199,14 @@ async def test_heartbeats_and_lease_renewal_outlive_the_ack_wait(rig: Rig) -> No
 
 
 async def test_a_redriven_activation_leaves_its_own_run_record(rig: Rig) -> None:
+    # Only a failed activation runs again when redriven: a completed one has ended for good (issue 9,
+    # tests/test_runner_redelivery.py).
     await rig.add_agent("again")
     note = rig.hub.mention("again", "once more")
-    rig.llm.set_script([{"text": "Only answer."}])
+    rig.llm.set_script([{"error": {"status": 400, "message": "bad request"}}, {"text": "Only answer."}])
     await rig.start()
     activation_id, end, _ = await rig.activate("again", [note])
-    assert end == "completed"
+    assert end == "failed"
     await lease_released(rig.bus, "again")
 
     wait = await rig.ends_of("again", activation_id)
@@ -208,6 +214,62 @@ async def test_a_redriven_activation_leaves_its_own_run_record(rig: Rig) -> None
     assert await wait() == ["completed"]
 
     events = await load_run(rig.bus, activation_id)
-    assert kinds(events) == ["RunStarted", "LlmTurn", "Posted", "RunCompleted", "RunStarted", "RunCompleted"]
+    assert kinds(events)[0] == "RunStarted" and kinds(events).count("RunFailed") == 1
+    assert kinds(events)[-4:] == ["RunStarted", "LlmTurn", "Posted", "RunCompleted"]
     assert [s.attempt for s in started_events(events)] == [1, 1]
     assert [c.content for c in rig.replies_by("again", note.post_id)] == ["Only answer."]
+
+
+SLEEPY_SHELL = """\
+  shell:
+    enabled: true
+    allowed_commands: [sleep]
+    timeout_seconds: 600
+"""
+
+
+async def sandbox_states(docker: aiodocker.Docker) -> dict[str, str]:
+    """Labelled sandbox containers on the engine: id -> state."""
+    found = await docker.containers.list(all=True, filters={"label": [LABEL_KEY]})
+    return {c.id: c._container.get("State", "") for c in found}
+
+
+@pytest.mark.slow
+async def test_a_replacement_runner_removes_the_sandboxes_of_a_killed_one_and_spares_the_living(
+        rig: Rig, runners: Runners, docker_host: str, sandbox_image: str) -> None:
+    sandbox_env = {"SANDBOX_BACKEND": "docker", "DOCKER_HOST": docker_host, "SANDBOX_IMAGE": sandbox_image}
+    await rig.add_agent("tinker", shell=SLEEPY_SHELL)
+    note = rig.hub.mention("tinker", "wait a while")
+    rig.llm.set_script([{"tool_calls": [{"name": "shell__run", "arguments": {"command": "sleep 600"}}]},
+                        {"text": "Done waiting."}])
+    async with aiodocker.Docker(url=docker_host) as docker:
+        before = set(await sandbox_states(docker))
+        # A sandbox of a live runner sharing the engine (this test process; its host:pid label says
+        # another host, so only the runner identity can keep it): a sweep must leave it alone.
+        living = await docker.containers.run(name=f"botburrow-sbx-living-{uuid.uuid4().hex[:6]}", config={
+            "Image": sandbox_image, "Cmd": ["sleep", "600"], "HostConfig": {"NetworkMode": "none"},
+            "Labels": {LABEL_KEY: "living", OWNER_LABEL: "elsewhere:1", RUNNER_LABEL: runner_identity()}})
+        try:
+            first = await runners.start(**sandbox_env)
+            await rig.publish("tinker", f"act-{uuid.uuid4().hex[:10]}", [note])
+
+            async def leftover_running() -> str:
+                while True:
+                    running = [i for i, state in (await sandbox_states(docker)).items()
+                               if state == "running" and i not in before and i != living.id]
+                    if running:
+                        return running[0]
+                    await asyncio.sleep(0.1)  # the engine has no event we can wait on here
+
+            leftover = await asyncio.wait_for(leftover_running(), WAIT_S)
+            first.process.kill()
+            assert await first.process.wait() == -signal.SIGKILL
+            assert (await sandbox_states(docker))[leftover] == "running"  # nobody else stops it
+
+            await runners.start(**sandbox_env)  # ready only after its start-up sweep
+            states = await sandbox_states(docker)
+            assert leftover not in states
+            assert states[living.id] == "running"
+        finally:
+            for container_id in set(await sandbox_states(docker)) - before:
+                await docker.containers.container(container_id).delete(force=True)

@@ -5,7 +5,16 @@ non-root user, every capability dropped, no-new-privileges, memory (= memory + s
 limits, RLIMIT_FSIZE, log driver `none` (output is read through an attach stream opened before start, so
 a flood never lands on the engine's disk). The wall-clock limit wraps `wait()` in asyncio.wait_for (its
 own timeout does not bound the wait) and ends in SIGKILL. Containers are labelled and removed in
-`finally`; `sweep()` removes leftovers of runners on this host that are gone.
+`finally`; `sweep()` removes leftovers of runners that are gone.
+
+Several runners may share one engine (processes on one host, pods on one node), so a sweep removes a
+container only when its runner is provably gone or the container is stale. Each container carries its
+runner's identity: host, pid namespace, pid and the process's start time (so a reused pid, as in a
+restarted container whose runner is pid 1 again, is not mistaken for the owner). A runner that shares
+our host name and pid namespace is gone when no process with that pid and start time exists. Any other
+runner (another host or namespace) cannot be checked from here: its containers are removed only once
+older than `stale_after_s`, the activation's wall clock plus a grace, past which no live runner keeps a
+sandbox (it kills and removes it at the deadline).
 """
 
 from __future__ import annotations
@@ -25,12 +34,53 @@ import aiodocker
 from botburrow.sandbox import SANDBOX_UID, SCRATCH, LineHandler, SandboxError, SandboxResult, SandboxSpec
 from botburrow.sandbox._common import LABEL_KEY, Capture, Ending, sandbox_env, wait_bounded
 
-OWNER_LABEL = "botburrow.sandbox.owner"
+OWNER_LABEL = "botburrow.sandbox.owner"  # host:pid (older containers carry only this one)
+RUNNER_LABEL = "botburrow.sandbox.runner"  # host:pid namespace:pid:start time, see the module doc
 _STDOUT, _STDERR = 1, 2
+_identity: dict[int, str] = {}
 
 
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _start_ticks(pid: int | str) -> str | None:
+    """The process's start time (clock ticks since boot, /proc/<pid>/stat field 22); None: no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            fields = stat_file.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return fields[19] if len(fields) > 19 else None
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "unknown"
+
+
+def runner_identity() -> str:
+    """This process as RUNNER_LABEL names it (read from /proc once per process)."""
+    pid = os.getpid()
+    if pid not in _identity:
+        _identity[pid] = f"{socket.gethostname()}:{_pid_namespace()}:{pid}:{_start_ticks('self')}"
+    return _identity[pid]
+
+
+def runner_gone(labels: dict[str, str]) -> bool:
+    """True when the container's runner is provably gone: it ran on this host, in this pid namespace, and
+    no process with its pid and start time exists now. False when it lives or cannot be checked."""
+    host = socket.gethostname()
+    identity = labels.get(RUNNER_LABEL)
+    if identity is None:  # an older container: host:pid only
+        owner_host, _, owner_pid = labels.get(OWNER_LABEL, "").rpartition(":")
+        return owner_host == host and owner_pid.isdigit() and not _alive(int(owner_pid))
+    owner_host, namespace, owner_pid, start = identity.rsplit(":", 3)
+    if owner_host != host or namespace != _pid_namespace() or not owner_pid.isdigit():
+        return False
+    return _start_ticks(owner_pid) != start
 
 
 def container_config(image: str, spec: SandboxSpec, user: str) -> dict[str, Any]:
@@ -44,7 +94,7 @@ def container_config(image: str, spec: SandboxSpec, user: str) -> dict[str, Any]
         "User": user,
         "WorkingDir": spec.workdir,
         "Hostname": "sandbox",
-        "Labels": {LABEL_KEY: spec.label, OWNER_LABEL: _owner()},
+        "Labels": {LABEL_KEY: spec.label, OWNER_LABEL: _owner(), RUNNER_LABEL: runner_identity()},
         "AttachStdin": False, "AttachStdout": True, "AttachStderr": True, "OpenStdin": False, "Tty": False,
         "NetworkDisabled": True,
         "HostConfig": {
@@ -184,22 +234,19 @@ class DockerSandbox:
                 pump.cancel()
         return code, ending
 
-    async def sweep(self) -> int:
-        """Remove labelled containers whose runner is gone; return how many.
-
-        A container of this host is removed when its runner's pid is dead; one of another host (a shared
-        engine) only once it is no longer running, since its runner may still be alive there.
-        """
+    async def sweep(self, *, stale_after_s: float | None = None) -> int:
+        """Remove labelled containers whose runner is gone, and (given `stale_after_s`) those of other
+        runners older than that; never this process's own. Return how many were removed."""
         docker = self._client()
-        host = socket.gethostname()
+        ours = await asyncio.to_thread(runner_identity)
         removed = 0
-        containers = await docker.containers.list(all=True, filters={"label": [LABEL_KEY]})
-        for container in containers:
-            owner = (container._container.get("Labels") or {}).get(OWNER_LABEL, "")
-            owner_host, _, owner_pid = owner.rpartition(":")
-            if owner_host == host and owner_pid.isdigit() and _alive(int(owner_pid)):
+        for container in await docker.containers.list(all=True, filters={"label": [LABEL_KEY]}):
+            labels = container._container.get("Labels") or {}
+            if labels.get(RUNNER_LABEL) == ours:
                 continue
-            if owner_host != host and container._container.get("State") == "running":
+            age_s = time.time() - float(container._container.get("Created") or time.time())
+            stale = stale_after_s is not None and age_s > stale_after_s
+            if not stale and not await asyncio.to_thread(runner_gone, labels):
                 continue
             with contextlib.suppress(aiodocker.DockerError):
                 await container.delete(force=True)

@@ -4,6 +4,7 @@ Message ids are deterministic per delivery: `run:<activation>:<stream seq>.<atte
 the stream sequence is that of the request message and the attempt its delivery count. A retried
 publish is deduplicated; a redelivery (new attempt) and a re-published request with the same
 activation id (a redrive: new sequence, attempt 1 again) each leave their own record.
+`earlier_end` reads those ids back, so a runner never ends one activation twice (issue 9).
 Free text is redacted by value and capped at 64 KiB per field.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import time
 from typing import Any
+
+from nats.js.errors import NotFoundError
 
 from botburrow.runtime.bus import Bus
 from botburrow.schemas.events import (
@@ -30,6 +33,7 @@ from botburrow.services.runner.transcript import ModelReply, ToolCall
 from botburrow.streams import subjects
 
 FIELD_CAP = 64 * 1024
+RUNS_STREAM = "RUNS"
 
 
 def now_rfc3339() -> str:
@@ -57,6 +61,7 @@ class RunLog:
     def __init__(self, bus: Bus, request: ActivationRequested, attempt: int, trace_id: str,
                  *, stream_seq: int = 0) -> None:
         self.bus, self.request, self.attempt, self.trace_id = bus, request, attempt, trace_id
+        self.stream_seq = stream_seq
         self.delivery = f"{stream_seq}.{attempt}"
         self._counts: dict[str, int] = {}
 
@@ -70,6 +75,29 @@ class RunLog:
         msg_id = f"run:{self.request.activation_id}:{self.delivery}:{event}:{n}"
         await self.bus.publish(subjects.run_event(self.request.agent, self.request.activation_id, event),
                                payload, msg_id=msg_id, trace_id=self.trace_id)
+
+    async def earlier_end(self) -> str | None:
+        """`completed` or `failed` when an earlier handling already ended this activation, else None.
+
+        Any `completed` ends it for good: a lost final ack (nats-server killed just after it) or a
+        re-published request must not run it again. A `failed` counts only when this request message
+        (or a later one) wrote it: a redrive from the DLQ is a new message and runs a failed activation
+        again, which is what it is for. One direct get of the last message on each end subject.
+        """
+        if await self._last_end("completed") is not None:
+            return "completed"
+        failed_seq = await self._last_end("failed")
+        return "failed" if failed_seq is not None and failed_seq >= self.stream_seq else None
+
+    async def _last_end(self, event: str) -> int | None:
+        """The request stream sequence in the msg id of the activation's last `event` (0: unreadable),
+        or None when there is none."""
+        subject = subjects.run_event(self.request.agent, self.request.activation_id, event)
+        try:
+            last = await self.bus.js.get_msg(RUNS_STREAM, subject=subject, direct=True)
+        except NotFoundError:
+            return None
+        return request_seq((last.headers or {}).get("Nats-Msg-Id", ""))
 
     async def started(self, tool_type: str, model: str, runner: str) -> None:
         r = self.request
@@ -99,6 +127,14 @@ class RunLog:
             await self._emit("failed", RunFailed(**self._common(), metrics=metrics))
         else:
             await self._emit("completed", RunCompleted(**self._common(), metrics=metrics))
+
+
+def request_seq(msg_id: str) -> int:
+    """The request's stream sequence in a run event id `run:<activation>:<seq>.<attempt>:<event>:<n>`
+    (0 when it is not one: the activation id may hold colons, so count from the right)."""
+    parts = msg_id.rsplit(":", 3)
+    seq = parts[1].partition(".")[0] if len(parts) == 4 else ""
+    return int(seq) if seq.isdigit() else 0
 
 
 def tool_text(value: Any) -> str:

@@ -38,6 +38,7 @@ from botburrow.schemas.events import ActivationMetrics, ActivationRequested
 from botburrow.secrets import AgentKeys, read_secret
 from botburrow.services.runner.activation import Activation, Deps, Limits
 from botburrow.services.runner.executors import cli_thinkers
+from botburrow.services.runner.executors.process import keep_sweeping, runner_for, sweep_once
 from botburrow.services.runner.gateway import ModelGateway
 from botburrow.services.runner.lease import Lease
 from botburrow.services.runner.mcptools import McpToolsets
@@ -180,7 +181,8 @@ class Runner:
         trace_id = (msg.headers or {}).get("Trace-Id") or uuid.uuid4().hex
         runlog = RunLog(self.ctx.bus, request, deliveries, trace_id, stream_seq=msg.metadata.sequence.stream)
         if deliveries > MAX_DELIVERIES:
-            await self._give_up(msg, request, runlog, deliveries)
+            if not await self._ended_before_giving_up(msg, runlog):
+                await self._give_up(msg, request, runlog, deliveries)
             return
         lease = Lease(await self.ctx.bus.kv("leases"), request.agent, f"{self.deps.runner_id}/{request.activation_id}")
         if not await lease.acquire():
@@ -188,6 +190,9 @@ class Runner:
             return
         beat = asyncio.create_task(self._heartbeat(msg, lease))
         try:
+            # Read under the lease: an earlier handling that is still running ends before its lease frees.
+            if await self._already_ended(msg, runlog):
+                return
             activation = Activation(self.deps, request, runlog)
             await activation.run()
             if activation.dead_letter:
@@ -205,6 +210,28 @@ class Runner:
             beat.cancel()
             await lease.release()
 
+    async def _already_ended(self, msg: Msg, runlog: RunLog) -> bool:
+        """True, with the message acknowledged, when an earlier handling already ended this activation:
+        its final ack was lost (nats-server killed just after it) or the request was published again.
+        Running it again, or giving up on it, would end it twice: two consumption events (issue 9)."""
+        end = await runlog.earlier_end()
+        if end is None:
+            return False
+        log.info("activation already ended: acknowledged, not run again",
+                 extra={"activation_id": runlog.request.activation_id, "end": end, "deliveries": runlog.attempt})
+        await msg.ack_sync()
+        return True
+
+    async def _ended_before_giving_up(self, msg: Msg, runlog: RunLog) -> bool:
+        # The server delivers this message no more: if the run log cannot be read now, giving up (a
+        # `failed` and a dead letter) beats losing the request without a trace.
+        try:
+            return await self._already_ended(msg, runlog)
+        except Exception as exc:
+            log.warning("run log unreadable before giving up",
+                        extra={"activation_id": runlog.request.activation_id, "error": repr(exc)})
+            return False
+
     async def _give_up(self, msg: Msg, request: ActivationRequested, runlog: RunLog, deliveries: int) -> None:
         reason = f"gave up after {deliveries - 1} deliveries"
         await runlog.finished(ActivationMetrics(
@@ -221,6 +248,10 @@ HEAVY_MODULES = ("botburrow.services.runner.providers",)
 
 
 async def run(ctx: StageContext) -> None:
+    # Not ready until the fetch loop runs: checked from the start, or /readyz says 200 (only `nats` is
+    # checked yet) while the runner still loads its directory and sweeps leftover sandboxes.
+    runner: Runner | None = None
+    ctx.health.add_check("taking_work", lambda: runner is not None and runner.taking_work)
     for module in HEAVY_MODULES:
         await asyncio.to_thread(importlib.import_module, module)
     # A short breaker cool-down: a Hub blip must not idle every runner for the default 30 s.
@@ -228,6 +259,8 @@ async def run(ctx: StageContext) -> None:
                     breaker=CircuitBreaker(cooldown_s=HUB_BREAKER_COOLDOWN_S))
     directory = await AgentDirectory.open(ctx.bus)
     gateway = ModelGateway()  # CLI executors reach the model only through it (SPEC §4)
+    sandbox_environ = {**ctx.environ, "SANDBOX_BACKEND": ctx.settings["SANDBOX_BACKEND"]}
+    processes = runner_for(sandbox_environ)
     toolsets = McpToolsets(
         ctx.environ, github_host=ctx.settings["GITHUB_HOST"], skills=directory.skills,
         start_timeout_s=ctx.settings["MCP_START_TIMEOUT_SECONDS"],
@@ -240,17 +273,21 @@ async def run(ctx: StageContext) -> None:
         runner_id=f"{socket.gethostname()}-{os.getpid()}",
         grants=PolicyGrantResolver.from_settings(ctx.settings["GRANT_POLICY_FILE"]),
         toolsets=toolsets,
-        thinkers={"native": NativeThinker(),
-                  **cli_thinkers({**ctx.environ, "SANDBOX_BACKEND": ctx.settings["SANDBOX_BACKEND"]}, gateway=gateway)},
+        thinkers={"native": NativeThinker(), **cli_thinkers(sandbox_environ, gateway=gateway, runner=processes)},
     )
     ctx.health.add_check("hub", lambda: hub.available)
     runner = Runner(ctx, deps)
-    ctx.health.add_check("taking_work", lambda: runner.taking_work)
     probing = asyncio.create_task(keep_probing(hub, ctx.stop))
+    sweeping = asyncio.create_task(keep_sweeping(processes, ctx.stop, activation_timeout_s=deps.limits.timeout_s))
     try:
+        # Before taking work (so before ready): a crashed runner's sandboxes must not outlive its replacement.
+        await sweep_once(processes, activation_timeout_s=deps.limits.timeout_s)
         await runner.run()
     finally:
         probing.cancel()
+        sweeping.cancel()
+        if (sandbox := getattr(processes, "sandbox", None)) is not None:
+            await sandbox.close()
         await toolsets.aclose()
         await gateway.stop()
         await directory.close()

@@ -3,12 +3,14 @@
 `DirectRunner` runs the command on the runner's host (local mode, tests, and until a sandbox backend
 is wired in): stdin closed (OpenCode waits forever on an open one, Claude Code 3 s), its own process
 group killed whole at the deadline or when asked to stop, and exactly the environment given.
+`keep_sweeping` removes the docker sandboxes of runners that died (at start-up, then now and then).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -21,7 +23,16 @@ from typing import Any, Protocol
 
 import msgspec
 
+log = logging.getLogger(__name__)
+
 KILL_GRACE_S = 3.0
+#: Past the activation's wall clock a live runner has killed and removed its sandbox within this (its own
+#: kill, a 30 s wait for the engine, the removal): an older container is a leftover, whoever made it.
+SWEEP_GRACE_S = 120.0
+#: How often a running runner sweeps again: a dead runner on another host or pid namespace is only
+#: recognised by its containers' age, which no start-up sweep of its replacement has reached yet.
+SWEEP_EVERY_S = 60.0
+SWEEP_TIMEOUT_S = 30.0
 OUTPUT_CAP_BYTES = 32 * 1024 * 1024
 
 
@@ -201,3 +212,32 @@ def runner_for(environ: Mapping[str, str]) -> ProcessRunner:
         image = environ.get("SANDBOX_IMAGE") or BY_NAME["SANDBOX_IMAGE"].default
         return SandboxRunner(sandbox.create("docker", docker_host=environ.get("DOCKER_HOST") or None, image=image))
     return SandboxRunner(sandbox.create(backend))
+
+
+async def sweep_once(runner: ProcessRunner, *, activation_timeout_s: float) -> int:
+    """Remove the docker sandboxes dead runners left behind (see botburrow.sandbox.docker). Only docker:
+    a bwrap sandbox dies with its runner (--die-with-parent), a docker container runs on without it.
+    Errors are logged, not raised: an engine that is down now must not keep the runner from starting."""
+    sandbox = getattr(runner, "sandbox", None)
+    if getattr(sandbox, "name", None) != "docker":
+        return 0
+    try:
+        async with asyncio.timeout(SWEEP_TIMEOUT_S):
+            removed = await sandbox.sweep(stale_after_s=activation_timeout_s + SWEEP_GRACE_S)
+    except Exception as exc:
+        log.warning("sandbox sweep failed", extra={"error": repr(exc)})
+        return 0
+    if removed:
+        log.info("removed leftover sandboxes", extra={"removed": removed})
+    return removed
+
+
+async def keep_sweeping(runner: ProcessRunner, stop: asyncio.Event, *, activation_timeout_s: float,
+                        every_s: float = SWEEP_EVERY_S) -> None:
+    """`sweep_once` every `every_s` until `stop` (the start-up sweep is the caller's, before it takes work)."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+        if stop.is_set():
+            return
+        await sweep_once(runner, activation_timeout_s=activation_timeout_s)
