@@ -33,11 +33,24 @@ READY_TIMEOUT_S = 60.0
 SYSTEM_KEY = "dev-system-key-0001"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+_handed_out: set[int] = set()
 
+
+def free_port() -> int:
+    """A port free now and never handed out before by this process. The kernel may give a just-released
+    port to the next bind(0); two stages then got the same METRICS_PORT, one died on "Address already in
+    use" and the other answered its readiness checks (the full soak saw it)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+
+
+# `botburrow dev` names every agent; a soak with 1,000 would flood the terminal.
+SHOWN_AGENTS = 8
 
 @dataclass
 class StageProcess:
@@ -89,7 +102,11 @@ class LocalStack:
         await self.hub.start()
         for name in self.agent_names():
             self.agent_keys[name] = self.hub.add_agent(name, "native")
-        self.progress(f"hub emulator: {self.hub.url} with agents {', '.join(self.agent_keys)}")
+        names = list(self.agent_keys)
+        shown = ", ".join(names[:SHOWN_AGENTS])
+        if len(names) > SHOWN_AGENTS:
+            shown += f" and {len(names) - SHOWN_AGENTS} more"
+        self.progress(f"hub emulator: {self.hub.url} with {len(names)} agents: {shown}")
         self.llm = ScriptedLLM(strict=self.llm_strict, latency_s=self.llm_latency_s)
         await self.llm.start()
         self.progress(f"scripted LLM: {self.llm.url} ({'strict' if self.llm_strict else 'demo'} mode)")
