@@ -7,10 +7,11 @@ import enum
 import inspect
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
-from botburrow.sandbox import DEFAULT_PATH, SCRATCH, LineHandler, SandboxSpec
+from botburrow.sandbox import DEFAULT_PATH, SCRATCH, LineHandler, SandboxResult, SandboxSpec
 
 LABEL_KEY = "botburrow.sandbox"
 T = TypeVar("T")
@@ -84,6 +85,15 @@ class Capture:
         async for chunk in chunks:
             await self.feed(chunk)
         await self.finish()
+
+
+def result(code: int, ending: Ending, out: Capture, err: Capture, started_s: float, *,
+           oom_killed: bool = False) -> SandboxResult:
+    """The one way every backend reports a finished run (`started_s`: time.monotonic() at its start)."""
+    return SandboxResult(exit_code=code, stdout=out.text(), stderr=err.text(), stdout_truncated=out.truncated,
+                         stderr_truncated=err.truncated, timed_out=ending is Ending.TIMED_OUT,
+                         stopped=ending is Ending.STOPPED, oom_killed=oom_killed,
+                         duration_s=time.monotonic() - started_s)
 
 
 async def read_chunks(stream: asyncio.StreamReader) -> AsyncIterator[bytes]:

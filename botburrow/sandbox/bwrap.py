@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from botburrow.sandbox import SANDBOX_UID, SCRATCH, LineHandler, SandboxError, SandboxResult, SandboxSpec, cgroups
-from botburrow.sandbox._common import Capture, Ending, run_process, sandbox_env
+from botburrow.sandbox._common import Capture, result, run_process, sandbox_env
 
 log = logging.getLogger(__name__)
 
@@ -191,17 +191,7 @@ class BwrapSandbox:
                 await asyncio.to_thread(group.destroy)
             if run_dir is not None:
                 await asyncio.to_thread(shutil.rmtree, run_dir, True)
-        return SandboxResult(
-            exit_code=code,
-            stdout=out.text(),
-            stderr=err.text(),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            timed_out=ending is Ending.TIMED_OUT,
-            stopped=ending is Ending.STOPPED,
-            oom_killed=oom,
-            duration_s=time.monotonic() - started,
-        )
+        return result(code, ending, out, err, started, oom_killed=oom)
 
     async def sweep(self) -> int:
         # Sandboxed processes die with their runner (--die-with-parent); only stale groups can be left.

@@ -32,7 +32,7 @@ from typing import Any
 import aiodocker
 
 from botburrow.sandbox import SANDBOX_UID, SCRATCH, LineHandler, SandboxError, SandboxResult, SandboxSpec
-from botburrow.sandbox._common import LABEL_KEY, Capture, Ending, sandbox_env, wait_bounded
+from botburrow.sandbox._common import LABEL_KEY, Capture, Ending, result, sandbox_env, wait_bounded
 
 OWNER_LABEL = "botburrow.sandbox.owner"  # host:pid (older containers carry only this one)
 RUNNER_LABEL = "botburrow.sandbox.runner"  # host:pid namespace:pid:start time, see the module doc
@@ -193,17 +193,7 @@ class DockerSandbox:
         finally:
             with contextlib.suppress(aiodocker.DockerError):
                 await container.delete(force=True)
-        return SandboxResult(
-            exit_code=code,
-            stdout=out.text(),
-            stderr=err.text(),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            timed_out=ending is Ending.TIMED_OUT,
-            stopped=ending is Ending.STOPPED,
-            oom_killed=bool(state.get("OOMKilled")),
-            duration_s=time.monotonic() - started,
-        )
+        return result(code, ending, out, err, started, oom_killed=bool(state.get("OOMKilled")))
 
     async def _attach_and_wait(
         self, container: Any, timeout_s: float, stop: asyncio.Event | None, out: Capture, err: Capture

@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from botburrow.sandbox import LineHandler, SandboxResult, SandboxSpec
-from botburrow.sandbox._common import Capture, Ending, run_process, sandbox_env
+from botburrow.sandbox._common import Capture, result, run_process, sandbox_env
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,7 @@ class LocalSandbox:
             )
         finally:
             await asyncio.to_thread(shutil.rmtree, home, True)
-        return SandboxResult(
-            exit_code=code,
-            stdout=out.text(),
-            stderr=err.text(),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            timed_out=ending is Ending.TIMED_OUT,
-            stopped=ending is Ending.STOPPED,
-            duration_s=time.monotonic() - started,
-        )
+        return result(code, ending, out, err, started)
 
     async def sweep(self) -> int:
         return 0
