@@ -36,7 +36,7 @@ from botburrow.runtime.http import RunningServer, serve
 from botburrow.schemas.agent import Brain
 from botburrow.secrets import env_name_to_secret, read_secret, redact
 from botburrow.services.runner.loop import LoopLimits, LoopResult, Recorder
-from botburrow.services.runner.providers import ANTHROPIC_DEFAULT_URL, LOCAL_KEY
+from botburrow.services.runner.providers import ANTHROPIC_DEFAULT_URL, LOCAL_KEY, parse_arguments
 from botburrow.services.runner.transcript import ModelReply, ToolCall
 
 log = logging.getLogger(__name__)
@@ -370,17 +370,7 @@ class Meter:
     def reply(self, default_model: str) -> ModelReply:
         if self._is_sse is False:
             self._whole_body()
-        calls = [ToolCall(c["id"], c["name"], _arguments(c["arguments"])) for _, c in sorted(self.calls.items())]
+        calls = [ToolCall(c["id"], c["name"], parse_arguments(c["arguments"])) for _, c in sorted(self.calls.items())]
         return ModelReply(text="".join(self.text), tool_calls=calls, stop_reason=self.stop_reason,
                           input_tokens=self.input_tokens, output_tokens=self.output_tokens,
                           model=self.model or default_model)
-
-
-def _arguments(raw: Any) -> dict[str, Any] | str:
-    if isinstance(raw, dict):
-        return raw
-    try:
-        parsed = json.loads(raw or "{}")
-    except ValueError:
-        return str(raw)
-    return parsed if isinstance(parsed, dict) else str(raw)

@@ -162,7 +162,7 @@ class OpenAIModel:
         data = response.json()
         choice = data["choices"][0]
         message = choice.get("message") or {}
-        calls = [ToolCall(c.get("id", ""), c["function"]["name"], _parse_arguments(c["function"].get("arguments")))
+        calls = [ToolCall(c.get("id", ""), c["function"]["name"], parse_arguments(c["function"].get("arguments")))
                  for c in message.get("tool_calls") or []]
         usage = data.get("usage") or {}
         return ModelReply(text=message.get("content") or "", tool_calls=calls, stop_reason=choice.get("finish_reason"),
@@ -170,7 +170,7 @@ class OpenAIModel:
                           output_tokens=int(usage.get("completion_tokens", 0)), model=data.get("model", self.model))
 
 
-def _parse_arguments(raw: Any) -> dict[str, Any] | str:
+def parse_arguments(raw: Any) -> dict[str, Any] | str:
     if isinstance(raw, dict):
         return raw
     try:
