@@ -47,16 +47,18 @@ class NatsServer:
                 self.process.wait()
 
 
-def start(work_dir: Path, *, store_dir: Path | None = None, timeout_s: float = 15.0) -> NatsServer:
-    """Start nats-server with JetStream; blocks until its ports file appears (about 20 ms)."""
+def start(work_dir: Path, *, store_dir: Path | None = None, timeout_s: float = 15.0,
+          jetstream: bool = True) -> NatsServer:
+    """Start nats-server with JetStream (unless told not to, as a test of a server without it does);
+    blocks until its ports file appears (about 20 ms)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     store = store_dir or work_dir / "store"
     ports_dir = work_dir / "ports"
     ports_dir.mkdir(exist_ok=True)
     log = open(work_dir / "nats-server.log", "ab")
     process = subprocess.Popen(
-        [find_binary(), "-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js", "-sd", str(store),
-         "--ports_file_dir", str(ports_dir)],
+        [find_binary(), "-a", "127.0.0.1", "-p", "-1", "-m", "-1", *(["-js"] if jetstream else []),
+         "-sd", str(store), "--ports_file_dir", str(ports_dir)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     log.close()
@@ -76,5 +78,5 @@ def start(work_dir: Path, *, store_dir: Path | None = None, timeout_s: float = 1
     raise RuntimeError(f"nats-server did not report its ports within {timeout_s}s")
 
 
-async def start_async(work_dir: Path, *, store_dir: Path | None = None) -> NatsServer:
-    return await asyncio.to_thread(start, work_dir, store_dir=store_dir)
+async def start_async(work_dir: Path, *, store_dir: Path | None = None, jetstream: bool = True) -> NatsServer:
+    return await asyncio.to_thread(start, work_dir, store_dir=store_dir, jetstream=jetstream)

@@ -65,15 +65,16 @@ async def connect_until_stopped(url: str, name: str, creds: str | None, stop: as
     return None
 
 
-async def _run_body_until_stopped(ctx: StageContext, body: StageBody) -> None:
+async def _run_body_until_stopped(ctx: StageContext, body: StageBody, streams_made: asyncio.Event) -> None:
     """Run the stage's body; when NATS fails under it (a restart, a leader election), start it again.
 
     The body cleans up in its own `finally`, so a restart begins from a clean state; every consumer is
-    durable, so nothing is lost in between.
+    durable, so nothing is lost in between. A body adds its own readiness checks before its first await.
     """
     for attempt in itertools.count(1):
         try:
             await ensure(ctx.bus.js, runner_ack_wait_s=ctx.settings["RUNNER_ACK_WAIT_SECONDS"])
+            streams_made.set()
             await body(ctx)
             return
         except NATS_TRANSIENT as exc:
@@ -109,8 +110,12 @@ async def run_stage(
         if bus is None:
             return
         health.add_check("nats", lambda: bus.nc.is_connected)
+        # Until the body runs, none of its own checks exist: without this one /readyz said 200 while
+        # `ensure` made streams, before a runner had swept the sandboxes its dead predecessor left.
+        streams_made = asyncio.Event()
+        health.add_check("streams", streams_made.is_set)
         ctx = StageContext(name, settings, bus, health, stop, env, server.port)
-        await _run_body_until_stopped(ctx, body)
+        await _run_body_until_stopped(ctx, body, streams_made)
     finally:
         if bus is not None:
             await bus.close()
