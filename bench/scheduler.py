@@ -1,14 +1,20 @@
 """Scheduler throughput, latency, tick cost and memory (issue 3).
 
-1. Raw nats-py: publish 20,000 notification payloads (pipelined) to a scratch stream and fetch+ack them.
-2. Through the scheduler (one `python -m botburrow scheduler` process holding all partitions): 20,000
-   notifications for 2,000 agents (10 each) published straight onto `agents.ingest.notification.<agent>`,
-   no runner: timed from the first publish until every partition consumer holds nothing pending.
+1. Raw nats-py: publish 20,000 notification payloads to a scratch stream and fetch+ack them.
+2. Through the scheduler: 20,000 notifications for 2,000 agents (10 each) published straight onto
+   `agents.ingest.notification.<agent>`, no runner: timed from the first publish until every partition
+   consumer holds nothing pending. Twice, each on a fresh nats-server: with two `python -m botburrow
+   scheduler` processes sharing the 16 partitions (as deployed, deploy/k8s/base/scheduler.yaml) and
+   with one holding them all.
 3. Latency notification published -> activation request published, at 100/s and 1,000 notifications/s
-   (fresh agents, one notification each, so each makes one request).
+   (fresh agents, one notification each, so each makes one request), with the two replicas.
 4. In-process: `SchedulerState` with 100,000 agents (all exploring): tick cost and resident memory.
 
-Beside the rates, the scheduler process's CPU time per notification (2.) and per request (3.): rates
+Both 1. and 2. inject with core NATS publishes (as `nats pub` does) with their `Nats-Msg-Id`, then a
+flush, and count from there until the stream holds them all: awaiting a JetStream ack per message made
+the Python publisher, which shares the two cores, cost as much CPU as the scheduler itself.
+
+Beside the rates, the scheduler processes' CPU time per notification (2.) and per request (3.): rates
 and latencies move with whatever else runs on the machine, CPU time much less.
 """
 
@@ -77,18 +83,24 @@ def definition(name: str) -> AgentDefinition:
     return AgentDefinition(name=name, hash=f"h-{name}", config=config, system_prompt="x")
 
 
-async def publish_all(js: Any, items: list[tuple[str, bytes, str]]) -> None:
+async def inject(nc: Any, js: Any, stream: str, items: list[tuple[str, bytes, str]]) -> None:
+    """Publish every item (core NATS), then wait until `stream` has stored them all."""
     for subject, data, msg_id in items:
-        await js.publish_async(subject, data, headers={"Nats-Msg-Id": msg_id})
-    await js.publish_async_completed()
+        await nc.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+    await nc.flush()
+    while True:  # the server stores them in its own time; no event says when it is done
+        if (await js.stream_info(stream)).state.messages >= len(items):
+            return
+        await asyncio.sleep(0.005)
 
 
 async def raw_rate(url: str, items: list[tuple[str, bytes, str]]) -> dict[str, float]:
     nc = await nats.connect(url)
-    js = nc.jetstream(publish_async_max_pending=4000)
+    js = nc.jetstream()
     await js.add_stream(StreamConfig(name="BENCH_RAW", subjects=["bench.raw.*"]))
     started = time.perf_counter()
-    await publish_all(js, [(s.replace("agents.ingest.notification", "bench.raw"), d, m) for s, d, m in items])
+    await inject(nc, js, "BENCH_RAW", [(s.replace("agents.ingest.notification", "bench.raw"), d, m)
+                                       for s, d, m in items])
     published = time.perf_counter()
     sub = await js.pull_subscribe("bench.raw.*", durable="raw", stream="BENCH_RAW")
     got = 0
@@ -107,20 +119,24 @@ async def raw_rate(url: str, items: list[tuple[str, bytes, str]]) -> dict[str, f
 
 
 async def scheduler_drained(bus: Bus, expected: int) -> None:
+    durables = {scheduler_durable(p) for p in range(SCHEDULER_PARTITIONS)}
     while True:
         if (await bus.js.stream_info("SCHEDULER")).state.messages >= expected:
-            infos = [await bus.js.consumer_info("SCHEDULER", scheduler_durable(p))
-                     for p in range(SCHEDULER_PARTITIONS)]
-            if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
+            infos = [i for i in await bus.js.consumers_info("SCHEDULER") if i.name in durables]  # one request
+            if len(infos) == len(durables) and all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
                 return
         await asyncio.sleep(0.01)
 
 
-async def all_partitions_held(bus: Bus) -> None:
+async def partitions_shared(bus: Bus, replicas: int) -> None:
+    """Every partition held, each replica holding its fair share (the second one starts later)."""
     kv = await bus.kv("scheduler-owners")
+    share = -(-SCHEDULER_PARTITIONS // replicas)
     while True:
         with contextlib.suppress(Exception):
-            if sum(key.startswith("part.") for key in await kv.keys()) == SCHEDULER_PARTITIONS:
+            owners = [(await kv.get(key)).value for key in await kv.keys() if key.startswith("part.")]
+            counts = [owners.count(owner) for owner in set(owners)]
+            if len(owners) == SCHEDULER_PARTITIONS and len(counts) == replicas and max(counts) <= share:
                 return
         await asyncio.sleep(0.1)
 
@@ -195,63 +211,75 @@ def _error_kind(line: str) -> str:
 
 
 async def main(results_dir: Path) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        server = natsserver.start(Path(tmp))
-        try:
-            return await _run(server.url, Path(tmp)) | scale()
-        finally:
-            server.stop()
+    result: dict[str, Any] = {"cpus": os.cpu_count(), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
+    for replicas in (2, 1):  # each on a fresh server: the second run must not find the first's state
+        with tempfile.TemporaryDirectory() as tmp:
+            server = natsserver.start(Path(tmp))
+            try:
+                measured = await _run(server.url, Path(tmp), replicas=replicas)
+            finally:
+                server.stop()
+        result |= measured if replicas == 2 else {f"one_replica_{key}": value for key, value in measured.items()}
+    result["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    return result | scale()
 
 
-async def _run(url: str, tmp: Path) -> dict[str, Any]:
+async def _run(url: str, tmp: Path, *, replicas: int) -> dict[str, Any]:
+    """Throughput and latency with `replicas` scheduler processes; with two (as deployed), the raw rate too."""
+    deployed = replicas == 2
     names = [f"a{i:05d}" for i in range(AGENTS)]
     items = [(subjects.notification(a), payload(a, i), f"ntf:{a}-{i}") for i in range(PER_AGENT) for a in names]
-    result: dict[str, Any] = {"cpus": os.cpu_count(), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
-    result |= await raw_rate(url, items)
+    result: dict[str, Any] = await raw_rate(url, items) if deployed else {}
     bus = await Bus.connect(url, name="bench")
     await ensure(bus.js)
     configs = await bus.kv(bucket.BUCKET)
     latency_names = [f"l{i:05d}" for i in range(LATENCY_AGENTS)]
     floor_names = [f"f{i:05d}" for i in range(FLOOR_AGENTS)]
-    latency_names_all = latency_names + floor_names
-    for chunk in range(0, AGENTS + LATENCY_AGENTS + FLOOR_AGENTS, 500):
+    all_names = names + latency_names + floor_names
+    for chunk in range(0, len(all_names), 500):
         await asyncio.gather(*(configs.put(bucket.key("agent", n), bucket.encode(definition(n)))
-                               for n in (names + latency_names_all)[chunk:chunk + 500]))
+                               for n in all_names[chunk:chunk + 500]))
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp), "NATS_URL": url, "HUB_URL": "http://127.0.0.1:9",
            "METRICS_PORT": "0", "LOG_LEVEL": "WARNING"}
-    with open(tmp / "scheduler.log", "wb") as log_file:  # noqa: ASYNC230 - handed to the child
-        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "botburrow", "scheduler", env=env,
-                                                       stdout=log_file, stderr=log_file)
+    processes = []
+    with open(tmp / "scheduler.log", "wb") as log_file:  # noqa: ASYNC230 - handed to the children
+        for _ in range(replicas):
+            processes.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "botburrow", "scheduler", env=env, stdout=log_file, stderr=log_file))
+    pids = [process.pid for process in processes]
     try:
-        await asyncio.wait_for(all_partitions_held(bus), 60)
-        js = bus.nc.jetstream(publish_async_max_pending=4000)
-        cpu_before = cpu_s(process.pid)
+        await asyncio.wait_for(partitions_shared(bus, replicas), 60)
+        cpu_before = sum(map(cpu_s, pids))
         started = time.perf_counter()
-        await publish_all(js, items)
+        await inject(bus.nc, bus.js, "NOTIFICATIONS", items)
         published = time.perf_counter()
         await asyncio.wait_for(scheduler_drained(bus, len(items)), 120)
         elapsed = time.perf_counter() - started
-        result["scheduler_cpu_ms_per_notification"] = round((cpu_s(process.pid) - cpu_before) * 1000 / len(items), 3)
-        requests = (await bus.js.stream_info("ACTIVATIONS")).state.messages
-        result["dead_lettered"] = (await bus.js.stream_info("DLQ")).state.messages
-        errors = [line for line in (tmp / "scheduler.log").read_text().splitlines() if '"level": "error"' in line]
-        result["scheduler_errors_logged"] = len(errors)
-        result["scheduler_error_kinds"] = sorted({_error_kind(line) for line in errors})
-        result |= {"notifications": len(items), "agents": AGENTS, "activation_requests": requests,
+        result["scheduler_cpu_ms_per_notification"] = round(
+            (sum(map(cpu_s, pids)) - cpu_before) * 1000 / len(items), 3)
+        result |= {"notifications": len(items), "agents": AGENTS,
+                   "activation_requests": (await bus.js.stream_info("ACTIVATIONS")).state.messages,
+                   "agent_state_writes": (await bus.js.stream_info("KV_agent-state")).state.last_seq,
+                   "dead_lettered": (await bus.js.stream_info("DLQ")).state.messages,
                    "publish_s": round(published - started, 3), "through_scheduler_s": round(elapsed, 3),
                    "through_scheduler_per_s": round(len(items) / elapsed)}
-        result["ratio_to_raw"] = round(result["through_scheduler_per_s"] / result["raw_publish_and_fetch_per_s"], 2)
+        if deployed:
+            result["ratio_to_raw"] = round(result["through_scheduler_per_s"] / result["raw_publish_and_fetch_per_s"], 2)
         for names_at_rate, rate in ((floor_names, FLOOR_RATE), (latency_names, LATENCY_RATE)):
-            cpu_before = cpu_s(process.pid)
+            cpu_before = sum(map(cpu_s, pids))
             result |= await latency(bus, names_at_rate, rate)
             # Each of these notifications makes one request (and one state write): the cost of that path.
             result[f"latency_at_{rate}_per_s_scheduler_cpu_ms_per_request"] = round(
-                (cpu_s(process.pid) - cpu_before) * 1000 / len(names_at_rate), 3)
-        result["scheduler_process_rss_mib"] = rss_mib(process.pid)
-        result["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
-        result["scheduler_process_agents"] = AGENTS + LATENCY_AGENTS + FLOOR_AGENTS
+                (sum(map(cpu_s, pids)) - cpu_before) * 1000 / len(names_at_rate), 3)
+        result["scheduler_process_rss_mib"] = max(rss_mib(pid) for pid in pids)
+        result["scheduler_process_agents"] = len(all_names)
+        errors = [line for line in (tmp / "scheduler.log").read_text().splitlines() if '"level": "error"' in line]
+        result["scheduler_errors_logged"] = len(errors)
+        result["scheduler_error_kinds"] = sorted({_error_kind(line) for line in errors})
     finally:
-        process.terminate()
-        await process.wait()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            await process.wait()
         await bus.close()
     return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import os
@@ -126,6 +127,9 @@ async def run_stage(
 def main(name: str, body: StageBody) -> None:
     """Run a stage as a process: JSON logs, clean stop on SIGTERM/SIGINT."""
     logs.setup(name, os.environ.get("LOG_LEVEL", "INFO"))
+    # What the imports made lives as long as the process: out of the collector's sight, a full
+    # collection no longer walks it (25 ms for a scheduler's 60k objects, paid in its latency tail).
+    gc.freeze()
 
     async def runner() -> None:
         stop = asyncio.Event()
