@@ -7,12 +7,12 @@
    scheduler` processes sharing the 16 partitions (as deployed, deploy/k8s/base/scheduler.yaml) and
    with one holding them all.
 3. Latency notification published -> activation request published, at 100/s and 1,000 notifications/s
-   (fresh agents, one notification each, so each makes one request), with the two replicas.
+   (fresh agents, one notification each, so each makes one request), in both runs of 2.
 4. In-process: `SchedulerState` with 100,000 agents (all exploring): tick cost and resident memory.
 
-Both 1. and 2. inject with core NATS publishes (as `nats pub` does) with their `Nats-Msg-Id`, then a
-flush, and count from there until the stream holds them all: awaiting a JetStream ack per message made
-the Python publisher, which shares the two cores, cost as much CPU as the scheduler itself.
+1. to 3. inject with core NATS publishes (as `nats pub` does) with their `Nats-Msg-Id`; 1. and 2. then
+flush and count until the stream holds them all. Awaiting a JetStream ack per message made the Python
+publisher, which shares the two cores, cost as much CPU as the scheduler itself.
 
 Beside the rates, the scheduler processes' CPU time per notification (2.) and per request (3.): rates
 and latencies move with whatever else runs on the machine, CPU time much less.
@@ -159,7 +159,7 @@ async def latency(bus: Bus, agents: list[str], rate: int) -> dict[str, float]:
         if delay > 0:
             await asyncio.sleep(delay)
         sent[agent] = time.perf_counter()
-        await bus.js.publish(subjects.notification(agent), payload(agent, 0), headers={"Nats-Msg-Id": f"lat:{agent}"})
+        await bus.nc.publish(subjects.notification(agent), payload(agent, 0), headers={"Nats-Msg-Id": f"lat:{agent}"})
     await asyncio.wait_for(done.wait(), 60)
     await sub.unsubscribe()
     lat_ms = sorted((seen[a] - sent[a]) * 1000 for a in agents)
