@@ -10,8 +10,9 @@ import json
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 # Secret name -> the environment variable that may hold it instead of a file.
 ENV_FALLBACK = {
@@ -29,6 +30,7 @@ MIN_REDACT_LENGTH = 6
 _lock = threading.Lock()
 _known: dict[str, str] = {}
 _pattern: re.Pattern[str] | None = None
+_END = ""  # the trie key that marks the end of a value (never a character of one)
 
 
 def env_name_to_secret(env_name: str) -> str:
@@ -54,9 +56,41 @@ def _current_pattern() -> re.Pattern[str] | None:
     global _pattern
     with _lock:
         if _pattern is None and _known:
-            ordered = sorted(_known, key=len, reverse=True)  # longest first: a secret containing another wins
-            _pattern = re.compile("|".join(re.escape(v) for v in ordered))
+            try:
+                _pattern = re.compile(_trie_regex(_known))
+            except RecursionError:  # values nested hundreds deep (a, aa, aaa...): the slow, flat form
+                _pattern = re.compile("|".join(re.escape(v) for v in sorted(_known, key=len, reverse=True)))
         return _pattern
+
+
+def _trie_regex(values: Iterable[str]) -> str:
+    """One regex for all `values`, shaped as their trie (`bb_(?:k1|x(?:9|y))`-like), longest match first.
+
+    `re` tries an alternation's branches one after another at every position of the text: a thousand
+    agent keys as `key1|key2|...` cost 3 ms per 2 KB log line. As a trie each position costs about one
+    branch. Chains without a fork become one literal, so the nesting is only as deep as the forks."""
+    trie: dict[str, Any] = {}
+    for value in values:
+        node = trie
+        for char in value:
+            node = node.setdefault(char, {})
+        node[_END] = {}
+
+    def emit(node: dict[str, Any]) -> str:
+        branches = []
+        for char, child in sorted((c, n) for c, n in node.items() if c != _END):
+            literal = char
+            while len(child) == 1 and _END not in child:  # a chain: no fork, no value ends inside it
+                (char, child), = child.items()
+                literal += char
+            branches.append(re.escape(literal) + emit(child))
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        # A value may end here: the rest is optional, and greedy, so a longer secret wins over its prefix.
+        return f"(?:{body})?" if _END in node else body
+
+    return emit(trie)
 
 
 def redact(text: str) -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import secrets as stdlib_secrets
 
+import pytest
+
+from botburrow import secrets as secrets_module
 from botburrow.secrets import redact, remember
 
 
@@ -24,3 +27,24 @@ def test_the_longest_secret_wins() -> None:
     remember("short", short)
     remember("long", short + "-extended")
     assert redact(f"{short}-extended and {short}") == "[REDACTED:long] and [REDACTED:short]"
+
+
+def test_keys_sharing_no_prefix_multiline_and_deeply_nested_values_are_redacted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Random keys (the pattern is a trie: nothing in common to scan for), a PEM-like value with newlines,
+    # and values each the prefix of the next (nesting deeper than the trie form allows). On a registry of
+    # its own: the slow flat pattern these values force must not stay behind for later tests.
+    monkeypatch.setattr(secrets_module, "_known", {})
+    monkeypatch.setattr(secrets_module, "_pattern", None)
+    keys = [stdlib_secrets.token_urlsafe(24) for _ in range(500)]
+    for i, key in enumerate(keys):
+        remember(f"random:{i}", key)
+    pem = "-----BEGIN KEY-----\n" + "\n".join(stdlib_secrets.token_hex(32) for _ in range(30)) + "\n-----END KEY-----"
+    remember("pem", pem)
+    text = f"a {keys[7]}b {pem} c{keys[499]}"
+    assert redact(text) == "a [REDACTED:random:7]b [REDACTED:pem] c[REDACTED:random:499]"
+    nested = "q" * 6 + stdlib_secrets.token_hex(4)
+    for length in range(6, 1100):
+        remember(f"nested:{length}", (nested * 200)[:length])
+    assert redact(f"<{(nested * 200)[:1050]}>") == "<[REDACTED:nested:1050]>"
+    assert redact(f"{keys[0]}") == "[REDACTED:random:0]"
