@@ -36,8 +36,7 @@ from botburrow.runtime.http import RunningServer, serve
 from botburrow.schemas.agent import Brain
 from botburrow.secrets import env_name_to_secret, read_secret, redact
 from botburrow.services.runner.loop import LoopLimits, LoopResult, Recorder
-from botburrow.services.runner.providers import ANTHROPIC_DEFAULT_URL, LOCAL_KEY, parse_arguments
-from botburrow.services.runner.transcript import ModelReply, ToolCall
+from botburrow.services.runner.transcript import ANTHROPIC_DEFAULT_URL, LOCAL_KEY, ModelReply, ToolCall, parse_arguments
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ import httpx
 from botburrow.schemas.agent import Brain
 from botburrow.secrets import env_name_to_secret, read_secret, redact
 from botburrow.services.runner.transcript import (
+    ANTHROPIC_DEFAULT_URL,
+    LOCAL_KEY,
     AssistantTurn,
     Entry,
     ModelError,
@@ -26,13 +28,11 @@ from botburrow.services.runner.transcript import (
     ToolResults,
     ToolSpec,
     UserText,
+    parse_arguments,
 )
 
-ANTHROPIC_DEFAULT_URL = "https://api.anthropic.com"
 DEFAULT_MAX_TOKENS = 4096
 RETRYABLE_STATUSES = {408, 409, 429, 500, 502, 503, 504, 529}
-# Without a real key, local mode and tests talk to the scripted LLM, which accepts any key.
-LOCAL_KEY = "local-mode-no-key"
 
 
 @functools.cache
@@ -168,16 +168,6 @@ class OpenAIModel:
         return ModelReply(text=message.get("content") or "", tool_calls=calls, stop_reason=choice.get("finish_reason"),
                           input_tokens=int(usage.get("prompt_tokens", 0)),
                           output_tokens=int(usage.get("completion_tokens", 0)), model=data.get("model", self.model))
-
-
-def parse_arguments(raw: Any) -> dict[str, Any] | str:
-    if isinstance(raw, dict):
-        return raw
-    try:
-        parsed = json.loads(raw or "{}")
-    except ValueError:
-        return str(raw)
-    return parsed if isinstance(parsed, dict) else str(raw)
 
 
 def model_for(brain: Brain, environ: Mapping[str, str], *, timeout_s: float) -> AnthropicModel | OpenAIModel:

@@ -10,10 +10,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import importlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Protocol
 
 from botburrow.schemas.agent import AgentDefinition, SkillDefinition
@@ -80,13 +83,19 @@ class Thinker(Protocol):
     async def think(self, request: ThinkRequest) -> str: ...
 
 
+async def load_providers() -> ModuleType:
+    """The model adapters (`providers`), imported in a thread: importing `anthropic` costs seconds of CPU,
+    which on the event loop (in a first activation) would stall every heartbeat. The runner starts this
+    at start-up without waiting for it (a restarted runner is ready seconds sooner), so a first
+    activation usually finds it loaded; once loaded, this costs a thread hop."""
+    return await asyncio.to_thread(importlib.import_module, "botburrow.services.runner.providers")
+
+
 class NativeThinker:
     """`type: native`: the agent loop against the model API (SPEC §4)."""
 
     async def think(self, request: ThinkRequest) -> str:
-        from botburrow.services.runner.providers import model_for
-
-        model = model_for(request.definition.config.brain, request.environ, timeout_s=120)
+        model = (await load_providers()).model_for(request.definition.config.brain, request.environ, timeout_s=120)
         try:
             await run_loop(model, request.system, [UserText(request.task)], request.toolbox, request.limits,
                            request.recorder, request.totals)

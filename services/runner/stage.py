@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import socket
@@ -44,7 +43,7 @@ from botburrow.services.runner.lease import Lease
 from botburrow.services.runner.mcptools import McpToolsets
 from botburrow.services.runner.pricing import PriceTable
 from botburrow.services.runner.runlog import RunLog, now_rfc3339
-from botburrow.services.runner.seams import NativeThinker
+from botburrow.services.runner.seams import NativeThinker, load_providers
 from botburrow.streams.subjects import PRIORITIES
 from botburrow.streams.topology import LEASE_TTL_S, MAX_DELIVERIES, RUNNER_ACK_WAIT_S
 
@@ -242,18 +241,12 @@ class Runner:
         await msg.ack()
 
 
-# Imported lazily by the native thinker; importing `anthropic` takes seconds of CPU, and doing it on the
-# event loop in the first activation would stall every heartbeat past the ack wait.
-HEAVY_MODULES = ("botburrow.services.runner.providers",)
-
-
 async def run(ctx: StageContext) -> None:
     # Not ready until the fetch loop runs: checked from the start, or /readyz says 200 (only `nats` is
     # checked yet) while the runner still loads its directory and sweeps leftover sandboxes.
     runner: Runner | None = None
     ctx.health.add_check("taking_work", lambda: runner is not None and runner.taking_work)
-    for module in HEAVY_MODULES:
-        await asyncio.to_thread(importlib.import_module, module)
+    warming = asyncio.create_task(load_providers())  # not awaited: readiness does not wait for it
     # A short breaker cool-down: a Hub blip must not idle every runner for the default 30 s.
     hub = HubClient(ctx.settings["HUB_URL"], system_key=read_secret("hub-api-key", environ=ctx.environ),
                     breaker=CircuitBreaker(cooldown_s=HUB_BREAKER_COOLDOWN_S))
@@ -286,6 +279,7 @@ async def run(ctx: StageContext) -> None:
     finally:
         probing.cancel()
         sweeping.cancel()
+        warming.cancel()  # a thread cannot be stopped: this only drops the wait for it
         if (sandbox := getattr(processes, "sandbox", None)) is not None:
             await sandbox.close()
         await toolsets.aclose()

@@ -7,8 +7,15 @@ and broken for the other: a tool call is always answered by a result with the sa
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+# Here, not in `providers`, so the gateway resolves endpoints without importing the `anthropic` package
+# (2.5 s of CPU, which a restarting runner would pay before it is ready).
+ANTHROPIC_DEFAULT_URL = "https://api.anthropic.com"
+# Without a real key, local mode and tests talk to the scripted LLM, which accepts any key.
+LOCAL_KEY = "local-mode-no-key"
 
 
 @dataclass(frozen=True)
@@ -17,6 +24,17 @@ class ToolCall:
     name: str
     # Parsed arguments, or the raw text when the model sent JSON that does not parse.
     arguments: dict[str, Any] | str
+
+
+def parse_arguments(raw: Any) -> dict[str, Any] | str:
+    """A tool call's arguments as a provider sent them (an object, or JSON text) -> `ToolCall.arguments`."""
+    if isinstance(raw, dict):
+        return raw
+    try:
+        parsed = json.loads(raw or "{}")
+    except ValueError:
+        return str(raw)
+    return parsed if isinstance(parsed, dict) else str(raw)
 
 
 @dataclass(frozen=True)
