@@ -15,6 +15,7 @@ from botburrow.sandbox import Bind, Limits, Sandbox, SandboxError, SandboxSpec, 
 from botburrow.sandbox._common import LABEL_KEY
 from botburrow.sandbox.bwrap import BwrapSandbox
 from botburrow.sandbox.docker import OWNER_LABEL, DockerSandbox
+from botburrow.services.runner.executors.process import SandboxRunner, sweep_once
 
 # Until tests/conftest.py registers it.
 
@@ -178,7 +179,8 @@ async def test_bwrap_sweep_removes_groups_of_dead_runners(bwrap_sandbox: BwrapSa
     stale = f"{cgroups.PREFIX}{dead_pid()}-old-0000"
     group.dirs = {c: d.with_name(stale) for c, d in group.dirs.items()}
     group.create(Limits())
-    assert await bwrap_sandbox.sweep() == 1
+    # Through the runner's start-up sweep, which covers bwrap as well as docker.
+    assert await sweep_once(SandboxRunner(bwrap_sandbox), activation_timeout_s=60) == 1
     assert not any(d.exists() for d in group.dirs.values())
 
 

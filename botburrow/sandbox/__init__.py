@@ -123,8 +123,10 @@ class Sandbox(Protocol):
         """
         ...
 
-    async def sweep(self) -> int:
-        """Remove sandboxes left by an earlier process; return how many were removed."""
+    async def sweep(self, *, stale_after_s: float | None = None) -> int:
+        """Remove sandboxes left by processes that are gone; return how many were removed. A backend that
+        cannot always tell whether their owner is gone (docker: another host) also removes those older
+        than `stale_after_s`."""
         ...
 
     async def close(self) -> None: ...

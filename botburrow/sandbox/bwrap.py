@@ -193,8 +193,9 @@ class BwrapSandbox:
                 await asyncio.to_thread(shutil.rmtree, run_dir, True)
         return result(code, ending, out, err, started, oom_killed=oom)
 
-    async def sweep(self) -> int:
-        # Sandboxed processes die with their runner (--die-with-parent); only stale groups can be left.
+    async def sweep(self, *, stale_after_s: float | None = None) -> int:
+        # Sandboxed processes die with their runner (--die-with-parent); only its cgroups can be left, and
+        # their names carry the owner's pid, which this host can always check (no age cut-off needed).
         return await asyncio.to_thread(cgroups.sweep) if await self._cgroups_ok() else 0
 
     async def close(self) -> None:

@@ -49,7 +49,7 @@ class LocalSandbox:
             await asyncio.to_thread(shutil.rmtree, home, True)
         return result(code, ending, out, err, started)
 
-    async def sweep(self) -> int:
+    async def sweep(self, *, stale_after_s: float | None = None) -> int:
         return 0
 
     async def close(self) -> None:

@@ -3,7 +3,7 @@
 `DirectRunner` runs the command on the runner's host (local mode, tests, and until a sandbox backend
 is wired in): stdin closed (OpenCode waits forever on an open one, Claude Code 3 s), its own process
 group killed whole at the deadline or when asked to stop, and exactly the environment given.
-`keep_sweeping` removes the docker sandboxes of runners that died (at start-up, then now and then).
+`keep_sweeping` removes the sandboxes of runners that died (at start-up, then now and then).
 """
 
 from __future__ import annotations
@@ -215,11 +215,11 @@ def runner_for(environ: Mapping[str, str]) -> ProcessRunner:
 
 
 async def sweep_once(runner: ProcessRunner, *, activation_timeout_s: float) -> int:
-    """Remove the docker sandboxes dead runners left behind (see botburrow.sandbox.docker). Only docker:
-    a bwrap sandbox dies with its runner (--die-with-parent), a docker container runs on without it.
+    """Remove what dead runners left behind: docker containers (which run on without their runner, see
+    botburrow.sandbox.docker) or bwrap's cgroups (its processes die with the runner, --die-with-parent).
     Errors are logged, not raised: an engine that is down now must not keep the runner from starting."""
     sandbox = getattr(runner, "sandbox", None)
-    if getattr(sandbox, "name", None) != "docker":
+    if sandbox is None:
         return 0
     try:
         async with asyncio.timeout(SWEEP_TIMEOUT_S):
