@@ -269,7 +269,8 @@ async def build_all(engine: Engine, args: argparse.Namespace) -> dict[str, objec
     if errors := closure_errors(runtime.smoke.pop("closure")):
         raise BuildError(f"{runtime_tag}: the installed packages differ from constraints.txt:\n" + "\n".join(errors))
     sandbox = await build_checked(engine, "sandbox", SANDBOX_SOURCES, extra, sandbox_tag,
-                                  {"BASE_IMAGE": runtime_tag}, SMOKE_SANDBOX, no_cache=args.no_cache)
+                                  {"BASE_IMAGE": runtime_tag, "PYTHON_IMAGE": python_image}, SMOKE_SANDBOX,
+                                  no_cache=args.no_cache)
     for name, built in (("runtime", runtime), ("sandbox", sandbox)):
         smoke_lines = {key: (value.splitlines() or [""])[0][:200] for key, value in built.smoke.items()}
         size_mb = round(built.size_bytes / 1e6, 1)

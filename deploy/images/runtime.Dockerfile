@@ -17,23 +17,27 @@ WORKDIR /src
 # certs/ holds ca-bundle.crt only where a TLS-intercepting proxy stands between us and PyPI.
 COPY deploy/images/certs/ /tmp/certs/
 COPY deploy/images/constraints.txt deploy/images/build-constraints.txt /tmp/
+# uv (PyPI, pinned; build stage only) downloads in parallel and installs several times faster than
+# pip. Exactly the pinned closure goes in: every package of constraints.txt with --no-deps, binary
+# wheels only, then `uv pip check` fails the build if constraints.txt misses a dependency or pins a
+# wrong version. The build backend of our own wheel is pinned by build-constraints.txt.
+# The closure goes in first, in a layer of its own: a change to our code alone reuses it.
+ARG UV_VERSION=0.13.9
+RUN if [ -f /tmp/certs/ca-bundle.crt ]; then export PIP_CERT=/tmp/certs/ca-bundle.crt SSL_CERT_FILE=/tmp/certs/ca-bundle.crt; fi \
+ && python3 -m venv /tmp/uv \
+ && /tmp/uv/bin/pip install --only-binary :all: "uv==${UV_VERSION}" \
+ && /tmp/uv/bin/uv venv /opt/botburrow --python "$(command -v python3)" \
+ && /tmp/uv/bin/uv pip install --python /opt/botburrow/bin/python --no-deps --only-binary :all: --compile-bytecode \
+      -r /tmp/constraints.txt
 COPY pyproject.toml README.md ./
 COPY botburrow ./botburrow
 COPY schemas ./schemas
 COPY streams ./streams
 COPY services ./services
-ARG UV_VERSION=0.13.9
-# uv (PyPI, pinned; build stage only) downloads in parallel and installs several times faster than
-# pip. Exactly the pinned closure goes in: every package of constraints.txt with --no-deps, binary
-# wheels only, then `uv pip check` fails the build if constraints.txt misses a dependency or pins a
-# wrong version. The build backend of our own wheel is pinned by build-constraints.txt.
 RUN if [ -f /tmp/certs/ca-bundle.crt ]; then export PIP_CERT=/tmp/certs/ca-bundle.crt SSL_CERT_FILE=/tmp/certs/ca-bundle.crt; fi \
- && python3 -m venv /tmp/uv \
- && /tmp/uv/bin/pip install --only-binary :all: "uv==${UV_VERSION}" \
  && /tmp/uv/bin/uv build --wheel --out-dir /tmp/wheels --build-constraint /tmp/build-constraints.txt . \
- && /tmp/uv/bin/uv venv /opt/botburrow --python "$(command -v python3)" \
  && /tmp/uv/bin/uv pip install --python /opt/botburrow/bin/python --no-deps --only-binary :all: --compile-bytecode \
-      -r /tmp/constraints.txt /tmp/wheels/botburrow_agents-*.whl \
+      /tmp/wheels/botburrow_agents-*.whl \
  && /tmp/uv/bin/uv pip check --python /opt/botburrow/bin/python
 
 FROM ${PYTHON_IMAGE}

