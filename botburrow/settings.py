@@ -100,6 +100,8 @@ SETTINGS: list[Setting] = [
             parse=_positive_int),
     Setting("SANDBOX_BACKEND", "bwrap, docker or none (local mode only)", frozenset({"runner"}), "bwrap",
             parse=_choice("bwrap", "docker", "none")),
+    Setting("SANDBOX_MEMORY_MB", "memory limit of one CLI sandbox (the CLI, its MCP relays, the forwarder)",
+            frozenset({"runner"}), "2048", parse=_positive_int),
     Setting("SANDBOX_IMAGE", "docker sandbox: the per-activation container image", frozenset({"runner"}),
             "botburrow-sandbox:0.1.0"),
     Setting("DOCKER_HOST", "docker sandbox: the engine's address (unix:///path or tcp://...)", frozenset({"runner"})),

@@ -455,3 +455,19 @@ def test_sandbox_backend_docker_gets_a_docker_sandbox_runner() -> None:
     assert isinstance(runner, SandboxRunner) and isinstance(runner.sandbox, DockerSandbox)
     assert runner.sandbox.image == BY_NAME["SANDBOX_IMAGE"].default
     assert runner.sandbox.docker_host == "unix:///nowhere/docker.sock"
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+async def test_sandbox_memory_mb_bounds_a_cli_sandbox(tmp_path: Path) -> None:
+    hog = [sys.executable, "-c", "b = bytearray(300 << 20); print('allocated')"]
+    outcomes = {}
+    for memory_mb in ("128", "1024"):
+        runner = runner_for({"SANDBOX_BACKEND": "bwrap", "SANDBOX_MEMORY_MB": memory_mb})
+        try:
+            done = await runner.run(hog, env={"PATH": os.environ["PATH"]}, cwd=tmp_path, timeout_s=60,
+                                    binds=[Path(sys.prefix), Path(sys.base_prefix)])
+        finally:
+            await runner.sandbox.close()
+        outcomes[memory_mb] = (done.returncode, done.stdout.decode().strip())
+    assert outcomes["1024"] == (0, "allocated")
+    assert outcomes["128"][0] != 0 and outcomes["128"][1] == ""

@@ -252,7 +252,8 @@ async def run(ctx: StageContext) -> None:
                     breaker=CircuitBreaker(cooldown_s=HUB_BREAKER_COOLDOWN_S))
     directory = await AgentDirectory.open(ctx.bus)
     gateway = ModelGateway()  # CLI executors reach the model only through it (SPEC §4)
-    sandbox_environ = {**ctx.environ, "SANDBOX_BACKEND": ctx.settings["SANDBOX_BACKEND"]}
+    sandbox_environ = {**ctx.environ, "SANDBOX_BACKEND": ctx.settings["SANDBOX_BACKEND"],
+                       "SANDBOX_MEMORY_MB": str(ctx.settings["SANDBOX_MEMORY_MB"])}
     processes = runner_for(sandbox_environ)
     toolsets = McpToolsets(
         ctx.environ, github_host=ctx.settings["GITHUB_HOST"], skills=directory.skills,

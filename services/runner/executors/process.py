@@ -102,8 +102,8 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 
 #: A CLI sandbox holds the CLI, its MCP relays and the loopback forwarder. OpenCode (a Bun binary) with two
-#: relays was OOM-killed at 512 MiB and then hung until the deadline; with 1 CPU the relays' start-up
-#: (~1.7 s each, idle) pushes against Goose's extension start-up window.
+#: relays was OOM-killed at 512 MiB and then hung until the deadline (hence SANDBOX_MEMORY_MB's default of
+#: 2048); with 1 CPU the relays' start-up (~1.7 s each, idle) pushes against Goose's extension start-up window.
 CLI_MEMORY_BYTES = 2 << 30
 CLI_CPUS = 2.0
 
@@ -112,10 +112,10 @@ class SandboxRunner:
     """A `botburrow.sandbox` backend as the runner: the workspace writable at its own path, every bind
     read-only at its own path (so argv and config paths mean the same inside), HOME and TMPDIR on the
     sandbox's scratch tmpfs (the run directory is read-only in there). `limits` default to the sandbox
-    defaults with CLI_MEMORY_BYTES and CLI_CPUS; the wall clock is always the activation's."""
+    defaults with `memory_bytes` and CLI_CPUS; the wall clock is always the activation's."""
 
-    def __init__(self, sandbox: Any, limits: Any = None) -> None:
-        self.sandbox, self.limits = sandbox, limits
+    def __init__(self, sandbox: Any, limits: Any = None, *, memory_bytes: int = CLI_MEMORY_BYTES) -> None:
+        self.sandbox, self.limits, self.memory_bytes = sandbox, limits, memory_bytes
 
     async def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, timeout_s: float,
                   stop: asyncio.Event | None = None, binds: Sequence[Path] = (), label: str = "",
@@ -124,7 +124,7 @@ class SandboxRunner:
 
         # Docker refuses more CPUs than the host has.
         cpus = min(CLI_CPUS, float(os.cpu_count() or 1))
-        limits = msgspec.structs.replace(self.limits or Limits(memory_bytes=CLI_MEMORY_BYTES, cpus=cpus),
+        limits = msgspec.structs.replace(self.limits or Limits(memory_bytes=self.memory_bytes, cpus=cpus),
                                          timeout_s=timeout_s)
         async with contextlib.AsyncExitStack() as stack:
             if self.sandbox.name != "none":  # its own network namespace: carry the ports in over sockets
@@ -201,17 +201,20 @@ def _outermost(paths: Sequence[Path]) -> list[Path]:
 
 
 def runner_for(environ: Mapping[str, str]) -> ProcessRunner:
-    """The process runner SANDBOX_BACKEND asks for (SPEC §7; default bwrap). The docker backend runs
+    """The process runner SANDBOX_BACKEND asks for (SPEC §7; default bwrap), SANDBOX_MEMORY_MB per
+    sandbox (ours: SPEC names no such setting). The docker backend runs
     SANDBOX_IMAGE (in production the runner image itself, so the runner's paths exist in it) on the
     engine at DOCKER_HOST, with the runner's toolchain shown read-only at its own paths as with bwrap."""
     from botburrow import sandbox
     from botburrow.settings import BY_NAME
 
     backend = environ.get("SANDBOX_BACKEND") or "bwrap"
+    memory_bytes = int(environ.get("SANDBOX_MEMORY_MB") or BY_NAME["SANDBOX_MEMORY_MB"].default) << 20
     if backend == "docker":
         image = environ.get("SANDBOX_IMAGE") or BY_NAME["SANDBOX_IMAGE"].default
-        return SandboxRunner(sandbox.create("docker", docker_host=environ.get("DOCKER_HOST") or None, image=image))
-    return SandboxRunner(sandbox.create(backend))
+        docker = sandbox.create("docker", docker_host=environ.get("DOCKER_HOST") or None, image=image)
+        return SandboxRunner(docker, memory_bytes=memory_bytes)
+    return SandboxRunner(sandbox.create(backend), memory_bytes=memory_bytes)
 
 
 async def sweep_once(runner: ProcessRunner, *, activation_timeout_s: float) -> int:
