@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 import msgspec
 
+from botburrow.settings import BY_NAME
+
 log = logging.getLogger(__name__)
 
 KILL_GRACE_S = 3.0
@@ -104,7 +106,7 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
 #: A CLI sandbox holds the CLI, its MCP relays and the loopback forwarder. OpenCode (a Bun binary) with two
 #: relays was OOM-killed at 512 MiB and then hung until the deadline (hence SANDBOX_MEMORY_MB's default of
 #: 2048); with 1 CPU the relays' start-up (~1.7 s each, idle) pushes against Goose's extension start-up window.
-CLI_MEMORY_BYTES = 2 << 30
+CLI_MEMORY_BYTES = int(BY_NAME["SANDBOX_MEMORY_MB"].default) << 20
 CLI_CPUS = 2.0
 
 
@@ -206,10 +208,9 @@ def runner_for(environ: Mapping[str, str]) -> ProcessRunner:
     SANDBOX_IMAGE (in production the runner image itself, so the runner's paths exist in it) on the
     engine at DOCKER_HOST, with the runner's toolchain shown read-only at its own paths as with bwrap."""
     from botburrow import sandbox
-    from botburrow.settings import BY_NAME
 
     backend = environ.get("SANDBOX_BACKEND") or "bwrap"
-    memory_bytes = int(environ.get("SANDBOX_MEMORY_MB") or BY_NAME["SANDBOX_MEMORY_MB"].default) << 20
+    memory_bytes = int(environ["SANDBOX_MEMORY_MB"]) << 20 if environ.get("SANDBOX_MEMORY_MB") else CLI_MEMORY_BYTES
     if backend == "docker":
         image = environ.get("SANDBOX_IMAGE") or BY_NAME["SANDBOX_IMAGE"].default
         docker = sandbox.create("docker", docker_host=environ.get("DOCKER_HOST") or None, image=image)
