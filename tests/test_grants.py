@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import pytest
 
 from botburrow.definitions.parse import parse_agent
-from botburrow.mcp.grants import GrantPolicy, PolicyError, PolicyGrantResolver, matches
+from botburrow.mcp.grants import (
+    Grant,
+    GrantError,
+    GrantPolicy,
+    PolicyError,
+    PolicyGrantResolver,
+    holds_all,
+    holds_some,
+    matches,
+    parse,
+)
+from botburrow.mcp.servers import Planner, holds
 
 
 def agent(name: str, grants: list[str]):
@@ -23,18 +35,87 @@ capabilities:
     return parse_agent(name, config.encode(), b"prompt")
 
 
+# The grammar: `<service>:<permission>[:<resource>]`, `*` a whole segment, service and permission lowercase
+# identifiers, the resource case-sensitive. Each row: a grant and what the parser makes of it.
+@pytest.mark.parametrize(("text", "parsed"), [
+    ("hub:read", Grant("hub", "read")),
+    ("github:write:any-repo", Grant("github", "write", "any-repo")),
+    ("github:read:Org/Repo.v2", Grant("github", "read", "Org/Repo.v2")),
+    ("github:read:*", Grant("github", "read")),  # no resource = every resource = `*`
+    ("*:read", Grant("*", "read")),
+    ("*:*:*", Grant("*", "*")),
+])
+def test_well_formed_grants_parse(text: str, parsed: Grant) -> None:
+    assert parse(text) == parsed
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("GitHub:write", "service 'GitHub' must be a lowercase identifier"),
+    ("github:Write", "permission 'Write' must be a lowercase identifier"),
+    ("github", "expected <service>:<permission>[:<resource>]"),
+    ("github:write:org:repo", "expected <service>:<permission>[:<resource>]"),
+    ("github::repo", "permission '' must be"),
+    (":read", "service '' must be"),
+    ("github:write:", "resource '' must be"),
+    ("github:wr*", "`*` must be a whole segment"),
+    ("github:write:org/*", "`*` must be a whole segment"),
+    ("github:write:my repo", "resource 'my repo' must be"),
+    ("hub: read", "permission ' read' must be"),
+    (7, "expected a string"),
+])
+def test_malformed_grants_are_refused_with_the_grant_named(text: object, why: str) -> None:
+    with pytest.raises(GrantError) as caught:
+        parse(text)
+    assert why in str(caught.value) and repr(text) in str(caught.value)
+
+
+def test_every_published_grant_parses() -> None:
+    root = Path(__file__).resolve().parents[2] / "shared" / "agent-definitions"
+    published = [g for path in sorted(root.glob("agents/*/config.yaml"))
+                 for g in parse_agent(path.parent.name, path.read_bytes(), b"").config.capabilities.grants]
+    assert published and all(parse(g) for g in published)
+
+
+# An allow rule's test: does the pattern cover the whole grant?
 @pytest.mark.parametrize(("pattern", "grant", "expected"), [
     ("github:read", "github:read", True),
     ("github:*", "github:write", True),
     ("*:read", "hub:read", True),
     ("*:read", "hub:write", False),
     ("github:*", "github:read:org/repo", True),
-    ("github:read", "github:read:org/repo", False),
-    ("github:read:*", "github:read", False),
+    ("github:read", "github:read:org/repo", True),  # suffix: no resource covers every resource
+    ("github:read:*", "github:read", True),
+    ("github:read:org/repo", "github:read", False),  # one repo does not cover all of them
+    ("github:read:org/repo", "github:read:org/repo", True),
+    ("github:read:org/Repo", "github:read:org/repo", False),  # resources are case-sensitive
     ("hub:*", "github:read", False),
+    ("github:write", "github:writer", False),  # whole segments, not prefixes
 ])
 def test_matching_is_per_segment(pattern: str, grant: str, expected: bool) -> None:
     assert matches(pattern, grant) is expected
+
+
+# A policy of one rule, a config asking for one grant: held after the policy?
+@pytest.mark.parametrize(("rule", "asked", "held"), [
+    ("denied_grants: ['github:write']", "github:write:any-repo", False),  # the issue's bypass
+    ("denied_grants: ['filesystem:write']", "filesystem:write:x", False),
+    ("denied_grants: ['github:write']", "github:write", False),
+    ("denied_grants: ['github:write']", "github:read:any-repo", True),
+    ("denied_grants: ['github:write:secret']", "github:write", False),  # the broader grant includes it
+    ("denied_grants: ['github:write:secret']", "github:write:other", True),
+    ("denied_grants: ['github:write:Secret']", "github:write:secret", True),  # case-sensitive resource
+    ("denied_grants: ['*:write']", "hub:write:x", False),
+    ("denied_grants: ['*:*']", "arxiv:read", False),
+    ("denied_grants: ['github:*:*']", "github:read:x", False),
+    ("allowed_grants: ['github:write']", "github:write:any-repo", True),
+    ("allowed_grants: ['github:write:one']", "github:write", False),
+    ("allowed_grants: ['github:write:one']", "github:write:one", True),
+    ("allowed_grants: ['github:*']", "github:write:one", True),
+    ("allowed_grants: ['hub:*']", "github:read", False),
+])
+def test_one_rule_one_grant(rule: str, asked: str, held: bool) -> None:
+    policy = GrantPolicy.parse(f"default:\n  {rule}\n")
+    assert policy.filter("a", [asked]) == (({asked}, []) if held else (set(), [asked]))
 
 
 POLICY = """
@@ -80,3 +161,43 @@ def test_bad_policy_files_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
     assert PolicyGrantResolver.from_settings(str(path)).policy == GrantPolicy.parse(POLICY)
+
+
+def test_a_malformed_grant_in_a_policy_is_refused_naming_it() -> None:
+    for text, where in (("default:\n  denied_grants: ['github:write', 'GitHub:Write']\n", "default.denied_grants[1]"),
+                        ("agents:\n  x:\n    allowed_grants: ['hub:re*d']\n", "agents.x.allowed_grants[0]")):
+        with pytest.raises(PolicyError) as caught:
+            GrantPolicy.parse(text)
+        assert str(caught.value).startswith(f"{where}: malformed grant ")
+
+
+@pytest.mark.parametrize(("grants", "service", "permission", "some", "every"), [
+    ({"github:write:any-repo"}, "github", "write", True, False),
+    ({"github:write"}, "github", "write", True, True),
+    ({"github:read"}, "github", "write", False, False),
+    ({"github:writer"}, "github", "write", False, False),
+    ({"hub:read"}, "hub", "write", False, False),
+    ({"hub:write:post-1"}, "hub", "write", True, False),
+    (set(), "hub", "write", False, False),
+])
+def test_holds(grants: set[str], service: str, permission: str, some: bool, every: bool) -> None:
+    assert holds_some(grants, service, permission) is some and holds(grants, service, permission) is some
+    assert holds_all(grants, service, permission) is every
+
+
+@pytest.mark.parametrize(("policy", "read_only"), [
+    ("default:\n  denied_grants: ['github:write']\n", True),
+    ("default:\n  denied_grants: ['github:write:other-repo']\n", False),
+    ("{}", False),
+])
+def test_github_starts_read_only_unless_a_write_is_held_after_policy(tmp_path: Path, policy: str,
+                                                                      read_only: bool) -> None:
+    """The issue's attack: a config asking `github:write:any-repo` under a policy denying `github:write`."""
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "github-pat").write_text("ghp_planner_test_token")
+    asking = agent("pusher", ["github:read", "github:write:any-repo"])
+    held = PolicyGrantResolver(GrantPolicy.parse(policy)).resolve(asking)
+    planner = Planner(environ={"SECRETS_DIR": str(tmp_path / "secrets")}, homes=tmp_path / "homes",
+                      workspace=tmp_path / "ws", github_binary=sys.executable)
+    launch = planner.github(held)
+    assert launch is not None and launch.read_only is read_only and ("--read-only" in launch.args) is read_only

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mcp.types import Tool
 
+from botburrow.mcp import grants as grants_mod
 from botburrow.schemas.agent import AgentDefinition, McpServerSpec, SkillDefinition
 from botburrow.secrets import read_secret
 from botburrow.tools import tools_dir
@@ -74,7 +75,8 @@ def wanted_servers(definition: AgentDefinition, grants: set[str]) -> list[str | 
 
 
 def holds(grants: Iterable[str], service: str, permission: str) -> bool:
-    return any(g.split(":")[:2] == [service, permission] for g in grants)
+    """`service:permission` on some resource, by the one grant parser (`github:write:repo` is a write)."""
+    return grants_mod.holds_some(grants, service, permission)
 
 
 def base_env(home: Path) -> dict[str, str]:
