@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from botburrow.sandbox import Limits, MiB, Sandbox, SandboxResult, SandboxSpec
+from botburrow.sandbox import Limits, MiB, Sandbox, SandboxError, SandboxResult, SandboxSpec, quota
 from botburrow.sandbox.bwrap import BwrapSandbox
+from botburrow.sandbox.docker import DockerSandbox
 
 # Until tests/conftest.py registers it.
 
@@ -277,3 +278,68 @@ async def test_unprivileged_runner_still_bounds_forks_and_memory() -> None:
     out = json.loads(stdout)
     assert 0 < int(out["forks"]) < 32
     assert "MemoryError" in out["hog"]
+
+
+@pytest.fixture(params=["bwrap", pytest.param("docker", marks=pytest.mark.slow)])
+async def small_workspace_sandbox(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
+    """Each backend with a 24 MiB workspace limit (SANDBOX_WORKSPACE_MB), closed after the test."""
+    if not quota.supported():
+        pytest.skip("the workspace limit needs root, loop devices and mkfs.ext4")
+    made: Sandbox
+    if request.param == "bwrap":
+        if shutil.which("bwrap") is None:
+            pytest.skip("bwrap not installed: apt-get install bubblewrap")
+        made = BwrapSandbox(workspace_bytes=24 * MiB)
+    else:
+        made = DockerSandbox(image=request.getfixturevalue("sandbox_image"),
+                             docker_host=request.getfixturevalue("docker_host"), workspace_bytes=24 * MiB)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+async def test_workspace_total_size_is_bounded_and_reported(small_workspace_sandbox: Sandbox, tmp_path: Path) -> None:
+    # Many files, each under the per-file limit: only the total size limit can stop them.
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "kept.txt").write_text("there before the limit")
+    script = """
+import errno, os
+written, outcome = 0, 'FILLED'
+try:
+    for i in range(16):
+        with open(f'/workspace/fill{i}', 'wb') as f:
+            for _ in range(4):
+                f.write(b'x' * (1 << 20))
+                f.flush()
+                written += 1 << 20
+except OSError as e:
+    outcome = errno.errorcode.get(e.errno, str(e.errno))
+print(written, outcome, open('/workspace/kept.txt').read(), flush=True)
+raise SystemExit(1 if outcome != 'FILLED' else 0)
+"""
+    result = await run(small_workspace_sandbox, workspace, script, file_bytes=8 * MiB)
+    written, outcome = result.stdout.split()[:2]
+    assert outcome == "ENOSPC" and int(written) <= 24 * MiB, result.stdout
+    assert "there before the limit" in result.stdout
+    assert result.workspace_full and not result.ok
+    assert "workspace size limit of 24 MiB was reached" in result.stderr
+    used = sum(p.stat().st_size for p in workspace.iterdir())
+    assert used <= 24 * MiB
+    # The next run in the same workspace still sees the limit (and what the first one wrote).
+    again = await run(small_workspace_sandbox, workspace, script, file_bytes=8 * MiB)
+    assert again.stdout.split()[1] == "ENOSPC" and again.workspace_full
+    # Closing the backend gives the space back and leaves the workspace a plain (empty) directory.
+    await small_workspace_sandbox.close()
+    assert not workspace.is_mount() and list(workspace.iterdir()) == []
+
+
+async def test_a_workspace_already_over_the_limit_is_refused(small_workspace_sandbox: Sandbox, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    for i in range(4):
+        (workspace / f"big{i}").write_bytes(b"x" * (8 * MiB))
+    with pytest.raises(SandboxError, match="24 MiB"):
+        await run(small_workspace_sandbox, workspace, "print('never')")
+    assert not workspace.is_mount() and len(list(workspace.iterdir())) == 4

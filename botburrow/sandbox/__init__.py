@@ -22,9 +22,11 @@ Usage:
     await sandbox.close()
 
 Disk: /tmp and /dev/shm are tmpfs of `limits.tmpfs_bytes` each (charged to the memory limit); each file
-the command writes is capped at `limits.file_bytes`, but the workspace's total size is bounded only by
-the file system it lives on (give the runner's work dir a size-limited volume). The docker backend runs
-as the workspace owner, or hands a root-owned workspace to uid 1000 (chown) so the command can write it.
+the command writes is capped at `limits.file_bytes`, and the workspace's total size at the backend's
+`workspace_bytes` (SANDBOX_WORKSPACE_MB; see quota.py: a loop-mounted file system over the workspace,
+enforced as root; a run that fills it is reported with `workspace_full` and a line on its stderr).
+The docker backend runs as the workspace owner, or hands a root-owned workspace to uid 1000 (chown) so
+the command can write it.
 Relay sockets in a read-only bind are reachable; make them mode 0666 (the sandbox uid differs).
 """
 
@@ -94,11 +96,13 @@ class SandboxResult(msgspec.Struct, frozen=True, kw_only=True):
     stopped: bool = False
     #: The memory limit was hit and the kernel killed a process (not detectable under prlimit).
     oom_killed: bool = False
+    #: The workspace's total size limit was reached (a write failed with ENOSPC).
+    workspace_full: bool = False
     duration_s: float
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not (self.timed_out or self.stopped or self.oom_killed)
+        return self.exit_code == 0 and not (self.timed_out or self.stopped or self.oom_killed or self.workspace_full)
 
 
 #: Called with each stdout line (without its newline) as it arrives; may be sync or async.
@@ -132,18 +136,24 @@ class Sandbox(Protocol):
     async def close(self) -> None: ...
 
 
-def create(backend: str, *, docker_host: str | None = None, image: str | None = None) -> Sandbox:
-    """The backend named by SANDBOX_BACKEND. `docker` needs `image`; `docker_host` defaults to DOCKER_HOST."""
+#: SANDBOX_WORKSPACE_MB's default: the total size of one workspace.
+WORKSPACE_BYTES = 512 * MiB
+
+
+def create(backend: str, *, docker_host: str | None = None, image: str | None = None,
+           workspace_bytes: int = WORKSPACE_BYTES) -> Sandbox:
+    """The backend named by SANDBOX_BACKEND. `docker` needs `image`; `docker_host` defaults to DOCKER_HOST.
+    `workspace_bytes` bounds each workspace's total size (0: unbounded)."""
     if backend == "bwrap":
         from botburrow.sandbox.bwrap import BwrapSandbox
 
-        return BwrapSandbox()
+        return BwrapSandbox(workspace_bytes=workspace_bytes)
     if backend == "docker":
         from botburrow.sandbox.docker import DockerSandbox
 
         if not image:
             raise SandboxError("the docker sandbox backend needs an image")
-        return DockerSandbox(image=image, docker_host=docker_host)
+        return DockerSandbox(image=image, docker_host=docker_host, workspace_bytes=workspace_bytes)
     if backend == "none":
         from botburrow.sandbox.local import LocalSandbox
 
@@ -156,6 +166,7 @@ __all__ = [
     "SANDBOX_UID",
     "SCRATCH",
     "WORKDIR",
+    "WORKSPACE_BYTES",
     "Bind",
     "Limits",
     "LineHandler",

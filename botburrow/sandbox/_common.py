@@ -88,12 +88,16 @@ class Capture:
 
 
 def result(code: int, ending: Ending, out: Capture, err: Capture, started_s: float, *,
-           oom_killed: bool = False) -> SandboxResult:
-    """The one way every backend reports a finished run (`started_s`: time.monotonic() at its start)."""
-    return SandboxResult(exit_code=code, stdout=out.text(), stderr=err.text(), stdout_truncated=out.truncated,
+           oom_killed: bool = False, full_limit_bytes: int = 0) -> SandboxResult:
+    """The one way every backend reports a finished run (`started_s`: time.monotonic() at its start).
+    `full_limit_bytes`: the run used up a workspace of that size (said on stderr, for whoever reads it)."""
+    stderr = err.text()
+    if full_limit_bytes:
+        stderr += f"\nbotburrow: the workspace size limit of {full_limit_bytes >> 20} MiB was reached\n"
+    return SandboxResult(exit_code=code, stdout=out.text(), stderr=stderr, stdout_truncated=out.truncated,
                          stderr_truncated=err.truncated, timed_out=ending is Ending.TIMED_OUT,
                          stopped=ending is Ending.STOPPED, oom_killed=oom_killed,
-                         duration_s=time.monotonic() - started_s)
+                         workspace_full=bool(full_limit_bytes), duration_s=time.monotonic() - started_s)
 
 
 async def read_chunks(stream: asyncio.StreamReader) -> AsyncIterator[bytes]:

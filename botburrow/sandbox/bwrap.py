@@ -26,8 +26,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from botburrow.sandbox import SANDBOX_UID, SCRATCH, LineHandler, SandboxError, SandboxResult, SandboxSpec, cgroups
+from botburrow.sandbox import (
+    SANDBOX_UID,
+    SCRATCH,
+    WORKSPACE_BYTES,
+    LineHandler,
+    SandboxError,
+    SandboxResult,
+    SandboxSpec,
+    cgroups,
+)
 from botburrow.sandbox._common import Capture, result, run_process, sandbox_env
+from botburrow.sandbox.quota import WorkspaceQuotas
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +148,10 @@ def _launcher(prlimit: str, spec: SandboxSpec, group: cgroups.Group | None, busy
 class BwrapSandbox:
     name = "bwrap"
 
-    def __init__(self, *, use_cgroups: bool | None = None) -> None:
-        """`use_cgroups`: None probes this host; False forces the prlimit fallback (as in an unprivileged pod)."""
+    def __init__(self, *, use_cgroups: bool | None = None, workspace_bytes: int = WORKSPACE_BYTES) -> None:
+        """`use_cgroups`: None probes this host; False forces the prlimit fallback (as in an unprivileged pod).
+        `workspace_bytes`: total size of each workspace (quota.py; 0 = unbounded)."""
+        self.quotas = WorkspaceQuotas(workspace_bytes)
         # Absolute paths: the launcher runs with the sandbox's environment, whose PATH is the caller's.
         self._bwrap = shutil.which("bwrap")
         self._prlimit = shutil.which("prlimit")
@@ -159,6 +171,10 @@ class BwrapSandbox:
             raise SandboxError("bwrap or prlimit not found: apt-get install bubblewrap util-linux")
         if not await asyncio.to_thread(os.path.isdir, spec.workspace):
             raise SandboxError("the sandbox workspace is not a directory")
+        async with self.quotas.hold(spec.workspace):
+            return await self._run(spec, on_line, stop)
+
+    async def _run(self, spec: SandboxSpec, on_line: LineHandler | None, stop: asyncio.Event | None) -> SandboxResult:
         started = time.monotonic()
         out = Capture(spec.limits.output_bytes, on_line)
         err = Capture(spec.limits.output_bytes)
@@ -184,6 +200,7 @@ class BwrapSandbox:
                 pass_fds=(args_fd,),
             )
             oom = group is not None and await asyncio.to_thread(group.oom_killed)
+            full = await asyncio.to_thread(self.quotas.full, spec.workspace)
         finally:
             if args_fd >= 0:
                 os.close(args_fd)
@@ -191,12 +208,14 @@ class BwrapSandbox:
                 await asyncio.to_thread(group.destroy)
             if run_dir is not None:
                 await asyncio.to_thread(shutil.rmtree, run_dir, True)
-        return result(code, ending, out, err, started, oom_killed=oom)
+        return result(code, ending, out, err, started, oom_killed=oom,
+                      full_limit_bytes=self.quotas.limit_bytes if full else 0)
 
     async def sweep(self, *, stale_after_s: float | None = None) -> int:
         # Sandboxed processes die with their runner (--die-with-parent); only its cgroups can be left, and
         # their names carry the owner's pid, which this host can always check (no age cut-off needed).
-        return await asyncio.to_thread(cgroups.sweep) if await self._cgroups_ok() else 0
+        groups = await asyncio.to_thread(cgroups.sweep) if await self._cgroups_ok() else 0
+        return groups + await self.quotas.sweep()
 
     async def close(self) -> None:
-        return None
+        await self.quotas.close()

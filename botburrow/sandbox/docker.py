@@ -31,8 +31,17 @@ from typing import Any
 
 import aiodocker
 
-from botburrow.sandbox import SANDBOX_UID, SCRATCH, LineHandler, SandboxError, SandboxResult, SandboxSpec
+from botburrow.sandbox import (
+    SANDBOX_UID,
+    SCRATCH,
+    WORKSPACE_BYTES,
+    LineHandler,
+    SandboxError,
+    SandboxResult,
+    SandboxSpec,
+)
 from botburrow.sandbox._common import LABEL_KEY, Capture, Ending, result, sandbox_env, wait_bounded
+from botburrow.sandbox.quota import WorkspaceQuotas
 
 OWNER_LABEL = "botburrow.sandbox.owner"  # host:pid (older containers carry only this one)
 RUNNER_LABEL = "botburrow.sandbox.runner"  # host:pid namespace:pid:start time, see the module doc
@@ -156,8 +165,10 @@ def _unreachable_bind(spec: SandboxSpec, user: str) -> str | None:
 class DockerSandbox:
     name = "docker"
 
-    def __init__(self, *, image: str, docker_host: str | None = None) -> None:
+    def __init__(self, *, image: str, docker_host: str | None = None, workspace_bytes: int = WORKSPACE_BYTES) -> None:
         self.image = image
+        # The workspace's total size (quota.py): mounted on this host, so the engine must share it.
+        self.quotas = WorkspaceQuotas(workspace_bytes)
         # None lets aiodocker find the engine itself (DOCKER_HOST, then /run/docker.sock).
         self.docker_host = docker_host
         self._docker: aiodocker.Docker | None = None
@@ -172,6 +183,10 @@ class DockerSandbox:
     ) -> SandboxResult:
         if not await asyncio.to_thread(os.path.isdir, spec.workspace):
             raise SandboxError("the sandbox workspace is not a directory")
+        async with self.quotas.hold(spec.workspace):
+            return await self._run(spec, on_line, stop)
+
+    async def _run(self, spec: SandboxSpec, on_line: LineHandler | None, stop: asyncio.Event | None) -> SandboxResult:
         docker = self._client()
         started = time.monotonic()
         out = Capture(spec.limits.output_bytes, on_line)
@@ -193,7 +208,9 @@ class DockerSandbox:
         finally:
             with contextlib.suppress(aiodocker.DockerError):
                 await container.delete(force=True)
-        return result(code, ending, out, err, started, oom_killed=bool(state.get("OOMKilled")))
+        full = await asyncio.to_thread(self.quotas.full, spec.workspace)
+        return result(code, ending, out, err, started, oom_killed=bool(state.get("OOMKilled")),
+                      full_limit_bytes=self.quotas.limit_bytes if full else 0)
 
     async def _attach_and_wait(
         self, container: Any, timeout_s: float, stop: asyncio.Event | None, out: Capture, err: Capture
@@ -241,9 +258,10 @@ class DockerSandbox:
             with contextlib.suppress(aiodocker.DockerError):
                 await container.delete(force=True)
                 removed += 1
-        return removed
+        return removed + await self.quotas.sweep()
 
     async def close(self) -> None:
+        await self.quotas.close()
         if self._docker is not None:
             await self._docker.close()
             self._docker = None

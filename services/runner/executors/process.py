@@ -207,15 +207,22 @@ def runner_for(environ: Mapping[str, str]) -> ProcessRunner:
     sandbox (ours: SPEC names no such setting). The docker backend runs
     SANDBOX_IMAGE (in production the runner image itself, so the runner's paths exist in it) on the
     engine at DOCKER_HOST, with the runner's toolchain shown read-only at its own paths as with bwrap."""
+    memory_bytes = int(environ["SANDBOX_MEMORY_MB"]) << 20 if environ.get("SANDBOX_MEMORY_MB") else CLI_MEMORY_BYTES
+    return SandboxRunner(sandbox_for(environ), memory_bytes=memory_bytes)
+
+
+def sandbox_for(environ: Mapping[str, str]) -> Any:
+    """The `botburrow.sandbox` backend SANDBOX_BACKEND names, with SANDBOX_WORKSPACE_MB as each
+    workspace's total size (the one place these settings become a backend: CLIs, shell tools, MCP)."""
     from botburrow import sandbox
 
     backend = environ.get("SANDBOX_BACKEND") or "bwrap"
-    memory_bytes = int(environ["SANDBOX_MEMORY_MB"]) << 20 if environ.get("SANDBOX_MEMORY_MB") else CLI_MEMORY_BYTES
+    workspace_mb = int(environ.get("SANDBOX_WORKSPACE_MB") or BY_NAME["SANDBOX_WORKSPACE_MB"].default)
     if backend == "docker":
         image = environ.get("SANDBOX_IMAGE") or BY_NAME["SANDBOX_IMAGE"].default
-        docker = sandbox.create("docker", docker_host=environ.get("DOCKER_HOST") or None, image=image)
-        return SandboxRunner(docker, memory_bytes=memory_bytes)
-    return SandboxRunner(sandbox.create(backend), memory_bytes=memory_bytes)
+        return sandbox.create("docker", docker_host=environ.get("DOCKER_HOST") or None, image=image,
+                              workspace_bytes=workspace_mb << 20)
+    return sandbox.create(backend, workspace_bytes=workspace_mb << 20)
 
 
 async def sweep_once(runner: ProcessRunner, *, activation_timeout_s: float) -> int:
