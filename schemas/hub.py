@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -53,6 +54,18 @@ class Comment(HubStruct, kw_only=True):
     depth: int = 0
     created_at: str = ""
     replies: list[Comment] = msgspec.field(default_factory=list)
+    # Not the Hub's: how many comments below this one the client cut off (a tree deeper than it decodes).
+    replies_omitted: int = 0
+
+
+def walk_comments(comments: Iterable[Comment]) -> Iterator[tuple[Comment, int]]:
+    """Every comment of a tree with its depth (0 at the top), in reading order, without recursion: a
+    reply chain a thousand deep must not overflow the stack of whoever reads it."""
+    stack: list[tuple[Comment, int]] = [(c, 0) for c in reversed(list(comments))]
+    while stack:
+        comment, depth = stack.pop()
+        yield comment, depth
+        stack.extend((r, depth + 1) for r in reversed(comment.replies))
 
 
 class AgentProfile(HubStruct, kw_only=True):

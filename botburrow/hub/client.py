@@ -9,6 +9,10 @@ once while the Hub is down.
 Departure from "timeouts are retried": a write (post, comment, DM) whose request was sent but whose
 answer never came is not re-sent, since the Hub may have done it; it raises `HubUnavailable` with
 `code="OUTCOME_UNKNOWN"` and the caller's idempotency markers decide.
+
+A 2xx answer that does not fit the call (not JSON, the wrong shape, a null where a value belongs, nested
+too deep to decode) raises `HubBadResponse` naming the call: never retried, since the Hub would give
+the same answer again.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -24,7 +29,14 @@ import msgspec
 
 from botburrow.hub import decode
 from botburrow.hub.breaker import CircuitBreaker
-from botburrow.hub.errors import HubAuthError, HubError, HubNotFound, HubRateLimited, HubUnavailable
+from botburrow.hub.errors import (
+    HubAuthError,
+    HubBadResponse,
+    HubError,
+    HubNotFound,
+    HubRateLimited,
+    HubUnavailable,
+)
 from botburrow.schemas.events import ActivationMetrics
 from botburrow.schemas.hub import (
     AgentProfile,
@@ -38,6 +50,7 @@ from botburrow.secrets import redact, remember
 
 log = logging.getLogger(__name__)
 E = TypeVar("E", bound=HubError)
+T = TypeVar("T")
 
 MAX_BACKOFF_S = 10.0
 _encoder = msgspec.json.Encoder()
@@ -105,45 +118,44 @@ class HubClient:
     # --- agent-scoped calls ------------------------------------------------------------------
 
     async def unread_notifications(self, key: str, limit: int = 50) -> NotificationPage:
-        body = await self._call("GET", "/notifications", key, params={"unread": "true", "limit": limit})
-        return decode.notification_page(body)
+        return await self._call_as(decode.notification_page, "GET", "/notifications", key,
+                                   params={"unread": "true", "limit": limit})
 
     async def mark_read(self, key: str, ids: list[str]) -> int:
         if not ids:
             return 0
-        body = await self._call("POST", "/notifications/read", key, json={"notification_ids": list(ids)})
-        return decode.count(body, "marked", "count")
+        return await self._call_as(lambda body: decode.count(body, "marked", "count"), "POST",
+                                   "/notifications/read", key, json={"notification_ids": list(ids)})
 
     async def list_posts(self, key: str, submolt: str, sort: str = "new", limit: int = 25,
                          offset: int = 0) -> list[Post]:
         params = {"submolt": decode.community(submolt), "sort": sort, "limit": limit, "offset": offset}
-        return decode.posts(await self._call("GET", "/posts", key, params=params))
+        return await self._call_as(decode.posts, "GET", "/posts", key, params=params)
 
     async def get_post(self, key: str, post_id: str) -> Post:
-        return decode.post(await self._call("GET", f"/posts/{_segment(post_id)}", key))
+        return await self._call_as(decode.post, "GET", f"/posts/{_segment(post_id)}", key)
 
     async def get_comments(self, key: str, post_id: str, sort: str = "new", limit: int = 100) -> list[Comment]:
-        body = await self._call("GET", f"/posts/{_segment(post_id)}/comments", key,
-                                params={"sort": sort, "limit": limit})
-        return decode.comments(body)
+        return await self._call_as(decode.comments, "GET", f"/posts/{_segment(post_id)}/comments", key,
+                                   params={"sort": sort, "limit": limit})
 
     async def create_comment(self, key: str, post_id: str, content: str,
                              parent_id: str | None = None) -> Comment:
         payload: dict[str, Any] = {"content": content}
         if parent_id:
             payload["parent_id"] = parent_id
-        body = await self._call("POST", f"/posts/{_segment(post_id)}/comments", key, json=payload, write=True)
-        return decode.comment(body)
+        return await self._call_as(decode.comment, "POST", f"/posts/{_segment(post_id)}/comments", key,
+                                   json=payload, write=True)
 
     async def create_post(self, key: str, submolt: str, title: str, content: str) -> Post:
         payload = {"submolt": decode.community(submolt), "title": title, "content": content}
-        return decode.post(await self._call("POST", "/posts", key, json=payload, write=True))
+        return await self._call_as(decode.post, "POST", "/posts", key, json=payload, write=True)
 
     async def search(self, key: str, q: str, limit: int = 10) -> SearchResults:
-        return decode.search_results(await self._call("GET", "/search", key, params={"q": q, "limit": limit}))
+        return await self._call_as(decode.search_results, "GET", "/search", key, params={"q": q, "limit": limit})
 
     async def me(self, key: str) -> AgentProfile:
-        return decode.profile(await self._call("GET", "/agents/me", key))
+        return await self._call_as(decode.profile, "GET", "/agents/me", key)
 
     async def send_dm(self, key: str, dm_id: str, content: str) -> dict[str, Any]:
         body = await self._call("POST", f"/agents/dm/conversations/{_segment(dm_id)}/send", key,
@@ -153,14 +165,13 @@ class HubClient:
     # --- system calls ------------------------------------------------------------------------
 
     async def budget_health(self) -> BudgetHealth:
-        return decode.budget_health(await self._call("GET", "/system/budget-health", self._need_system_key()))
+        return await self._call_as(decode.budget_health, "GET", "/system/budget-health", self._need_system_key())
 
     async def report_consumption(self, events: list[ActivationMetrics]) -> int:
         if not events:
             return 0
-        body = await self._call("POST", "/system/consumption", self._need_system_key(),
-                                content=_encoder.encode({"events": events}))
-        return decode.count(body, "accepted")
+        return await self._call_as(lambda body: decode.count(body, "accepted"), "POST", "/system/consumption",
+                                   self._need_system_key(), content=_encoder.encode({"events": events}))
 
     def _need_system_key(self) -> str:
         if not self._system_key:
@@ -168,6 +179,16 @@ class HubClient:
         return self._system_key
 
     # --- transport ---------------------------------------------------------------------------
+
+    async def _call_as(self, decoder: Callable[[Any], T], method: str, path: str, key: str, **options: Any) -> T:
+        """`_call`, then `decoder` on the answer; an answer that does not fit is a `HubBadResponse` naming the call."""
+        body = await self._call(method, path, key, **options)
+        try:
+            return decoder(body)
+        except HubBadResponse as exc:
+            raise HubBadResponse(redact(f"{method} {path}: {exc.message}"[:500]), exc.status, exc.code) from None
+        except RecursionError:
+            raise HubBadResponse(f"{method} {path}: answer nested too deep to decode", code="TOO_DEEP") from None
 
     async def _call(self, method: str, path: str, key: str, *, params: dict[str, Any] | None = None,
                     json: Any = None, content: bytes | None = None, write: bool = False) -> Any:
@@ -254,7 +275,11 @@ def _json(response: httpx.Response) -> Any:
     try:
         return msgspec.json.decode(response.content)
     except msgspec.DecodeError:
-        raise HubError(response.status_code, "answer is not JSON", "BAD_RESPONSE") from None
+        raise HubBadResponse(f"{response.request.method} {response.request.url.path}: answer is not JSON",
+                             response.status_code) from None
+    except RecursionError:  # the decoder recurses per level: a reply chain ~500 deep is past the stack
+        raise HubBadResponse(f"{response.request.method} {response.request.url.path}: answer nested too deep "
+                             "to decode", response.status_code, "TOO_DEEP") from None
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:

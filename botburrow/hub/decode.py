@@ -3,6 +3,11 @@
 Lists come wrapped in `posts`, `data`, `comments` or `notifications`; single objects in `post`,
 `comment` or `agent`, or flat. Moltbook writes a community as `{"name": ...}` or `m/<name>` and an
 author as `{"author": {"name", "type"}}`: both are normalised to the flat fields of the structs.
+
+Comment trees are walked without recursion and cut at MAX_COMMENT_DEPTH levels (a cut comment says how
+many replies it lost in `replies_omitted`): a reply chain a thousand deep must neither overflow the
+stack here nor reach the struct conversion, which recurses. An answer that does not fit raises
+`HubDecodeError`, a `HubBadResponse`: never retried, the work that needed it fails once.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from botburrow.hub.errors import HubBadResponse
 from botburrow.schemas.hub import (
     AgentProfile,
     BudgetHealth,
@@ -22,10 +28,16 @@ from botburrow.schemas.hub import (
 )
 
 T = TypeVar("T")
+# Levels of a comment tree kept (the runner shows fewer: HUB_THREAD_MAX_DEPTH). msgspec converts a
+# level with two nested calls, so 100 levels stay far inside Python's recursion limit.
+MAX_COMMENT_DEPTH = 100
 
 
-class HubDecodeError(ValueError):
+class HubDecodeError(HubBadResponse, ValueError):
     """An answer that does not fit its shape."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
 def community(name: str) -> str:
@@ -64,14 +76,40 @@ def _post_dict(raw: Any) -> Any:
     return raw
 
 
-def _comment_dict(raw: Any) -> Any:
+def _comment_fields(raw: Any) -> Any:
     if not isinstance(raw, dict):
         return raw
     raw = dict(raw)
     _author_fields(raw)
-    if isinstance(raw.get("replies"), list):
-        raw["replies"] = [_comment_dict(r) for r in raw["replies"]]
     return raw
+
+
+def _count_tree(items: list[Any]) -> int:
+    """How many comments a list of replies holds, at every depth."""
+    total, stack = 0, list(items)
+    while stack:
+        item = stack.pop()
+        total += 1
+        if isinstance(item, dict) and isinstance(item.get("replies"), list):
+            stack.extend(item["replies"])
+    return total
+
+
+def _comment_dict(raw: Any) -> Any:
+    """A comment and its replies normalised, cut below MAX_COMMENT_DEPTH levels, without recursion."""
+    root = _comment_fields(raw)
+    stack = [(root, 0)] if isinstance(root, dict) else []
+    while stack:
+        node, depth = stack.pop()
+        replies = node.get("replies")
+        if not isinstance(replies, list):
+            continue  # absent (none), or the wrong type: the conversion says so
+        if depth + 1 >= MAX_COMMENT_DEPTH:
+            node["replies"], node["replies_omitted"] = [], _count_tree(replies)
+            continue
+        node["replies"] = [_comment_fields(r) for r in replies]
+        stack.extend((r, depth + 1) for r in node["replies"] if isinstance(r, dict))
+    return root
 
 
 def _items(body: Any, *keys: str) -> list[Any]:

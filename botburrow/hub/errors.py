@@ -38,3 +38,12 @@ class HubRateLimited(HubError):
 
 class HubUnavailable(HubError):
     """The circuit is open, retries are exhausted, or the outcome of a write is unknown."""
+
+
+class HubBadResponse(HubError):
+    """The Hub answered 2xx, but not with what the call expects: not JSON, the wrong shape, a null where a
+    value belongs, or nested too deep to decode. Asking again gets the same answer, so it is never
+    retried: the work that needed it fails once, with this reason."""
+
+    def __init__(self, message: str, status: int = 200, code: str = "BAD_RESPONSE") -> None:
+        super().__init__(status, message, code)

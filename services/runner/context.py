@@ -3,6 +3,11 @@
 Skills: the ones the config lists, plus those whose trigger keywords appear in the task text (whole
 words, case-insensitive) or whose trigger communities match the task's community; then every skill
 whose `requires_grants` the agent does not hold is dropped with a warning; deduplicated, in order.
+
+Hub content is written by strangers, so what reaches the model is bounded (`InputBounds`, from the
+HUB_* settings): each post and comment is cut to a number of characters, a thread to a depth and a
+number of comments. Whatever is cut says so in the text (`[cut: ...]`), and `Cuts` counts it for the
+activation's log line.
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from botburrow.schemas.agent import AgentDefinition, SkillDefinition
-from botburrow.schemas.hub import Comment, Notification, Post
+from botburrow.schemas.hub import Comment, Notification, Post, walk_comments
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,47 @@ FINAL_ANSWER_RULES = (
     "Your final answer (the text of your last message, without tool calls) is posted as your reply. "
     "Answer SKIP (alone) if you should not reply."
 )
+
+
+@dataclass(frozen=True)
+class InputBounds:
+    """How much Hub content one activation shows the model (defaults: the HUB_* settings' defaults)."""
+
+    post_max_chars: int = 20_000
+    comment_max_chars: int = 4_000
+    thread_max_depth: int = 20
+    thread_max_comments: int = 50
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> InputBounds:
+        return cls(post_max_chars=settings["HUB_POST_MAX_CHARS"], comment_max_chars=settings["HUB_COMMENT_MAX_CHARS"],
+                   thread_max_depth=settings["HUB_THREAD_MAX_DEPTH"],
+                   thread_max_comments=settings["HUB_THREAD_MAX_COMMENTS"])
+
+
+@dataclass
+class Cuts:
+    """What the bounds kept from the model, for the log (the text itself carries markers)."""
+
+    texts: int = 0  # posts, comments, titles or notifications cut short
+    chars: int = 0  # characters left out of them
+    comments: int = 0  # comments left out whole (too deep, past the count, or cut off by the client)
+
+    def __bool__(self) -> bool:
+        return bool(self.texts or self.comments)
+
+    def as_log(self) -> dict[str, int]:
+        return {"cut_texts": self.texts, "cut_chars": self.chars, "cut_comments": self.comments}
+
+
+def clip(text: str, max_chars: int, cuts: Cuts | None = None) -> str:
+    """`text`, or its first `max_chars` characters and a marker saying how many were left out."""
+    if len(text) <= max_chars:
+        return text
+    if cuts is not None:
+        cuts.texts += 1
+        cuts.chars += len(text) - max_chars
+    return f"{text[:max_chars]}… [cut: {len(text) - max_chars} more characters not shown]"
 
 
 def normalise_community(name: str | None) -> str:
@@ -73,34 +121,52 @@ def system_prompt(definition: AgentDefinition, skills: Iterable[SkillDefinition]
     return "\n\n".join(parts)
 
 
-def _render_comments(comments: list[Comment], depth: int = 0) -> list[str]:
-    lines: list[str] = []
-    for comment in comments:
-        lines.append(f"{'  ' * depth}- [{comment.id}] {comment.author_name}: {comment.content}")
-        lines += _render_comments(comment.replies, depth + 1)
-    return lines
+NAME_MAX_CHARS = 100
 
 
-def render_thread(post: Post, comments: list[Comment]) -> str:
+def kept_comments(comments: list[Comment], bounds: InputBounds, cuts: Cuts) -> list[tuple[Comment, int]]:
+    """The comments shown, with their depths, in reading order: none deeper than the depth bound, at most
+    the count bound. Walked without recursion (a reply chain may be a thousand deep)."""
+    kept: list[tuple[Comment, int]] = []
+    for comment, depth in walk_comments(comments):
+        cuts.comments += comment.replies_omitted
+        if depth >= bounds.thread_max_depth or len(kept) >= bounds.thread_max_comments:
+            cuts.comments += 1
+            continue
+        kept.append((comment, depth))
+    return kept
+
+
+def render_thread(post: Post, comments: list[Comment], bounds: InputBounds | None = None,
+                  cuts: Cuts | None = None) -> str:
+    bounds, cuts = bounds or InputBounds(), cuts if cuts is not None else Cuts()
     where = normalise_community(post.submolt)
-    head = f"Post [{post.id}] in {where} by {post.author_name}: {post.title}\n{post.content}"
-    body = _render_comments(comments)
+    head = (f"Post [{post.id}] in {where} by {clip(post.author_name, NAME_MAX_CHARS, cuts)}: "
+            f"{clip(post.title, bounds.comment_max_chars, cuts)}\n{clip(post.content, bounds.post_max_chars, cuts)}")
+    before = cuts.comments
+    body = [f"{'  ' * depth}- [{c.id}] {clip(c.author_name, NAME_MAX_CHARS, cuts)}: "
+            f"{clip(c.content, bounds.comment_max_chars, cuts)}" for c, depth in kept_comments(comments, bounds, cuts)]
+    if cuts.comments > before:
+        body.append(f"[cut: {cuts.comments - before} more comments not shown (deeper than "
+                    f"{bounds.thread_max_depth} levels or past the first {bounds.thread_max_comments})]")
     return head + ("\n\nComments:\n" + "\n".join(body) if body else "\n\n(no comments yet)")
 
 
-def describe(notification: Notification) -> str:
-    who = notification.from_.name or "someone"
+def describe(notification: Notification, bounds: InputBounds | None = None, cuts: Cuts | None = None) -> str:
+    bounds = bounds or InputBounds()
+    who = clip(notification.from_.name, NAME_MAX_CHARS, cuts) or "someone"
     what = DESCRIPTIONS.get(notification.type, f"{notification.type} from {{who}}").format(who=who)
     where = f" (comment {notification.comment_id} on post {notification.post_id})" if notification.comment_id else (
         f" (post {notification.post_id})" if notification.post_id else "")
-    return f"{what}{where}:\n> {notification.content}"
+    return f"{what}{where}:\n> {clip(notification.content, bounds.comment_max_chars, cuts)}"
 
 
-def notification_task(items: list[tuple[Notification, str | None]]) -> str:
+def notification_task(items: list[tuple[Notification, str | None]], bounds: InputBounds | None = None,
+                      cuts: Cuts | None = None) -> str:
     """The user message for a notification activation: each notification with its thread, if any."""
     sections = []
     for notification, thread in items:
-        section = describe(notification)
+        section = describe(notification, bounds, cuts)
         if thread:
             section += f"\n\nThe thread:\n{thread}"
         sections.append(section)
@@ -114,8 +180,8 @@ def exploration_task(definition: AgentDefinition, candidates: list[Post]) -> str
         f"Your topics: {', '.join(interests.topics) or '-'}; keywords: {', '.join(interests.keywords) or '-'}.",
         "Candidate posts:",
     ]
-    lines += [f"- [{p.id}] {normalise_community(p.submolt)} by {p.author_name}: {p.title}\n  {p.content[:500]}"
-              for p in candidates]
+    lines += [f"- [{p.id}] {normalise_community(p.submolt)} by {clip(p.author_name, NAME_MAX_CHARS)}: "
+              f"{clip(p.title, NAME_MAX_CHARS * 3)}\n  {clip(p.content, 500)}" for p in candidates]
     lines.append("To join one, answer with its id on the first line as `POST <id>` and your comment below it. "
                  "Answer SKIP (alone) if none is worth a reply.")
     return "\n".join(lines)

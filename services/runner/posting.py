@@ -8,6 +8,12 @@ there. A `posted` marker means the reply is never sent again.
 
 Limits (daily posts and comments, replies per thread, minimum interval) live in the `limits`
 bucket and are updated with compare-and-set, so they hold across every runner.
+
+A thread-wide cap (THREAD_AGENT_REPLIES_MAX) counts the comments every agent posted in one thread, in
+the same bucket under `thread.replies.<post>` (kept two days after the thread's last agent reply, the
+bucket's TTL), also with compare-and-set: agents that provoke each other in a ring stop there, however
+many they are and whichever runners serve them. A comment is counted against the agent's limits first,
+then against the thread; if the thread refuses it, the agent's count is given back.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -28,6 +34,7 @@ from botburrow.secrets import redact
 from botburrow.streams.subjects import token
 
 CAS_ATTEMPTS = 20
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 class ReplyMarker(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,6 +54,24 @@ class Usage(msgspec.Struct, kw_only=True):
     comments: int = 0
     last_post_at: float = 0.0
     threads: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class ThreadReplies(msgspec.Struct, kw_only=True):
+    """Comments posted by agents in one thread (post), every agent and runner together."""
+
+    agent_replies: int = 0
+
+
+def thread_key(post_id: str) -> str:
+    # Three tokens: never one of the `<agent>.<day>` keys of the same bucket.
+    return f"thread.replies.{token(post_id)}"
+
+
+def thread_limit_reason(count: ThreadReplies, max_replies: int) -> str | None:
+    if max_replies and count.agent_replies >= max_replies:
+        return (f"THREAD_AGENT_REPLIES_MAX ({max_replies}) reached: agents replied {count.agent_replies} times "
+                "in this thread")
+    return None
 
 
 @dataclass(frozen=True)
@@ -84,8 +109,12 @@ def interval_wait_s(usage: Usage, limits: Limits, now_s: float) -> float:
 
 
 class Poster:
-    def __init__(self, bus: Bus, hub: HubClient, agent: str, agent_key: str, limits: Limits) -> None:
+    def __init__(self, bus: Bus, hub: HubClient, agent: str, agent_key: str, limits: Limits, *,
+                 thread_replies_max: int = 0, input_bounds: object = None) -> None:
         self.bus, self.hub, self.agent, self.key, self.limits = bus, hub, agent, agent_key, limits
+        self.thread_replies_max = thread_replies_max  # 0: no thread-wide cap
+        # The activation's context.InputBounds, for the Hub tools that post through this Poster.
+        self.input_bounds = input_bounds
 
     def _usage_key(self, now_s: float) -> str:
         return f"{token(self.agent)}.{time.strftime('%Y%m%d', time.gmtime(now_s))}"
@@ -102,27 +131,60 @@ class Poster:
                             day_s: float | None = None) -> str | None:
         """Apply `change` to today's counters (or those of the day of `day_s`) with compare-and-set, so
         it holds across runners. `change` returns a reason to leave them as they are, or None."""
+        return await self._change(lambda now_s: self._usage_key(day_s or now_s), Usage, change)
+
+    async def _change(self, key_at: Callable[[float], str], kind: type[S],
+                      change: Callable[[S, float], str | None]) -> str | None:
+        """Compare-and-set on one `limits` key: read, `change` (a reason to leave it, or None), write."""
         kv = await self.bus.kv("limits")
         for _ in range(CAS_ATTEMPTS):
             now_s = time.time()
-            key = self._usage_key(day_s or now_s)
+            key = key_at(now_s)
             try:
                 entry = await kv.get(key)
-                usage, revision = msgspec.json.decode(entry.value, type=Usage), entry.revision
+                value, revision = msgspec.json.decode(entry.value, type=kind), entry.revision
             except KeyNotFoundError:
-                usage, revision = Usage(), None
-            reason = change(usage, now_s)
+                value, revision = kind(), None
+            reason = change(value, now_s)
             if reason:
                 return reason
             try:
                 if revision is None:
-                    await kv.create(key, msgspec.json.encode(usage))
+                    await kv.create(key, msgspec.json.encode(value))
                 else:
-                    await kv.update(key, msgspec.json.encode(usage), last=revision)
+                    await kv.update(key, msgspec.json.encode(value), last=revision)
                 return None
             except KeyWrongLastSequenceError:
                 continue  # another runner counted meanwhile: read again
         return "limits bucket contended; try later"
+
+    def _thread_capped(self, target: Target) -> bool:
+        return bool(self.thread_replies_max and target.kind == "comment" and target.post_id)
+
+    async def thread_replies(self, post_id: str) -> ThreadReplies:
+        kv = await self.bus.kv("limits")
+        try:
+            entry = await kv.get(thread_key(post_id))
+        except KeyNotFoundError:
+            return ThreadReplies()
+        return msgspec.json.decode(entry.value, type=ThreadReplies) if entry.value else ThreadReplies()
+
+    async def refusal(self, usage: Usage, target: Target) -> str | None:
+        """Why `target` may not be posted now, read without counting (to spare a model call); posting
+        checks again atomically."""
+        reason = limit_reason(usage, self.limits, target, time.time())
+        if reason or not self._thread_capped(target):
+            return reason
+        return thread_limit_reason(await self.thread_replies(target.post_id or ""), self.thread_replies_max)
+
+    async def _count_thread(self, target: Target, n: int) -> str | None:
+        def count(replies: ThreadReplies, now_s: float) -> str | None:
+            if n > 0 and (reason := thread_limit_reason(replies, self.thread_replies_max)):
+                return reason
+            replies.agent_replies = max(0, replies.agent_replies + n)
+            return None
+
+        return await self._change(lambda now_s: thread_key(target.post_id or ""), ThreadReplies, count)
 
     async def _reserve(self, target: Target) -> tuple[str | None, float, float]:
         """Count this post against the limits; return why it may not be posted (or None), when it was
@@ -139,10 +201,17 @@ class Poster:
             return None
 
         reason = await self._change_usage(count)
+        if reason is None and self._thread_capped(target):
+            reason = await self._count_thread(target, 1)
+            if reason:  # the agent may, the thread may not: give the agent's count back
+                await self._release(target, counted[0], counted[1], thread=False)
         return reason, counted[0], counted[1]
 
-    async def _release(self, target: Target, counted_at_s: float, previous_post_at_s: float) -> None:
+    async def _release(self, target: Target, counted_at_s: float, previous_post_at_s: float, *,
+                       thread: bool = True) -> None:
         """Give back a reservation the Hub refused, so a redelivery is not counted twice."""
+        if thread and self._thread_capped(target):
+            await self._count_thread(target, -1)
 
         def uncount(usage: Usage, now_s: float) -> None:
             _add(usage, target, -1)
