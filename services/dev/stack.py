@@ -3,6 +3,10 @@
 `LocalStack` is what `botburrow dev` runs, and what the end-to-end tests run: the stages are real
 processes (`python -m botburrow <stage>`), configured only through their environment, exactly as in
 a cluster. The Hub emulator and the scripted LLM run inside this process.
+
+The embedded nats-server requires a user and password: each stage connects as its own user, whose
+permissions cover only its subjects (botburrow.streams.permissions), after `streams-apply` has made
+the topology; `nats_url` carries the operator's credentials (what `botburrow dev` prints).
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ from pathlib import Path
 import httpx
 
 from botburrow.runtime import natsserver
+from botburrow.runtime.bus import Bus
 from botburrow.services.hub_emulator import HubEmulator
 from botburrow.services.scripted_llm import ScriptedLLM
+from botburrow.streams import permissions
+from botburrow.streams.apply import ensure
+from botburrow.streams.topology import RUNNER_ACK_WAIT_S
 
 EXAMPLES_DIR = Path(__file__).parent
 STAGE_ORDER = ("configsync", "ingest", "scheduler", "metrics", "runner")
@@ -80,6 +88,8 @@ class LocalStack:
     stages: list[StageProcess] = field(default_factory=list)
     agent_keys: dict[str, str] = field(default_factory=dict)
     _nats: natsserver.NatsServer | None = None
+    # Set when the stack runs its own nats-server: every user's password and the server's config file.
+    _credentials: natsserver.Credentials | None = None
 
     @classmethod
     def in_temp_dir(cls, **kwargs: object) -> LocalStack:
@@ -95,9 +105,7 @@ class LocalStack:
             self.nats_url = os.environ["NATS_URL"]
             self.progress(f"nats-server: using NATS_URL={self.nats_url}")
         else:
-            self._nats = await natsserver.start_async(self.work_dir / "nats")
-            self.nats_url = self._nats.url
-            self.progress(f"nats-server: started at {self.nats_url} (store in {self._nats.store_dir})")
+            await self._start_nats()
         self.hub = HubEmulator(system_key=SYSTEM_KEY)
         await self.hub.start()
         for name in self.agent_names():
@@ -111,12 +119,32 @@ class LocalStack:
         await self.llm.start()
         self.progress(f"scripted LLM: {self.llm.url} ({'strict' if self.llm_strict else 'demo'} mode)")
 
-    def stage_env(self, port: int) -> dict[str, str]:
+    async def _start_nats(self) -> None:
+        """The embedded server, with a user per stage; the topology made as `streams-apply` before any stage."""
+        self._credentials = natsserver.write_credentials(self.work_dir / "nats")
+        self._nats = await natsserver.start_async(self.work_dir / "nats", config_file=self._credentials.config_file)
+        self.nats_url = self._credentials.url(self._nats.url, permissions.OPERATOR)
+        self.progress(f"nats-server: started at {self._nats.url} with a user per stage "
+                      f"(store in {self._nats.store_dir})")
+        ack_wait_s = float(self.extra_env.get("RUNNER_ACK_WAIT_SECONDS", RUNNER_ACK_WAIT_S))
+        bus = await Bus.connect(self._credentials.url(self._nats.url, permissions.TOPOLOGY), name="botburrow-dev-apply")
+        try:
+            await ensure(bus.js, runner_ack_wait_s=ack_wait_s)
+        finally:
+            await bus.close()
+
+    def stage_nats_url(self, stage: str | None) -> str:
+        """The stage's own user on the embedded server; else (an external server) the one URL."""
+        if self._credentials is None or self._nats is None or stage not in permissions.USERS:
+            return self.nats_url
+        return self._credentials.url(self._nats.url, stage)
+
+    def stage_env(self, port: int, stage: str | None = None) -> dict[str, str]:
         assert self.hub is not None and self.llm is not None
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", str(self.work_dir)),
-            "NATS_URL": self.nats_url,
+            "NATS_URL": self.stage_nats_url(stage),
             "HUB_URL": self.hub.url,
             "HUB_API_KEY": SYSTEM_KEY,
             "AGENTS_SOURCE": str(self.agents_source),
@@ -137,7 +165,7 @@ class LocalStack:
         log_path = self.work_dir / f"{name}-{index}.log"
         with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - opened once per stage, handed to the child
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "botburrow", name, env=self.stage_env(port),
+                sys.executable, "-m", "botburrow", name, env=self.stage_env(port, name),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
         # Replicated stages get their index in the name, so each of several is told apart (faults, readiness).
         stage = StageProcess(f"{name}-{index}" if name in REPLICATED else name, process, port, log_path)
@@ -194,7 +222,9 @@ class LocalStack:
         await asyncio.to_thread(old.process.wait)
         await asyncio.sleep(down_s)
         port = int(old.url.rsplit(":", 1)[1])
-        self._nats = await asyncio.to_thread(_start_nats_on_port, self.work_dir / "nats", old.store_dir, port)
+        config_file = self._credentials.config_file if self._credentials else None
+        self._nats = await asyncio.to_thread(_start_nats_on_port, self.work_dir / "nats", old.store_dir, port,
+                                             config_file)
 
     async def stop(self) -> None:
         await asyncio.gather(*(self.stop_stage(s) for s in self.stages))
@@ -206,12 +236,13 @@ class LocalStack:
             await asyncio.to_thread(self._nats.stop)
 
 
-def _start_nats_on_port(work_dir: Path, store_dir: Path, port: int, timeout_s: float = 15.0) -> natsserver.NatsServer:
-    """`natsserver.start` with a fixed client port (a restart must keep the URL the stages know)."""
+def _start_nats_on_port(work_dir: Path, store_dir: Path, port: int, config_file: Path | None = None,
+                        timeout_s: float = 15.0) -> natsserver.NatsServer:
+    """`natsserver.start` with a fixed client port (a restart must keep the URL the stages know) and the
+    same users."""
     log = open(work_dir / "nats-server.log", "ab")
-    process = subprocess.Popen(
-        [natsserver.find_binary(), "-a", "127.0.0.1", "-p", str(port), "-m", "-1", "-js", "-sd", str(store_dir)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(natsserver.command(store_dir, port=port, config_file=config_file),
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     url = f"nats://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
