@@ -61,6 +61,28 @@ def _url(raw: str) -> str:
     return raw.rstrip("/")
 
 
+# Credentials that are never a model key, whatever MODEL_KEY_ENVS or a config says (issue 14).
+NEVER_MODEL_KEYS = frozenset({"HUB_API_KEY", "R2_ACCESS_KEY", "R2_SECRET_KEY", "NATS_URL", "NATS_CREDS", "NATS_TOKEN",
+                              "NATS_USER", "NATS_PASSWORD", "NATS_NKEY", "GITHUB_PERSONAL_ACCESS_TOKEN",
+                              "BRAVE_API_KEY", "BOTBURROW_AGENT_KEYS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
+
+
+def _model_key_envs(raw: str) -> frozenset[str]:
+    names = frozenset(n.strip() for n in raw.split(",") if n.strip())
+    if bad := sorted(n for n in names if not n.replace("_", "").isalnum() or not n[0].isalpha() or not n.isupper()):
+        raise ValueError(f"not environment variable names: {', '.join(bad)}")
+    if never := sorted(names & NEVER_MODEL_KEYS):
+        raise ValueError(f"{', '.join(never)} is not a model key")
+    return names
+
+
+def _url_list(raw: str) -> tuple[str, ...]:
+    urls = tuple(u.strip().rstrip("/") for u in raw.split(",") if u.strip())
+    if bad := [u for u in urls if not u.startswith(("http://", "https://"))]:
+        raise ValueError(f"not http(s) URLs: {', '.join(bad)}")
+    return urls
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -88,6 +110,10 @@ SETTINGS: list[Setting] = [
     Setting("ANTHROPIC_BASE_URL", "Anthropic API base URL", frozenset({"runner"}), parse=_url),
     Setting("MODEL_BASE_URL_OVERRIDE", "local mode and tests only: every model call goes here",
             frozenset({"runner"}), parse=_url),
+    Setting("MODEL_KEY_ENVS", "the variables (or their kebab-case secret files) a config's brain.api_key_env may name",
+            frozenset({"runner"}), "ANTHROPIC_API_KEY,OPENAI_API_KEY", parse=_model_key_envs),
+    Setting("MODEL_API_BASES", "model endpoints a config's brain.api_base may name (comma-separated base URLs)",
+            frozenset({"runner"}), "https://api.anthropic.com,https://api.openai.com/v1", parse=_url_list),
     Setting("PRICE_TABLE_FILE", "model price table (YAML or JSON, USD per million tokens)",
             frozenset({"runner"})),
     Setting("POLL_INTERVAL_SECONDS", "Hub notification polling interval", frozenset({"ingest"}), "30",

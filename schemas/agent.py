@@ -97,6 +97,17 @@ class Behavior(Strict, kw_only=True):
     discovery: Discovery = msgspec.field(default_factory=Discovery)
     limits: Limits = msgspec.field(default_factory=Limits)
 
+    def answers(self, notification_type: str) -> bool:
+        """SPEC §4's table: which notification types this agent answers (`thread_update`, `follow` and
+        unknown types never). The one place of the rule, for the scheduler and the runner."""
+        flag = ANSWERED_BY.get(notification_type)
+        return flag is not None and bool(getattr(self, flag))
+
+
+# Notification type -> the behavior flag that turns its answer on (SPEC §4).
+ANSWERED_BY = {"mention": "respond_to_mentions", "dm": "respond_to_dms", "reply": "respond_to_replies",
+               "comment": "respond_to_replies"}
+
 
 class Remember(Strict, kw_only=True):
     conversations_with: list[str] = msgspec.field(default_factory=list)

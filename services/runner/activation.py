@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from botburrow.hub.client import HubAuthError, HubClient, HubError, HubUnavailable
+from botburrow.mcp.grants import holds_all
 from botburrow.runtime.consumer import Retry
 from botburrow.schemas.agent import AgentDefinition, SkillDefinition
 from botburrow.schemas.events import ActivationMetrics, ActivationRequested
 from botburrow.schemas.hub import Notification, Post
 from botburrow.secrets import redact
-from botburrow.services.runner import context
+from botburrow.services.runner import context, modelaccess
 from botburrow.services.runner.loop import LoopFailed, LoopLimits, LoopResult
 from botburrow.services.runner.posting import (
     Poster,
@@ -48,8 +49,6 @@ from botburrow.services.runner.transcript import ModelError
 
 log = logging.getLogger(__name__)
 
-ANSWERED_BY = {"mention": "respond_to_mentions", "dm": "respond_to_dms", "reply": "respond_to_replies",
-               "comment": "respond_to_replies"}
 EXPLORATION_MIN_AGE_S = 300
 EXPLORATION_CANDIDATES = 10
 HUB_OUTAGE_RETRY_S = 15.0
@@ -89,8 +88,7 @@ def answerable(definition: AgentDefinition, notification: Notification) -> bool:
     """False for notifications that get no model call: the agent's own, types its flags turn off."""
     if notification.from_.name == definition.name:
         return False
-    flag = ANSWERED_BY.get(notification.type)
-    return flag is not None and getattr(definition.config.behavior, flag)
+    return definition.config.behavior.answers(notification.type)
 
 
 def target_for(notification: Notification) -> Target:
@@ -108,6 +106,8 @@ class Activation:
         # Set when the request can never succeed as it is: the stage copies it to the DLQ.
         self.dead_letter: str | None = None
         self._deadline: asyncio.Timeout | None = None
+        self.grants: set[str] = set()  # after the cluster policy, resolved once by `_preflight`
+        self.skip_reason: str | None = None  # why a `skipped` activation made no model call
 
     async def run(self) -> ActivationMetrics:
         definition = self.deps.definitions.get(self.request.agent)
@@ -134,7 +134,7 @@ class Activation:
             raise Retry(HUB_OUTAGE_RETRY_S, "hub unavailable") from None
         except (HubError, ModelError) as exc:
             error = redact(str(exc))
-        metrics = self._metrics(tool_type, model, outcome if error is None else "failed", error)
+        metrics = self._metrics(tool_type, model, outcome if error is None else "failed", error or self.skip_reason)
         await self.log.finished(metrics)
         return metrics
 
@@ -148,6 +148,10 @@ class Activation:
         key = self.deps.keys.get(definition.name)
         if not key:
             raise ActivationFailed(f"no Hub key for agent {definition.name!r}", dead_letter=True)
+        if (skip := self._preflight(definition)) is not None:
+            self.skip_reason = skip
+            log.info("activation skipped", extra={"activation_id": self.request.activation_id, "reason": skip})
+            return "skipped"
         poster = Poster(self.deps.bus, self.deps.hub, definition.name, key, definition.config.behavior.limits)
         deadline_s = self.started_s + self.deps.limits.timeout_s
         self._deadline = asyncio.timeout_at(asyncio.get_running_loop().time() + self.deps.limits.timeout_s)
@@ -156,13 +160,26 @@ class Activation:
                 return await self._explore(definition, key, poster, deadline_s)
             return await self._answer(definition, key, poster, deadline_s)
 
+    def _preflight(self, definition: AgentDefinition) -> str | None:
+        """Before any Hub read or model call. The answer is a write: an agent without `hub:write` (after the
+        policy) is skipped, with that reason (a departure from SPEC §4, docs/departures.md). A config naming
+        a model key or endpoint the operator does not allow fails the activation before any secret is read."""
+        self.grants = self.deps.grants.resolve(definition)
+        if not holds_all(self.grants, "hub", "write"):
+            return "hub:write is missing: the agent may not post its answer, so it is not asked for one"
+        try:
+            modelaccess.check(definition.config.brain, self.deps.environ)
+        except modelaccess.ModelAccessRefused as exc:
+            raise ActivationFailed(str(exc)) from None
+        return None
+
     def _loop_limits(self, definition: AgentDefinition, deadline_s: float) -> LoopLimits:
         return LoopLimits(max_iterations=definition.config.behavior.max_iterations,
                           max_tokens=self.deps.limits.max_tokens, deadline=deadline_s)
 
     async def _think(self, definition: AgentDefinition, key: str, poster: Poster, task: str,
                      community: str | None, deadline_s: float) -> tuple[str, ToolContext]:
-        grants = self.deps.grants.resolve(definition)
+        grants = self.grants
         skills: Mapping[str, SkillDefinition] = self.deps.definitions.skills()
         chosen = context.select_skills(definition, skills, grants, task, community)
         tools = ToolContext(definition=definition, agent_key=key, grants=grants,

@@ -34,9 +34,10 @@ from starlette.routing import Route
 
 from botburrow.runtime.http import RunningServer, serve
 from botburrow.schemas.agent import Brain
-from botburrow.secrets import env_name_to_secret, read_secret, redact
+from botburrow.secrets import redact
+from botburrow.services.runner import modelaccess
 from botburrow.services.runner.loop import LoopLimits, LoopResult, Recorder
-from botburrow.services.runner.transcript import ANTHROPIC_DEFAULT_URL, LOCAL_KEY, ModelReply, ToolCall, parse_arguments
+from botburrow.services.runner.transcript import ModelReply, ToolCall, parse_arguments
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +55,13 @@ class Upstream:
 
 
 def upstreams_for(brain: Brain, environ: Mapping[str, str]) -> dict[str, Upstream]:
-    """Upstreams per wire protocol; the resolution mirrors `providers.model_for` (SPEC §4)."""
-    override = environ.get("MODEL_BASE_URL_OVERRIDE", "").rstrip("/")
-    anthropic_base = override or (brain.api_base if brain.provider == "anthropic" else None) \
-        or environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_DEFAULT_URL
-    anthropic_key = read_secret("anthropic-api-key", environ=environ) or (LOCAL_KEY if override else None)
-    env_name = brain.api_key_env or "OPENAI_API_KEY"
-    openai_base = override or (brain.api_base or "").rstrip("/").removesuffix("/v1")
-    openai_key = read_secret(env_name_to_secret(env_name), env_name, environ=environ) or (
-        LOCAL_KEY if override else None)
-    return {"anthropic": Upstream(anthropic_base.rstrip("/").removesuffix("/v1"), anthropic_key),
-            "openai": Upstream(openai_base, openai_key)}
+    """Upstreams per wire protocol, by the one resolution (modelaccess.resolve): a key or endpoint the
+    operator does not allow raises ModelAccessRefused before any secret is read."""
+    out = {}
+    for protocol in ("anthropic", "openai"):
+        endpoint = modelaccess.resolve(brain, environ, protocol)
+        out[protocol] = Upstream(endpoint.base_url.removesuffix("/v1"), endpoint.key)
+    return out
 
 
 @dataclass

@@ -16,10 +16,9 @@ import anthropic
 import httpx
 
 from botburrow.schemas.agent import Brain
-from botburrow.secrets import env_name_to_secret, read_secret, redact
+from botburrow.secrets import env_name_to_secret, redact
+from botburrow.services.runner import modelaccess
 from botburrow.services.runner.transcript import (
-    ANTHROPIC_DEFAULT_URL,
-    LOCAL_KEY,
     AssistantTurn,
     Entry,
     ModelError,
@@ -171,19 +170,14 @@ class OpenAIModel:
 
 
 def model_for(brain: Brain, environ: Mapping[str, str], *, timeout_s: float) -> AnthropicModel | OpenAIModel:
-    """Build the model client for an agent's brain (SPEC §4: base URL and key resolution)."""
-    override = environ.get("MODEL_BASE_URL_OVERRIDE", "").rstrip("/")
-    if brain.provider == "anthropic":
-        base = override or brain.api_base or environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_DEFAULT_URL
-        key = read_secret("anthropic-api-key", environ=environ) or (LOCAL_KEY if override else None)
-        if key is None:
+    """Build the model client for an agent's brain (SPEC §4), its endpoint and key within the operator's
+    lists (modelaccess.resolve: ModelAccessRefused, a ModelError, before any secret is read)."""
+    endpoint = modelaccess.resolve(brain, environ)
+    if endpoint.protocol == "anthropic":
+        if endpoint.key is None:
             raise ModelError("no Anthropic key: set secret anthropic-api-key or ANTHROPIC_API_KEY")
-        return AnthropicModel(brain, base_url=base, api_key=key, timeout_s=timeout_s)
-    env_name = brain.api_key_env or "OPENAI_API_KEY"
-    base = f"{override}/v1" if override else brain.api_base
-    if not base:
-        raise ModelError(f"provider {brain.provider} needs brain.api_base (an OpenAI-compatible endpoint)")
-    key = read_secret(env_name_to_secret(env_name), env_name, environ=environ) or (LOCAL_KEY if override else None)
-    if key is None:
+        return AnthropicModel(brain, base_url=endpoint.base_url, api_key=endpoint.key, timeout_s=timeout_s)
+    if endpoint.key is None:
+        env_name = brain.api_key_env or modelaccess.DEFAULT_KEY_ENV
         raise ModelError(f"no key for {brain.provider}: set secret {env_name_to_secret(env_name)} or {env_name}")
-    return OpenAIModel(brain, base_url=base, api_key=key, timeout_s=timeout_s)
+    return OpenAIModel(brain, base_url=endpoint.base_url, api_key=endpoint.key, timeout_s=timeout_s)
