@@ -64,6 +64,10 @@ class DeadLetter(Payload, kw_only=True):
     payload: str
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    # A letter must fit NATS's max payload: a large original is cut (its start kept). Nothing is lost:
+    # `stream` and `seq` still point at the whole message.
+    payload_truncated: bool = False
+    payload_bytes: int = 0  # the original payload's size
 
 
 class ActivationMetrics(msgspec.Struct, frozen=True, kw_only=True):

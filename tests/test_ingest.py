@@ -171,7 +171,7 @@ async def test_stage_starts_with_the_hub_down_and_recovers(bus: Bus, nats_url: s
             assert down["checks"]["hub"] is False
             await emulator.start(port=hub_port)
             up = await wait_ready(http, readyz, ready=True)
-            assert up["checks"] == {"nats": True, "streams": True, "hub": True}
+            assert up["checks"] == {"nats": True, "streams": True, "body": True, "hub": True, "task:poll": True}
 
         await eventually(lambda: emulator.notifications_of("ann")[0].read)
         [(headers, event)] = await stream_messages(bus)

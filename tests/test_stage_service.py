@@ -41,7 +41,7 @@ async def test_a_stage_is_not_ready_while_its_streams_are_not_made(tmp_path: Pat
                     await asyncio.sleep(0.05)
 
             seen = await asyncio.wait_for(connected_not_ready(), WAIT_S)
-        assert seen["status"] == 503 and seen["checks"] == {"nats": True, "streams": False}
+        assert seen["status"] == 503 and seen["checks"] == {"nats": True, "streams": False, "body": False}
         assert not body_started.is_set()
     finally:
         stop.set()

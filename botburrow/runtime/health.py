@@ -28,6 +28,11 @@ class Health:
     def add_check(self, name: str, check: Check) -> None:
         self.checks[name] = check
 
+    def remove_check(self, name: str, check: Check) -> None:
+        """Drop `name` if it is still `check` (a later task of the same name may have replaced it)."""
+        if self.checks.get(name) is check:
+            del self.checks[name]
+
     def status(self) -> dict[str, bool]:
         results = {}
         for name, check in self.checks.items():

@@ -4,6 +4,11 @@
 ready yet), connects to NATS (retrying until it answers), creates any missing stream, consumer or
 bucket, then runs the stage's body until `stop` is set. `main` adds JSON logs and SIGTERM/SIGINT
 handling for a real process; tests call `run_stage` in-process with their own `stop` event.
+
+No silent stall: a body that ends by NATS trouble makes the stage not ready and is started again; by
+anything else it ends the process (non-zero). A body's other long-lived tasks (a consumer, a poll
+loop, a scheduler partition) run under `supervise`: one that ends makes the stage not ready and is
+started again after a backoff.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
+from prometheus_client import Counter
 
 from botburrow import logs
 from botburrow.runtime.bus import Bus
@@ -32,6 +38,14 @@ from botburrow.streams.apply import ensure
 
 log = logging.getLogger(__name__)
 NATS_RETRY_S = 1.0
+# A supervised task that died is started again after this, doubling up to the maximum; the delay starts
+# over once a run lasted RESTART_RESET_S.
+RESTART_BACKOFF_S = 1.0
+RESTART_MAX_BACKOFF_S = 30.0
+RESTART_RESET_S = 60.0
+
+TASK_RESTARTS = Counter("botburrow_task_restarts_total", "Long-lived tasks that ended unexpectedly and were restarted",
+                        ["stage", "task"])
 
 
 @dataclass
@@ -66,19 +80,65 @@ async def connect_until_stopped(url: str, name: str, creds: str | None, stop: as
     return None
 
 
-async def _run_body_until_stopped(ctx: StageContext, body: StageBody, streams_made: asyncio.Event) -> None:
+async def supervise(health: Health, name: str, task: Callable[[], Awaitable[None]], stop: asyncio.Event, *,
+                    backoff_s: float = RESTART_BACKOFF_S, max_backoff_s: float = RESTART_MAX_BACKOFF_S) -> None:
+    """Run one of a stage's long-lived tasks until `stop` is set, starting it again whenever it ends.
+
+    Ending while the stage runs, by an exception or a return, is a fault: it is logged and counted, and
+    the stage is not ready (check `task:<name>`) until the task runs again, `backoff_s` later (doubling
+    while it keeps dying). The check goes when this returns (a released partition, a stopped stage).
+    """
+    up = True
+
+    def running() -> bool:
+        return up
+
+    check = f"task:{name}"
+    health.add_check(check, running)
+    delay_s = backoff_s
+    loop = asyncio.get_running_loop()
+    try:
+        while not stop.is_set():
+            started = loop.time()
+            try:
+                await task()
+                error: BaseException | None = None
+            except Exception as exc:
+                error = exc
+            if stop.is_set():
+                return
+            up = False
+            TASK_RESTARTS.labels(health.service, name).inc()
+            if loop.time() - started > RESTART_RESET_S:
+                delay_s = backoff_s
+            log.error("task ended unexpectedly, restarting it", exc_info=error, extra={
+                "stage": health.service, "task": name, "error": repr(error) if error else "returned",
+                "retry_in_s": delay_s})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay_s)
+            delay_s = min(max_backoff_s, delay_s * 2)
+            up = True
+    finally:
+        health.remove_check(check, running)
+
+
+async def _run_body_until_stopped(ctx: StageContext, body: StageBody, streams_made: asyncio.Event,
+                                  running: asyncio.Event) -> None:
     """Run the stage's body; when NATS fails under it (a restart, a leader election), start it again.
 
     The body cleans up in its own `finally`, so a restart begins from a clean state; every consumer is
     durable, so nothing is lost in between. A body adds its own readiness checks before its first await.
+    Any other failure ends the stage (the process exits non-zero and is restarted by its supervisor).
     """
     for attempt in itertools.count(1):
         try:
             await ensure(ctx.bus.js, runner_ack_wait_s=ctx.settings["RUNNER_ACK_WAIT_SECONDS"])
             streams_made.set()
+            running.set()
             await body(ctx)
             return
         except NATS_TRANSIENT as exc:
+            running.clear()
             if ctx.stop.is_set():
                 return
             delay_s = min(10.0, 0.5 * 2**attempt)
@@ -86,6 +146,10 @@ async def _run_body_until_stopped(ctx: StageContext, body: StageBody, streams_ma
                 "stage": ctx.name, "error": repr(exc), "attempt": attempt, "retry_in_s": delay_s})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ctx.stop.wait(), delay_s)
+        except Exception:
+            running.clear()
+            log.critical("stage failed, stopping it", exc_info=True, extra={"stage": ctx.name})
+            raise
 
 
 async def run_stage(
@@ -101,7 +165,7 @@ async def run_stage(
     remember_all(env)
     stop = stop or asyncio.Event()
     health = Health(name)
-    server: RunningServer = await health.serve(settings.metrics_port)
+    server: RunningServer = await health.serve(settings.metrics_port, host=settings["METRICS_HOST"])
     if on_ready_port:
         on_ready_port(server.port)
     log.info("stage starting", extra={"stage": name, "metrics_port": server.port})
@@ -113,10 +177,13 @@ async def run_stage(
         health.add_check("nats", lambda: bus.nc.is_connected)
         # Until the body runs, none of its own checks exist: without this one /readyz said 200 while
         # `ensure` made streams, before a runner had swept the sandboxes its dead predecessor left.
-        streams_made = asyncio.Event()
+        streams_made, running = asyncio.Event(), asyncio.Event()
         health.add_check("streams", streams_made.is_set)
+        # False until the body runs, and while a body that NATS interrupted waits to start again: its own
+        # checks may still say ready then (a runner's `taking_work` from before), yet nothing runs.
+        health.add_check("body", running.is_set)
         ctx = StageContext(name, settings, bus, health, stop, env, server.port)
-        await _run_body_until_stopped(ctx, body, streams_made)
+        await _run_body_until_stopped(ctx, body, streams_made, running)
     finally:
         if bus is not None:
             await bus.close()

@@ -44,13 +44,18 @@ async def run(ctx: StageContext) -> None:
 
     poller = Poller(hub, ctx.bus, key_of)
     directory = await AgentDirectory.open(ctx.bus)
-    try:
+
+    async def poll_forever() -> None:
         while not ctx.stop.is_set():
             report = await poller.poll_once(directory.agents())
             if not report.published and not report.errors:
                 await hub.probe()  # no agent call this round: learn whether the Hub answers, for /readyz
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ctx.stop.wait(), interval_s)
+
+    try:
+        # A round that raises (a bug, NATS trouble) must not end polling for good: not ready, then again.
+        await service.supervise(ctx.health, "poll", poll_forever, ctx.stop)
     finally:
         await directory.close()
         await hub.aclose()

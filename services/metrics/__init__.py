@@ -3,7 +3,8 @@
 `run(ctx)` reads the `metrics` durable consumer on RUNS (`completed`/`failed` only) in batches of
 CONSUMPTION_BATCH_SIZE (a partial batch waits at most CONSUMPTION_FLUSH_SECONDS), posts each batch to
 `POST /system/consumption` with the system key and acknowledges it only once the Hub accepted it
-(see `reporter`). Ready only when NATS and the Hub are reachable.
+(see `reporter`). Ready only when NATS and the Hub are reachable and the consumer runs (a consumer
+that dies is started again, see `service.supervise`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from botburrow.hub.client import HubClient
 from botburrow.hub.probe import keep_probing
 from botburrow.runtime import service
 from botburrow.runtime.consumer import consume_batches
-from botburrow.runtime.service import StageContext
+from botburrow.runtime.service import StageContext, supervise
 from botburrow.secrets import read_secret
 from botburrow.services.metrics.reporter import Reporter, observe
 from botburrow.settings import SettingsError
@@ -39,9 +40,10 @@ async def run(ctx: StageContext) -> None:
     reporter = Reporter(hub, ctx.stop)
     try:
         await asyncio.gather(
-            keep_probing(hub, ctx.stop),
-            consume_batches(ctx.bus, stage=STAGE, stream="RUNS", durable="metrics", handler=reporter.on_batch,
-                            stop=ctx.stop, batch=ctx.settings["CONSUMPTION_BATCH_SIZE"], fetch_timeout_s=flush_s),
+            supervise(ctx.health, "hub-probe", lambda: keep_probing(hub, ctx.stop), ctx.stop),
+            supervise(ctx.health, "consumer", lambda: consume_batches(
+                ctx.bus, stage=STAGE, stream="RUNS", durable="metrics", handler=reporter.on_batch, stop=ctx.stop,
+                batch=ctx.settings["CONSUMPTION_BATCH_SIZE"], fetch_timeout_s=flush_s), ctx.stop),
         )
     finally:
         await hub.aclose()

@@ -51,6 +51,17 @@ def _is_invalid(exc: HubError) -> bool:
     return (type(exc) in (HubError, HubNotFound)) and 400 <= exc.status < 500
 
 
+def _consistent(item: Item) -> bool:
+    """The consumption event names the activation and agent of its run event (the codec checked those
+    against the subject), else it is rejected: the Hub and the Prometheus labels would believe it."""
+    event, metrics = item.payload, item.payload.metrics
+    if (metrics.activation_id, metrics.agent_id) == (event.activation_id, event.agent):
+        return True
+    item.reject(f"metrics name activation {metrics.activation_id[:100]!r} of agent {metrics.agent_id[:100]!r}, "
+                f"not the event's {event.activation_id[:100]!r} of {event.agent[:100]!r}", "$.metrics")
+    return False
+
+
 class Reporter:
     def __init__(self, hub: ConsumptionHub, stop: asyncio.Event, *, backoff_base_s: float = 0.5) -> None:
         self.hub, self.stop = hub, stop
@@ -58,7 +69,8 @@ class Reporter:
 
     async def on_batch(self, items: list[Item]) -> None:
         """Batch handler for the `metrics` consumer on RUNS (completed/failed)."""
-        ended = [item for item in items if isinstance(item.payload, RunCompleted | RunFailed)]
+        ended = [item for item in items if isinstance(item.payload, RunCompleted | RunFailed)
+                 and _consistent(item)]
         if not ended:
             return
         try:

@@ -30,8 +30,8 @@ from botburrow.hub.client import HubClient
 from botburrow.hub.probe import keep_probing
 from botburrow.mcp.grants import PolicyGrantResolver
 from botburrow.runtime import service
-from botburrow.runtime.consumer import DeadLetters, Retry
-from botburrow.runtime.service import StageContext
+from botburrow.runtime.consumer import DeadLetters, Retry, nak_quietly
+from botburrow.runtime.service import StageContext, supervise
 from botburrow.schemas.codec import DecodeError, decode_subject
 from botburrow.schemas.events import ActivationMetrics, ActivationRequested
 from botburrow.secrets import AgentKeys, read_secret
@@ -54,6 +54,8 @@ IDLE_FETCH_S = 0.5
 BUSY_FETCH_S = 0.05
 LEASE_HELD_RETRY_S = 5.0
 BEATS_PER_DEADLINE = 3
+# A request NATS failed on (the lease bucket, the run log) comes back this soon.
+NATS_TROUBLE_RETRY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,17 @@ class Runner:
                                           "heartbeat_s": self.timing.heartbeat_s})
         subs = {p: await self.ctx.bus.js.pull_subscribe_bind(f"runner-{p}", "ACTIVATIONS") for p in PRIORITIES}
         stopping = asyncio.create_task(self.ctx.stop.wait())
+        try:
+            await self._fetch_loop(subs, stopping)
+        finally:
+            self.taking_work = False  # not ready once the loop ended, however it ended
+            stopping.cancel()
+        await self._drain()
+        for sub in subs.values():  # else Bus.close's drain waits out its timeout on their queues
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _fetch_loop(self, subs: dict, stopping: asyncio.Task[bool]) -> None:
         rounds = 0
         self.taking_work = True
         while not self.ctx.stop.is_set():
@@ -113,12 +126,6 @@ class Runner:
                 task = asyncio.create_task(self._handle(msg))
                 self.active.add(task)
                 task.add_done_callback(self.active.discard)
-        self.taking_work = False
-        stopping.cancel()
-        await self._drain()
-        for sub in subs.values():  # else Bus.close's drain waits out its timeout on their queues
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     async def _fetch(self, subs: dict, order: list[str], free: int) -> list[Msg]:
         # Quick looks in priority order; when all are empty, wait on `high`, so a mention or DM arriving
@@ -170,12 +177,23 @@ class Runner:
         return max(self.timing.lease_held_retry_s, min(backoff_s, lapses_in_s + 1.0))
 
     async def _handle(self, msg: Msg) -> None:
+        """One activation request, settled whatever happens: acknowledged, dead-lettered, or handed back
+        (`nak`) when NATS failed on the way. A task that died here left its request unsettled until the
+        ack wait ran out, and, on its last delivery, lost it with no `failed` event."""
+        try:
+            await self._settle(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("activation request handed back", extra={"error": repr(exc)[:300]})
+            await nak_quietly(msg, NATS_TROUBLE_RETRY_S)
+
+    async def _settle(self, msg: Msg) -> None:
         deliveries = msg.metadata.num_delivered
         try:
             request: ActivationRequested = decode_subject(msg.subject, msg.data)
-        except DecodeError as exc:
-            await self.dlq.send(msg, f"invalid payload: {exc.reason}", path=exc.path, category="invalid")
-            await msg.ack()
+        except DecodeError as exc:  # whatever the bytes: wrong shape, too big, too deep, another agent's
+            await self.dlq.settle(msg, f"invalid payload: {exc.reason}", path=exc.path, category=exc.kind)
             return
         trace_id = (msg.headers or {}).get("Trace-Id") or uuid.uuid4().hex
         runlog = RunLog(self.ctx.bus, request, deliveries, trace_id, stream_seq=msg.metadata.sequence.stream)
@@ -189,6 +207,17 @@ class Runner:
             return
         beat = asyncio.create_task(self._heartbeat(msg, lease))
         try:
+            await self._run_leased(msg, request, runlog, deliveries)
+        finally:
+            beat.cancel()
+            try:
+                await lease.release()
+            except Exception as exc:  # it lapses by its TTL; the request is settled already
+                log.warning("lease not released", extra={"activation_id": request.activation_id,
+                                                         "error": repr(exc)[:200]})
+
+    async def _run_leased(self, msg: Msg, request: ActivationRequested, runlog: RunLog, deliveries: int) -> None:
+        try:
             # Read under the lease: an earlier handling that is still running ends before its lease frees.
             if await self._already_ended(msg, runlog):
                 return
@@ -200,14 +229,11 @@ class Runner:
         except Retry as exc:
             await msg.nak(delay=exc.delay_s)
         except asyncio.CancelledError:
-            await msg.nak()  # shutting down: hand it back so another runner starts it now
+            await nak_quietly(msg)  # shutting down: hand it back so another runner starts it now
             raise
         except Exception:
             log.exception("activation crashed", extra={"activation_id": request.activation_id})
             await msg.nak(delay=min(60.0, 2.0**deliveries))
-        finally:
-            beat.cancel()
-            await lease.release()
 
     async def _already_ended(self, msg: Msg, runlog: RunLog) -> bool:
         """True, with the message acknowledged, when an earlier handling already ended this activation:
@@ -271,8 +297,9 @@ async def run(ctx: StageContext) -> None:
     )
     ctx.health.add_check("hub", lambda: hub.available)
     runner = Runner(ctx, deps)
-    probing = asyncio.create_task(keep_probing(hub, ctx.stop))
-    sweeping = asyncio.create_task(keep_sweeping(processes, ctx.stop, activation_timeout_s=deps.limits.timeout_s))
+    probing = asyncio.create_task(supervise(ctx.health, "hub-probe", lambda: keep_probing(hub, ctx.stop), ctx.stop))
+    sweeping = asyncio.create_task(supervise(ctx.health, "sandbox-sweep", lambda: keep_sweeping(
+        processes, ctx.stop, activation_timeout_s=deps.limits.timeout_s), ctx.stop))
     try:
         # Before taking work (so before ready): a crashed runner's sandboxes must not outlive its replacement.
         await sweep_once(processes, activation_timeout_s=deps.limits.timeout_s)

@@ -55,7 +55,7 @@ async def run(ctx: StageContext) -> None:
     directory = await AgentDirectory.open(ctx.bus)
     try:
         replica = Replica(ctx.bus, directory, budget, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
-                          tuning(ctx))
+                          tuning(ctx), ctx.health)
         await replica.run(ctx.stop)
     finally:
         await directory.close()

@@ -1,7 +1,8 @@
 """One scheduler replica: the partitions it holds, their consumers, the directory, the budget, the ticks.
 
 Claiming partitions loads their agents' state from `agent-state` (one watch for all the partitions of
-a claim), sets the exploration rules from the agent directory and starts one consumer loop each; a
+a claim), sets the exploration rules from the agent directory and starts one consumer loop each, under
+`supervise` (a loop that dies makes the stage not ready and starts again from the persisted states); a
 loop reads its durable through a `Puller` (one pull request kept outstanding, batches of whatever has
 arrived). Releasing stops the loops (each handles what its last request still brings and
 acknowledges it) before the lease is given up.
@@ -22,12 +23,21 @@ from nats.js.kv import KeyValue
 
 from botburrow.definitions.directory import AgentDirectory
 from botburrow.runtime.bus import Bus
-from botburrow.runtime.consumer import DeadLetters, handle_batch
+from botburrow.runtime.consumer import DeadLetters, Item, Retry, handle_batch
+from botburrow.runtime.health import Health
+from botburrow.runtime.service import supervise
 from botburrow.schemas.agent import AgentDefinition
 from botburrow.services.scheduler.budget import BudgetGate
 from botburrow.services.scheduler.partitions import PartitionOwner, original_subject, partition_of
 from botburrow.services.scheduler.puller import Puller
-from botburrow.services.scheduler.shell import IN_FLIGHT, LEASES_BUCKET, STATE_BUCKET, Scheduler, load_states
+from botburrow.services.scheduler.shell import (
+    IN_FLIGHT,
+    LEASES_BUCKET,
+    STATE_BUCKET,
+    NotOwner,
+    Scheduler,
+    load_states,
+)
 from botburrow.services.scheduler.state import DEFAULT_STUCK_AFTER_S, AgentState, SchedulerState
 from botburrow.streams.topology import SCHEDULER_PARTITIONS, scheduler_durable
 
@@ -58,9 +68,10 @@ class Held:
 
 class Replica:
     def __init__(self, bus: Bus, directory: AgentDirectory, budget: BudgetGate, replica_id: str,
-                 tuning: Tuning | None = None) -> None:
+                 tuning: Tuning | None = None, health: Health | None = None) -> None:
         self.bus, self.directory, self.budget, self.replica_id = bus, directory, budget, replica_id
         self.tuning = tuning or Tuning()
+        self.health = health or Health(STAGE)
         self.held: dict[int, Held] = {}
         self.dlq = DeadLetters(bus, STAGE)
         self.owner: PartitionOwner | None = None
@@ -83,8 +94,22 @@ class Replica:
         loading = asyncio.ensure_future(_load_grouped(self._kv, set(parts)))
         for p in parts:
             held = Held()
-            held.task = asyncio.create_task(self._start(p, held, loading), name=f"scheduler-p{p}")
+            held.task = asyncio.create_task(self._supervised(p, held, loading), name=f"scheduler-p{p}")
             self.held[p] = held
+
+    async def _supervised(self, p: int, held: Held, loading: asyncio.Future[dict[int, list[AgentState]]]) -> None:
+        """The partition's consumer, started again (from its persisted states) whenever it dies: a dead
+        one made the stage not ready and is never left holding its lease silently."""
+        assert self._kv is not None
+        kv, claimed = self._kv, [loading]
+
+        async def start() -> None:
+            try:
+                await self._start(p, held, claimed.pop() if claimed else asyncio.ensure_future(_load_grouped(kv, {p})))
+            finally:
+                held.scheduler = None  # no tick on a dead partition's state; a restart reloads it
+
+        await supervise(self.health, f"partition-{p}", start, held.stop)
 
     async def _start(self, p: int, held: Held, loading: asyncio.Future[dict[int, list[AgentState]]]) -> None:
         assert self._kv is not None and self.owner is not None
@@ -118,6 +143,12 @@ class Replica:
     async def _consume(self, p: int, held: Held) -> None:
         assert held.scheduler is not None
         scheduler, durable = held.scheduler, scheduler_durable(p)
+
+        async def handler(items: list[Item]) -> None:
+            try:
+                await scheduler.on_batch(items)
+            except NotOwner as exc:  # not this batch's fault: redeliver it whole, to whoever owns it
+                raise Retry(1.0, str(exc)) from exc
         puller = Puller(self.bus.nc, "SCHEDULER", durable, batch=FETCH_BATCH, expires_s=PULL_EXPIRES_S)
         await puller.start()
         try:
@@ -140,8 +171,7 @@ class Replica:
                     continue
                 if msgs:
                     # Decode and dead-letter by the original subject (the partition prefix is ours).
-                    await handle_batch([_unprefixed(msg) for msg in msgs], scheduler.on_batch, self.dlq,
-                                       consumer=durable)
+                    await handle_batch([_unprefixed(msg) for msg in msgs], handler, self.dlq, consumer=durable)
         finally:
             await puller.close()
 
