@@ -153,6 +153,9 @@ SETTINGS: list[Setting] = [
             frozenset({"metrics"}), "2", parse=_positive_float),
     Setting("CONFIG_POLL_SECONDS", "configsync: how often the source is checked for changes",
             frozenset({"configsync"}), "30", parse=_positive_float),
+    Setting("DEFINITION_FILE_MAX_BYTES", "configsync: largest definition file read from AGENTS_SOURCE; a bigger "
+            "one is refused, unread (a stored definition must fit a 1 MiB NATS message)",
+            frozenset({"configsync"}), "262144", parse=_positive_int),
     Setting("RUNNER_GRACE_SECONDS", "runner: time to finish held work after SIGTERM", frozenset({"runner"}), "30",
             parse=_positive_float),
     Setting("BOTBURROW_TOOLS_DIR", "where the pinned MCP servers and CLIs are installed (see tools/README.md)",

@@ -153,7 +153,8 @@ async def test_sync_forever_is_ready_once_the_source_answered(bus: Bus, definiti
     try:
         async with httpx.AsyncClient(base_url=server.url) as http:
             response = await http.get("/readyz")
-            assert response.status_code == 503 and response.json()["checks"] == {"nats": True, "source": False}
+            assert response.status_code == 503
+            assert response.json()["checks"] == {"nats": True, "source": False, "synced": False}
             shutil.copytree(definitions, tmp_path / "not-there")
             await _until(lambda: health.status()["source"])
             assert (await http.get("/readyz")).status_code == 200

@@ -9,6 +9,10 @@ import msgspec
 from botburrow.schemas.agent import AgentDefinition, SkillDefinition
 
 BUCKET = "configs"
+STREAM = f"KV_{BUCKET}"
+# A value is one definition: its files are bounded by DEFINITION_FILE_MAX_BYTES at the source, and NATS'
+# default max_payload is 1 MiB. Anything bigger was not written by configsync: refused unread.
+MAX_VALUE_BYTES = 1 << 20
 Kind = Literal["agent", "skill"]
 Definition = AgentDefinition | SkillDefinition
 _decoders = {"agent": msgspec.json.Decoder(AgentDefinition), "skill": msgspec.json.Decoder(SkillDefinition)}
@@ -33,9 +37,34 @@ def encode(definition: Definition) -> bytes:
     return _encoder.encode(definition)
 
 
+class UnreadableValue(ValueError):
+    """A `configs` value this version cannot use: why, in one line (never the value itself)."""
+
+
 def decode(kind: Kind, data: bytes) -> Definition:
     """Raises msgspec.DecodeError / ValidationError for a value this version cannot read."""
     return _decoders[kind].decode(data)
+
+
+def read(kind: Kind, name: str, data: bytes) -> Definition:
+    """The definition stored under `<kind>.<name>`, or UnreadableValue: too big, not JSON, not UTF-8,
+    the wrong shape, or naming another definition than its key. Never any other exception."""
+    if len(data) > MAX_VALUE_BYTES:
+        raise UnreadableValue(f"value of {len(data)} bytes is over the {MAX_VALUE_BYTES}-byte limit")
+    try:
+        definition = decode(kind, data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise UnreadableValue(f"not a {kind} definition: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # msgspec raises UnicodeDecodeError for bad UTF-8 in a string
+        raise UnreadableValue(f"not a {kind} definition: {type(exc).__name__}: {exc}"[:300]) from None
+    if definition.name != name:
+        raise UnreadableValue(f"value names {kind} {definition.name[:100]!r}, its key names {name!r}")
+    return definition
+
+
+def subject(bucket_key: str) -> str:
+    """The subject a value of the bucket is stored under (what a dead letter of it names)."""
+    return f"$KV.{BUCKET}.{bucket_key}"
 
 
 def msg_id(kind: Kind, name: str, digest: str, *, deleted: bool = False) -> str:

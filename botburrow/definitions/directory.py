@@ -4,6 +4,11 @@
 a marker) and keeps watching it, so ingest, scheduler and runner pods see a configsync change within
 moments and never read the CONFIG stream through a shared consumer. `from_result` builds a fixed one
 from a local load, for offline use.
+
+A value no one can read (not JSON, not UTF-8, the wrong shape, too big, naming another definition) is
+skipped, the previous version of that definition (if any) stays, and it is dead-lettered by the stage
+that read it (`agents.dlq.<stage>`, msg id `dlq:KV_configs:<revision>`); the rest keep loading and
+changes keep flowing. configsync replaces or deletes such a value on its next pass.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from botburrow.definitions import bucket
+from botburrow.definitions.letters import dead_letter, stage_of
 from botburrow.definitions.source import LoadResult
 from botburrow.runtime.bus import Bus
 from botburrow.schemas.agent import AgentDefinition, SkillDefinition
@@ -34,6 +39,9 @@ class AgentDirectory:
         self._changed = asyncio.Condition()
         self._watcher: KeyValue.KeyWatcher | None = None
         self._task: asyncio.Task[None] | None = None
+        self._bus: Bus | None = None
+        self._stage: str | None = None
+        self.unreadable: dict[str, str] = {}  # bucket key -> why its current value was skipped
 
     @classmethod
     def from_result(cls, result: LoadResult) -> AgentDirectory:
@@ -44,19 +52,24 @@ class AgentDirectory:
         return directory
 
     @classmethod
-    async def open(cls, bus: Bus) -> AgentDirectory:
-        """Load every definition in the `configs` bucket, then follow its changes until `close()`."""
+    async def open(cls, bus: Bus, *, stage: str | None = None) -> AgentDirectory:
+        """Load every definition in the `configs` bucket, then follow its changes until `close()`.
+
+        `stage` files the dead letters of unreadable values (default: the stage `run_stage` named the
+        connection after; none for an operator command)."""
         directory = cls()
+        directory._bus, directory._stage = bus, stage or stage_of(bus)
         kv = await bus.kv(bucket.BUCKET)
         # Loaded = everything written before we opened. Waiting for the watcher's "caught up" marker
         # instead would wait for configsync to stop writing (minutes, while it fills a big bucket).
-        last_seq = (await bus.js.stream_info(f"KV_{bucket.BUCKET}")).state.last_seq
+        last_seq = (await bus.js.stream_info(bucket.STREAM)).state.last_seq
         directory._watcher = await kv.watchall()
         if last_seq:
             async for entry in directory._watcher:
                 if entry is None:  # the marker: every current value has been delivered
                     break
-                directory._apply(entry)
+                if isinstance(change := directory._apply(entry), str):
+                    await directory._dead_letter(entry, change)
                 if entry.revision >= last_seq:
                     break
         directory._task = asyncio.create_task(directory._follow(), name="agent-directory-watch")
@@ -105,25 +118,34 @@ class AgentDirectory:
 
     # --- internals ---------------------------------------------------------------------------------
 
-    def _apply(self, entry: KeyValue.Entry) -> tuple[bucket.Kind, str, Any] | None:
+    def _apply(self, entry: KeyValue.Entry) -> tuple[bucket.Kind, str, Any] | str | None:
+        """The change `entry` makes; a string says why its value cannot be read (nothing changed)."""
         parsed = bucket.split_key(entry.key)
         if parsed is None:
             return None
         kind, name = parsed
         table: dict[str, Any] = self._agents if kind == "agent" else self._skills
+        self.unreadable.pop(entry.key, None)
         if entry.operation in (KV_DEL, KV_PURGE) or entry.value is None:
             if table.pop(name, None) is None:
                 return None
             return kind, name, None
         try:
-            definition = bucket.decode(kind, entry.value)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            # A value written by a newer configsync: keep what we had rather than lose the agent.
-            log.warning("configs entry cannot be read, keeping the previous one",
-                        extra={"key": entry.key, "revision": entry.revision, "error": str(exc)})
-            return None
+            definition = bucket.read(kind, name, entry.value)
+        except bucket.UnreadableValue as exc:
+            # Keep what we had rather than lose the agent (a newer configsync's value, or garbage).
+            self.unreadable[entry.key] = str(exc)
+            log.error("configs value cannot be read: skipped, the previous version (if any) stays",
+                      extra={"key": entry.key, "revision": entry.revision, "error": str(exc)[:300],
+                             "kept": name in table})
+            return str(exc)
         table[name] = definition
         return kind, name, definition
+
+    async def _dead_letter(self, entry: KeyValue.Entry, reason: str) -> None:
+        if self._bus is not None:
+            await dead_letter(self._bus, self._stage, entry.key, entry.revision, entry.value or b"",
+                              f"unreadable configs value {entry.key}: {reason}")
 
     async def _follow(self) -> None:
         assert self._watcher is not None
@@ -131,6 +153,9 @@ class AgentDirectory:
             if entry is None:
                 continue
             change = self._apply(entry)
+            if isinstance(change, str):
+                await self._dead_letter(entry, change)
+                continue
             if change is None:
                 continue
             async with self._changed:

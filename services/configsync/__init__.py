@@ -19,7 +19,8 @@ __all__ = ["SyncReport", "Syncer", "main", "run", "sync_forever", "sync_once"]
 
 
 async def run(ctx: StageContext) -> None:
-    source = open_source(ctx.settings["AGENTS_SOURCE"], ctx.environ)
+    source = open_source(ctx.settings["AGENTS_SOURCE"], ctx.environ,
+                         max_file_bytes=ctx.settings["DEFINITION_FILE_MAX_BYTES"])
     await sync_forever(ctx.bus, source, poll_s=ctx.settings["CONFIG_POLL_SECONDS"], stop=ctx.stop,
                        health=ctx.health)
 

@@ -18,8 +18,9 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from prometheus_client import Counter, Gauge
 
 from botburrow.definitions import bucket
+from botburrow.definitions.letters import dead_letter
 from botburrow.definitions.parse import DefinitionError
-from botburrow.definitions.source import DefinitionSource, LoadResult, SourceError
+from botburrow.definitions.source import DefinitionSource, LoadResult, SourceError, is_safe_name
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.health import Health
 from botburrow.schemas.events import ConfigChanged
@@ -34,6 +35,8 @@ SYNCS = Counter("botburrow_configsync_syncs_total", "Sync passes by result", ["r
 CHANGES = Counter("botburrow_configsync_changes_total", "Definitions written or deleted", ["kind", "change"])
 ERRORS = Counter("botburrow_configsync_errors_total", "Definition errors, counted when first seen", ["kind"])
 INVALID = Gauge("botburrow_configsync_invalid_definitions", "Definitions currently failing to load")
+UNREADABLE = Counter("botburrow_configsync_unreadable_values_total",
+                     "Bucket values no stage could read, dead-lettered then replaced or deleted")
 LAST_SYNC = Gauge("botburrow_configsync_last_success_timestamp_seconds", "When the source was last read")
 
 
@@ -45,20 +48,33 @@ class SyncReport(msgspec.Struct, kw_only=True):
     deleted: list[str] = msgspec.field(default_factory=list)
     kept: list[str] = msgspec.field(default_factory=list)  # broken now; the previous version stays
     errors: list[str] = msgspec.field(default_factory=list)  # `<file>: <field path>: <message>`
+    # `<key>: <why>` of each bucket value no stage could read: dead-lettered, then rewritten or deleted.
+    unreadable: list[str] = msgspec.field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         return bool(self.added or self.updated or self.deleted)
 
 
-def _hash_of(bucket_key: str, value: bytes | None) -> str | None:
-    """The content hash a bucket value carries; "" when unreadable (rewritten from the source), None if not ours."""
-    parsed = bucket.split_key(bucket_key)
-    if parsed is None or value is None:
+class Unreadable(msgspec.Struct, frozen=True):
+    """A bucket value no stage can read: dead-lettered, then replaced from the source or deleted."""
+
+    key: str
+    revision: int
+    value: bytes
+    reason: str
+
+
+def _hash_of(entry: KeyValue.Entry, unreadable: dict[str, Unreadable]) -> str | None:
+    """The content hash a bucket value carries; "" when unreadable (noted in `unreadable`, then rewritten
+    from the source or deleted), None if the key is not ours."""
+    parsed = bucket.split_key(entry.key)
+    if parsed is None or entry.value is None:
         return None
     try:
-        return bucket.decode(parsed[0], value).hash
-    except (msgspec.DecodeError, msgspec.ValidationError):
+        return bucket.read(parsed[0], parsed[1], entry.value).hash
+    except bucket.UnreadableValue as exc:
+        unreadable[entry.key] = Unreadable(entry.key, entry.revision, entry.value, str(exc))
         return ""
 
 
@@ -67,8 +83,9 @@ async def _stream_seq(bus: Bus) -> int:
     return (await bus.js.stream_info(f"KV_{bucket.BUCKET}")).state.last_seq
 
 
-async def _bucket_hashes(kv: KeyValue, last_seq: int) -> dict[str, str]:
-    """Current bucket key -> the content hash its value carries, read with one watch (not a get per key)."""
+async def _bucket_hashes(kv: KeyValue, last_seq: int, unreadable: dict[str, Unreadable]) -> dict[str, str]:
+    """Current bucket key -> the content hash its value carries, read with one watch (not a get per key);
+    the values that cannot be read are put in `unreadable`."""
     hashes: dict[str, str] = {}
     if not last_seq:
         return hashes
@@ -77,7 +94,8 @@ async def _bucket_hashes(kv: KeyValue, last_seq: int) -> dict[str, str]:
         async for entry in watcher:
             if entry is None:  # the marker: every current value has been delivered
                 break
-            digest = None if entry.operation in (KV_DEL, KV_PURGE) else _hash_of(entry.key, entry.value)
+            unreadable.pop(entry.key, None)
+            digest = None if entry.operation in (KV_DEL, KV_PURGE) else _hash_of(entry, unreadable)
             if digest is None:
                 hashes.pop(entry.key, None)
             else:
@@ -106,15 +124,18 @@ async def _uninterrupted(write: Awaitable[None]) -> None:
         raise
 
 
-def _error_key(error: DefinitionError) -> str:
-    """The bucket key of the definition an error belongs to (`agents/<name>/...` -> `agent.<name>`)."""
-    folder, name = error.path.split("/")[:2]
-    return bucket.key("agent" if folder == "agents" else "skill", name)
+def _error_key(error: DefinitionError) -> str | None:
+    """The bucket key of the definition an error belongs to (`agents/<name>/...` -> `agent.<name>`); None
+    for a refused path outside the layout (`/etc/passwd`, `agents/../x`), which belongs to no definition."""
+    parts = error.path.split("/")
+    if len(parts) < 2 or parts[0] not in ("agents", "skills") or not is_safe_name(parts[1]):
+        return None
+    return bucket.key("agent" if parts[0] == "agents" else "skill", parts[1])
 
 
 def _broken_keys(result: LoadResult) -> dict[str, str]:
     """Bucket key -> error line, for each definition whose files failed to parse."""
-    return {_error_key(error): str(error) for error in result.errors}
+    return {key: str(error) for error in result.errors if (key := _error_key(error)) is not None}
 
 
 async def _publish(bus: Bus, kind: bucket.Kind, name: str, digest: str, *, deleted: bool) -> None:
@@ -147,6 +168,7 @@ class Syncer:
         self.parser = ParseCache()
         self._hashes: dict[str, str] = {}
         self._bucket_seq: int | None = None  # the stream sequence `_hashes` describes; None: read again
+        self._unreadable: dict[str, Unreadable] = {}  # found by the last read of the bucket, until repaired
 
     async def sync(self) -> SyncReport:
         """One pass: source -> `configs` bucket -> CONFIG events. Raises SourceError if the source is unreadable."""
@@ -155,10 +177,12 @@ class Syncer:
         seq = await _stream_seq(self.bus)
         if seq != self._bucket_seq:
             self._bucket_seq = None
-            self._hashes = await _bucket_hashes(kv, seq)
+            self._unreadable = {}
+            self._hashes = await _bucket_hashes(kv, seq, self._unreadable)
         current = dict(self._hashes)
         broken = _broken_keys(result)
-        report = SyncReport(errors=sorted(broken.values()))
+        report = SyncReport(errors=sorted(str(error) for error in result.errors))
+        await self._report_unreadable(report)
         _log_errors(result, current, self.known_errors)
         wanted = _definitions(result)
         writes = await self._write(kv, wanted, current, report)
@@ -172,6 +196,16 @@ class Syncer:
             self._bucket_seq = seq
         INVALID.set(len(broken))
         return report
+
+    async def _report_unreadable(self, report: SyncReport) -> None:
+        """Dead-letter each unreadable value (one letter per revision, whichever stage files it first)."""
+        for found in sorted(self._unreadable.values(), key=lambda u: u.key):
+            report.unreadable.append(f"{found.key}: {found.reason}")
+            UNREADABLE.inc()
+            log.error("configs value cannot be read: dead-lettered, rewritten from the source or deleted",
+                      extra={"key": found.key, "revision": found.revision, "error": found.reason[:300]})
+            await dead_letter(self.bus, "configsync", found.key, found.revision, found.value,
+                              f"unreadable configs value {found.key}: {found.reason}")
 
     async def _write(self, kv: KeyValue, wanted: list[_Wanted], current: dict[str, str], report: SyncReport) -> int:
         writes = 0
@@ -190,13 +224,14 @@ class Syncer:
         key = bucket.key(kind, name)
         await kv.put(key, bucket.encode(definition))  # bucket first: the event's reader finds it
         self._hashes[key] = definition.hash
+        self._unreadable.pop(key, None)
         await _publish(self.bus, kind, name, definition.hash, deleted=False)
 
     async def _delete(self, kv: KeyValue, gone: list[str], current: dict[str, str], broken: dict[str, str],
                       report: SyncReport) -> int:
         writes = 0
         for key in gone:
-            if key in broken:
+            if key in broken and current[key]:  # an unreadable value ("") is no previous version to keep
                 report.kept.append(key)
                 continue
             kind, name = bucket.split_key(key) or ("agent", key)
@@ -211,6 +246,7 @@ class Syncer:
         key = bucket.key(kind, name)
         await kv.delete(key)  # bucket first, as for a write
         self._hashes.pop(key, None)
+        self._unreadable.pop(key, None)
         await _publish(self.bus, kind, name, digest, deleted=True)
 
 
@@ -252,37 +288,42 @@ async def until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
 
 async def sync_forever(bus: Bus, source: DefinitionSource, *, poll_s: float, stop: asyncio.Event,
                        health: Health | None = None) -> None:
-    """Sync every `poll_s` until `stop` is set. Ready while NATS is connected and the source answered.
+    """Sync every `poll_s` until `stop` is set. Ready while NATS is connected, the source answered and the
+    last pass ran to its end (`synced`: false while passes fail, e.g. the bucket cannot be written, so a
+    stuck configsync is not "ready and fine"). An unreadable bucket value does not fail a pass: it is
+    dead-lettered and replaced or deleted in that pass, and listed in the report.
 
     A pass races `stop`: a stop cancels it where it is (safe: each bucket write and its event finish
     together, and the next start reconciles against the bucket).
     """
-    reached = False
+    reached = synced = False
     if health is not None:
         health.add_check("nats", lambda: bus.nc.is_connected)
         health.add_check("source", lambda: reached)
+        health.add_check("synced", lambda: synced)
     syncer = Syncer(bus, source)
     log.info("configsync started", extra={"source": source.description, "poll_s": poll_s})
     while not stop.is_set():
         try:
             report = await until_stopped(syncer.sync(), stop)
         except SourceError as exc:
-            reached = False
+            reached = synced = False
             SYNCS.labels("source_error").inc()
             log.error("definitions source unreachable; the bucket keeps its definitions",
                       extra={"source": source.description, "error": str(exc)})
         except Exception:
+            synced = False
             SYNCS.labels("failed").inc()
             log.exception("sync pass failed; retrying next poll")
         else:
             if report is None:
                 log.info("sync pass cancelled by stop")
                 return
-            reached = True
+            reached = synced = True
             SYNCS.labels("ok").inc()
             LAST_SYNC.set_to_current_time()
             if report.changed:
                 log.info("definitions synced", extra={"added": report.added, "updated": report.updated,
-                                                      "deleted": report.deleted})
+                                                      "deleted": report.deleted, "unreadable": report.unreadable})
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), poll_s)
