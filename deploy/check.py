@@ -21,7 +21,7 @@ from kubernetes_validate import utils as kv
 
 from botburrow import secrets, settings
 from botburrow.streams import topology
-from deploy import crd_keys, promql
+from deploy import crd_keys, nats_auth, promql
 
 DEPLOY = Path(__file__).resolve().parent
 REPO = DEPLOY.parent
@@ -161,8 +161,10 @@ def secret_errors(objs: list[Obj]) -> list[str]:
     known = set(secrets.ENV_FALLBACK)
     external = {es["spec"]["target"]["name"]: es for es in of_kind(objs, "ExternalSecret")}
     for es in external.values():
+        # botburrow-nats holds NATS users' passwords (deploy/nats_auth.py checks it against them).
+        keys = set(nats_auth.CLIENT_USERS) if es["spec"]["target"]["name"] == nats_auth.CLIENT_SECRET else known
         errors += [f"{name_of(es)}: key {d['secretKey']} is not a secret botburrow reads"
-                   for d in es["spec"].get("data", []) if d["secretKey"] not in known]
+                   for d in es["spec"].get("data", []) if d["secretKey"] not in keys]
     for obj, pod in workloads(objs):
         for volume in pod.get("volumes", []):
             secret = volume.get("secret")
@@ -174,8 +176,11 @@ def secret_errors(objs: list[Obj]) -> list[str]:
                        for item in secret.get("items", []) if secret["secretName"] == "botburrow-secrets"
                        and item["key"] not in known]
         for container in pod["containers"]:
+            # The one exception: NATS_URL from botburrow-nats, as nats-py reads user and password there.
             errors += [f"{name_of(obj)}: {var['name']} comes from a Secret; mount it as a file instead"
-                       for var in container.get("env", []) if "secretKeyRef" in var.get("valueFrom", {})]
+                       for var in container.get("env", []) if "secretKeyRef" in var.get("valueFrom", {})
+                       and not (var["name"] == "NATS_URL"
+                                and var["valueFrom"]["secretKeyRef"]["name"] == nats_auth.CLIENT_SECRET)]
             errors += [f"{name_of(obj)}: envFrom a Secret; mount it as a file instead"
                        for source in container.get("envFrom", []) if "secretRef" in source]
             errors += [f"{name_of(obj)}: secret mount {m['mountPath']} is not read-only"
@@ -353,7 +358,7 @@ def constraints() -> str:
 def run_all() -> list[str]:
     objs = render()
     errors = validation_errors(objs) + env_errors(objs) + secret_errors(objs) + hardening_errors(objs)
-    errors += runner_errors(objs) + nats_values_errors() + image_errors()
+    errors += runner_errors(objs) + nats_values_errors() + nats_auth.errors(objs) + image_errors()
     expressions = promql.all_expressions()
     errors += promql.unknown_metric_errors(expressions)
     if promql.promtool():

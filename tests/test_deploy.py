@@ -162,3 +162,69 @@ def test_every_promql_expression_parses():
 @needs_promtool
 def test_alert_rules_pass_promtool_unit_tests():
     assert promql.rule_test_errors() == []
+
+
+# --- NATS authentication (issue 14): users and permissions from streams/permissions.py, no drift ---
+
+@needs_kubectl
+def test_every_workload_connects_as_its_own_nats_user(rendered):
+    from deploy import nats_auth
+
+    assert nats_auth.errors(rendered) == []
+    broken = _copy(rendered)
+    runner = _deployment(broken, "runner")["spec"]["template"]["spec"]["containers"][0]
+    runner["env"] = [v for v in runner["env"] if v["name"] != "METRICS_HOST"]
+    url = next(v for v in _deployment(broken, "ingest")["spec"]["template"]["spec"]["containers"][0]["env"]
+               if v["name"] == "NATS_URL")
+    url["valueFrom"]["secretKeyRef"]["key"] = "operator-url"  # a stage borrowing the operator's rights
+    secret = next(o for o in broken if o["kind"] == "ExternalSecret" and o["metadata"]["name"] == "botburrow-nats")
+    templates = secret["spec"]["target"]["template"]["data"]
+    templates["metrics-url"] = templates["metrics-url"].replace("nats://metrics:", "nats://operator:")
+    next(o for o in broken if o["kind"] == "ScaledObject")["spec"]["triggers"][0]["metadata"]["account"] = "$G"
+    errors = "\n".join(nats_auth.workload_errors(broken) + nats_auth.client_secret_errors(broken))
+    assert "botburrow-runner: METRICS_HOST must be the pod IP" in errors
+    assert "botburrow-ingest: NATS_URL must come from Secret botburrow-nats, key ingest-url" in errors
+    assert "metrics-url must be nats://metrics:" in errors
+    assert "reads account $G" in errors
+
+
+def test_nats_values_carry_exactly_the_generated_permissions():
+    from botburrow.streams import permissions
+    from deploy import nats_auth
+
+    values = nats_auth.values()
+    assert nats_auth.values_errors(values) == []
+    users = values["config"]["merge"]["accounts"][permissions.ACCOUNT]["users"]
+    assert {u["user"] for u in users} == set(permissions.USERS)
+    drifted = _copy([values])[0]
+    runner = next(u for u in drifted["config"]["merge"]["accounts"][permissions.ACCOUNT]["users"]
+                  if u["user"] == "runner")
+    runner["permissions"]["publish"]["allow"].append("agents.ingest.notification.*")
+    del drifted["container"]["env"]["NATS_PASSWORD_SCHEDULER"]
+    drifted["natsBox"]["container"]["env"]["NATS_USER"] = "runner"
+    errors = "\n".join(nats_auth.values_errors(drifted))
+    assert "differs from what streams/permissions.py generates" in errors
+    assert "NATS_PASSWORD_SCHEDULER must come from Secret nats-users" in errors
+    assert "natsBox.container.env" in errors
+
+
+def test_nats_server_accepts_the_values_accounts(tmp_path):
+    """The accounts block as the chart writes it into nats.conf (`<< $VAR >>` unquoted) is a valid
+    nats-server config once the passwords are in its environment, and invalid without them."""
+    import os
+    import subprocess
+
+    from botburrow.runtime import natsserver
+    from botburrow.streams import permissions
+    from deploy import nats_auth
+
+    conf = tmp_path / "nats.conf"
+    conf.write_text(nats_auth.rendered_config())
+    env = {**os.environ, **{permissions.password_env(u): f"pw-{u}" for u in permissions.USERS}}
+    ok = subprocess.run([natsserver.find_binary(), "-t", "-c", str(conf)], env=env, capture_output=True, text=True,
+                        timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    del env["NATS_PASSWORD_RUNNER"]
+    missing = subprocess.run([natsserver.find_binary(), "-t", "-c", str(conf)], env=env, capture_output=True,
+                             text=True, timeout=30)
+    assert missing.returncode != 0 and "NATS_PASSWORD_RUNNER" in missing.stdout + missing.stderr
