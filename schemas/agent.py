@@ -36,7 +36,9 @@ class Brain(Strict, kw_only=True):
 
 
 class McpServerSpec(Strict, kw_only=True):
-    """The object form of `capabilities.mcp_servers`: a server the config brings itself."""
+    """The object form of `capabilities.mcp_servers`, parsed as published so definitions still load. Only
+    `name` counts: it names an entry of the operator's MCP catalog; `command`, `args` and `env` are
+    ignored with a warning (botburrow/mcp/servers.py)."""
 
     name: str
     command: str
@@ -159,6 +161,9 @@ class McpServerCommand(Strict, kw_only=True):
 
 
 class SkillMcp(Strict, kw_only=True):
+    """Parsed as published; a skill's server is never started (only a config's `mcp_servers` and its
+    grants start servers, from the operator's catalog), so this is ignored with a warning."""
+
     server: McpServerCommand | None = None
 
 

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from botburrow.definitions.parse import parse_agent
+from botburrow.mcp.catalog import Catalog
 from botburrow.mcp.grants import GrantPolicy, PolicyGrantResolver
 from botburrow.runtime.http import serve
 from botburrow.schemas.agent import AgentDefinition
@@ -141,9 +142,17 @@ async def toolsets() -> AsyncIterator[Toolsets]:
 
 
 def probe_entry(tmp_path: Path, name: str = "probe") -> dict[str, Any]:
-    script = tmp_path / "probe_server.py"
+    """A catalog entry (MCP_CATALOG_FILE's form) for the probe server: the system Python (the sandbox shows
+    /usr), the script's directory read-only, started by the grant `probe:use`."""
+    script = tmp_path / "probe" / "probe_server.py"
+    script.parent.mkdir(exist_ok=True)
     script.write_text(PROBE_SERVER)
-    return {"name": name, "command": sys.executable, "args": ["-S", str(script)]}
+    return {"command": "/usr/bin/python3", "args": ["-S", str(script)], "grants": ["probe:use"],
+            "paths": [str(script.parent)]}
+
+
+def catalog_of(**entries: dict[str, Any]) -> Catalog:
+    return Catalog.parse(json.dumps({"servers": entries}))
 
 
 @pytest.fixture
@@ -191,10 +200,10 @@ async def test_filesystem_write_grant_writes_only_inside_the_workspace(tmp_path:
 @pytest.mark.slow
 async def test_github_token_reaches_the_github_server_and_nothing_else(
         fake_github: FakeGitHub, secrets_env: dict[str, str], tmp_path: Path, toolsets: Toolsets) -> None:
-    grants = {"github:read", "filesystem:read"}
-    d = definition("coder", sorted(grants), ["github", "filesystem", probe_entry(tmp_path)])
+    grants = {"github:read", "filesystem:read", "probe:use"}
+    d = definition("coder", sorted(grants), ["github", "filesystem", "probe"])
     recorder = Recorded()
-    factory = toolsets(secrets_env, github_host=fake_github.url)
+    factory = toolsets(secrets_env, github_host=fake_github.url, catalog=catalog_of(probe=probe_entry(tmp_path)))
     async with factory.open(context(d, grants, tmp_path / "ws", recorder)) as box:
         assert box.servers == ["filesystem", "github", "probe"]
         me = await box.call("github__get_me", {})
@@ -233,17 +242,18 @@ async def test_unknown_servers_are_logged_and_skipped(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.INFO):
         async with toolsets({}).open(context(d, {"kubernetes:read"})) as box:
             assert box.servers == [] and box.specs() == []
-    skipped = [r for r in caplog.records if r.getMessage() == "mcp server skipped: unknown name"]
+    skipped = [r for r in caplog.records if r.getMessage() == "mcp server skipped: not in the operator's catalog"]
     assert [r.server for r in skipped] == ["kubernetes"]
     assert any(r.getMessage() == "mcp server not started: no grant" and r.server == "brave" for r in caplog.records)
 
 
 async def test_a_crashing_server_gives_error_results_not_a_hung_activation(tmp_path: Path, toolsets: Toolsets) -> None:
-    ghost = {"name": "ghost", "command": str(tmp_path / "no-such-binary")}
-    servers = [probe_entry(tmp_path), probe_entry(tmp_path, "sleepy"), ghost]
-    d = definition("crashy", [], servers)
+    ghost = {"command": str(tmp_path / "no-such-binary"), "grants": ["probe:use"]}
+    catalog = catalog_of(probe=probe_entry(tmp_path), sleepy=probe_entry(tmp_path), ghost=ghost)
+    d = definition("crashy", ["probe:use"], ["probe", "sleepy", "ghost"])
     recorder = Recorded()
-    async with toolsets({}, call_timeout_s=0.5).open(context(d, set(), recorder=recorder)) as box:
+    async with toolsets({}, call_timeout_s=0.5, catalog=catalog).open(context(d, {"probe:use"}, recorder=recorder)) \
+            as box:
         # The server that never started is an error `tool` event; its tools are not offered.
         assert [(c.name, o.is_error, o.server) for c, o in recorder.tools] == [("ghost__start", True, "ghost")]
         assert box.servers == ["probe", "sleepy"]
@@ -319,7 +329,9 @@ async def test_idle_github_server_serves_only_the_same_agents_next_activation(
     assert not github.alive
 
 
-async def test_a_skill_brings_its_own_server(tmp_path: Path, toolsets: Toolsets) -> None:
+async def test_a_skills_own_server_never_starts(tmp_path: Path, toolsets: Toolsets,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 14: a skill's `mcp.server` (chosen by the words of a post) started with the runner's env."""
     from botburrow.definitions.parse import parse_skill
 
     entry = probe_entry(tmp_path)
@@ -338,11 +350,11 @@ Use probing__env.
     d = parse_agent("skilled", json.dumps({"version": "1.0.0", "name": "skilled", "type": "native",
                                            "brain": {"model": "claude-sonnet-4-20250514"},
                                            "capabilities": {"skills": ["probing"]}}).encode(), b"x")
-    factory = toolsets({}, skills=lambda: {"probing": skill})
-    async with factory.open(context(d, set())) as box:
-        assert box.servers == ["probing"]
-        env = json.loads((await box.call("probing__env", {})).content)
-    assert env["PROBE_MODE"] == "1"
+    factory = toolsets({}, skills=lambda: {"probing": skill}, catalog=catalog_of(probing=probe_entry(tmp_path)))
+    with caplog.at_level(logging.WARNING):
+        async with factory.open(context(d, {"probe:use"})) as box:
+            assert box.servers == [] and box.specs() == []
+    assert any("mcp server of a skill ignored" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ Relay sockets in a read-only bind are reachable; make them mode 0666 (the sandbo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
@@ -105,6 +106,19 @@ class SandboxResult(msgspec.Struct, frozen=True, kw_only=True):
         return self.exit_code == 0 and not (self.timed_out or self.stopped or self.oom_killed or self.workspace_full)
 
 
+@dataclasses.dataclass(frozen=True)
+class StdioCommand:
+    """A long-lived sandboxed process spoken to over its stdin/stdout (an MCP server): start `command`
+    with `args`, exactly `env`, in `cwd` (e.g. as `mcp.StdioServerParameters`); once it has exited, await
+    `cleanup()` (it also kills what is left). The sandbox's secret values are never in `args`."""
+
+    command: str
+    args: list[str]
+    env: dict[str, str]
+    cwd: str
+    cleanup: Callable[[], Awaitable[None]]
+
+
 #: Called with each stdout line (without its newline) as it arrives; may be sync or async.
 LineHandler = Callable[[str], Awaitable[None] | None]
 
@@ -125,6 +139,12 @@ class Sandbox(Protocol):
         `on_line` gets every stdout line as it arrives (also past the capture cap). Raises SandboxError
         only when the sandbox itself cannot be set up; a failing command is a result.
         """
+        ...
+
+    async def stdio(self, spec: SandboxSpec, *, network: bool = False, limit_workspace: bool = True) -> StdioCommand:
+        """How to start `spec.argv` sandboxed with its stdin and stdout left to the caller (no wall clock: the
+        caller ends it). `network`: its own network namespace with a route out (never the host's); otherwise
+        only `lo`. `limit_workspace`: apply the workspace size limit (false for a server's private dir)."""
         ...
 
     async def sweep(self, *, stale_after_s: float | None = None) -> int:
@@ -175,5 +195,6 @@ __all__ = [
     "SandboxError",
     "SandboxResult",
     "SandboxSpec",
+    "StdioCommand",
     "create",
 ]

@@ -19,9 +19,11 @@ RLIMIT_FSIZE and RLIMIT_CORE=0 always.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +36,9 @@ from botburrow.sandbox import (
     SandboxError,
     SandboxResult,
     SandboxSpec,
+    StdioCommand,
     cgroups,
+    netlaunch,
 )
 from botburrow.sandbox._common import Capture, result, run_process, sandbox_env
 from botburrow.sandbox.quota import WorkspaceQuotas
@@ -66,6 +70,10 @@ def _root_binds() -> list[str]:
     return args
 
 
+def _resolver_binds() -> list[str]:
+    return ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"] if Path("/etc/resolv.conf").exists() else []
+
+
 def _write_etc(run_dir: Path) -> list[str]:
     """A passwd/group naming only the sandbox user (tools like git and ssh look themselves up)."""
     files = {
@@ -91,11 +99,15 @@ def _prepare(run_dir: Path, spec: SandboxSpec) -> tuple[list[str], int]:
     return etc_args, os.open(args_file, os.O_RDONLY)
 
 
-def bwrap_argv(bwrap: str, spec: SandboxSpec, etc_args: list[str], args_fd: int) -> list[str]:
+def bwrap_argv(bwrap: str, spec: SandboxSpec, etc_args: list[str], args_fd: int, *,
+               network: str | None = None) -> list[str]:
     limits = spec.limits
+    # `network`: "own", bwrap runs in a fresh namespace routed by slirp4netns (netlaunch.py) and shares
+    # it; "host", the host's namespace (no slirp4netns: loudly warned).
+    net = [*_resolver_binds(), "--share-net"] if network else []
     argv = [
         bwrap, "--args", str(args_fd),
-        "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+        "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session", *net,
         *_root_binds(), *etc_args,
         "--proc", "/proc", "--dev", "/dev",
         # bwrap's /dev/shm is a plain directory of the /dev tmpfs: give it its own size limit.
@@ -143,6 +155,24 @@ def _launcher(prlimit: str, spec: SandboxSpec, group: cgroups.Group | None, busy
     if group is not None:
         prefix = ["/bin/sh", "-c", _JOIN_GROUPS, "sh", *group.procs_files, "--"]
     return [*prefix, prlimit, *rlimits, "--"]
+
+
+_ARGS_FD = 3
+# The stdio launcher opens the sandbox's arguments file as fd 3 (bwrap `--args 3`), then execs the rest.
+_OPEN_ARGS = 'exec 3<"$0" && exec "$@"'
+_SLIRP = shutil.which("slirp4netns")
+_warned_shared_net: list[bool] = []
+
+
+def _network_mode() -> str:
+    """"own" (a namespace of its own, routed out by slirp4netns) or "host" (shared, loudly warned)."""
+    if _SLIRP is not None:
+        return "own"
+    if not _warned_shared_net:
+        _warned_shared_net.append(True)
+        log.warning("slirp4netns not installed: networked sandboxes share the host's network namespace "
+                    "(and reach its loopback services); apt-get install slirp4netns")
+    return "host"
 
 
 class BwrapSandbox:
@@ -210,6 +240,32 @@ class BwrapSandbox:
                 await asyncio.to_thread(shutil.rmtree, run_dir, True)
         return result(code, ending, out, err, started, oom_killed=oom,
                       full_limit_bytes=self.quotas.limit_bytes if full else 0)
+
+    async def stdio(self, spec: SandboxSpec, *, network: bool = False, limit_workspace: bool = True) -> StdioCommand:
+        if self._bwrap is None or self._prlimit is None:
+            raise SandboxError("bwrap or prlimit not found: apt-get install bubblewrap util-linux")
+        stack = contextlib.AsyncExitStack()
+        try:
+            if limit_workspace:
+                await stack.enter_async_context(self.quotas.hold(spec.workspace))
+            group = await cgroups.make(spec.label, spec.limits) if await self._cgroups_ok() else None
+            if group is not None:
+                stack.push_async_callback(asyncio.to_thread, group.destroy)
+            run_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="botburrow-bwrap-"))
+            stack.push_async_callback(asyncio.to_thread, shutil.rmtree, run_dir, True)
+            etc_args, args_fd = await asyncio.to_thread(_prepare, run_dir, spec)
+            os.close(args_fd)  # reopened as fd 3 by the launcher below: a spawned process gets no other fds
+            busy = await asyncio.to_thread(_tasks_of_my_uid) if group is None and os.getuid() != 0 else 0
+            mode = _network_mode() if network else None
+            inner = bwrap_argv(self._bwrap, spec, etc_args, _ARGS_FD, network=mode)
+            if mode == "own":
+                inner = [sys.executable, "-S", "-I", netlaunch.__file__, _SLIRP or "", "--", *inner]
+            argv = ["/bin/sh", "-c", _OPEN_ARGS, str(run_dir / "args"),
+                    *_launcher(self._prlimit, spec, group, busy), *inner]
+        except BaseException:
+            await stack.aclose()
+            raise
+        return StdioCommand(argv[0], argv[1:], dict(_LAUNCHER_ENV), "/", stack.aclose)
 
     async def sweep(self, *, stale_after_s: float | None = None) -> int:
         # Sandboxed processes die with their runner (--die-with-parent); only its cgroups can be left, and

@@ -23,10 +23,13 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import socket
 import stat
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -39,6 +42,7 @@ from botburrow.sandbox import (
     SandboxError,
     SandboxResult,
     SandboxSpec,
+    StdioCommand,
 )
 from botburrow.sandbox._common import LABEL_KEY, Capture, Ending, result, sandbox_env, wait_bounded
 from botburrow.sandbox.quota import WorkspaceQuotas
@@ -126,6 +130,24 @@ def container_config(image: str, spec: SandboxSpec, user: str) -> dict[str, Any]
             "AutoRemove": False,
         },
     }  # fmt: skip
+
+
+def _run_flags(spec: SandboxSpec, user: str, network: bool) -> list[str]:
+    """`container_config`'s confinement as `docker run` flags."""
+    limits = spec.limits
+    labels = {LABEL_KEY: spec.label, OWNER_LABEL: _owner(), RUNNER_LABEL: runner_identity()}
+    flags = ["--network", "bridge" if network else "none", "--user", user, "--workdir", spec.workdir,
+             "--hostname", "sandbox", "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+             "--memory", str(limits.memory_bytes), "--memory-swap", str(limits.memory_bytes),
+             "--cpus", str(limits.cpus), "--pids-limit", str(limits.pids), "--shm-size", str(limits.tmpfs_bytes),
+             "--tmpfs", f"{SCRATCH}:rw,nosuid,nodev,size={limits.tmpfs_bytes},mode=1777",
+             "--ulimit", f"fsize={limits.file_bytes}", "--ulimit", "core=0", "--log-driver", "none",
+             "--entrypoint", "", "-v", f"{spec.workspace}:{spec.workdir}:rw"]
+    for bind in spec.binds:
+        flags += ["-v", f"{bind.source}:{bind.target}:ro"]
+    for key, value in labels.items():
+        flags += ["--label", f"{key}={value}"]
+    return flags
 
 
 def _chown_tree(path: str, uid: int) -> None:
@@ -240,6 +262,40 @@ class DockerSandbox:
             except TimeoutError:
                 pump.cancel()
         return code, ending
+
+    async def stdio(self, spec: SandboxSpec, *, network: bool = False, limit_workspace: bool = True) -> StdioCommand:
+        """`docker run -i` with the same confinement as `run` (the docker CLI, on this host, holds the stdio);
+        the environment goes in through an --env-file in a private directory, never argv. `network`: the
+        engine's default network (its own namespace, no host loopback); otherwise none."""
+        docker_cli = shutil.which("docker")
+        if docker_cli is None:
+            raise SandboxError("the docker CLI is not installed (MCP servers in the docker backend need it)")
+        stack = contextlib.AsyncExitStack()
+        try:
+            if limit_workspace:
+                await stack.enter_async_context(self.quotas.hold(spec.workspace))
+            user = await _user_for(spec.workspace)
+            if problem := await asyncio.to_thread(_unreachable_bind, spec, user):
+                raise SandboxError(problem)
+            run_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="botburrow-docker-"))
+            stack.push_async_callback(asyncio.to_thread, shutil.rmtree, run_dir, True)
+            env_file = run_dir / "env"
+            await asyncio.to_thread(env_file.write_text, "".join(f"{k}={v}\n" for k, v in sandbox_env(spec).items()))
+            name = f"botburrow-sbx-{re.sub(r'[^A-Za-z0-9_.-]', '_', spec.label)[:64]}-{uuid.uuid4().hex[:8]}"
+            stack.push_async_callback(self._remove, name)
+            args = ["run", "-i", "--rm", "--name", name, *_run_flags(spec, user, network), "--env-file", str(env_file),
+                    self.image, *spec.argv]
+        except BaseException:
+            await stack.aclose()
+            raise
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(run_dir)}
+        if self.docker_host:
+            env["DOCKER_HOST"] = self.docker_host
+        return StdioCommand(docker_cli, args, env, str(run_dir), stack.aclose)
+
+    async def _remove(self, name: str) -> None:
+        with contextlib.suppress(aiodocker.DockerError):
+            await self._client().containers.container(name).delete(force=True)
 
     async def sweep(self, *, stale_after_s: float | None = None) -> int:
         """Remove labelled containers whose runner is gone, and (given `stale_after_s`) those of other

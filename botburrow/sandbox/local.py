@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 
-from botburrow.sandbox import LineHandler, SandboxResult, SandboxSpec
+from botburrow.sandbox import LineHandler, SandboxResult, SandboxSpec, StdioCommand
 from botburrow.sandbox._common import Capture, result, run_process, sandbox_env
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,15 @@ class LocalSandbox:
         finally:
             await asyncio.to_thread(shutil.rmtree, home, True)
         return result(code, ending, out, err, started)
+
+    async def stdio(self, spec: SandboxSpec, *, network: bool = False, limit_workspace: bool = True) -> StdioCommand:
+        """The command itself, on the host, with only its own environment (and a scratch HOME)."""
+        home = await asyncio.to_thread(tempfile.mkdtemp, prefix="botburrow-home-")
+        env = sandbox_env(spec)
+        if "HOME" not in spec.env:
+            env["HOME"] = home
+        return StdioCommand(spec.argv[0], list(spec.argv[1:]), env, spec.workspace,
+                            lambda: asyncio.to_thread(shutil.rmtree, home, True))
 
     async def sweep(self, *, stale_after_s: float | None = None) -> int:
         return 0

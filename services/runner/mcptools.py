@@ -3,11 +3,14 @@ their tools to the native loop as `<server>__<tool>`, count calls, close everyth
 
 - `hub` is served in-process (hubtools.HubTools, SPEC §3 allows it for the native loop), named
   `hub__<tool>` as before. For CLI executors the same backend is wrapped in our `hub` MCP server.
-- Every other server is a subprocess behind a filtering proxy (botburrow.mcp.proxy), started
-  concurrently. Node servers take 1.5-3 s to start (bench/mcp.py), so `github` and `brave` (no
-  per-activation state) are kept idle for REUSE_IDLE_S and handed to the *same agent's* next
-  activation if the launch (command, args, env with its credential, filter) is identical; never to
-  another agent, never two activations at once. Filesystem and config/skill servers are always fresh.
+- Every other server comes from the operator's catalog (botburrow/mcp/catalog.py, servers.py) and
+  runs in a sandbox of the runner's backend (SANDBOX_BACKEND: `filesystem` in one of the activation's
+  workspace without network, `github`/`brave`/networked entries each in their own with a route out),
+  behind a filtering proxy (botburrow.mcp.proxy), started concurrently. Node servers take 1.5-3 s to
+  start (bench/mcp.py), so `github` and `brave` (no per-activation state) are kept idle for
+  REUSE_IDLE_S and handed to the *same agent's* next activation if the launch (command, args, env with
+  its credential, filter) is identical; never to another agent, never two activations at once.
+  Filesystem and catalog-file servers are always fresh.
 - A server that does not start is recorded as an error `tool` event and its tools are not offered;
   one that dies mid-run answers every call with an error result.
 - `toolbox.relay()` starts the Unix-socket endpoint a sandboxed CLI reaches through
@@ -33,13 +36,14 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from prometheus_client import Counter
 
+from botburrow.mcp.catalog import Catalog
 from botburrow.mcp.endpoint import RelayEndpoint
 from botburrow.mcp.hubserver import build_hub_server
 from botburrow.mcp.proxy import CallResult, ServerHost, ServerUnavailable
-from botburrow.mcp.servers import NODE_MODULES, Launch, Planner
-from botburrow.sandbox import Sandbox
-from botburrow.sandbox import create as create_sandbox
+from botburrow.mcp.servers import NODE_MODULES, Launch, Planner, holds
+from botburrow.sandbox import Bind, Limits, MiB, Sandbox, SandboxSpec
 from botburrow.schemas.agent import SkillDefinition
+from botburrow.services.runner.executors.process import sandbox_for
 from botburrow.services.runner.hubtools import HubTools
 from botburrow.services.runner.loop import ToolOutcome
 from botburrow.services.runner.seams import ToolContext
@@ -63,10 +67,32 @@ def model_name(server: str, tool: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"{server}{SEPARATOR}{tool}")[:TOOL_NAME_MAX]
 
 
-def _connect(launch: Launch, errlog: Any) -> Client:
-    params = StdioServerParameters(command=launch.command, args=launch.args, env=launch.env, cwd=launch.cwd)
+#: Limits of one MCP server's sandbox (Node servers take ~100 MB; V8 reserves more, hence a wide margin).
+SERVER_LIMITS = Limits(memory_bytes=1024 * MiB, pids=256, cpus=1.0, tmpfs_bytes=64 * MiB, timeout_s=0.0)
+
+
+def _spec(launch: Launch, label: str) -> SandboxSpec:
+    """The server's sandbox: its argv and env, `cwd` writable at its own path, its toolchain read-only."""
+    return SandboxSpec(argv=[launch.command, *launch.args], env=launch.env, workspace=str(launch.cwd),
+                       workdir=str(launch.cwd), binds=tuple(Bind(source=str(p), target=str(p)) for p in launch.binds),
+                       limits=SERVER_LIMITS, label=label)
+
+
+@contextlib.asynccontextmanager
+async def _sandboxed_stdio(sandbox: Sandbox, launch: Launch, label: str, errlog: Any) -> AsyncIterator[Any]:
+    """An mcp Transport: the server's stdio, the server in a sandbox (network only if it needs it)."""
+    command = await sandbox.stdio(_spec(launch, label), network=launch.network, limit_workspace=launch.workspace)
+    try:
+        params = StdioServerParameters(command=command.command, args=command.args, env=command.env, cwd=command.cwd)
+        async with stdio_client(params, errlog=errlog) as streams:
+            yield streams
+    finally:
+        await command.cleanup()
+
+
+def _connect(sandbox: Sandbox, launch: Launch, label: str, errlog: Any) -> Client:
     # Roots: mcp.Client advertises none, so the filesystem server keeps exactly the workspace root.
-    return Client(stdio_client(params, errlog=errlog))
+    return Client(_sandboxed_stdio(sandbox, launch, label, errlog))
 
 
 class McpToolbox:
@@ -152,7 +178,7 @@ class ServerPool:
     def key(agent: str, launch: Launch) -> str:
         # A digest, so that no dict key holds the credential that is part of the env.
         blob = json.dumps([agent, launch.name, launch.command, launch.args, sorted(launch.env.items()),
-                           str(launch.cwd), launch.read_only])
+                           str(launch.cwd), launch.read_only, launch.network, [str(b) for b in launch.binds]])
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def take(self, key: str) -> ServerHost | None:
@@ -199,12 +225,17 @@ class McpToolsets:
     def __init__(self, environ: Mapping[str, str], *, node_modules: Path = NODE_MODULES,
                  github_host: str | None = None, start_timeout_s: float = 30.0, call_timeout_s: float = 60.0,
                  reuse_idle_s: float = REUSE_IDLE_S,
-                 skills: Callable[[], Mapping[str, SkillDefinition]] | None = None) -> None:
+                 skills: Callable[[], Mapping[str, SkillDefinition]] | None = None,
+                 catalog: Catalog | None = None, sandbox: Sandbox | None = None) -> None:
+        """`environ` holds the servers' secrets and the SANDBOX_* settings (sandbox_for) unless `sandbox`
+        is given; `catalog` is the operator's (default: the built-in servers only)."""
         self.environ, self.node_modules, self.github_host = environ, node_modules, github_host
+        self.catalog = catalog or Catalog()
         self.start_timeout_s, self.call_timeout_s = start_timeout_s, call_timeout_s
         self.skills = skills  # e.g. AgentDirectory.skills: for a skill's `mcp.server`, see _skills
         self.pool = ServerPool(reuse_idle_s)
-        self._sandbox: Sandbox | None = None
+        self._sandbox: Sandbox | None = sandbox
+        self._own_sandbox = sandbox is None
         self._root: Path | None = None
 
     def _skills(self, ctx: ToolContext) -> Sequence[SkillDefinition]:
@@ -220,16 +251,26 @@ class McpToolsets:
             self._root = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="botburrow-mcp-homes-"))
         return self._root / token(agent)
 
+    def sandbox(self) -> Sandbox:
+        """The one backend of this runner's MCP servers and shell tools (SANDBOX_BACKEND, sandbox_for)."""
+        if self._sandbox is None:
+            self._sandbox = sandbox_for(self.environ)
+        return self._sandbox
+
     async def _start(self, launches: list[Launch], errlog: Any, ctx: ToolContext) -> dict[str, ServerHost]:
         agent = ctx.definition.name
         hosts: dict[str, ServerHost] = {}
         fresh: dict[str, ServerHost] = {}
+        sandbox = self.sandbox() if launches else None
         for x in launches:
             reused = self.pool.take(self.pool.key(agent, x)) if x.name in REUSABLE else None
             if reused is not None:
                 hosts[x.name] = reused
             else:
-                fresh[x.name] = ServerHost(x.name, lambda x=x: _connect(x, errlog), x.allows, self.call_timeout_s)
+                assert sandbox is not None
+                label = f"{ctx.activation_id}-mcp-{x.name}"
+                fresh[x.name] = ServerHost(x.name, lambda x=x, label=label: _connect(sandbox, x, label, errlog),
+                                           x.allows, self.call_timeout_s)
         started_s = time.monotonic()
         results = await asyncio.gather(*(h.start(self.start_timeout_s) for h in fresh.values()),
                                        return_exceptions=True)
@@ -257,11 +298,11 @@ class McpToolsets:
         try:
             await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
             planner = Planner(self.environ, await self._homes(ctx.definition.name), workspace, self.node_modules,
-                              github_host=self.github_host)
+                              github_host=self.github_host, catalog=self.catalog)
             launches = await asyncio.to_thread(planner.plan, ctx.definition, ctx.grants, self._skills(ctx))
             hosts = await self._start(launches, errlog, ctx) if launches else {}
             hub = None
-            if any(g.split(":")[0] == "hub" for g in ctx.grants):
+            if holds(ctx.grants, "hub", "read") or holds(ctx.grants, "hub", "write"):
                 hub = HubTools(ctx.hub, ctx.agent_key, ctx.grants, ctx.poster, ctx.activation_id, ctx.commented)
             box = McpToolbox(ctx.definition.name, hub, hosts, scratch, ctx.grants, self._shell(ctx, workspace))
             yield box
@@ -277,11 +318,7 @@ class McpToolsets:
         shell = ctx.definition.config.capabilities.shell
         if not shell.enabled or ctx.definition.config.type != "native":
             return None
-        if self._sandbox is None:
-            backend = self.environ.get("SANDBOX_BACKEND") or "bwrap"
-            self._sandbox = create_sandbox(backend, docker_host=self.environ.get("DOCKER_HOST"),
-                                           image=self.environ.get("SANDBOX_IMAGE"))
-        return ShellTools(shell, workspace, self._sandbox, ctx.activation_id)
+        return ShellTools(shell, workspace, self.sandbox(), ctx.activation_id)
 
     async def _release(self, agent: str, launches: list[Launch], hosts: dict[str, ServerHost]) -> None:
         closing = []
@@ -297,7 +334,7 @@ class McpToolsets:
 
     async def aclose(self) -> None:
         await self.pool.aclose()
-        if self._sandbox is not None:
+        if self._sandbox is not None and self._own_sandbox:
             await self._sandbox.close()
         if self._root is not None:
             await asyncio.to_thread(shutil.rmtree, self._root, True)

@@ -28,6 +28,7 @@ from botburrow.definitions.directory import AgentDirectory
 from botburrow.hub.breaker import CircuitBreaker
 from botburrow.hub.client import HubClient
 from botburrow.hub.probe import keep_probing
+from botburrow.mcp.catalog import Catalog
 from botburrow.mcp.grants import PolicyGrantResolver
 from botburrow.runtime import service
 from botburrow.runtime.consumer import DeadLetters, Retry, nak_quietly
@@ -279,12 +280,15 @@ async def run(ctx: StageContext) -> None:
     directory = await AgentDirectory.open(ctx.bus)
     gateway = ModelGateway()  # CLI executors reach the model only through it (SPEC §4)
     sandbox_environ = {**ctx.environ, "SANDBOX_BACKEND": ctx.settings["SANDBOX_BACKEND"],
-                       "SANDBOX_MEMORY_MB": str(ctx.settings["SANDBOX_MEMORY_MB"])}
+                       "SANDBOX_MEMORY_MB": str(ctx.settings["SANDBOX_MEMORY_MB"]),
+                       "SANDBOX_WORKSPACE_MB": str(ctx.settings["SANDBOX_WORKSPACE_MB"])}
     processes = runner_for(sandbox_environ)
+    # MCP servers and shell tools share the CLIs' sandbox backend (one set of workspace mounts).
     toolsets = McpToolsets(
         ctx.environ, github_host=ctx.settings["GITHUB_HOST"], skills=directory.skills,
         start_timeout_s=ctx.settings["MCP_START_TIMEOUT_SECONDS"],
-        call_timeout_s=ctx.settings["MCP_CALL_TIMEOUT_SECONDS"], reuse_idle_s=ctx.settings["MCP_REUSE_IDLE_SECONDS"])
+        call_timeout_s=ctx.settings["MCP_CALL_TIMEOUT_SECONDS"], reuse_idle_s=ctx.settings["MCP_REUSE_IDLE_SECONDS"],
+        catalog=Catalog.load(ctx.settings["MCP_CATALOG_FILE"]), sandbox=getattr(processes, "sandbox", None))
     deps = Deps(
         bus=ctx.bus, hub=hub, definitions=directory, keys=AgentKeys(ctx.environ),
         prices=PriceTable.load(ctx.settings["PRICE_TABLE_FILE"]), environ=ctx.environ,
