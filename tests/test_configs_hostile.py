@@ -1,0 +1,140 @@
+"""One unreadable value in the `configs` bucket is dead-lettered and skipped; nothing else stops.
+
+On a real nats-server: bad values (invalid UTF-8 inside a string, not JSON, the wrong shape, large
+garbage, a value naming another agent) beside the published definitions. A freshly opened
+AgentDirectory (what ingest, scheduler and runner do at start) loads the good ones, later changes still
+arrive, and each bad revision has exactly one dead letter, whichever stages read it; configsync
+dead-letters, then replaces or deletes them in the same pass, and stays ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from botburrow.cli.read import read_all
+from botburrow.definitions import AgentDirectory, LocalSource, load_all
+from botburrow.definitions import bucket as configs
+from botburrow.runtime.bus import Bus
+from botburrow.runtime.service import run_stage
+from botburrow.schemas.events import DeadLetter
+from botburrow.services import configsync
+from botburrow.services.configsync import Syncer, sync_once
+
+PUBLISHED = Path(__file__).parent / "data" / "published-agent-definitions"
+AGENTS = {"claude-coder-1", "devops-agent", "pirate-captain-agent", "research-agent", "sprint-coder",
+          "test-persona-agent"}
+WAIT_S = 10.0
+
+
+@pytest.fixture
+def definitions(tmp_path: Path) -> Path:
+    root = tmp_path / "defs"
+    shutil.copytree(PUBLISHED, root)
+    return root
+
+
+async def put_bad_values(bus: Bus) -> dict[str, int]:
+    """Bad values beside the good ones: bucket key -> its revision."""
+    kv = await bus.kv(configs.BUCKET)
+    good = (await kv.get("agent.research-agent")).value or b""
+    other = configs.decode("agent", good)
+    bad = {
+        # msgspec raised UnicodeDecodeError for this one, which nobody caught: stages exited at start.
+        "agent.bad-utf8": good.replace(b'"system_prompt":"', b'"system_prompt":"\xff\xfe'),
+        "agent.not-json": b"{\"name\": ",
+        "agent.wrong-shape": b"[1, 2, 3]",
+        "skill.large-garbage": b"\x00" * (900 << 10),
+        "agent.impostor": configs.encode(msgspec.structs.replace(other, hash="forged")),  # names research-agent
+    }
+    return {key: await kv.put(key, value) for key, value in bad.items()}
+
+
+async def letters(bus: Bus) -> list[tuple[DeadLetter, str]]:
+    msgs = await read_all(bus, "DLQ", "agents.dlq.*")
+    return [(msgspec.json.decode(m.data, type=DeadLetter), (m.headers or {}).get("Nats-Msg-Id", "")) for m in msgs]
+
+
+async def wait_letters(bus: Bus, count: int) -> list[tuple[DeadLetter, str]]:
+    async with asyncio.timeout(WAIT_S):
+        while len(found := await letters(bus)) < count:  # noqa: ASYNC110 - a stream read, no event to await
+            await asyncio.sleep(0.05)
+    return found
+
+
+async def test_a_fresh_directory_skips_bad_values_and_keeps_following(bus: Bus, definitions: Path) -> None:
+    source = LocalSource(definitions)
+    await sync_once(bus, source)
+    revisions = await put_bad_values(bus)
+
+    directory = await AgentDirectory.open(bus, stage="runner")  # what a stage does at start: must not raise
+    second = await AgentDirectory.open(bus, stage="scheduler")  # another stage reading the same values
+    try:
+        assert set(directory.agents()) == AGENTS and directory.get("impostor") is None
+        assert set(directory.unreadable) == set(revisions)
+        assert "UnicodeDecodeError" in directory.unreadable["agent.bad-utf8"]
+        assert "its key names 'impostor'" in directory.unreadable["agent.impostor"]
+
+        found = await wait_letters(bus, len(revisions))
+        assert len(found) == len(revisions)  # one per bad revision, not one per stage
+        by_subject = {letter.subject: (letter, msg_id) for letter, msg_id in found}
+        for key, revision in revisions.items():
+            letter, msg_id = by_subject[f"$KV.configs.{key}"]
+            assert (letter.stream, letter.seq, msg_id) == ("KV_configs", revision, f"dlq:KV_configs:{revision}")
+            assert letter.stage == "runner" and f"unreadable configs value {key}" in letter.reason
+
+        # A bad value over a good one keeps the good one; later changes still arrive.
+        kv = await bus.kv(configs.BUCKET)
+        kept = directory.get("devops-agent")
+        await kv.put("agent.devops-agent", b"\xff not a definition")
+        prompt = definitions / "agents/research-agent/system-prompt.md"
+        prompt.write_text("You are {{name}}, changed after the bad values.\n")
+        report = await Syncer(bus, source).sync()
+        new_hash = (await load_all(source)).agents["research-agent"].hash
+        changed = await directory.wait_for("research-agent", WAIT_S, digest=new_hash)
+        assert changed.system_prompt == "You are research-agent, changed after the bad values.\n"
+        assert directory.get("devops-agent") == kept
+
+        # configsync read them too: reported, dead-lettered (deduplicated), replaced or deleted.
+        assert sorted(u.split(":")[0] for u in report.unreadable) == sorted([*revisions, "agent.devops-agent"])
+        assert sorted(report.deleted) == sorted(revisions)
+        assert report.updated == ["agent.devops-agent", "agent.research-agent"]
+        assert len(await wait_letters(bus, len(revisions) + 1)) == len(revisions) + 1
+        await second.wait_until(lambda d: not d.unreadable and d.get("devops-agent") == kept, WAIT_S)
+    finally:
+        await directory.close()
+        await second.close()
+
+
+def test_a_value_over_the_limit_is_refused_unread() -> None:
+    with pytest.raises(configs.UnreadableValue, match="over the 1048576-byte limit"):
+        configs.read("agent", "x", b"{" * (configs.MAX_VALUE_BYTES + 1))
+
+
+async def test_the_configsync_stage_repairs_bad_values_and_stays_ready(bus: Bus, nats_url: str,
+                                                                       definitions: Path) -> None:
+    await sync_once(bus, LocalSource(definitions))
+    revisions = await put_bad_values(bus)
+    ports: list[int] = []
+    stop = asyncio.Event()
+    environ = {"NATS_URL": nats_url, "AGENTS_SOURCE": str(definitions), "METRICS_PORT": "0",
+               "CONFIG_POLL_SECONDS": "3600"}
+    stage = asyncio.create_task(run_stage("configsync", configsync.run, environ=environ, stop=stop,
+                                          on_ready_port=ports.append))
+    try:
+        found = await wait_letters(bus, len(revisions))
+        assert {letter.stage for letter, _ in found} == {"configsync"}  # named after its connection
+        kv = await bus.kv(configs.BUCKET)
+        async with asyncio.timeout(WAIT_S), httpx.AsyncClient() as http:
+            while (await http.get(f"http://127.0.0.1:{ports[0]}/readyz")).status_code != 200:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # readiness is polled, as Kubernetes does
+        keys = set(await kv.keys())
+        assert not keys & set(revisions) and {f"agent.{a}" for a in AGENTS} <= keys
+    finally:
+        stop.set()
+        await asyncio.wait_for(stage, WAIT_S)
