@@ -71,6 +71,9 @@ def model_name(server: str, tool: str) -> str:
 SERVER_LIMITS = Limits(memory_bytes=1024 * MiB, pids=256, cpus=1.0, tmpfs_bytes=64 * MiB, timeout_s=0.0)
 
 
+NEUTRAL_ENV = {"HOME": "/", "USER": "botburrow", "LOGNAME": "botburrow", "SHELL": "/bin/sh", "TERM": "dumb"}
+
+
 def _spec(launch: Launch, label: str) -> SandboxSpec:
     """The server's sandbox: its argv and env, `cwd` writable at its own path, its toolchain read-only."""
     return SandboxSpec(argv=[launch.command, *launch.args], env=launch.env, workspace=str(launch.cwd),
@@ -83,7 +86,9 @@ async def _sandboxed_stdio(sandbox: Sandbox, launch: Launch, label: str, errlog:
     """An mcp Transport: the server's stdio, the server in a sandbox (network only if it needs it)."""
     command = await sandbox.stdio(_spec(launch, label), network=launch.network, limit_workspace=launch.workspace)
     try:
-        params = StdioServerParameters(command=command.command, args=command.args, env=command.env, cwd=command.cwd)
+        # stdio_client lays env over the runner's HOME, USER, SHELL, ...: override them all.
+        env = {**NEUTRAL_ENV, **command.env}
+        params = StdioServerParameters(command=command.command, args=command.args, env=env, cwd=command.cwd)
         async with stdio_client(params, errlog=errlog) as streams:
             yield streams
     finally:
