@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -98,10 +99,25 @@ class FakeGitHub:
     seen: list[dict[str, Any]] = field(default_factory=list)
 
 
+def outgoing_address() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing address
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
 @contextlib.asynccontextmanager
 async def running_fake_github() -> AsyncIterator[FakeGitHub]:
-    """GitHub's REST API for `get_me`; `--gh-host` drops any port, so it must be port 80 on loopback."""
-    fake = FakeGitHub("http://127.0.0.1")
+    """GitHub's REST API for `get_me`; `--gh-host` drops any port, so it must be port 80. Not on loopback:
+    the sandboxed server has a network namespace of its own, where 127.0.0.1 is its own (and the runner's
+    loopback is refused), so on this host's outgoing address, which its route out reaches."""
+    address = outgoing_address()
+    if address is None:
+        pytest.skip("no non-loopback address on this host for the fake GitHub API")
+    fake = FakeGitHub(f"http://{address}")
 
     async def any_path(request: Request) -> JSONResponse:
         fake.seen.append({"method": request.method, "path": request.url.path, "headers": dict(request.headers),
@@ -112,9 +128,9 @@ async def running_fake_github() -> AsyncIterator[FakeGitHub]:
 
     app = Starlette(routes=[Route("/{path:path}", any_path, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])])
     try:
-        server = await serve(app, "127.0.0.1", 80)
+        server = await serve(app, address, 80)
     except OSError as exc:
-        pytest.skip(f"the fake GitHub API needs 127.0.0.1:80 (github-mcp-server's --gh-host drops ports): {exc}")
+        pytest.skip(f"the fake GitHub API needs {address}:80 (github-mcp-server's --gh-host drops ports): {exc}")
     try:
         yield fake
     finally:
@@ -214,7 +230,7 @@ async def test_github_token_reaches_the_github_server_and_nothing_else(
         [f"Bearer {GITHUB_TOKEN}"]
     # Not another server (its env is built from nothing: no token, no planted runner variable) ...
     assert GITHUB_TOKEN not in json.dumps(probe_env) and PLANTED not in json.dumps(probe_env)
-    assert set(probe_env) <= {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LC_CTYPE"}
+    assert set(probe_env) <= {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LC_CTYPE", "PWD"}
     # ... nor what the model sees, nor the events.
     assert GITHUB_TOKEN not in specs and GITHUB_TOKEN not in me.content
     assert recorder.tools == []
