@@ -40,3 +40,81 @@ def config_skill(name: str) -> str:
 
 def dlq(stage: str) -> str:
     return f"agents.dlq.{token(stage)}"
+
+
+# --- what each stage reads: where `botburrow dlq redrive` may publish -----------------------------------
+
+
+def _stage_of_durable(durable: str) -> str:
+    """Durables are named after the stage that reads them: `scheduler-p03`, `runner-high`, `metrics`."""
+    return durable.split("-", 1)[0]
+
+
+def input_subjects(stage: str) -> tuple[str, ...]:
+    """The subjects `stage` consumes, from the topology: its consumers' filters or, for a stream built
+    from others (SCHEDULER), the subjects it sources. Empty for a stage that reads no subject (ingest
+    reads the Hub, configsync its source)."""
+    from botburrow.streams import topology  # late: topology is data, and this module stays import-light
+
+    found: list[str] = []
+    for consumer in topology.CONSUMERS:
+        if _stage_of_durable(consumer.durable) != stage:
+            continue
+        spec = topology.stream(consumer.stream)
+        sourced = [transform.src for source in spec.sources for transform in source.transforms]
+        found += [subject for subject in sourced or consumer.filter_subjects if subject not in found]
+    return tuple(found)
+
+
+def matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching (`*` one token, `>` the rest) of a concrete subject (no wildcards in it)."""
+    want, have = pattern.split("."), subject.split(".")
+    if any(not t or t in ("*", ">") or _UNSAFE_SUBJECT_TOKEN.search(t) for t in have):
+        return False
+    for index, token in enumerate(want):
+        if token == ">":
+            return len(have) > index
+        if index >= len(have) or token not in ("*", have[index]):
+            return False
+    return len(want) == len(have)
+
+
+_UNSAFE_SUBJECT_TOKEN = re.compile(r"[\s\x00-\x1f\x7f]")
+_TRANSFORM_TOKEN = re.compile(r"^\{\{\s*(partition|wildcard)\(([^)]*)\)\s*\}\}$")
+
+
+def _unsourced(dest: str, src: str, subject: str) -> str | None:
+    """`subject` as it was before a stream's source transform `src` -> `dest`, or None if it is not one."""
+    want, have = dest.split("."), subject.split(".")
+    if len(want) != len(have):
+        return None
+    captured: dict[int, str] = {}
+    for token, value in zip(want, have, strict=True):
+        function = _TRANSFORM_TOKEN.match(token)
+        if function and function.group(1) == "wildcard":
+            captured[int(function.group(2))] = value
+        elif not function and token != value:
+            return None
+    stars = iter(range(1, src.count("*") + 1))
+    original = ".".join(captured.get(next(stars), "") if token == "*" else token for token in src.split("."))
+    return original if matches(src, original) else None
+
+
+def redrive_subject(stage: str, subject: str) -> str | None:
+    """Where a letter `stage` wrote about a message on `subject` may be republished: that subject when
+    it is one of the stage's inputs; for a scheduler letter, which names the partitioned subject, the
+    subject it was sourced from. None for anything else (`$JS.*`, `$SYS.*`, `$KV.*`, other stages' inputs)."""
+    from botburrow.streams import topology
+
+    inputs = input_subjects(stage)
+    if any(matches(pattern, subject) for pattern in inputs):
+        return subject
+    for consumer in topology.CONSUMERS:
+        if _stage_of_durable(consumer.durable) != stage:
+            continue
+        for source in topology.stream(consumer.stream).sources:
+            for transform in source.transforms:
+                original = _unsourced(transform.dest, transform.src, subject)
+                if original is not None:  # it matches `transform.src`, one of `inputs`
+                    return original
+    return None

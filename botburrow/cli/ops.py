@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import signal
 import sys
 import uuid
@@ -14,10 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
+from botburrow.cli import letters
 from botburrow.cli.read import read_all
 from botburrow.cli.timeline import render
 from botburrow.runtime.bus import Bus
@@ -46,6 +49,9 @@ async def run(args: argparse.Namespace) -> int:
                    "replay": replay}[args.command]
         return await handler(bus, args)
     finally:
+        # The command closing its own connection is no news: without this, every command ended with a
+        # "nats disconnected" warning on stderr after its one-line answer.
+        logging.getLogger("botburrow.runtime.bus").setLevel(logging.ERROR)
         await bus.close()
 
 
@@ -143,40 +149,80 @@ def _letter(data: bytes) -> DeadLetter | None:
         return None
 
 
+def _refuse(message: str) -> int:
+    """One line on stderr, exit 1: what an operator command says when it will not do something."""
+    print(" ".join(message.split())[:1000], file=sys.stderr)
+    return 1
+
+
 async def dlq(bus: Bus, args: argparse.Namespace) -> int:
+    """`dlq ls | show | redrive`: every failure is one line on stderr and exit 1, never a traceback."""
+    try:
+        return await _dlq(bus, args)
+    except (NatsError, TimeoutError) as exc:
+        return _refuse(f"botburrow dlq {args.action}: NATS error {type(exc).__name__}: {exc}")
+
+
+async def _dlq(bus: Bus, args: argparse.Namespace) -> int:
     if args.action == "ls":
-        msgs = await read_all(bus, "DLQ", "agents.dlq.*")
-        for msg in msgs:
-            letter = _letter(msg.data)
-            seq = msg.metadata.sequence.stream
-            if letter is None:
-                print(f"{seq:>6}  {msg.subject:<10} (not a dead letter: {msg.data[:60]!r})")
-                continue
-            print(f"{seq:>6}  {letter.stage:<10} {letter.subject:<50} {letter.reason[:80]}")
-        print(f"{len(msgs)} dead letter(s)", file=sys.stderr)
-        return 0
+        return await dlq_ls(bus)
     if args.seq is None:
         raise SystemExit(f"usage: botburrow dlq {args.action} <seq>")
     try:
         raw = await bus.js.get_msg("DLQ", args.seq)
     except NotFoundError:
-        print(f"no dead letter with seq {args.seq} in DLQ", file=sys.stderr)
-        return 1
+        return _refuse(f"no dead letter with seq {args.seq} in DLQ")
     letter = _letter(raw.data)
     if letter is None:
-        print(f"DLQ seq {args.seq} is not a dead letter: {raw.data[:200]!r}", file=sys.stderr)
-        return 1
+        return _refuse(f"DLQ seq {args.seq} is not a dead letter: {raw.data[:200]!r}")
     if args.action == "show":
-        print(json.dumps(msgspec.to_builtins(letter), indent=2))
+        print(letters.show_kv(args.seq, letter) if letters.is_kv(letter)
+              else json.dumps(msgspec.to_builtins(letter), indent=2))
         return 0
-    data = base64.b64decode(letter.payload) if letter.payload_encoding == "base64" else letter.payload.encode()
+    return await dlq_redrive(bus, args.seq, raw.subject or "", letter)
+
+
+async def dlq_ls(bus: Bus) -> int:
+    msgs = await read_all(bus, "DLQ", "agents.dlq.*")
+    for msg in msgs:
+        letter = _letter(msg.data)
+        seq = msg.metadata.sequence.stream
+        if letter is None:
+            print(f"{seq:>6}  {msg.subject:<10} (not a dead letter: {msg.data[:60]!r})")
+            continue
+        print(f"{seq:>6}  {letter.stage:<10} {letter.subject!r:<50} {letter.reason[:80]!r}")
+    print(f"{len(msgs)} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+async def dlq_redrive(bus: Bus, seq: int, filed_under: str, letter: DeadLetter) -> int:
+    """Republish a letter's payload, only to an input subject of the stage that wrote it (see
+    `subjects.redrive_subject`): a letter is data anyone on `agents.dlq.*` may have written."""
+    stage = filed_under.rsplit(".", 1)[-1]
+    if filed_under != subjects.dlq(stage) or letter.stage != stage:
+        return _refuse(f"cannot redrive DLQ seq {seq}: filed under {filed_under!r} but written as stage "
+                       f"{letter.stage[:50]!r}: refused")
+    if letters.is_kv(letter):
+        return _refuse(f"cannot redrive DLQ seq {seq}: {letters.kv_refusal(letter)}")
+    target = subjects.redrive_subject(stage, letter.subject)
+    if target is None:
+        inputs = ", ".join(subjects.input_subjects(stage)) or "none: it reads no subject"
+        return _refuse(f"cannot redrive DLQ seq {seq}: {letter.subject[:200]!r} is not an input subject of "
+                       f"stage {stage!r} (its inputs: {inputs}): refused")
     try:
-        ack = await bus.publish(letter.subject, data, msg_id=f"redrive:{args.seq}:{uuid.uuid4().hex[:8]}",
-                                headers={"Redrive-Of": str(args.seq)})
+        data = base64.b64decode(letter.payload, validate=True) if letter.payload_encoding == "base64" \
+            else letter.payload.encode()
+    except ValueError:
+        return _refuse(f"cannot redrive DLQ seq {seq}: its payload is not valid base64")
+    if getattr(letter, "payload_truncated", False):
+        return _refuse(f"cannot redrive DLQ seq {seq}: the letter holds only the start of the payload; "
+                       f"the whole message is {letter.stream} seq {letter.seq}")
+    try:
+        ack = await bus.publish(target, data, msg_id=f"redrive:{seq}:{uuid.uuid4().hex[:8]}",
+                                headers={"Redrive-Of": str(seq)})
     except (NoRespondersError, NoStreamResponseError, NatsTimeoutError):
-        print(f"cannot redrive DLQ seq {args.seq}: no stream takes {letter.subject!r}", file=sys.stderr)
-        return 1
-    print(f"redriven to {letter.subject} (seq {ack.seq})")
+        return _refuse(f"cannot redrive DLQ seq {seq}: no stream takes {target!r}")
+    print(f"redriven to {target} (seq {ack.seq})")
     return 0
 
 
