@@ -39,6 +39,16 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(f"must be {low}..{high}")
+        return value
+
+    return parse
+
+
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 <= value <= 65535:
@@ -143,6 +153,16 @@ SETTINGS: list[Setting] = [
             parse=_positive_float),
     Setting("MCP_REUSE_IDLE_SECONDS", "how long an idle MCP server is kept for the same agent's next activation",
             frozenset({"runner"}), "300", parse=_positive_float),
+    Setting("HUB_POST_MAX_CHARS", "runner: characters of one Hub post shown to the model (the rest is cut, marked)",
+            frozenset({"runner"}), "20000", parse=_positive_int),
+    Setting("HUB_COMMENT_MAX_CHARS", "runner: characters of one Hub comment or notification shown to the model",
+            frozenset({"runner"}), "4000", parse=_positive_int),
+    Setting("HUB_THREAD_MAX_DEPTH", "runner: comment levels of a thread shown to the model (1..100)",
+            frozenset({"runner"}), "20", parse=_bounded_int(1, 100)),
+    Setting("HUB_THREAD_MAX_COMMENTS", "runner: comments of a thread shown to the model",
+            frozenset({"runner"}), "50", parse=_positive_int),
+    Setting("THREAD_AGENT_REPLIES_MAX", "runner: comments all agents together may post in one thread (0: no cap)",
+            frozenset({"runner"}), "20", parse=_bounded_int(0, 1_000_000)),
     Setting("STREAM_REPLICAS", "replicas for `botburrow streams apply`", frozenset(), "1", parse=_positive_int),
     Setting("METRICS_PORT", "this service's metrics and health port (0 picks a free one)", ALL, parse=_port),
     Setting("METRICS_HOST", "address the metrics and health port binds: loopback locally, the pod IP in Kubernetes",

@@ -17,7 +17,10 @@ from botburrow.hub import (
     HubRateLimited,
     HubUnavailable,
 )
+from botburrow.hub.decode import MAX_COMMENT_DEPTH
+from botburrow.hub.errors import HubBadResponse
 from botburrow.schemas.events import ActivationMetrics
+from botburrow.schemas.hub import Comment, walk_comments
 from botburrow.services.hub_emulator import HubEmulator
 
 AGENT_KEY = "agent-key-for-helper-0001"
@@ -276,3 +279,60 @@ async def test_moltbook_shaped_answers_decode() -> None:
         assert comment.author_name == "bob" and comment.replies[0].author_name == "eve"
     finally:
         await client.aclose()
+
+
+def deep_chain_json(levels: int) -> bytes:
+    """`{"comments": [...]}` holding one reply chain `levels` deep, built without recursion."""
+    opening = "".join(f'{{"id":"c{i}","content":"level {i}","replies":[' for i in range(levels))
+    return ('{"success":true,"comments":[' + opening + "]}" * levels + "]}").encode()
+
+
+MALFORMED = {
+    "not JSON": (b"<html>502 from a proxy, said with a 200</html>", "answer is not JSON"),
+    "wrong shape": (b'{"success": true, "comments": "none today"}', "expected a list under one of"),
+    "null where a string belongs": (b'{"comments": [{"id": "c1", "content": null}]}', "Expected `str`, got `null`"),
+    "nested too deep": (deep_chain_json(1_100), "answer nested too deep to decode"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+async def test_a_malformed_answer_is_a_bad_response_asked_once(case: str) -> None:
+    body, reason = MALFORMED[case]
+    calls: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(200, content=body)
+
+    client = HubClient("http://hub.test", transport=httpx.MockTransport(handle), backoff_base_s=0.01)
+    try:
+        with pytest.raises(HubBadResponse) as raised:
+            await client.get_comments(AGENT_KEY, "p1")
+    finally:
+        await client.aclose()
+    assert calls == ["/api/v1/posts/p1/comments"]  # never retried: the Hub would say the same again
+    assert reason in str(raised.value) and "/posts/p1/comments" in str(raised.value)
+    assert AGENT_KEY not in str(raised.value)
+
+
+async def test_a_deep_reply_chain_on_the_emulator_is_cut_at_the_decoder_depth(
+        hub_emulator: HubEmulator, hub_client: HubClient) -> None:
+    key = hub_emulator.add_agent("helper", key=AGENT_KEY)
+    post = hub_emulator.add_post("a long argument")
+    parent = None
+    for i in range(300):  # the emulator serves up to about 450 levels; 300 is three times what we keep
+        parent = hub_emulator.add_comment(post.id, f"reply {i}", parent_id=parent.id if parent else None,
+                                          notify=False)
+    comments = await hub_client.get_comments(key, post.id)
+    walked = list(walk_comments(comments))
+    assert len(walked) == MAX_COMMENT_DEPTH and max(depth for _, depth in walked) == MAX_COMMENT_DEPTH - 1
+    deepest = walked[-1][0]
+    assert deepest.content == f"reply {MAX_COMMENT_DEPTH - 1}" and deepest.replies_omitted == 300 - MAX_COMMENT_DEPTH
+
+
+def test_walking_a_thousand_deep_tree_needs_no_recursion() -> None:
+    leaf = Comment(id="c1099")
+    for i in range(1_098, -1, -1):  # built bottom-up: no recursion here either
+        leaf = Comment(id=f"c{i}", replies=[leaf])
+    assert [c.id for c, _ in walk_comments([leaf])][-1] == "c1099"
+    assert max(depth for _, depth in walk_comments([leaf])) == 1_099

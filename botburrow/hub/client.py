@@ -254,7 +254,7 @@ class HubClient:
             raise _error(HubNotFound, method, path, response)
         if status >= 400:
             raise _error(HubError, method, path, response)
-        body = _json(response)
+        body = _json(method, path, response)
         if isinstance(body, dict) and body.get("success") is False:
             raise _error(HubError, method, path, response)
         return body
@@ -269,17 +269,16 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def _json(response: httpx.Response) -> Any:
+def _json(method: str, path: str, response: httpx.Response) -> Any:
     if not response.content:
         return {}
     try:
         return msgspec.json.decode(response.content)
     except msgspec.DecodeError:
-        raise HubBadResponse(f"{response.request.method} {response.request.url.path}: answer is not JSON",
-                             response.status_code) from None
+        raise HubBadResponse(f"{method} {path}: answer is not JSON", response.status_code) from None
     except RecursionError:  # the decoder recurses per level: a reply chain ~500 deep is past the stack
-        raise HubBadResponse(f"{response.request.method} {response.request.url.path}: answer nested too deep "
-                             "to decode", response.status_code, "TOO_DEEP") from None
+        raise HubBadResponse(f"{method} {path}: answer nested too deep to decode", response.status_code,
+                             "TOO_DEEP") from None
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from botburrow.hub.client import HubAuthError, HubClient, HubError, HubUnavailable
+from botburrow.hub.errors import HubBadResponse
 from botburrow.mcp.grants import holds_all
 from botburrow.runtime.consumer import Retry
 from botburrow.schemas.agent import AgentDefinition, SkillDefinition
@@ -29,7 +30,6 @@ from botburrow.services.runner.posting import (
     PostResult,
     Target,
     interval_wait_s,
-    limit_reason,
     reply_key,
 )
 from botburrow.services.runner.pricing import PriceTable
@@ -46,6 +46,7 @@ from botburrow.services.runner.seams import (
     ToolsetFactory,
 )
 from botburrow.services.runner.transcript import ModelError
+from botburrow.settings import load as load_settings
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,16 @@ class Deps:
     grants: GrantResolver = field(default_factory=AllowWhatConfigsAsk)
     toolsets: ToolsetFactory = field(default_factory=HubToolsOnly)
     thinkers: Mapping[str, Thinker] = field(default_factory=lambda: {"native": NativeThinker()})
+    # Hub content bounds and the thread-wide reply cap: from the runner's settings in `environ` unless given.
+    input_bounds: context.InputBounds | None = None
+    thread_agent_replies_max: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_bounds is None or self.thread_agent_replies_max is None:
+            settings = load_settings("runner", self.environ, required=False)
+            self.input_bounds = self.input_bounds or context.InputBounds.from_settings(settings)
+            if self.thread_agent_replies_max is None:
+                self.thread_agent_replies_max = settings["THREAD_AGENT_REPLIES_MAX"]
 
 
 def answerable(definition: AgentDefinition, notification: Notification) -> bool:
@@ -105,6 +116,8 @@ class Activation:
         self.started_at = now_rfc3339()
         # Set when the request can never succeed as it is: the stage copies it to the DLQ.
         self.dead_letter: str | None = None
+        # Why nothing was posted (a limit), for the end event's `error` field of a `limited` outcome.
+        self.limited_reason: str | None = None
         self._deadline: asyncio.Timeout | None = None
         self.grants: set[str] = set()  # after the cluster policy, resolved once by `_preflight`
         self.skip_reason: str | None = None  # why a `skipped` activation made no model call
@@ -130,11 +143,17 @@ class Activation:
             error = "timeout"
         except HubAuthError as exc:
             error = f"hub refused the agent's key ({exc.status})"
+        except HubBadResponse as exc:
+            # The Hub's answer does not fit (not JSON, wrong shape, too deep): asking again gets the same.
+            error = self.dead_letter = redact(f"malformed Hub answer: {exc.message}")
+        except RecursionError:
+            error = self.dead_letter = "input nested too deep to process"
         except HubUnavailable:
             raise Retry(HUB_OUTAGE_RETRY_S, "hub unavailable") from None
         except (HubError, ModelError) as exc:
             error = redact(str(exc))
-        metrics = self._metrics(tool_type, model, outcome if error is None else "failed", error or self.skip_reason)
+        metrics = self._metrics(tool_type, model, outcome if error is None else "failed",
+                                error or (self.limited_reason if outcome == "limited" else self.skip_reason))
         await self.log.finished(metrics)
         return metrics
 
@@ -152,7 +171,9 @@ class Activation:
             self.skip_reason = skip
             log.info("activation skipped", extra={"activation_id": self.request.activation_id, "reason": skip})
             return "skipped"
-        poster = Poster(self.deps.bus, self.deps.hub, definition.name, key, definition.config.behavior.limits)
+        poster = Poster(self.deps.bus, self.deps.hub, definition.name, key, definition.config.behavior.limits,
+                        thread_replies_max=self.deps.thread_agent_replies_max or 0,
+                        input_bounds=self.deps.input_bounds)
         deadline_s = self.started_s + self.deps.limits.timeout_s
         self._deadline = asyncio.timeout_at(asyncio.get_running_loop().time() + self.deps.limits.timeout_s)
         async with self._deadline:
@@ -215,11 +236,19 @@ class Activation:
         if wait_s > 0:
             raise Retry(wait_s, "min_interval_seconds")
         # No model call for answers a limit already forbids (posting re-checks them atomically).
-        open_items = [n for n in open_items if limit_reason(usage, limits, target_for(n), time.time()) is None]
+        refusals = {n.id: await poster.refusal(usage, target_for(n)) for n in open_items}
+        open_items = [n for n in open_items if refusals[n.id] is None]
         if not open_items:
+            self.limited_reason = next(r for r in refusals.values() if r)
+            log.info("reply limited", extra={"activation_id": self.request.activation_id,
+                                             "reason": self.limited_reason})
             return "limited"
-        threads = [await self._thread(key, n) for n in open_items]
-        task = context.notification_task([(n, text) for n, (text, _) in zip(open_items, threads, strict=True)])
+        cuts = context.Cuts()
+        threads = [await self._thread(key, n, cuts) for n in open_items]
+        task = context.notification_task([(n, text) for n, (text, _) in zip(open_items, threads, strict=True)],
+                                         self.deps.input_bounds, cuts)
+        if cuts:
+            log.info("hub content cut", extra={"activation_id": self.request.activation_id, **cuts.as_log()})
         community = next((c for _, c in threads if c), None)
         text, tools = await self._think(definition, key, poster, task, community, deadline_s)
         if not text or text.upper() == "SKIP":
@@ -229,12 +258,13 @@ class Activation:
             return "posted"
         return "limited" if any(r.outcome == "limited" for r in results) else "skipped"
 
-    async def _thread(self, key: str, notification: Notification) -> tuple[str | None, str | None]:
+    async def _thread(self, key: str, notification: Notification,
+                      cuts: context.Cuts) -> tuple[str | None, str | None]:
         if not notification.post_id:
             return None, None
         post = await self.deps.hub.get_post(key, notification.post_id)
         comments = await self.deps.hub.get_comments(key, post.id)
-        return context.render_thread(post, comments), post.submolt
+        return context.render_thread(post, comments, self.deps.input_bounds, cuts), post.submolt
 
     async def _post(self, poster: Poster, notification: Notification, text: str, tools: ToolContext) -> PostResult:
         target = target_for(notification)
@@ -244,6 +274,7 @@ class Activation:
             return PostResult("already_posted")
         result = await poster.publish(reply_key(self.request.activation_id, notification.id), target, text)
         if result.outcome == "limited":
+            self.limited_reason = self.limited_reason or result.reason
             log.info("reply limited", extra={"activation_id": self.request.activation_id, "reason": result.reason})
             return result
         await self.log.posted(notification_id=notification.id, target=target.kind, post_id=target.post_id,
@@ -276,6 +307,7 @@ class Activation:
         result = await poster.publish(f"{reply_key(self.request.activation_id, 'explore')}",
                                       Target("comment", post_id=chosen.id), body.strip())
         if result.outcome == "limited":
+            self.limited_reason = result.reason
             return "limited"
         await self.log.posted(target="comment", post_id=chosen.id, hub_id=result.hub_id,
                               already_posted=result.outcome == "already_posted")
