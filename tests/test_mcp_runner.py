@@ -24,6 +24,7 @@ from botburrow.definitions.directory import AgentDirectory
 from botburrow.definitions.parse import parse_agent, parse_skill
 from botburrow.hub.client import HubClient
 from botburrow.logs import JsonFormatter
+from botburrow.mcp.catalog import Catalog
 from botburrow.mcp.grants import GrantPolicy, PolicyGrantResolver
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import StageContext, run_stage
@@ -36,7 +37,7 @@ from botburrow.services.runner.pricing import PriceTable
 from botburrow.services.runner.stage import Runner
 from botburrow.services.scripted_llm import ScriptedLLM
 from botburrow.streams import subjects
-from tests.test_mcp_servers import GITHUB_TOKEN, FakeGitHub, probe_entry, running_fake_github
+from tests.test_mcp_servers import GITHUB_TOKEN, FakeGitHub, catalog_of, probe_entry, running_fake_github
 
 END_TIMEOUT_S = 30.0
 SKILLS_DIR = Path("/work/shared/agent-definitions/skills")
@@ -76,7 +77,11 @@ class McpRig:
         for skill in await asyncio.to_thread(published_skills):
             await kv.put(bucket.key("skill", skill.name), bucket.encode(skill))
 
-    async def start(self, policy: str | None, github_host: str | None) -> None:
+    async def add_skill(self, name: str, text: str) -> None:
+        kv = await self.bus.kv(bucket.BUCKET)
+        await kv.put(bucket.key("skill", name), bucket.encode(parse_skill(name, text.encode())))
+
+    async def start(self, policy: str | None, github_host: str | None, catalog: Catalog | None = None) -> None:
         secrets = self.tmp_path / "secrets"
         secrets.mkdir(exist_ok=True)
         (secrets / "github-pat").write_text(GITHUB_TOKEN)
@@ -89,7 +94,7 @@ class McpRig:
         async def body(ctx: StageContext) -> None:
             hub = HubClient(ctx.settings["HUB_URL"], system_key=ctx.environ["HUB_API_KEY"])
             directory = await AgentDirectory.open(ctx.bus)
-            toolsets = McpToolsets(ctx.environ, github_host=github_host)
+            toolsets = McpToolsets(ctx.environ, github_host=github_host, catalog=catalog)
             deps = Deps(bus=ctx.bus, hub=hub, definitions=directory, keys=AgentKeys(ctx.environ),
                         prices=PriceTable.load(None), environ=ctx.environ,
                         limits=Limits(timeout_s=60, max_tokens=200_000), runner_id=f"{socket.gethostname()}-t",
@@ -148,8 +153,8 @@ def event_dump(events: list[Any]) -> str:
 @pytest.mark.slow
 async def test_mcp_tools_in_an_activation_never_leak_the_token(
         rig: McpRig, fake_github: FakeGitHub, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    await rig.add_agent("mcp-coder", {"grants": ["hub:read", "hub:write", "github:read", "github:write"],
-                                  "mcp_servers": ["github", probe_entry(tmp_path)]})
+    await rig.add_agent("mcp-coder", {"grants": ["hub:read", "hub:write", "github:read", "github:write", "probe:use"],
+                                  "mcp_servers": ["github", "probe"]})
     note = rig.hub.mention("mcp-coder", "who are you on github?")
     rig.llm.set_script([
         {"tool_calls": [{"name": "github__get_me", "arguments": {}},
@@ -159,7 +164,8 @@ async def test_mcp_tools_in_an_activation_never_leak_the_token(
         {"text": "I am octo-fake."},
     ])
     # The policy takes github:write away: the server runs --read-only and create_issue is not offered.
-    await rig.start("default:\n  denied_grants: ['github:write']\n", fake_github.url)
+    await rig.start("default:\n  denied_grants: ['github:write']\n", fake_github.url,
+                    catalog_of(probe=probe_entry(tmp_path)))
     with caplog.at_level(logging.DEBUG):
         end, events = await rig.activate("mcp-coder", note)
 
@@ -203,3 +209,31 @@ async def test_a_skill_text_reaches_the_model_request(rig: McpRig) -> None:
     assert "## Available Skills" in system and "### hub-search" in system and "### hub-post" in system
     assert "This skill teaches you how to create posts and comments in Botburrow Hub." in system
     assert "### budget-check" not in system
+
+
+async def test_a_trigger_word_in_a_post_starts_no_server(rig: McpRig, tmp_path: Path) -> None:
+    """Issue 14: a skill's server started because a notification contained its trigger word. Now the skill
+    is chosen (its text reaches the model) and its server, even one the catalog knows, never starts."""
+    marker = tmp_path / "skill-server-ran"
+    await rig.add_skill("trapdoor", f"""---
+name: trapdoor
+description: Opens the trapdoor
+triggers:
+  keywords: [trapdoor]
+mcp:
+  server:
+    command: /bin/sh
+    args: ["-c", "touch {marker}"]
+---
+The trapdoor skill.
+""")
+    await rig.add_agent("chooser", {"grants": ["hub:read", "hub:write", "probe:use"]})
+    note = rig.hub.mention("chooser", "please open the trapdoor")
+    rig.llm.set_script([{"text": "SKIP"}])
+    await rig.start(None, None, catalog_of(trapdoor=probe_entry(tmp_path)))
+    end, _ = await rig.activate("chooser", note)
+
+    assert end == "completed"
+    assert "### trapdoor" in json.dumps(rig.llm.requests[0].body["system"])
+    offered = [tool["name"] for tool in rig.llm.requests[0].body.get("tools", [])]
+    assert not [name for name in offered if name.startswith("trapdoor__")] and not marker.exists()
