@@ -230,19 +230,22 @@ async def loopback_listener() -> AsyncIterator[tuple[int, list[str]]]:
 
 
 @pytest.fixture(params=["bwrap", pytest.param("docker", marks=pytest.mark.slow)])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
-    made: Sandbox
+def new_backend(request: pytest.FixtureRequest) -> Sandbox:
+    # Sync: the docker fixtures are session-wide async ones, which cannot be asked for inside a running loop.
     if request.param == "bwrap":
         if shutil.which("bwrap") is None:
             pytest.skip("bwrap not installed: apt-get install bubblewrap")
-        made = BwrapSandbox()
-    else:
-        made = DockerSandbox(image=request.getfixturevalue("sandbox_image"),
-                             docker_host=request.getfixturevalue("docker_host"))
+        return BwrapSandbox()
+    return DockerSandbox(image=request.getfixturevalue("sandbox_image"),
+                         docker_host=request.getfixturevalue("docker_host"))
+
+
+@pytest.fixture
+async def backend(new_backend: Sandbox) -> AsyncIterator[Sandbox]:
     try:
-        yield made
+        yield new_backend
     finally:
-        await made.close()
+        await new_backend.close()
 
 
 @pytest.mark.parametrize("network", [False, True], ids=["no-network", "network"])
@@ -276,8 +279,9 @@ async def test_a_catalog_server_sees_only_its_own_credential(
     assert set(re.findall(r"\[REDACTED:([^\]]*)\]", outcome.content)) == {"snoop-token"}, outcome.content
     # Not even the runner's harmless variables: every process in there (its init too) has a built env.
     assert f"HOME={os.environ['HOME']}\0" not in json.dumps(seen["procs"]).replace("\\u0000", "\0")
-    # PWD (bwrap), LC_CTYPE (Python's own locale coercion) are set inside.
-    assert set(seen["env"]) <= {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "SNOOP_TOKEN", "PWD", "LC_CTYPE"}
+    # PWD (bwrap), HOSTNAME (docker), LC_CTYPE (Python's own locale coercion) are set inside.
+    assert set(seen["env"]) <= {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "SNOOP_TOKEN", "PWD", "LC_CTYPE",
+                                "HOSTNAME"}
     assert RUNNER_SECRET not in outcome.content, {k: v for k, v in seen.items() if RUNNER_SECRET in json.dumps(v)}
     assert seen["secrets_dir"].startswith("ERR") and seen["secret_file"].startswith("ERR")
     assert seen["outside"].startswith("ERR") and seen["runner_environ"].startswith("ERR")
