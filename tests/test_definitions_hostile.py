@@ -203,3 +203,13 @@ async def test_s3_hostile_object_keys_are_refused_without_a_manifest(s3: S3Serve
         "agents/esc\\x1bagent/system-prompt.md": "refused: object key: a control character in the path",
     }
     assert source.object_gets == 2 * len(AGENTS) + 3
+
+
+async def test_s3_a_large_allowed_file_arrives_whole(s3: S3Server, definitions: Path) -> None:
+    """The bounded read loops over the body: one read returns only what has arrived, not the whole object."""
+    prompt = "".join(f"line {i:06d} of a long but allowed prompt\n" for i in range(5000))  # ~200 KB
+    add_agent(definitions, "long-agent", prompt=prompt)
+    prefix = s3.new_prefix()
+    s3.upload_tree(definitions, prefix, manifest=True)
+    result = await load_all(s3.source(prefix))
+    assert result.errors == [] and result.agents["long-agent"].system_prompt == prompt

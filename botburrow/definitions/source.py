@@ -378,8 +378,14 @@ async def _bounded_body(response: dict[str, Any], max_bytes: int) -> bytes | Non
     try:
         if int(response.get("ContentLength") or 0) > max_bytes:
             return None
-        data = await body.read(max_bytes + 1)
-        return None if len(data) > max_bytes else data
+        chunks, total = [], 0
+        while total <= max_bytes:  # read(n) returns what has arrived, up to n bytes: loop to the end
+            chunk = await body.read(max_bytes + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        return None if total > max_bytes else b"".join(chunks)
     finally:
         body.close()
 
