@@ -148,7 +148,7 @@ def agent_yaml(name: str, type_: str, model: str, provider: str = "anthropic", e
     if provider == "openai":
         brain += "\n  api_base: https://example.invalid/v1\n  api_key_env: OPENAI_API_KEY"
     return (f"name: {name}\ntype: {type_}\nbrain:\n  {brain}\n"
-            f"capabilities:\n  grants: [hub:read]\n  mcp_servers: {mcp}\n{extra}"
+            f"capabilities:\n  grants: [hub:read, hub:write]\n  mcp_servers: {mcp}\n{extra}"
             "behavior:\n  max_iterations: 6\n  limits:\n    min_interval_seconds: 0\n").encode()
 
 
@@ -169,7 +169,8 @@ class CliRig:
         self.logs: pytest.LogCaptureFixture | None = None
 
     def add_agent(self, name: str, type_: str, model: str, *, facts: bool = True, **options: Any) -> None:
-        """An agent with the `hub` server (hub:read) and a `facts` server holding CREDENTIAL in its env."""
+        """An agent with the `hub` server (hub:write too: it posts its answer) and a `facts` server holding
+        CREDENTIAL in its env."""
         self.keys[name] = self.hub.add_agent(name)
         server = {"name": "facts", "command": sys.executable, "args": [str(self.root / "server.py")],
                   "env": {"FACTS_TOKEN": CREDENTIAL}}

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anthropic
 import httpx
 import pytest
 
 from botburrow.schemas.agent import Brain
+from botburrow.services.runner.executors.claude import ClaudeCode
 from botburrow.services.runner.gateway import ModelGateway
 from botburrow.services.runner.loop import LoopLimits, LoopResult, ToolOutcome
+from botburrow.services.runner.modelaccess import ModelAccessRefused
 from botburrow.services.runner.transcript import ModelReply, ToolCall
 from botburrow.services.scripted_llm import ScriptedLLM
 
@@ -143,3 +146,105 @@ async def test_token_budget_and_deadline_refuse_further_calls(gateway: ModelGate
     assert third.status_code == 400 and late.reason == "timeout"
     assert len(llm.requests) == 1
 
+
+
+def small_brain(provider: str = "anthropic", max_tokens: int | None = None) -> Brain:
+    return Brain(model="gw-model", provider=provider, max_tokens=max_tokens)  # type: ignore[arg-type]
+
+
+async def test_only_the_configured_model_and_the_clis_housekeeping_models_pass(
+        gateway: ModelGateway, llm: ScriptedLLM) -> None:
+    """A CLI (or whatever runs in the sandbox) asking for another model gets a provider-shaped refusal."""
+    llm.set_script([{"text": "main"}, {"text": "title"}, {"text": "oai"}])
+    (small, *_) = ClaudeCode.housekeeping_models
+    recorder, totals = Recorder(), LoopResult(text="")
+    async with gateway.session(activation_id="m1", brain=brain(), environ=environ(llm), recorder=recorder,
+                               totals=totals, limits=limits(),
+                               housekeeping_models=ClaudeCode.housekeeping_models) as session:
+        client = anthropic.AsyncAnthropic(base_url=session.base_url, api_key=session.token, max_retries=0)
+        user = [{"role": "user", "content": "hi"}]
+        main = await client.messages.create(model="gw-model", max_tokens=100, messages=user)
+        title = await client.messages.create(model=small, max_tokens=100, messages=user)
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await client.messages.create(model="claude-opus-4-1-20250805", max_tokens=100, messages=user)
+        with pytest.raises(anthropic.BadRequestError):
+            await client.messages.count_tokens(model="claude-opus-4-1-20250805", messages=user)
+        await client.close()
+        async with httpx.AsyncClient() as http:
+            headers = {"Authorization": f"Bearer {session.token}"}
+            chat = {"messages": user, "max_tokens": 10}
+            oai_refused = await http.post(f"{session.base_url}/v1/chat/completions", headers=headers,
+                                          json={**chat, "model": "gpt-4.1"})
+            no_model = await http.post(f"{session.base_url}/v1/chat/completions", headers=headers, json=chat)
+            not_json = await http.post(f"{session.base_url}/v1/chat/completions", headers=headers, content=b"[1]")
+            oai_ok = await http.post(f"{session.base_url}/v1/chat/completions", headers=headers,
+                                     json={**chat, "model": "gw-model"})
+    assert (main.content[0].text, title.content[0].text) == ("main", "title")
+    assert refused.value.status_code == 400
+    assert refused.value.body["error"] == {"type": "invalid_request_error", "message":
+        "model 'claude-opus-4-1-20250805' is not allowed for this activation "
+        f"(allowed: {', '.join(sorted({'gw-model', *ClaudeCode.housekeeping_models}))})"}
+    assert oai_refused.status_code == 400 and "'gpt-4.1' is not allowed" in oai_refused.json()["error"]["message"]
+    assert no_model.status_code == 400 and "'None' is not allowed" in no_model.json()["error"]["message"]
+    assert not_json.status_code == 400 and "not a JSON object" in not_json.json()["error"]["message"]
+    assert oai_ok.status_code == 200
+    assert [r.model for r in llm.requests] == ["gw-model", small, "gw-model"]  # nothing refused went upstream
+    assert len(recorder.turns) == 3
+
+
+async def _sent(gateway: ModelGateway, llm: ScriptedLLM, brain_: Brain, body: dict[str, Any], *,
+                budget: int = 100_000, spent: int = 0) -> dict[str, Any]:
+    """The body the upstream received for `body` sent through a session of `brain_`."""
+    llm.set_script([{"text": "ok"}])
+    totals = LoopResult(text="", input_tokens=spent)
+    path = "messages" if brain_.provider == "anthropic" else "chat/completions"
+    async with gateway.session(activation_id="c", brain=brain_, environ=environ(llm), recorder=Recorder(),
+                               totals=totals, limits=limits(max_tokens=budget)) as session, httpx.AsyncClient() as http:
+        response = await http.post(f"{session.base_url}/v1/{path}", headers={"x-api-key": session.token},
+                                   json={"model": "gw-model", "messages": [{"role": "user", "content": "hi"}], **body})
+    assert response.status_code == 200, response.text
+    return llm.requests[-1].body
+
+
+THINKING = {"type": "enabled", "budget_tokens": 31999}
+
+
+@pytest.mark.parametrize(("config_max", "budget", "spent", "asked", "sent_max", "sent_thinking"), [
+    (None, 100_000, 0, 32000, 32000, 31999),  # nothing to clamp: Claude Code's own request
+    (16000, 100_000, 0, 32000, 16000, 15999),  # the config's max_tokens (claude-coder-1), thinking fitted
+    (4000, 100_000, 0, 100, 100, None),  # asking for less than the cap is left alone
+    (None, 10_000, 9_500, 32000, 500, None),  # the budget left: too little to think
+    (4000, 10_000, 7_000, 32000, 3000, 2999),
+])
+async def test_anthropic_max_tokens_is_clamped_to_the_config_and_the_budget(
+        gateway: ModelGateway, llm: ScriptedLLM, config_max: int | None, budget: int, spent: int, asked: int,
+        sent_max: int, sent_thinking: int | None) -> None:
+    body = {"max_tokens": asked} | ({"thinking": THINKING} if asked > THINKING["budget_tokens"] else {})
+    sent = await _sent(gateway, llm, small_brain(max_tokens=config_max), body, budget=budget, spent=spent)
+    assert sent["max_tokens"] == sent_max
+    assert (sent.get("thinking") or {}).get("budget_tokens") == sent_thinking
+
+
+@pytest.mark.parametrize(("config_max", "budget", "spent", "body", "sent"), [
+    (256, 100_000, 0, {"max_tokens": 8192}, {"max_tokens": 256}),
+    (256, 100_000, 0, {"max_completion_tokens": 8192}, {"max_completion_tokens": 256}),
+    (256, 100_000, 0, {}, {"max_tokens": 256}),  # absent = the model's maximum: capped by the config
+    (None, 100_000, 0, {}, {}),  # absent and no config cap: the model's own limit applies
+    (None, 10_000, 9_000, {}, {"max_tokens": 1000}),  # ... unless the budget is nearly spent
+    (None, 10_000, 9_000, {"max_tokens": 8192}, {"max_tokens": 1000}),
+])
+async def test_openai_max_tokens_is_clamped_to_the_config_and_the_budget(
+        gateway: ModelGateway, llm: ScriptedLLM, config_max: int | None, budget: int, spent: int,
+        body: dict[str, Any], sent: dict[str, Any]) -> None:
+    got = await _sent(gateway, llm, small_brain("openai", config_max), body, budget=budget, spent=spent)
+    assert {k: got[k] for k in ("max_tokens", "max_completion_tokens") if k in got} == sent
+
+
+async def test_a_config_naming_the_hub_key_gets_no_session(gateway: ModelGateway, llm: ScriptedLLM) -> None:
+    hostile = Brain(model="gw-model", provider="openai", api_base=f"{llm.url}/v1", api_key_env="HUB_API_KEY")
+    planted = {**environ(llm), "MODEL_BASE_URL_OVERRIDE": "", "HUB_API_KEY": "hub-system-key-planted-0123"}
+    with pytest.raises(ModelAccessRefused, match="HUB_API_KEY is not a model key"):
+        async with gateway.session(activation_id="h", brain=hostile, environ=planted, recorder=Recorder(),
+                                   totals=LoopResult(text=""), limits=limits()):
+            raise AssertionError("no session for it")
+    assert llm.requests == []

@@ -9,7 +9,9 @@ One HTTP server per runner process speaks the providers' own APIs:
 Each activation opens a `GatewaySession` with a random short-lived token; a request is accepted only
 if its path tag or its key (`x-api-key`, `Authorization: Bearer`, `api-key`) is a live token. The
 gateway drops the caller's credentials, adds the real key upstream, refuses calls past the
-activation's deadline or token budget, and records every answered call as an `llm` run event with the
+activation's deadline or token budget and calls of any model but the config's `brain.model` and the
+CLI's own housekeeping models (listed per executor), clamps `max_tokens` to the config's and to the
+budget left, and records every answered call as an `llm` run event with the
 provider's usage (from the JSON body, or the SSE `message_start`/`message_delta` and `include_usage`
 chunks), adding it to the activation's totals.
 """
@@ -22,7 +24,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 # Request headers worth forwarding; everything else (credentials, hop-by-hop, encodings) stays here.
 FORWARDED_HEADERS = ("content-type", "accept", "anthropic-version", "anthropic-beta", "openai-organization")
 UPSTREAM_TIMEOUT_S = 300.0
+MIN_THINKING_TOKENS = 1024  # Anthropic's smallest thinking budget
+UNASKED_OUTPUT_CAP = 4096  # an OpenAI request without max_tokens is capped below this budget (see enforce)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class GatewaySession:
     recorder: Recorder
     totals: LoopResult
     limits: LoopLimits
+    # The models this activation may call: its config's, plus its CLI's own housekeeping models.
+    models: frozenset[str] = frozenset()
+    max_output_tokens: int | None = None  # the config's brain.max_tokens
     base_url: str = ""  # the gateway URL with this session's tag, without /v1
     # Set with the reason when the activation's limits are spent: the executor stops its CLI.
     exceeded: asyncio.Event = field(default_factory=asyncio.Event)
@@ -85,9 +92,17 @@ class GatewaySession:
     def refuse_reason(self) -> str | None:
         if time.monotonic() >= self.limits.deadline:
             return "timeout"
-        if self.totals.input_tokens + self.totals.output_tokens > self.limits.max_tokens:
+        if self.remaining_tokens() < 0:
             return "max_tokens"
         return None
+
+    def remaining_tokens(self) -> int:
+        return self.limits.max_tokens - (self.totals.input_tokens + self.totals.output_tokens)
+
+    def output_cap(self) -> int:
+        """The most output tokens one call may ask for: the config's max_tokens and what the budget has left."""
+        remaining = max(1, self.remaining_tokens())
+        return remaining if self.max_output_tokens is None else min(self.max_output_tokens, remaining)
 
     def fail(self, reason: str) -> None:
         if self.reason is None:
@@ -132,13 +147,17 @@ class ModelGateway:
 
     @contextlib.asynccontextmanager
     async def session(self, *, activation_id: str, brain: Brain, environ: Mapping[str, str], recorder: Recorder,
-                      totals: LoopResult, limits: LoopLimits) -> AsyncIterator[GatewaySession]:
-        """A live token for the block's duration; afterwards every request with it is refused."""
+                      totals: LoopResult, limits: LoopLimits,
+                      housekeeping_models: Iterable[str] = ()) -> AsyncIterator[GatewaySession]:
+        """A live token for the block's duration; afterwards every request with it is refused. The session
+        calls only `brain.model` and the CLI's `housekeeping_models` (listed per executor)."""
+        upstreams = upstreams_for(brain, environ)  # refuses a key or endpoint the operator does not allow
         await self.start()
         token = "bbgw-" + secrets.token_urlsafe(24)
         session = GatewaySession(token=token, activation_id=activation_id, model=brain.model,
-                                 upstreams=upstreams_for(brain, environ), recorder=recorder, totals=totals,
-                                 limits=limits, base_url=f"{self.url}/{token}")
+                                 upstreams=upstreams, recorder=recorder, totals=totals, limits=limits,
+                                 models=frozenset({brain.model, *housekeeping_models}),
+                                 max_output_tokens=brain.max_tokens, base_url=f"{self.url}/{token}")
         self._sessions[token] = session
         try:
             yield session
@@ -189,7 +208,10 @@ class ModelGateway:
         else:
             headers["authorization"] = f"Bearer {upstream.key}"
         url = f"{upstream.base_url}/v1/{api_path}" + (f"?{request.url.query}" if request.url.query else "")
-        body = await request.body()
+        body, refusal = enforce(session, provider, api_path, await request.body())
+        if refusal is not None:
+            log.warning("model call refused", extra={"activation_id": session.activation_id, "reason": refusal})
+            return _error(provider, 400, refusal)
         assert self._client is not None
         started_s = time.monotonic()
         try:
@@ -236,6 +258,52 @@ class ModelGateway:
             log.exception("recording an llm event failed", extra={"activation_id": session.activation_id})
         if totals.input_tokens + totals.output_tokens > session.limits.max_tokens:
             session.fail("max_tokens")
+
+
+def enforce(session: GatewaySession, provider: str, api_path: str, raw: bytes) -> tuple[bytes, str | None]:
+    """The activation's config applied to one request: (the body to forward, None) or (b"", why it is
+    refused). Only the session's models; `max_tokens` at most the config's and what the budget has left."""
+    body = _json_or_none(raw)
+    if body is None:
+        return b"", "the request body is not a JSON object"
+    model = body.get("model")
+    if model not in session.models:
+        allowed = ", ".join(sorted(session.models))
+        return b"", f"model {str(model)[:100]!r} is not allowed for this activation (allowed: {allowed})"
+    if api_path == "messages/count_tokens":
+        return raw, None
+    cap = session.output_cap()
+    if provider == "anthropic":
+        body["max_tokens"] = min(_int(body.get("max_tokens"), cap), cap)
+        _fit_thinking(body)
+    else:
+        asked = [key for key in ("max_tokens", "max_completion_tokens") if key in body]
+        for key in asked:
+            body[key] = min(_int(body[key], cap), cap)
+        if not asked and (session.max_output_tokens is not None or cap < UNASKED_OUTPUT_CAP):
+            # Absent means the model's own maximum; capped here only when the config or a nearly spent
+            # budget says so (a budget-sized value would exceed most models' output limit and be refused).
+            body["max_tokens"] = cap
+    return json.dumps(body).encode(), None
+
+
+def _int(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+
+def _fit_thinking(body: dict[str, Any]) -> None:
+    """Anthropic wants `thinking.budget_tokens` below `max_tokens` and at least 1024: a clamped request
+    thinks less, or not at all when too little is left (Claude Code asks 31999 of 32000)."""
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return
+    budget = _int(thinking.get("budget_tokens"), MIN_THINKING_TOKENS)
+    if budget < body["max_tokens"]:
+        return
+    if body["max_tokens"] - 1 >= MIN_THINKING_TOKENS:
+        body["thinking"] = {**thinking, "budget_tokens": body["max_tokens"] - 1}
+    else:
+        del body["thinking"]
 
 
 def _json_or_none(raw: bytes) -> dict[str, Any] | None:

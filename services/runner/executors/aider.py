@@ -33,6 +33,7 @@ def outputs(job: CliJob) -> Path:
 class Aider:
     name = "aider"
     binary_name = "aider"
+    housekeeping_models = ()  # its weak model (summaries) is the main one: our settings entry names none
 
     def invocation(self, job: CliJob) -> Invocation:
         if job.mcp:

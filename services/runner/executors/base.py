@@ -142,6 +142,9 @@ class Invocation:
 class Flavor(Protocol):
     name: str  # the config `type`
     binary_name: str
+    # Models the CLI calls for its own housekeeping (titles, summaries) besides the config's brain.model:
+    # the only other models the gateway lets this activation call.
+    housekeeping_models: tuple[str, ...]
 
     def invocation(self, job: CliJob) -> Invocation: ...
 
@@ -242,7 +245,7 @@ class CliThinker:
             async with self.mcp.open(request) as entries, self.gateway.session(
                     activation_id=request.activation_id, brain=request.definition.config.brain,
                     environ=request.environ, recorder=request.recorder, totals=request.totals,
-                    limits=request.limits) as session:
+                    limits=request.limits, housekeeping_models=self.flavor.housekeeping_models) as session:
                 job = CliJob(request=request, gateway=session, mcp=entries, binary=binary, run_dir=run_dir,
                              home=run_dir / "home", workspace=workspace, timeout_s=timeout_s)
                 invocation = await asyncio.to_thread(self.flavor.invocation, job)  # writes its config files

@@ -18,6 +18,9 @@ SHELL_TOOLS = "Bash,Edit,Read,Write"
 class ClaudeCode:
     name = "claude-code"
     binary_name = "claude"
+    # Its "small fast model" (ANTHROPIC_SMALL_FAST_MODEL, else ANTHROPIC_DEFAULT_HAIKU_MODEL, else Haiku 4.5)
+    # when it takes its endpoint for Anthropic's own; behind the gateway 2.1.197 uses the main model.
+    housekeeping_models = ("claude-haiku-4-5-20251001", "claude-haiku-4-5")
 
     def invocation(self, job: CliJob) -> Invocation:
         persona = job.write("persona.md", job.request.system)

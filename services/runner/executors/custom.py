@@ -22,6 +22,7 @@ PROMPT_PLACEHOLDER = "${PROMPT}"
 class Custom:
     name = "custom"
     binary_name = "executor.command"
+    housekeeping_models = ()  # it is told BOTBURROW_MODEL, the only model it may call
 
     @staticmethod
     def locate(request: ThinkRequest) -> str | None:

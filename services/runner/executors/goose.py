@@ -22,6 +22,7 @@ EXTENSION_FAILED = re.compile(r"Failed to start extension '([^']*)' \((.*?)\), c
 class Goose:
     name = "goose"
     binary_name = "goose"
+    housekeeping_models = ()  # session naming (its only side call) is off: GOOSE_DISABLE_SESSION_NAMING
 
     def invocation(self, job: CliJob) -> Invocation:
         argv = [job.binary, "run", "-q", "--no-session", "--no-profile", "--output-format", "stream-json",

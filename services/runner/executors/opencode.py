@@ -28,6 +28,7 @@ def provider_of(job: CliJob) -> tuple[str, dict[str, str]]:
 class OpenCode:
     name = "opencode"
     binary_name = "opencode"
+    housekeeping_models = ()  # its `small_model` (titles) is the config's model, and titles are off
 
     def config(self, job: CliJob) -> dict[str, Any]:
         model = job.model
