@@ -264,17 +264,22 @@ def check_malformed(audit: Audit, record: Record, malformed: list[Malformed]) ->
 
 
 def check_grants(audit: Audit, hub: HubView, record: Record) -> None:
-    """The read-only agent's model asked for hub__create_comment: an error result, nothing on the Hub."""
-    asked = [t for t in record.tools if t.agent == READONLY and t.name == "hub__create_comment"]
-    if not asked:
-        audit.breach("grants probe: the read-only agent's hub__create_comment call was never recorded")
-    for call in asked:
-        if not call.error and "not granted" not in call.result and "unknown" not in call.result.lower():
-            audit.breach(f"grants probe: hub__create_comment by {READONLY} did not fail: {call.result[:200]!r}")
+    """The read-only agent (hub:read only) is never asked for an answer (the answer is a write, issue 14):
+    each of its activations ends `skipped` with "hub:write is missing", its model is never called (so the
+    scripted hub__create_comment is never asked for), and nothing of it reaches the Hub."""
+    ends = [e for events in record.ends.values() for e in events if e.agent == READONLY]
+    if not ends:
+        audit.breach("grants probe: no activation of the read-only agent ended")
+    for end in ends:
+        if end.metrics.outcome != "skipped" or "hub:write is missing" not in (end.metrics.error or ""):
+            audit.breach(f"grants probe: {READONLY} ended {end.metrics.outcome} ({end.metrics.error!r}), "
+                         "not skipped for hub:write")
+    if calls := [t for t in record.tools if t.agent == READONLY]:
+        audit.breach(f"grants probe: the read-only agent's model was asked for an answer ({len(calls)} tool calls)")
     posted = [c for c in hub.comments if GRANT_BREACH_TEXT in c.content]
     if posted:
         audit.breach(f"grants probe: {len(posted)} comment(s) by an agent without hub:write reached the Hub")
-    audit.info["grants_probe_calls"] = len(asked)
+    audit.info["grants_probe_ends"] = len(ends)
 
 
 def check_secrets(audit: Audit, secrets: dict[str, str], hub: HubView, record: Record,
