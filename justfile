@@ -21,6 +21,10 @@ test *args:
 test-fast *args:
     {{venv}}/pytest -m "not slow" {{args}}
 
+# hostile payloads, long form: FUZZ_EXAMPLES (default 500; the suite draws 6) cases per subject, FUZZ_SEED another corpus
+fuzz *args:
+    FUZZ_EXAMPLES="${FUZZ_EXAMPLES:-500}" {{venv}}/pytest tests/test_hostile_payloads.py -q {{args}}
+
 # everything on one machine, with a demo mention
 dev *args:
     {{venv}}/botburrow dev {{args}}

@@ -84,7 +84,7 @@ async def supervise(health: Health, name: str, task: Callable[[], Awaitable[None
                     backoff_s: float = RESTART_BACKOFF_S, max_backoff_s: float = RESTART_MAX_BACKOFF_S) -> None:
     """Run one of a stage's long-lived tasks until `stop` is set, starting it again whenever it ends.
 
-    Ending while the stage runs, by an exception or a return, is a fault: it is logged and counted, and
+    Ending while the stage runs, by an exception, a cancellation or a return, is a fault: it is logged and counted, and
     the stage is not ready (check `task:<name>`) until the task runs again, `backoff_s` later (doubling
     while it keeps dying). The check goes when this returns (a released partition, a stopped stage).
     """
@@ -100,11 +100,7 @@ async def supervise(health: Health, name: str, task: Callable[[], Awaitable[None
     try:
         while not stop.is_set():
             started = loop.time()
-            try:
-                await task()
-                error: BaseException | None = None
-            except Exception as exc:
-                error = exc
+            error = await _run_to_end(task, f"{health.service}:{name}")
             if stop.is_set():
                 return
             up = False
@@ -120,6 +116,23 @@ async def supervise(health: Health, name: str, task: Callable[[], Awaitable[None
             up = True
     finally:
         health.remove_check(check, running)
+
+
+async def _run_to_end(task: Callable[[], Awaitable[None]], name: str) -> BaseException | None:
+    """Run `task` as a task of its own (so that it, and not its supervisor, may be cancelled); returns
+    how it ended: None when it returned, else its exception (CancelledError when it was cancelled)."""
+    child = asyncio.ensure_future(task())
+    child.set_name(name)
+    try:
+        await asyncio.wait({child})
+    except asyncio.CancelledError:  # the supervisor itself is cancelled: so is its task
+        child.cancel()
+        with contextlib.suppress(BaseException):
+            await child
+        raise
+    if child.cancelled():
+        return asyncio.CancelledError(f"{name} was cancelled")
+    return child.exception()
 
 
 async def _run_body_until_stopped(ctx: StageContext, body: StageBody, streams_made: asyncio.Event,
