@@ -24,6 +24,7 @@ from botburrow.schemas.codec import decode_subject
 from botburrow.schemas.events import ConfigChanged
 from botburrow.services import configsync
 from botburrow.services.configsync import Syncer, sync_forever, sync_once
+from botburrow.streams.apply import ensure
 from tests.fixtures.s3 import S3Server
 
 # A verbatim copy of ../shared/agent-definitions (see its SOURCE.md), so the suite runs anywhere.
@@ -168,6 +169,27 @@ async def test_sync_forever_is_ready_once_the_source_answered(bus: Bus, definiti
         stop.set()
         await asyncio.wait_for(task, WAIT_S)
         await server.stop()
+
+
+async def test_a_configsync_that_cannot_write_the_bucket_is_not_ready(bus: Bus, definitions: Path) -> None:
+    health = Health("configsync")
+    stop = asyncio.Event()
+    task = asyncio.create_task(sync_forever(bus, LocalSource(definitions), poll_s=0.05, stop=stop, health=health))
+    try:
+        await _until(lambda: health.status().get("synced", False))
+        await bus.js.delete_key_value(configs.BUCKET)  # its passes now fail: it must stop saying ready
+        await _until(lambda: not health.status().get("synced", True))
+        assert health.status()["source"]  # the source still answers: only the bucket side is broken
+        await ensure(bus.js)  # the bucket is back: the next pass refills it, and configsync is ready again
+        await _until(lambda: health.status().get("synced", False))
+        directory = await AgentDirectory.open(bus)
+        try:
+            assert set(directory.agents()) == AGENTS
+        finally:
+            await directory.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
 
 
 async def test_sync_from_s3(bus: Bus, s3: S3Server, definitions: Path) -> None:
