@@ -44,10 +44,7 @@ def values_errors(vals: Obj | None = None) -> list[str]:
     nats-users Secret, which an ExternalSecret fills; nats-box connects as the operator."""
     vals = values() if vals is None else vals
     where = "deploy/nats/values.yaml"
-    errors = []
-    if vals.get("config", {}).get("merge", {}).get("accounts") != permissions.helm_accounts():
-        errors.append(f"{where}: config.merge.accounts differs from what streams/permissions.py generates "
-                      "(run `python -m botburrow.streams.permissions` and paste its output)")
+    errors = _accounts_errors(vals.get("config", {}).get("merge", {}).get("accounts", {}), where)
     env = vals.get("container", {}).get("env", {})
     errors += [f"{where}: container.env.{permissions.password_env(user)} must come from Secret {SERVER_SECRET}, "
                f"key {user}" for user in permissions.USERS
@@ -56,12 +53,29 @@ def values_errors(vals: Obj | None = None) -> list[str]:
                 and r.get("spec", {}).get("target", {}).get("name") == SERVER_SECRET]
     data = {d["secretKey"]: d["remoteRef"]["key"] for r in external for d in r["spec"].get("data", [])}
     wanted = {user: STORE_KEY.format(user=user) for user in permissions.USERS}
-    if data != wanted:
-        errors.append(f"{where}: extraResources needs an ExternalSecret for {SERVER_SECRET} with exactly {wanted}")
+    if any(data.get(user) != key for user, key in wanted.items()):
+        errors.append(f"{where}: extraResources needs an ExternalSecret for {SERVER_SECRET} with {wanted}")
     box = vals.get("natsBox", {}).get("container", {}).get("env", {})
     if box.get("NATS_USER") != permissions.OPERATOR or _secret_ref(box.get("NATS_PASSWORD")) != (
             SERVER_SECRET, permissions.OPERATOR):
         errors.append(f"{where}: natsBox.container.env must set NATS_USER={permissions.OPERATOR} and its password")
+    return errors
+
+
+def _accounts_errors(accounts: Obj, where: str) -> list[str]:
+    """The generated users exactly as permissions.py makes them; an operator's own extra users (the nats
+    CLI, README) may follow, each with its password from the environment, never in the file."""
+    generated = permissions.helm_accounts()[permissions.ACCOUNT]
+    account = accounts.get(permissions.ACCOUNT, {}) if isinstance(accounts, dict) else {}
+    users = account.get("users", [])
+    ours = [u for u in users if u.get("user") in permissions.USERS]
+    errors = []
+    if set(accounts) != {permissions.ACCOUNT} or {k: v for k, v in account.items() if k != "users"} != {
+            k: v for k, v in generated.items() if k != "users"} or ours != generated["users"]:
+        errors.append(f"{where}: config.merge.accounts differs from what streams/permissions.py generates "
+                      "(run `python -m botburrow.streams.permissions` and paste its output)")
+    errors += [f"{where}: user {u.get('user')} must take its password from the environment (<< $VAR >>)"
+               for u in users if u not in ours and not re.fullmatch(r"<< \$\w+ >>", str(u.get("password", "")))]
     return errors
 
 

@@ -202,8 +202,12 @@ def test_nats_values_carry_exactly_the_generated_permissions():
     runner["permissions"]["publish"]["allow"].append("agents.ingest.notification.*")
     del drifted["container"]["env"]["NATS_PASSWORD_SCHEDULER"]
     drifted["natsBox"]["container"]["env"]["NATS_USER"] = "runner"
+    drifted["config"]["merge"]["accounts"][permissions.ACCOUNT]["users"] += [
+        {"user": "alice", "password": "<< $NATS_PASSWORD_ALICE >>"},  # an operator's own CLI user: fine
+        {"user": "bob", "password": "in-the-file"}]
     errors = "\n".join(nats_auth.values_errors(drifted))
     assert "differs from what streams/permissions.py generates" in errors
+    assert "user bob must take its password from the environment" in errors and "alice" not in errors
     assert "NATS_PASSWORD_SCHEDULER must come from Secret nats-users" in errors
     assert "natsBox.container.env" in errors
 
