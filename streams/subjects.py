@@ -46,8 +46,9 @@ def dlq(stage: str) -> str:
 
 
 def _stage_of_durable(durable: str) -> str:
-    """Durables are named after the stage that reads them: `scheduler-p03`, `runner-high`, `metrics`."""
-    return durable.split("-", 1)[0]
+    from botburrow.streams.permissions import consumer_stage  # late: permissions imports this module
+
+    return consumer_stage(durable)
 
 
 def input_subjects(stage: str) -> tuple[str, ...]:
