@@ -21,6 +21,11 @@ Usage:
                                stop=budget_spent)           # optional: an asyncio.Event that kills it early
     await sandbox.close()
 
+Long-lived stdio processes (MCP servers): `await sandbox.stdio(spec, network=..., limit_workspace=...)` gives
+the command, args and env to spawn (e.g. with `mcp.StdioServerParameters`) and a `cleanup()` for after it
+exits. Same confinement as `run`; `network=True` gives the sandbox its own network namespace with a route
+out (bwrap: slirp4netns via netlaunch.py, no host loopback; docker: the engine's default network).
+
 Disk: /tmp and /dev/shm are tmpfs of `limits.tmpfs_bytes` each (charged to the memory limit); each file
 the command writes is capped at `limits.file_bytes`, and the workspace's total size at the backend's
 `workspace_bytes` (SANDBOX_WORKSPACE_MB; see quota.py: a loop-mounted file system over the workspace,

@@ -165,13 +165,14 @@ _warned_shared_net: list[bool] = []
 
 
 def _network_mode() -> str:
-    """"own" (a namespace of its own, routed out by slirp4netns) or "host" (shared, loudly warned)."""
-    if _SLIRP is not None:
+    """"own" (a namespace of its own, routed out by slirp4netns: needs root to make it) or "host" (shared,
+    loudly warned: the sandbox reaches the host's loopback services)."""
+    if _SLIRP is not None and os.geteuid() == 0:
         return "own"
     if not _warned_shared_net:
         _warned_shared_net.append(True)
-        log.warning("slirp4netns not installed: networked sandboxes share the host's network namespace "
-                    "(and reach its loopback services); apt-get install slirp4netns")
+        log.warning("networked sandboxes share the host's network namespace and reach its loopback services "
+                    "(an own one needs slirp4netns and a root runner)", extra={"slirp4netns": _SLIRP is not None})
     return "host"
 
 
