@@ -196,3 +196,27 @@ async def test_a_post_the_hub_refuses_gives_its_count_back(bus: Bus, hub_emulato
     assert (await poster.usage()).comments == 1
     limited = await poster.publish("act-refused.n2", target, "over the limit")
     assert limited.outcome == "limited" and "max_daily_comments" in (limited.reason or "")
+
+
+async def test_the_thread_wide_cap_lets_exactly_its_number_through_when_agents_race(
+        bus: Bus, hub_emulator: Any, hub_client: Any) -> None:
+    from botburrow.schemas.agent import Limits
+    from botburrow.services.runner.posting import Poster, Target, ThreadReplies, thread_key
+
+    post = hub_emulator.add_post("a busy thread")
+    names = [f"racer-{i}" for i in range(8)]
+    posters = [Poster(bus, hub_client, name, hub_emulator.add_agent(name), Limits(min_interval_seconds=0),
+                      thread_replies_max=3) for name in names]
+    target = Target(kind="comment", post_id=post.id)
+    # Eight agents (as if on eight runners: each Poster reads and writes the bucket on its own) at once.
+    results = await asyncio.gather(*(p.publish(f"act-{i}.n1", target, f"me first ({i})")
+                                     for i, p in enumerate(posters)))
+
+    assert sorted(r.outcome for r in results) == ["limited"] * 5 + ["posted"] * 3
+    assert all("THREAD_AGENT_REPLIES_MAX (3) reached" in (r.reason or "") for r in results if r.outcome == "limited")
+    assert len(hub_emulator.comments_on(post.id)) == 3
+    entry = await (await bus.kv("limits")).get(thread_key(post.id))
+    assert msgspec.json.decode(entry.value, type=ThreadReplies).agent_replies == 3
+    # A refused agent's own count was given back: the thread refused it, not its limits.
+    refused = [p for p, r in zip(posters, results, strict=True) if r.outcome == "limited"]
+    assert [(await p.usage()).comments for p in refused] == [0] * 5
