@@ -173,3 +173,10 @@ async def test_a_dead_lettered_configs_value_is_shown_and_never_redriven(
     assert "fixed at its source" in line and "configsync" in line and "'agent.broken-agent'" in line
     assert await ops.dlq(bus, dlq_args("ls")) == 0
     assert "'$KV.configs.agent.broken-agent'" in capsys.readouterr().out
+
+
+async def test_show_never_prints_a_terminal_escape_from_a_letter(bus: Bus, capsys: pytest.CaptureFixture[str]) -> None:
+    seq = await forged(bus, "runner", "runner", "$KV.configs.agent.x", b"\x1b]0;pwned\x07 \x1b[2J value")
+    assert await ops.dlq(bus, dlq_args("show", seq)) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b]0;pwned\\x07 \\x1b[2J value" in out

@@ -19,6 +19,11 @@ KV_PREFIX = bucket.subject("")
 VALUE_SHOWN_CHARS = 4000
 
 
+def _printable(text: str) -> str:
+    """`text` safe for a terminal: control characters (escape sequences) shown as `\\xNN`, lines kept."""
+    return "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" for c in text)
+
+
 def is_kv(letter: DeadLetter) -> bool:
     return letter.subject.startswith("$KV.")
 
@@ -55,10 +60,10 @@ def show_kv(seq: int, letter: DeadLetter) -> str:
         f"DLQ seq {seq}: a value of the configs bucket that {letter.stage} could not read",
         f"key:      {key!r}",
         f"revision: {letter.seq} (stream {letter.stream})" + (f", {size} bytes" if size else ""),
-        f"reason:   {letter.reason}",
+        f"reason:   {_printable(letter.reason)}",
         "fix:      at its source (the agent definitions); configsync then rewrites or deletes the value;"
         " it cannot be redriven",
     ]
     if getattr(letter, "payload_truncated", False):
         lines.append("note:     the letter holds only the start of the value")
-    return "\n".join([*lines, "value:", _value_text(letter)])
+    return "\n".join([*lines, "value:", _printable(_value_text(letter))])
