@@ -361,3 +361,28 @@ async def test_a_removed_workspace_gives_its_space_back_at_the_second_sweep(
     await small_workspace_sandbox.sweep()
     assert workspace.is_mount()  # empty at one sweep: maybe between two runs
     assert await small_workspace_sandbox.sweep() >= 1 and not workspace.is_mount()
+
+
+HOLD_A_WORKSPACE = """
+import asyncio, os, signal, sys
+from botburrow.sandbox.quota import WorkspaceQuotas
+async def main():
+    quotas = WorkspaceQuotas(16 << 20)
+    async with quotas.hold(sys.argv[1]):
+        print('mounted', flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # a crashed runner: no atexit, no close
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not quota.supported(), reason="the workspace limit needs root, loop devices and mkfs.ext4")
+async def test_a_dead_runners_workspace_mounts_are_swept(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", HOLD_A_WORKSPACE, str(workspace), cwd=REPO,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await proc.communicate()
+    assert stdout == b"mounted\n" and proc.returncode == -9, stderr.decode()
+    assert workspace.is_mount()
+    assert await asyncio.to_thread(quota.sweep_dead) >= 1
+    assert not workspace.is_mount()
