@@ -93,6 +93,17 @@ def _url_list(raw: str) -> tuple[str, ...]:
     return urls
 
 
+def _grant_policy_file(raw: str) -> str:
+    """Read and checked at start: a policy with a malformed grant stops the runner, naming the grant."""
+    from botburrow.mcp.grants import GrantPolicy, PolicyError  # here: every module imports settings
+
+    try:
+        GrantPolicy.load(raw)
+    except PolicyError as exc:
+        raise ValueError(str(exc)) from None
+    return raw
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -116,7 +127,8 @@ SETTINGS: list[Setting] = [
     Setting("AGENT_KEYS_DIR", "directory of agent Hub key files, one per agent name",
             frozenset({"ingest", "runner"})),
     Setting("SECRETS_DIR", "directory of secret files (Kubernetes-secret style)", ALL),
-    Setting("GRANT_POLICY_FILE", "grant policy YAML; unset allows what configs ask", frozenset({"runner"})),
+    Setting("GRANT_POLICY_FILE", "grant policy YAML; unset allows what configs ask", frozenset({"runner"}),
+            parse=_grant_policy_file),
     Setting("ANTHROPIC_BASE_URL", "Anthropic API base URL", frozenset({"runner"}), parse=_url),
     Setting("MODEL_BASE_URL_OVERRIDE", "local mode and tests only: every model call goes here",
             frozenset({"runner"}), parse=_url),

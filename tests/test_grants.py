@@ -21,6 +21,7 @@ from botburrow.mcp.grants import (
     parse,
 )
 from botburrow.mcp.servers import Planner, holds
+from botburrow.settings import SettingsError, load
 
 
 def agent(name: str, grants: list[str]):
@@ -201,3 +202,13 @@ def test_github_starts_read_only_unless_a_write_is_held_after_policy(tmp_path: P
                       workspace=tmp_path / "ws", github_binary=sys.executable)
     launch = planner.github(held)
     assert launch is not None and launch.read_only is read_only and ("--read-only" in launch.args) is read_only
+
+
+def test_a_policy_file_with_a_malformed_grant_stops_the_runner_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("default:\n  denied_grants: ['github:write:org/*']\n")
+    with pytest.raises(SettingsError) as caught:
+        load("runner", {"HUB_URL": "http://hub", "GRANT_POLICY_FILE": str(path)})
+    assert "default.denied_grants[0]: malformed grant 'github:write:org/*'" in str(caught.value)
+    path.write_text(POLICY)
+    assert load("runner", {"HUB_URL": "http://hub", "GRANT_POLICY_FILE": str(path)})["GRANT_POLICY_FILE"] == str(path)
