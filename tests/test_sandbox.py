@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import subprocess
@@ -193,6 +194,26 @@ async def test_none_backend_warns_and_still_clears_the_environment(
     assert "UNSANDBOXED" in caplog.text
     result = await sandbox.run(SandboxSpec(argv=["env"], workspace=str(tmp_path), label="t", env={"A": "1"}))
     assert result.ok and "A=1" in result.stdout and "runner-value" not in result.stdout
+
+
+async def test_stdio_process_gets_only_its_env_in_every_backend(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stdio` (MCP servers): a line in, its environment out; nothing of the runner's arrives."""
+    monkeypatch.setenv("RUNNER_ONLY_SETTING", "runner-value")
+    script = "import json, os, sys; sys.stdout.write(json.dumps([sys.stdin.readline(), dict(os.environ)]))"
+    spec = SandboxSpec(argv=["python3", "-c", script], workspace=str(tmp_path), workdir=str(tmp_path),
+                       label="stdio", env={"OWN": "own-value"})
+    command = await sandbox.stdio(spec, limit_workspace=False)
+    try:
+        proc = await asyncio.create_subprocess_exec(command.command, *command.args, env=command.env, cwd=command.cwd,
+                                                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        stdout, _ = await asyncio.wait_for(proc.communicate(b"hello\n"), 60)
+    finally:
+        await command.cleanup()
+    line, env = json.loads(stdout)
+    assert line == "hello\n" and env["OWN"] == "own-value" and "RUNNER_ONLY_SETTING" not in env
+    assert "own-value" not in " ".join(command.args)  # values travel in the environment or a file, never argv
 
 
 def test_create_rejects_unknown_backends_and_docker_without_image() -> None:
