@@ -193,6 +193,8 @@ async def test_s3_hostile_object_keys_are_refused_without_a_manifest(s3: S3Serve
     client = s3.client()
     for key in ("agents/tab\tagent/config.yaml", "agents/esc\x1bagent/system-prompt.md"):
         client.put_object(Bucket=s3.bucket, Key=prefix + key, Body=CONFIG.format(name="x").encode())
+    for marker in ("", "agents/", "agents/research-agent/"):  # folder markers, as S3 consoles make: not errors
+        client.put_object(Bucket=s3.bucket, Key=prefix + marker, Body=b"")
 
     source = s3.source(prefix)
     result = await load_all(source)

@@ -76,6 +76,8 @@ class S3Source:
 
     def _admit(self, path: str, refused: dict[str, SourceFile], *, size: int = 0, what: str) -> bool:
         """Whether `path` is a definition file to fetch; a path that could leave the layout is refused."""
+        if not path or path.endswith("/"):  # a folder marker (S3 consoles make them): no file, nothing to say
+            return False
         problem = path_problem(path)
         if problem is not None:
             refused[path] = refused_file(path, f"{what}: {problem}")
