@@ -51,6 +51,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=""
   command -v bwrap >/dev/null || missing="$missing bubblewrap"
   command -v dockerd >/dev/null || missing="$missing docker.io"
+  command -v slirp4netns >/dev/null || missing="$missing slirp4netns"
   command -v debootstrap >/dev/null || missing="$missing debootstrap"
   if [ -n "$missing" ]; then
     step "installing sandbox backends:$missing"

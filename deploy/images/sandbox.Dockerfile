@@ -67,7 +67,7 @@ RUN if [ -f /tmp/certs/ca-bundle.crt ]; then export SSL_CERT_FILE=/tmp/certs/ca-
 FROM ${BASE_IMAGE}
 USER 0:0
 RUN apt-get update \
- && apt-get install -y --no-install-recommends bubblewrap ca-certificates git \
+ && apt-get install -y --no-install-recommends bubblewrap slirp4netns ca-certificates git \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=tools /usr/local/bin/node /usr/local/bin/node
