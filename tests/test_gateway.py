@@ -177,6 +177,10 @@ async def test_only_the_configured_model_and_the_clis_housekeeping_models_pass(
                                           json={**chat, "model": "gpt-4.1"})
             no_model = await http.post(f"{session.base_url}/v1/chat/completions", headers=headers, json=chat)
             not_json = await http.post(f"{session.base_url}/v1/chat/completions", headers=headers, content=b"[1]")
+            odd_model = await http.post(f"{session.base_url}/v1/chat/completions", headers=headers,
+                                        json={**chat, "model": ["gw-model"]})
+            deep = await http.post(f"{session.base_url}/v1/chat/completions", headers=headers,
+                                   content=b'{"model": "gw-model", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
             oai_ok = await http.post(f"{session.base_url}/v1/chat/completions", headers=headers,
                                      json={**chat, "model": "gw-model"})
     assert (main.content[0].text, title.content[0].text) == ("main", "title")
@@ -187,6 +191,8 @@ async def test_only_the_configured_model_and_the_clis_housekeeping_models_pass(
     assert oai_refused.status_code == 400 and "'gpt-4.1' is not allowed" in oai_refused.json()["error"]["message"]
     assert no_model.status_code == 400 and "'None' is not allowed" in no_model.json()["error"]["message"]
     assert not_json.status_code == 400 and "not a JSON object" in not_json.json()["error"]["message"]
+    assert odd_model.status_code == 400 and "is not allowed" in odd_model.json()["error"]["message"]
+    assert deep.status_code == 400 and "not a JSON object" in deep.json()["error"]["message"]
     assert oai_ok.status_code == 200
     assert [r.model for r in llm.requests] == ["gw-model", small, "gw-model"]  # nothing refused went upstream
     assert len(recorder.turns) == 3

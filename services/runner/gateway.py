@@ -267,7 +267,7 @@ def enforce(session: GatewaySession, provider: str, api_path: str, raw: bytes) -
     if body is None:
         return b"", "the request body is not a JSON object"
     model = body.get("model")
-    if model not in session.models:
+    if not isinstance(model, str) or model not in session.models:
         allowed = ", ".join(sorted(session.models))
         return b"", f"model {str(model)[:100]!r} is not allowed for this activation (allowed: {allowed})"
     if api_path == "messages/count_tokens":
@@ -284,7 +284,10 @@ def enforce(session: GatewaySession, provider: str, api_path: str, raw: bytes) -
             # Absent means the model's own maximum; capped here only when the config or a nearly spent
             # budget says so (a budget-sized value would exceed most models' output limit and be refused).
             body["max_tokens"] = cap
-    return json.dumps(body).encode(), None
+    try:
+        return json.dumps(body).encode(), None
+    except (ValueError, RecursionError):
+        return b"", "the request body cannot be re-encoded"
 
 
 def _int(value: object, default: int) -> int:
@@ -309,7 +312,7 @@ def _fit_thinking(body: dict[str, Any]) -> None:
 def _json_or_none(raw: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return None
     return value if isinstance(value, dict) else None
 
