@@ -104,12 +104,14 @@ async def test_every_way_out_of_a_folder_is_refused_with_its_path(definitions: P
     os.mkfifo(fifo / "system-prompt.md")  # reading it would block the loader for ever
     huge = add_agent(definitions, "huge-agent")
     (huge / "system-prompt.md").write_bytes(b"x" * 5000)
+    locked = add_agent(definitions, "locked-agent")
+    (locked / "config.yaml").chmod(0)  # unreadable (unless we are root): that agent fails, not the source
     folder_link = add_agent(definitions, "skill-link-agent")
     (definitions / "skills/linked-skill").symlink_to(folder_link)
 
     result = await load_all(LocalSource(definitions, max_file_bytes=4096))
 
-    assert set(result.agents) == AGENTS | {"skill-link-agent"}
+    assert set(result.agents) - {"locked-agent"} == AGENTS | {"skill-link-agent"}
     reasons = {error.path: error.message for error in result.errors}
     assert reasons == {
         "agents/elsewhere-agent": f"refused: {SYMLINK}",
@@ -118,7 +120,7 @@ async def test_every_way_out_of_a_folder_is_refused_with_its_path(definitions: P
         "agents/huge-agent/system-prompt.md":
             "refused: 5000 bytes or more, over the 4096-byte limit (DEFINITION_FILE_MAX_BYTES): not read",
         "skills/linked-skill": f"refused: {SYMLINK}",
-    }
+    } | ({} if os.geteuid() == 0 else {"agents/locked-agent/config.yaml": "refused: cannot be read: Permission denied"})
     lines = validate_dir(definitions)
     for path in ("agents/elsewhere-agent", "agents/fifo-agent/system-prompt.md", "skills/linked-skill"):
         assert any(line.startswith(f"{definitions}/{path}: $: refused: ") for line in lines), path

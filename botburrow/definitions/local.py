@@ -130,7 +130,10 @@ class _TreeReader:
         if cached is not None and cached[0] == stat_key:
             self.files[path] = cached[1]
         else:
-            data = _read_file(file_name, folder_fd, self.max_bytes)
+            try:
+                data = _read_file(file_name, folder_fd, self.max_bytes)
+            except OSError as exc:  # one unreadable file fails its definition, not the whole source
+                data = f"cannot be read: {exc.strerror or exc}"
             if isinstance(data, str):
                 self.files[path] = refused_file(path, data)
                 return
