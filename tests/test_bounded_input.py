@@ -2,8 +2,8 @@
 fit fails the activation once, with its reason, instead of crashing it until the redeliveries run out.
 
 The runner runs in-process against real NATS, the Hub emulator and the scripted LLM (`rig`). The
-malformed answers come from a tiny raw HTTP server in the test: the emulator only says valid things
-(and cannot serve a reply chain deeper than about 450 levels).
+malformed answers, and a reply chain 1,100 deep, come from a tiny raw HTTP server in the test: the
+emulator only says valid things, and cannot serve a chain deeper than about 450 levels.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from botburrow.schemas.codec import decode_subject
 from botburrow.schemas.events import DeadLetter, RunFailed, RunStarted
 from botburrow.schemas.hub import Author, Notification
 from tests.fixtures.runner import END_TIMEOUT_S, Rig, kinds, metrics_of
-from tests.test_hub_client import MALFORMED
+from tests.test_hub_client import MALFORMED, deep_chain_json
 
 
 def user_text(request: Any) -> str:
@@ -81,7 +81,7 @@ async def test_a_deep_and_wide_thread_is_cut_in_the_context_and_in_hub_tools(rig
     assert not rig.llm.violations
 
 
-Route = Callable[[str], bytes]
+Route = Callable[[str, str], bytes]
 
 
 async def acknowledged(rig: Rig) -> None:
@@ -92,13 +92,15 @@ async def acknowledged(rig: Rig) -> None:
 
 
 async def raw_hub(answer: Route) -> tuple[asyncio.Server, str]:
-    """A Hub that answers every GET with 200 and the bytes `answer(path)` gives: no validation, no framing
-    beyond HTTP/1.1 with `Connection: close`."""
+    """A Hub that answers every request with 200 and the bytes `answer(method, path)` gives: no validation,
+    no framing beyond HTTP/1.1 with `Connection: close`."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        path = head.split(b" ", 2)[1].decode().split("?", 1)[0]
-        body = answer(path)
+        method, target = head.decode().split(" ", 2)[:2]
+        length = re.search(r"(?im)^content-length: *(\d+)", head.decode())
+        await reader.readexactly(int(length.group(1)) if length else 0)
+        body = answer(method, target.split("?", 1)[0])
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         await writer.drain()
@@ -109,11 +111,12 @@ async def raw_hub(answer: Route) -> tuple[asyncio.Server, str]:
 
 
 @contextlib.asynccontextmanager
-async def malformed_hub(case: str) -> AsyncIterator[str]:
-    """A Hub whose every answer is fine except the comments of any post: MALFORMED[case]."""
-    comments, _ = MALFORMED[case]
+async def hub_with_comments(comments: bytes) -> AsyncIterator[str]:
+    """A Hub whose every answer is fine, and whose comments of any post are `comments`."""
 
-    def answer(path: str) -> bytes:
+    def answer(method: str, path: str) -> bytes:
+        if method == "POST" and path.endswith("/comments"):
+            return b'{"success": true, "comment": {"id": "cmt_reply", "content": "posted"}}'
         if path.endswith("/comments"):
             return comments
         if path.startswith("/api/v1/posts/"):
@@ -140,7 +143,7 @@ async def test_a_malformed_hub_answer_fails_the_activation_once_with_its_reason(
         await letters.put(decode_subject(msg.subject, msg.data))
 
     sub = await rig.bus.nc.subscribe("agents.dlq.runner", cb=on_letter)
-    async with malformed_hub(case) as hub_url:
+    async with hub_with_comments(MALFORMED[case][0]) as hub_url:
         await rig.start(HUB_URL=hub_url)
         activation_id, end, events = await rig.activate("reader", [note])
         letter = await asyncio.wait_for(letters.get(), END_TIMEOUT_S)
@@ -156,3 +159,21 @@ async def test_a_malformed_hub_answer_fails_the_activation_once_with_its_reason(
     assert activation_id in letter.payload and letter.reason == failed.metrics.error
     assert (await rig.bus.js.consumer_info("ACTIVATIONS", "runner-high")).num_redelivered == 0  # never handed back
     assert rig.llm.requests == []  # nothing reached the model
+
+
+async def test_a_reply_chain_1100_deep_is_answered_with_the_thread_cut(rig: Rig) -> None:
+    await rig.add_agent("reader")
+    note = Notification(id="ntf_1", type="mention", post_id="post_1", comment_id="c1099",
+                        from_=Author(name="alice"), content="@reader who won this argument?")
+    rig.llm.set_script([{"text": "Nobody, after 1,100 replies."}])
+    async with hub_with_comments(deep_chain_json(1_100)) as hub_url:
+        await rig.start(HUB_URL=hub_url)
+        _, end, events = await rig.activate("reader", [note])
+
+    assert end == "completed" and metrics_of(events).outcome == "posted", metrics_of(events)
+    (request,) = rig.llm.requests
+    sent = user_text(request)
+    assert "level 19" in sent and "level 20" not in sent  # HUB_THREAD_MAX_DEPTH: 20 levels shown
+    # The client kept 100 levels (the 1,000 below are counted), the context 20 of those.
+    assert "[cut: 1080 more comments not shown (deeper than 20 levels or past the first 50)]" in sent
+    assert len(sent.encode()) < 10_000

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import httpx
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from botburrow.hub import (
     CircuitBreaker,
@@ -16,6 +19,7 @@ from botburrow.hub import (
     HubNotFound,
     HubRateLimited,
     HubUnavailable,
+    deepjson,
 )
 from botburrow.hub.decode import MAX_COMMENT_DEPTH
 from botburrow.hub.errors import HubBadResponse
@@ -291,7 +295,8 @@ MALFORMED = {
     "not JSON": (b"<html>502 from a proxy, said with a 200</html>", "answer is not JSON"),
     "wrong shape": (b'{"success": true, "comments": "none today"}', "expected a list under one of"),
     "null where a string belongs": (b'{"comments": [{"id": "c1", "content": null}]}', "Expected `str`, got `null`"),
-    "nested too deep": (deep_chain_json(1_100), "answer nested too deep to decode"),
+    # 12,000 levels of brackets: past what even the client's stack-free decoder takes (10,000).
+    "nested too deep": (deep_chain_json(6_000), "answer nested too deep to decode"),
 }
 
 
@@ -313,6 +318,36 @@ async def test_a_malformed_answer_is_a_bad_response_asked_once(case: str) -> Non
     assert calls == ["/api/v1/posts/p1/comments"]  # never retried: the Hub would say the same again
     assert reason in str(raised.value) and "/posts/p1/comments" in str(raised.value)
     assert AGENT_KEY not in str(raised.value)
+
+
+async def test_a_reply_chain_1100_deep_is_decoded_without_recursion_and_cut() -> None:
+    # msgspec's decoder gives up near 500 levels (RecursionError); the client decodes it again without.
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=deep_chain_json(1_100))
+
+    client = HubClient("http://hub.test", transport=httpx.MockTransport(handle))
+    try:
+        comments = await client.get_comments(AGENT_KEY, "p1")
+    finally:
+        await client.aclose()
+    walked = list(walk_comments(comments))
+    assert [c.content for c, _ in walked] == [f"level {i}" for i in range(MAX_COMMENT_DEPTH)]
+    assert walked[-1][0].replies_omitted == 1_100 - MAX_COMMENT_DEPTH
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                    | st.text(), lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner), max_leaves=30))
+def test_the_stack_free_decoder_reads_json_as_the_standard_library_does(value: object) -> None:
+    for text in (json.dumps(value), json.dumps(value, indent=1, ensure_ascii=False)):
+        assert deepjson.loads(text.encode()) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["", "[", "[1,]", '{"a" 1}', '{"a":1,}', "nul", "[1] x", "{1:2}", "01", '"\\x"',
+                                  "[" * 10_001 + "]" * 10_001])
+def test_the_stack_free_decoder_refuses_what_is_not_json(text: str) -> None:
+    with pytest.raises(deepjson.DeepJsonError):
+        deepjson.loads(text)
 
 
 async def test_a_deep_reply_chain_on_the_emulator_is_cut_at_the_decoder_depth(

@@ -27,7 +27,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from botburrow.hub import decode
+from botburrow.hub import decode, deepjson
 from botburrow.hub.breaker import CircuitBreaker
 from botburrow.hub.errors import (
     HubAuthError,
@@ -276,8 +276,12 @@ def _json(method: str, path: str, response: httpx.Response) -> Any:
         return msgspec.json.decode(response.content)
     except msgspec.DecodeError:
         raise HubBadResponse(f"{method} {path}: answer is not JSON", response.status_code) from None
-    except RecursionError:  # the decoder recurses per level: a reply chain ~500 deep is past the stack
-        raise HubBadResponse(f"{method} {path}: answer nested too deep to decode", response.status_code,
+    except RecursionError:
+        pass  # msgspec recurses per level: a reply chain ~500 deep is past the stack; decode it without
+    try:
+        return deepjson.loads(response.content)
+    except deepjson.DeepJsonError as exc:
+        raise HubBadResponse(f"{method} {path}: answer nested too deep to decode ({exc})", response.status_code,
                              "TOO_DEEP") from None
 
 
@@ -295,7 +299,7 @@ def _error(kind: type[E], method: str, path: str, response: httpx.Response) -> E
     """The Hub's `{"success": false, "error", "code", "hint"}` or `{"detail"}`, as an exception."""
     try:
         body = msgspec.json.decode(response.content) if response.content else {}
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         body = {}
     message, code, hint = response.reason_phrase or "error", None, None
     if isinstance(body, dict):
