@@ -242,8 +242,9 @@ async def test_anthropic_max_tokens_is_clamped_to_the_config_and_the_budget(
 async def test_openai_max_tokens_is_clamped_to_the_config_and_the_budget(
         gateway: ModelGateway, llm: ScriptedLLM, config_max: int | None, budget: int, spent: int,
         body: dict[str, Any], sent: dict[str, Any]) -> None:
-    got = await _sent(gateway, llm, small_brain("openai", config_max), body, budget=budget, spent=spent)
+    got = await _sent(gateway, llm, small_brain("openai", config_max), {**body, "n": 4}, budget=budget, spent=spent)
     assert {k: got[k] for k in ("max_tokens", "max_completion_tokens") if k in got} == sent
+    assert got["n"] == 1  # one answer: four would spend four times the output budget
 
 
 async def test_a_config_naming_the_hub_key_gets_no_session(gateway: ModelGateway, llm: ScriptedLLM) -> None:

@@ -277,6 +277,8 @@ def enforce(session: GatewaySession, provider: str, api_path: str, raw: bytes) -
         body["max_tokens"] = min(_int(body.get("max_tokens"), cap), cap)
         _fit_thinking(body)
     else:
+        if "n" in body:
+            body["n"] = 1  # n answers would spend n times the output budget
         asked = [key for key in ("max_tokens", "max_completion_tokens") if key in body]
         for key in asked:
             body[key] = min(_int(body[key], cap), cap)
