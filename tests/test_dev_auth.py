@@ -89,6 +89,13 @@ async def _authorized_users(work_dir: Path) -> dict[str, str]:
     return {c.get("name", ""): c.get("authorized_user", "") for c in connz["connections"]}
 
 
+def _logs_with_a_password(work_dir: Path) -> list[str]:
+    config = json.loads((work_dir / "nats" / "auth.conf").read_text())
+    passwords = [u["password"] for u in config["accounts"][permissions.ACCOUNT]["users"]]
+    return [log.name for log in work_dir.glob("*.log")
+            if any(p in log.read_text(errors="replace") for p in passwords)]
+
+
 async def test_dev_answers_its_demo_with_every_stage_as_its_own_user(dev: Dev) -> None:
     work_dir = Path((await dev.line_matching(r"starting everything in (\S+)")).group(1))
     reply = await dev.line_matching(r"demo: pirate-captain replied on post")
@@ -116,3 +123,4 @@ async def test_dev_answers_its_demo_with_every_stage_as_its_own_user(dev: Dev) -
     server_log = (work_dir / "nats" / "nats-server.log").read_text()
     assert "Permissions Violation" not in server_log, server_log
     assert (work_dir / "nats" / "auth.conf").stat().st_mode & 0o777 == 0o600
+    assert _logs_with_a_password(work_dir) == []  # each stage holds one; none writes it down
