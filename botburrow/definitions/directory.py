@@ -14,6 +14,7 @@ changes keep flowing. configsync replaces or deletes such a value on its next pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ from botburrow.runtime.bus import Bus
 from botburrow.schemas.agent import AgentDefinition, SkillDefinition
 
 log = logging.getLogger(__name__)
+LETTER_FLUSH_S = 2.0
 Listener = Callable[[bucket.Kind, str, Any], Awaitable[None] | None]
 
 
@@ -41,6 +43,9 @@ class AgentDirectory:
         self._task: asyncio.Task[None] | None = None
         self._bus: Bus | None = None
         self._stage: str | None = None
+        # Letters go out from their own task: a slow DLQ publish must not hold up loading or following.
+        self._letters: asyncio.Queue[tuple[KeyValue.Entry, str]] = asyncio.Queue()
+        self._letter_task: asyncio.Task[None] | None = None
         self.unreadable: dict[str, str] = {}  # bucket key -> why its current value was skipped
 
     @classmethod
@@ -59,6 +64,7 @@ class AgentDirectory:
         connection after; none for an operator command)."""
         directory = cls()
         directory._bus, directory._stage = bus, stage or stage_of(bus)
+        directory._letter_task = asyncio.create_task(directory._send_letters(), name="agent-directory-letters")
         kv = await bus.kv(bucket.BUCKET)
         # Loaded = everything written before we opened. Waiting for the watcher's "caught up" marker
         # instead would wait for configsync to stop writing (minutes, while it fills a big bucket).
@@ -69,7 +75,7 @@ class AgentDirectory:
                 if entry is None:  # the marker: every current value has been delivered
                     break
                 if isinstance(change := directory._apply(entry), str):
-                    await directory._dead_letter(entry, change)
+                    directory._letters.put_nowait((entry, change))
                 if entry.revision >= last_seq:
                     break
         directory._task = asyncio.create_task(directory._follow(), name="agent-directory-watch")
@@ -107,9 +113,13 @@ class AgentDirectory:
         return found
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self._letter_task is not None:  # a moment for the letters still queued; the next reader sends the rest
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._letters.join(), LETTER_FLUSH_S)
+        for task in (self._task, self._letter_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._watcher is not None:
             try:
                 await self._watcher.stop()
@@ -142,10 +152,13 @@ class AgentDirectory:
         table[name] = definition
         return kind, name, definition
 
-    async def _dead_letter(self, entry: KeyValue.Entry, reason: str) -> None:
-        if self._bus is not None:
-            await dead_letter(self._bus, self._stage, entry.key, entry.revision, entry.value or b"",
-                              f"unreadable configs value {entry.key}: {reason}")
+    async def _send_letters(self) -> None:
+        while True:
+            entry, reason = await self._letters.get()
+            if self._bus is not None:
+                await dead_letter(self._bus, self._stage, entry.key, entry.revision, entry.value or b"",
+                                  f"unreadable configs value {entry.key}: {reason}")
+            self._letters.task_done()
 
     async def _follow(self) -> None:
         assert self._watcher is not None
@@ -154,7 +167,7 @@ class AgentDirectory:
                 continue
             change = self._apply(entry)
             if isinstance(change, str):
-                await self._dead_letter(entry, change)
+                self._letters.put_nowait((entry, change))
                 continue
             if change is None:
                 continue
