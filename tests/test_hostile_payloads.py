@@ -40,10 +40,11 @@ from botburrow.schemas.events import ActivationRequested, DeadLetter, Notificati
 from botburrow.services import metrics, scheduler
 from botburrow.services.hub_emulator import HubEmulator
 from botburrow.services.scheduler.partitions import partition_of
+from botburrow.services.scheduler.shell import MAX_PENDING_NOTIFICATIONS
 from botburrow.streams import subjects
 from tests.fixtures.runner import Rig
 from tests.test_metrics_stage import ended
-from tests.test_scheduler import Feed, add_agents, definition, feed, note, publish_notification
+from tests.test_scheduler import Feed, add_agents, definition, feed, note, publish_notification, wait_for_state
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "6"))
 FUZZ_SEED = int(os.environ.get("FUZZ_SEED", "14"))
@@ -316,3 +317,34 @@ async def test_a_dead_partition_task_makes_the_scheduler_not_ready_and_is_restar
         await publish_notification(bus, agent, note("after-restart"))
         request, _ = await requests.next(ActivationRequested)
         assert (request.agent, [n.id for n in request.notifications]) == (agent, ["after-restart"])
+
+
+async def test_a_flood_of_large_notifications_for_one_agent_does_not_wedge_its_partition(
+        bus: Bus, nats_url: str) -> None:
+    # Strangers can mention an agent as often as they like, each with a long text: its queued notifications
+    # live in one `agent-state` value, which must stay writable (NATS's 1 MiB), or every batch of the
+    # partition fails behind it.
+    flooded = "fz-flooded"
+    neighbour = next(f"fz-n{i}" for i in range(1000) if partition_of(f"fz-n{i}") == partition_of(flooded))
+    await add_agents(bus, definition(flooded), definition(neighbour))
+    text = "z" * (30 << 10)
+    flood = [note(f"flood-{i}") for i in range(40)]
+    assert MAX_PENDING_NOTIFICATIONS < len(flood) and MAX_PENDING_NOTIFICATIONS * (32 << 10) < NATS_MAX_PAYLOAD
+    environ = {"NATS_URL": nats_url, "HUB_URL": "http://127.0.0.1:9", "SCHEDULER_TICK_SECONDS": "0.05"}
+    async with feed(bus, "agents.dlq.scheduler") as dlq, feed(bus, "agents.sched.activation.>") as requests, \
+            stage("scheduler", scheduler.run, environ) as readyz:
+        await readiness(readyz, ready_with_tasks)
+        await publish_notification(bus, flooded, note("first"))
+        first, _ = await requests.next(ActivationRequested)
+        assert (first.agent, [n.id for n in first.notifications]) == (flooded, ["first"])
+        for n in flood:  # all wait for the first activation to end
+            await publish_notification(bus, flooded, msgspec.structs.replace(n, content=text))
+        letters = [(await dlq.next(DeadLetter))[0] for _ in range(len(flood) - MAX_PENDING_NOTIFICATIONS)]
+        assert all("notifications waiting" in letter.reason for letter in letters), letters[0].reason
+        state = await wait_for_state(await bus.kv("agent-state"), flooded,
+                                     lambda s: len(s.pending) == MAX_PENDING_NOTIFICATIONS)
+        assert [n.id for n in state.pending] == [n.id for n in flood[:MAX_PENDING_NOTIFICATIONS]]
+
+        await publish_notification(bus, neighbour, note("neighbour-1"))
+        request, _ = await requests.next(ActivationRequested)
+        assert (request.agent, [n.id for n in request.notifications]) == (neighbour, ["neighbour-1"])

@@ -37,6 +37,11 @@ LEASES_BUCKET = "leases"
 APPLY_ATTEMPTS = 4
 APPLY_BACKOFF_S = 0.5
 PUBLISH_TIMEOUT_S = 5.0
+# An agent's queued notifications live in its `agent-state` value, which must stay under NATS's 1 MiB max
+# payload: at most this many of at most 32 KiB each (`codec.SUBJECT_MAX_BYTES`). One more is dead-lettered
+# with the reason; without the bound a flood made a value too big to write, and each later message of the
+# partition waited out the retries behind it.
+MAX_PENDING_NOTIFICATIONS = 24
 
 SCHEDULED = Counter("botburrow_scheduler_activations_scheduled_total", "Activation requests published",
                     ["priority"])
@@ -180,6 +185,11 @@ class Scheduler:
         definition = self.agents.get(event.agent)
         if definition is None:
             item.reject(f"unknown agent {event.agent}")
+            return
+        current = self.state.get(event.agent)
+        if current is not None and len(current.pending) >= MAX_PENDING_NOTIFICATIONS \
+                and not current.knows(event.notification.id):
+            item.reject(f"agent {event.agent} already has {len(current.pending)} notifications waiting")
             return
         cached = self._responds.get(event.agent)
         if cached is None or cached[0] is not definition:
