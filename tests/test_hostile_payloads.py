@@ -8,8 +8,10 @@ every agent. Each case must end as a dead letter with a fitting reason (a large 
 its original size and stream sequence), the stage must stay ready with its consumers running, nothing
 may be acted on for the wrong agent, and every valid message after the corpus must be handled.
 
-A second test kills a scheduler partition's consumer task: the stage must say not ready, start it
-again, and handle that partition's next notification.
+Then: a killed scheduler partition task (the stage must say not ready, start it again and handle that
+partition's next notification); a flood of large notifications for one agent (its queue is bounded,
+its partition's other agents are still served); a message that breaks its handler (it fails alone and
+is dead-lettered with the error, its batch-mates are handled once).
 
 The default run draws FUZZ_EXAMPLES (6) cases per subject with a fixed seed (FUZZ_SEED, default 14);
 `just fuzz` draws many more.
@@ -30,10 +32,12 @@ import httpx
 import msgspec
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
+from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import REGISTRY
 
 from botburrow.cli.ops import load_run
 from botburrow.runtime.bus import Bus
+from botburrow.runtime.consumer import Item, consume_batches
 from botburrow.runtime.service import StageBody, run_stage
 from botburrow.schemas.codec import DecodeError, decode_subject, encode
 from botburrow.schemas.events import ActivationRequested, DeadLetter, NotificationReceived
@@ -42,6 +46,7 @@ from botburrow.services.hub_emulator import HubEmulator
 from botburrow.services.scheduler.partitions import partition_of
 from botburrow.services.scheduler.shell import MAX_PENDING_NOTIFICATIONS
 from botburrow.streams import subjects
+from botburrow.streams.topology import MAX_DELIVERIES
 from tests.fixtures.runner import Rig
 from tests.test_metrics_stage import ended
 from tests.test_scheduler import Feed, add_agents, definition, feed, note, publish_notification, wait_for_state
@@ -348,3 +353,34 @@ async def test_a_flood_of_large_notifications_for_one_agent_does_not_wedge_its_p
         await publish_notification(bus, neighbour, note("neighbour-1"))
         request, _ = await requests.next(ActivationRequested)
         assert (request.agent, [n.id for n in request.notifications]) == (neighbour, ["neighbour-1"])
+
+
+async def test_a_message_that_breaks_its_handler_fails_alone_and_is_dead_lettered_with_the_error(bus: Bus) -> None:
+    # A handler bug that one message's content triggers (here: a handler that cannot take `bad`) must cost
+    # that message only: its batch-mates are handled once, it is dead-lettered with the error, the loop goes on.
+    await bus.js.add_consumer("NOTIFICATIONS", ConsumerConfig(
+        durable_name="fuzz-batch", ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=MAX_DELIVERIES + 1))
+    handled: list[str] = []
+
+    async def handler(items: list[Item]) -> None:
+        if any(item.payload.notification.id == "bad" for item in items):
+            raise RuntimeError("the handler cannot take notification bad")
+        handled.extend(item.payload.notification.id for item in items)
+
+    ids = ["ok-1", "ok-2", "bad", "ok-3", "ok-4"]
+    for notification_id in ids:
+        await publish_notification(bus, "fz-batch", note(notification_id))
+    stop = asyncio.Event()
+    async with feed(bus, "agents.dlq.fuzz") as dlq:
+        loop = asyncio.create_task(consume_batches(bus, stage="fuzz", stream="NOTIFICATIONS", durable="fuzz-batch",
+                                                   handler=handler, stop=stop, batch=10, fetch_timeout_s=0.2))
+        try:
+            letter, _ = await dlq.next(DeadLetter)  # after MAX_DELIVERIES one-second redeliveries
+            assert not loop.done()
+        finally:
+            stop.set()
+            await asyncio.wait_for(loop, WAIT_S)
+    assert sorted(handled) == ["ok-1", "ok-2", "ok-3", "ok-4"]  # each once
+    assert letter.reason == (f"gave up after {MAX_DELIVERIES} deliveries: "
+                             "RuntimeError: the handler cannot take notification bad")
+    assert json.loads(letter.payload)["notification"]["id"] == "bad"
