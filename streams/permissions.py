@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from botburrow.settings import STAGES
 from botburrow.streams import subjects
@@ -30,8 +31,9 @@ ACCOUNT = "BOTBURROW"
 OPERATOR = "operator"
 TOPOLOGY = "streams-apply"
 USERS = (*STAGES, TOPOLOGY, OPERATOR)
-# Every reply (JetStream API answers, fetched messages, PubAcks, KV watches) comes back on an inbox.
-INBOX = "_INBOX.>"
+# Every reply (JetStream API answers, fetched messages, PubAcks, KV watches) comes back on an inbox: a
+# user's own prefix (`inbox_prefix`), so no stage reads the messages fetched by or answered to another.
+INBOX_PREFIX = "_INBOX"
 
 # The stage that publishes each stream's own subjects (SPEC §5). A stream with subjects and no writer
 # here fails `check()`: a new stream must say who writes it. DLQ: every stage its own `agents.dlq.<stage>`.
@@ -41,6 +43,12 @@ STREAM_WRITERS = {"NOTIFICATIONS": "ingest", "ACTIVATIONS": "scheduler", "DECISI
 BUCKET_READERS = {"configs": ("ingest", "scheduler", "runner"), "leases": ("scheduler",)}
 # Streams a stage reads by subject or sequence, outside any durable: the runner's last-event lookups.
 STREAM_READERS = {"RUNS": ("runner",)}
+
+
+def inbox_prefix(url: str) -> str:
+    """`_INBOX_<user>` when the (first) server URL names a user, else nats-py's default `_INBOX`."""
+    user = urlsplit(url.split(",")[0].strip()).username
+    return f"{INBOX_PREFIX}_{user}" if user else INBOX_PREFIX
 
 
 def kv_stream(bucket: str) -> str:
@@ -118,7 +126,7 @@ def permissions(user: str) -> dict[str, dict[str, list[str]]]:
         publish = stage_publish(user)
     else:
         raise KeyError(f"{user} is not a NATS user of botburrow ({', '.join(USERS)})")
-    return {"publish": {"allow": publish}, "subscribe": {"allow": [INBOX]}}
+    return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{INBOX_PREFIX}_{user}.>"]}}
 
 
 def server_config(passwords: Mapping[str, str]) -> dict[str, Any]:

@@ -55,7 +55,8 @@ class Conn:
         async def on_error(exc: Exception) -> None:
             self.errors.append(str(exc))
 
-        await self.nc.connect(url, error_cb=on_error, allow_reconnect=False, connect_timeout=2)
+        await self.nc.connect(url, error_cb=on_error, allow_reconnect=False, connect_timeout=2,
+                              inbox_prefix=permissions.inbox_prefix(url))  # as Bus.connect does
         return self
 
     def violations(self) -> list[str]:
@@ -200,6 +201,8 @@ REFUSED = [
     ("streams-apply", "pub", "$JS.API.STREAM.PURGE.RUNS"),
     ("streams-apply", "pub", "agents.ingest.notification.x"),
     ("runner", "sub", "agents.>"),  # reading every event without a consumer
+    ("ingest", "sub", "_INBOX.>"),  # reading what others fetch and are answered
+    ("ingest", "sub", "_INBOX_runner.>"),  # the runner's activation requests, as its fetches deliver them
     ("ingest", "sub", "$KV.>"),
 ]
 

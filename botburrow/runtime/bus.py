@@ -23,6 +23,7 @@ from nats.js.errors import NoStreamResponseError
 from nats.js.kv import KeyValue
 
 from botburrow.schemas.codec import encode
+from botburrow.streams.permissions import inbox_prefix
 
 log = logging.getLogger(__name__)
 PUBLISH_ATTEMPTS = 4
@@ -60,6 +61,8 @@ class Bus:
             error_cb=on_error,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
+            # A user's replies come to its own inboxes, the only ones its NATS permissions let it read.
+            inbox_prefix=inbox_prefix(url),
         )
         return cls(nc, nc.jetstream())
 
