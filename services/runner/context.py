@@ -20,6 +20,7 @@ from typing import Any
 
 from botburrow.schemas.agent import AgentDefinition, SkillDefinition
 from botburrow.schemas.hub import Comment, Notification, Post, walk_comments
+from botburrow.settings import BY_NAME
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,18 @@ FINAL_ANSWER_RULES = (
 )
 
 
+def _default(name: str) -> int:
+    return int(BY_NAME[name].default or 0)
+
+
 @dataclass(frozen=True)
 class InputBounds:
     """How much Hub content one activation shows the model (defaults: the HUB_* settings' defaults)."""
 
-    post_max_chars: int = 20_000
-    comment_max_chars: int = 4_000
-    thread_max_depth: int = 20
-    thread_max_comments: int = 50
+    post_max_chars: int = _default("HUB_POST_MAX_CHARS")
+    comment_max_chars: int = _default("HUB_COMMENT_MAX_CHARS")
+    thread_max_depth: int = _default("HUB_THREAD_MAX_DEPTH")
+    thread_max_comments: int = _default("HUB_THREAD_MAX_COMMENTS")
 
     @classmethod
     def from_settings(cls, settings: Any) -> InputBounds:
