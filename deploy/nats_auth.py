@@ -73,7 +73,7 @@ def _accounts_errors(accounts: Obj, where: str) -> list[str]:
     if set(accounts) != {permissions.ACCOUNT} or {k: v for k, v in account.items() if k != "users"} != {
             k: v for k, v in generated.items() if k != "users"} or ours != generated["users"]:
         errors.append(f"{where}: config.merge.accounts differs from what streams/permissions.py generates "
-                      "(run `python -m botburrow.streams.permissions` and paste its output)")
+                      "(run `python -m botburrow.streams.permissions --write deploy/nats/values.yaml`)")
     errors += [f"{where}: user {u.get('user')} must take its password from the environment (<< $VAR >>)"
                for u in users if u not in ours and not re.fullmatch(r"<< \$\w+ >>", str(u.get("password", "")))]
     return errors

@@ -13,13 +13,14 @@ started before its streams exist waits, not ready, until `streams-apply` has mad
 (docs/departures.md: SPEC §5 lets stages create what is missing).
 
 Run `python -m botburrow.streams.permissions` to print the `config.merge.accounts` block of
-deploy/nats/values.yaml.
+deploy/nats/values.yaml, or with `--write deploy/nats/values.yaml` to replace it there.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -160,16 +161,34 @@ def check() -> list[str]:
     return problems
 
 
-def main() -> int:
+def write_values(path: Path) -> None:
+    """Replace the `config.merge.accounts` block of a Helm values file (indented 4, ending at a blank line)
+    with the generated one; an operator's own users after the generated ones are kept."""
+    import yaml
+
+    text = path.read_text()
+    start = text.index("  merge:\n    accounts:\n") + len("  merge:\n")
+    end = text.index("\n\n", start)
+    current = yaml.safe_load(text[start:end].replace("\n    ", "\n")[4:])["accounts"][ACCOUNT]["users"]
+    accounts = helm_accounts()
+    accounts[ACCOUNT]["users"] += [u for u in current if u.get("user") not in USERS]
+    block = yaml.safe_dump({"accounts": accounts}, sort_keys=False, width=200)
+    path.write_text(text[:start] + "\n".join("    " + line for line in block.splitlines()) + text[end:])
+
+
+def main(argv: list[str]) -> int:
     import yaml
 
     problems = check()
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
+    if argv[1:2] == ["--write"] and len(argv) == 3:
+        write_values(Path(argv[2]))
+        return 0
     print(yaml.safe_dump({"config": {"merge": {"accounts": helm_accounts()}}}, sort_keys=False, width=200), end="")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv))
