@@ -264,8 +264,9 @@ def _key(msg: Msg) -> tuple[str, int]:
 
 
 def _remember(msg: Msg, error: str) -> None:
-    _last_errors[_key(msg)] = error
-    _last_errors.move_to_end(_key(msg))
+    key = _key(msg)
+    _last_errors[key] = error
+    _last_errors.move_to_end(key)
     while len(_last_errors) > _LAST_ERRORS_KEPT:
         _last_errors.popitem(last=False)
 

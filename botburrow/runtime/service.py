@@ -102,6 +102,8 @@ async def supervise(health: Health, name: str, task: Callable[[], Awaitable[None
             started = loop.time()
             error = await _run_to_end(task, f"{health.service}:{name}")
             if stop.is_set():
+                if error is not None and not isinstance(error, asyncio.CancelledError):
+                    log.warning("task failed while stopping", extra={"task": name, "error": repr(error)[:300]})
                 return
             up = False
             TASK_RESTARTS.labels(health.service, name).inc()
