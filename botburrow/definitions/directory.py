@@ -68,16 +68,11 @@ class AgentDirectory:
         kv = await bus.kv(bucket.BUCKET)
         # Loaded = everything written before we opened. Waiting for the watcher's "caught up" marker
         # instead would wait for configsync to stop writing (minutes, while it fills a big bucket).
-        last_seq = (await bus.js.stream_info(bucket.STREAM)).state.last_seq
+        state = (await bus.js.stream_info(bucket.STREAM)).state
         directory._watcher = await kv.watchall()
-        if last_seq:
-            async for entry in directory._watcher:
-                if entry is None:  # the marker: every current value has been delivered
-                    break
-                if isinstance(change := directory._apply(entry), str):
-                    directory._letters.put_nowait((entry, change))
-                if entry.revision >= last_seq:
-                    break
+        async for entry in bucket.current_entries(directory._watcher, state.last_seq, state.messages):
+            if isinstance(change := directory._apply(entry), str):
+                directory._letters.put_nowait((entry, change))
         directory._task = asyncio.create_task(directory._follow(), name="agent-directory-watch")
         log.info("agent directory loaded", extra={"agents": len(directory._agents),
                                                   "skills": len(directory._skills)})

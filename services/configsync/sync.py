@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 import msgspec
+from nats.js.api import StreamState
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from prometheus_client import Counter, Gauge
 
@@ -78,30 +79,31 @@ def _hash_of(entry: KeyValue.Entry, unreadable: dict[str, Unreadable]) -> str | 
         return ""
 
 
+async def _stream_state(bus: Bus) -> StreamState:
+    """The bucket's stream state: its last sequence moves with every put or delete, by anyone."""
+    return (await bus.js.stream_info(bucket.STREAM)).state
+
+
 async def _stream_seq(bus: Bus) -> int:
-    """Last sequence of the bucket's stream: it moves with every put or delete, by anyone."""
-    return (await bus.js.stream_info(f"KV_{bucket.BUCKET}")).state.last_seq
+    return (await _stream_state(bus)).last_seq
 
 
-async def _bucket_hashes(kv: KeyValue, last_seq: int, unreadable: dict[str, Unreadable]) -> dict[str, str]:
+async def _bucket_hashes(kv: KeyValue, last_seq: int, messages: int,
+                         unreadable: dict[str, Unreadable]) -> dict[str, str]:
     """Current bucket key -> the content hash its value carries, read with one watch (not a get per key);
     the values that cannot be read are put in `unreadable`."""
     hashes: dict[str, str] = {}
-    if not last_seq:
+    if not last_seq or not messages:
         return hashes
     watcher = await kv.watchall()
     try:
-        async for entry in watcher:
-            if entry is None:  # the marker: every current value has been delivered
-                break
+        async for entry in bucket.current_entries(watcher, last_seq, messages):
             unreadable.pop(entry.key, None)
             digest = None if entry.operation in (KV_DEL, KV_PURGE) else _hash_of(entry, unreadable)
             if digest is None:
                 hashes.pop(entry.key, None)
             else:
                 hashes[entry.key] = digest
-            if entry.revision >= last_seq:  # caught up with the state `last_seq` names
-                break
             if len(hashes) % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # buffered entries never suspend the loop: let others run
     finally:
@@ -174,11 +176,12 @@ class Syncer:
         """One pass: source -> `configs` bucket -> CONFIG events. Raises SourceError if the source is unreadable."""
         result = await self.parser.load(await self.source.snapshot())
         kv = await self.bus.kv(bucket.BUCKET)
-        seq = await _stream_seq(self.bus)
+        state = await _stream_state(self.bus)
+        seq = state.last_seq
         if seq != self._bucket_seq:
             self._bucket_seq = None
             self._unreadable = {}
-            self._hashes = await _bucket_hashes(kv, seq, self._unreadable)
+            self._hashes = await _bucket_hashes(kv, seq, state.messages, self._unreadable)
         current = dict(self._hashes)
         broken = _broken_keys(result)
         report = SyncReport(errors=sorted(str(error) for error in result.errors))
