@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats.errors
+import pytest
 
 from botburrow.runtime import natsserver
 from botburrow.runtime.service import StageContext, run_stage
@@ -47,3 +49,52 @@ async def test_a_stage_is_not_ready_while_its_streams_are_not_made(tmp_path: Pat
         stop.set()
         await asyncio.wait_for(stage, WAIT_S)
         await asyncio.to_thread(server.stop)
+
+
+async def _readyz(http: httpx.AsyncClient, url: str, until: Any) -> dict[str, Any]:
+    """Poll /readyz (a state with no event to await) until `until(answer)`."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            response = await http.get(url)
+            answer = {"status": response.status_code, **response.json()}
+            if until(answer):
+                return answer
+            await asyncio.sleep(0.02)
+
+
+async def test_a_body_nats_interrupts_is_not_ready_until_it_runs_again(nats_url: str) -> None:
+    # No silent stall: between a NATS failure and the body's restart, the body's own checks may still say
+    # ready (they are the old run's), so the stage says not ready itself.
+    runs: list[int] = []
+
+    async def body(ctx: StageContext) -> None:
+        runs.append(len(runs) + 1)
+        ctx.health.add_check("own", lambda: True)
+        if len(runs) == 1:
+            raise nats.errors.NoServersError
+        await ctx.stop.wait()
+
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    stage = asyncio.create_task(run_stage("ingest", body, environ={
+        "NATS_URL": nats_url, "HUB_URL": "http://127.0.0.1:9", "METRICS_PORT": "0"},
+        stop=stop, on_ready_port=port.set_result))
+    try:
+        readyz = f"http://127.0.0.1:{await asyncio.wait_for(port, WAIT_S)}/readyz"
+        async with httpx.AsyncClient() as http:
+            down = await _readyz(http, readyz, lambda a: a["checks"].get("own") is True and a["status"] == 503)
+            assert down["checks"]["body"] is False and runs == [1]
+            up = await _readyz(http, readyz, lambda a: a["status"] == 200)
+            assert up["checks"]["body"] is True and runs == [1, 2]
+    finally:
+        stop.set()
+        await asyncio.wait_for(stage, WAIT_S)
+
+
+async def test_a_body_that_fails_otherwise_ends_the_stage(nats_url: str) -> None:
+    async def body(ctx: StageContext) -> None:
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):  # `main` then exits non-zero: its supervisor restarts it
+        await asyncio.wait_for(run_stage("ingest", body, environ={
+            "NATS_URL": nats_url, "HUB_URL": "http://127.0.0.1:9", "METRICS_PORT": "0"}), WAIT_S)
