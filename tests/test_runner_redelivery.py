@@ -14,6 +14,7 @@ from botburrow.runtime.bus import Bus
 from botburrow.schemas.codec import decode_subject
 from botburrow.schemas.events import ActivationMetrics, ActivationRequested
 from botburrow.services.runner.runlog import RunLog, now_rfc3339
+from botburrow.streams.apply import ensure
 from botburrow.streams.topology import MAX_DELIVERIES
 from tests.fixtures.runner import Rig, dead_letters, kinds, lease_released
 
@@ -91,3 +92,31 @@ async def test_a_republished_request_of_a_completed_activation_posts_and_ends_on
     assert await dead_letters(rig.bus) == []
     assert [c.content for c in rig.replies_by("once", note.post_id)] == ["Only answer."]
     assert len(rig.llm.requests) == 1
+
+
+@pytest.mark.slow  # about 8 s: a warm-up activation, then redeliveries 2 s apart
+async def test_a_nats_failure_before_the_lease_hands_the_request_back_soon(rig: Rig) -> None:
+    # The lease is taken before the activation's own try: a NATS error there killed the handling task and
+    # left the request unsettled (back only after the ack wait; on its last delivery, lost without a trace).
+    await rig.add_agent("warm")
+    await rig.add_agent("flaky")
+    rig.llm.set_script([{"text": "Warm."}, {"text": "Leases are back."}])
+    await rig.start()
+    _, end, _ = await rig.activate("warm", [rig.hub.mention("warm", "up?")])
+    assert end == "completed"
+
+    await rig.bus.js.delete_key_value("leases")  # every lease call now fails: no stream answers
+    note = rig.hub.mention("flaky", "still leasing?")
+    activation_id = f"act-{uuid.uuid4().hex[:10]}"
+    wait = await rig.ends_of("flaky", activation_id)
+    await rig.publish("flaky", activation_id, [note])
+    async with asyncio.timeout(WAIT_S):  # handed back, and delivered again
+        while True:
+            if (await rig.bus.js.consumer_info("ACTIVATIONS", "runner-high")).num_redelivered >= 1:
+                break
+            await asyncio.sleep(0.05)  # consumer state has no event to wait on
+    await ensure(rig.bus.js)  # the bucket is back
+
+    assert await wait() == ["completed"]
+    assert [c.content for c in rig.replies_by("flaky", note.post_id)] == ["Leases are back."]
+    assert await dead_letters(rig.bus) == []
