@@ -250,6 +250,8 @@ async def test_the_runner_survives_any_bytes_on_its_subjects(rig: Rig) -> None:
                                                   priority="high", notifications=[mention])))
     other = {**valid, "agent": "fz-other", "activation_id": "act-wrong-agent"}
     cases = corpus(subjects.activation("high", "fz-echo"), valid, other)
+    for priority in ("normal", "low"):  # each priority is a durable of its own
+        cases += named_nasties(subjects.activation(priority, "fz-echo"), {**valid, "priority": priority}, other)[:4]
     cases.append(Case("other-priority", subjects.activation("high", "fz-echo"),
                       _dumps({**valid, "priority": "low", "activation_id": "act-wrong-priority"}), "differs"))
     async with feed(rig.bus, "agents.dlq.runner") as dlq:
