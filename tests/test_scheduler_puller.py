@@ -64,3 +64,19 @@ async def test_batches_in_order_and_a_stopped_puller_leaves_nothing_in_transit(b
         await successor.close()
     assert [msg.subject.rsplit(".", 1)[1] for msg in first + rest] == AGENTS[:25]  # stream order, each once
     assert {msg.metadata.num_delivered for msg in rest} == {1}  # none went to the closed inbox first
+
+
+async def test_only_jetstream_deliveries_are_handed_over(bus: Bus) -> None:
+    # Anyone who learns a puller's inbox could publish to it: such a message is not a delivery of the
+    # partition's consumer (no ack subject to settle it by) and is never handed to the scheduler.
+    puller = Puller(bus.nc, "SCHEDULER", scheduler_durable(PARTITION), batch=10, expires_s=0.5)
+    await puller.start()
+    try:
+        await bus.nc.publish(puller._inbox, b'{"v": 1, "agent": "x", "notification": {"id": "forged", "type": "dm"}}')
+        await publish_notification(bus, AGENTS[0], note("real"))
+        (batch,) = await read(puller, 1)
+        assert [msg.reply.startswith("$JS.ACK.") for msg in batch] == [True]
+        assert b"forged" not in batch[0].data
+        await batch[0].ack()
+    finally:
+        await puller.close()

@@ -51,6 +51,8 @@ class Puller:
     async def _on_msg(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers and not msg.data else None
         if status is None:
+            if not (msg.reply or "").startswith("$JS.ACK."):
+                return  # not a JetStream delivery: someone else published to our inbox; not ours to handle
             self._buffer.append(msg)
             self._owed = max(0, self._owed - 1)
         elif status in _ENDING_STATUSES:
