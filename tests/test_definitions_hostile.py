@@ -172,6 +172,7 @@ async def test_s3_hostile_manifest_entries_are_refused_and_the_others_load(s3: S
         if entry["path"] == "agents/big-agent/system-prompt.md":
             entry["size"] = 10  # a manifest that lies about the size: the GET finds out, and reads no more
     manifest["entries"] += [{"path": path, "hash": "0" * 64, "size": 10} for path in HOSTILE_ENTRIES]
+    manifest["entries"].append({"path": "skills/ghost-skill/SKILL.md", "hash": "3" * 64, "size": 10})  # no object
     client.put_object(Bucket=s3.bucket, Key=prefix + "manifest.json", Body=json.dumps(manifest).encode())
 
     source = s3.source(prefix)
@@ -182,9 +183,11 @@ async def test_s3_hostile_manifest_entries_are_refused_and_the_others_load(s3: S
     reasons = {error.path: error.message for error in result.errors}
     hostile = {path.replace("\0", "\\x00"): f"refused: {why}" for path, why in HOSTILE_ENTRIES.items()}
     too_big = "refused: 4097 bytes or more, over the 4096-byte limit (DEFINITION_FILE_MAX_BYTES): not read"
-    assert reasons == hostile | {"agents/big-agent/system-prompt.md": too_big}
+    missing = "refused: listed in the manifest, missing from the bucket"
+    assert reasons == hostile | {"agents/big-agent/system-prompt.md": too_big, "skills/ghost-skill/SKILL.md": missing}
     assert all(PLANTED not in agent.system_prompt for agent in result.agents.values())
-    assert source.object_gets == 2 * len(AGENTS) + 3 + 2  # the hostile entries were never fetched
+    assert len(result.skills) == 3
+    assert source.object_gets == 2 * len(AGENTS) + 3 + 2 + 1  # the hostile entries were never fetched
 
 
 async def test_s3_hostile_object_keys_are_refused_without_a_manifest(s3: S3Server, definitions: Path) -> None:

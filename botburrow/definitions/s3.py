@@ -123,7 +123,13 @@ class S3Source:
         async def get(path: str) -> SourceFile:
             async with gate:
                 self.object_gets += 1
-                response = await s3.get_object(Bucket=self.bucket, Key=self.prefix + path)
+                try:
+                    response = await s3.get_object(Bucket=self.bucket, Key=self.prefix + path)
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                        raise
+                    # That definition fails (tried again next poll: the hash never matches); the rest load.
+                    return refused_file(path, "listed in the manifest, missing from the bucket")
                 data = await _bounded_body(response, self.max_file_bytes)
                 if data is None:  # the manifest's size was wrong, or the object changed since
                     return refused_file(path, too_big(self.max_file_bytes + 1, self.max_file_bytes), wanted[path])
