@@ -220,3 +220,13 @@ async def test_s3_a_large_allowed_file_arrives_whole(s3: S3Server, definitions: 
     s3.upload_tree(definitions, prefix, manifest=True)
     result = await load_all(s3.source(prefix))
     assert result.errors == [] and result.agents["long-agent"].system_prompt == prompt
+
+
+@pytest.mark.parametrize("manifest", [b'{"entries": {"not": "a list"}}', b'{"entries": [{"path": "\xff"}]}',
+                                      b'{"entries": [{"path": "agents/a/config.yaml", "hash": "\xff\xfe"}]}',
+                                      b"[" * 100_000, b"not json"])
+async def test_s3_an_unreadable_manifest_is_one_clear_source_error(s3: S3Server, manifest: bytes) -> None:
+    prefix = s3.new_prefix()
+    s3.client().put_object(Bucket=s3.bucket, Key=prefix + "manifest.json", Body=manifest)
+    with pytest.raises(SourceError, match=r"manifest\.json is not a valid manifest"):
+        await load_all(s3.source(prefix))

@@ -101,8 +101,8 @@ class S3Source:
             raise SourceError(f"{self.description}{MANIFEST} is over {MANIFEST_MAX_BYTES} bytes: not read")
         try:
             manifest = msgspec.json.decode(body, type=Manifest)
-        except msgspec.DecodeError as exc:
-            raise SourceError(f"{self.description}{MANIFEST} is not a valid manifest: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # msgspec's errors, and UnicodeDecodeError inside a string
+            raise SourceError(f"{self.description}{MANIFEST} is not a valid manifest: {exc}"[:500]) from None
         return {e.path: e.hash for e in manifest.entries
                 if self._admit(e.path, refused, size=e.size, what="manifest entry")}
 
