@@ -149,6 +149,27 @@ def test_path_problems(path: str, problem: str) -> None:
     assert path_problem("agents/research-agent/config.yaml") is None
 
 
+HOSTILE_CONFIGS = {
+    "an integer of 5,000 digits": (b"cache_ttl: 1" + b"0" * 5000 + b"\n", "YAML value cannot be read: ValueError"),
+    "nesting 100,000 deep": (b"a: " + b"[" * 100_000 + b"\n", "YAML syntax error"),
+    "a python tag": (b"x: !!python/object/apply:os.system [id]\n", "YAML syntax error"),
+    "a NUL byte": (b"name: a\x00\n", "YAML syntax error"),
+    "an alias bomb": (b"".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9 if i else ['x'] * 9)}]\n".encode()
+                               for i in range(8)) + b"interests: {topics: *l7}\n", "Expected `str`"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_CONFIGS))
+async def test_a_hostile_config_fails_alone_with_its_path(definitions: Path, case: str) -> None:
+    data, message = HOSTILE_CONFIGS[case]
+    config = definitions / "agents/research-agent/config.yaml"
+    config.write_bytes(config.read_bytes() + b"\n" + data if case == "an alias bomb" else data)
+    result = await load_all(LocalSource(definitions))
+    assert set(result.agents) == AGENTS - {"research-agent"}
+    [error] = result.errors
+    assert error.path == "agents/research-agent/config.yaml" and message in error.message, error
+
+
 # --- S3 (SeaweedFS) ----------------------------------------------------------------------------------
 
 HOSTILE_ENTRIES = {

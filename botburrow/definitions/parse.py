@@ -68,7 +68,9 @@ def _load_yaml(path: str, data: bytes) -> Any:
     try:
         return yaml.load(data, Loader=_SAFE_LOADER)  # a safe loader: plain data only
     except yaml.YAMLError as exc:
-        raise DefinitionError(path, "$", f"YAML syntax error: {' '.join(str(exc).split())}") from None
+        raise DefinitionError(path, "$", f"YAML syntax error: {' '.join(str(exc).split())}"[:1000]) from None
+    except (ValueError, RecursionError, OverflowError) as exc:  # e.g. an integer of 5,000 digits
+        raise DefinitionError(path, "$", f"YAML value cannot be read: {type(exc).__name__}: {exc}"[:1000]) from None
 
 
 def _text(path: str, data: bytes) -> str:
