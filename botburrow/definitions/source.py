@@ -16,9 +16,9 @@ snapshot (without a manifest it lists the objects and uses their ETags); the che
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgspec
 
@@ -42,6 +42,7 @@ from botburrow.schemas.agent import AgentDefinition, SkillDefinition
 from botburrow.secrets import read_secret
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 __all__ = ["DEFAULT_MAX_FILE_BYTES", "MANIFEST", "SYMLINK", "DefinitionSource", "LoadResult", "LocalSource",
            "S3Source", "SourceError", "SourceFile", "build_result", "is_definition_file", "is_safe_name",
            "load_all", "open_source", "path_problem", "read_tree", "refused_file", "too_big", "warn_unacted"]
@@ -102,6 +103,34 @@ def _check_stored_size(path: str, definition: AgentDefinition | SkillDefinition)
                                          f"{configs_bucket.MAX_VALUE_BYTES}-byte limit of a configs value")
 
 
+def _parse_agent(files: Mapping[str, SourceFile], name: str) -> tuple[AgentDefinition, list[str]]:
+    config, prompt = files.get(f"agents/{name}/config.yaml"), files.get(f"agents/{name}/system-prompt.md")
+    if config is None:
+        raise DefinitionError(f"agents/{name}/config.yaml", "$", "missing")
+    if prompt is None:
+        raise DefinitionError(f"agents/{name}/system-prompt.md", "$", "missing")
+    definition, unacted = parse_agent_noting(name, config.data, prompt.data)
+    _check_stored_size(f"agents/{name}/system-prompt.md", definition)
+    return definition, unacted
+
+
+def _parse_skill(files: Mapping[str, SourceFile], name: str) -> SkillDefinition:
+    skill = parse_skill(name, files[f"skills/{name}/SKILL.md"].data)
+    _check_stored_size(f"skills/{name}/SKILL.md", skill)
+    return skill
+
+
+def _guarded(folder: str, parse: Callable[[], T]) -> T | DefinitionError:
+    """`parse()`, or the error of that one definition: whatever its files hold, the others still load."""
+    try:
+        return parse()
+    except DefinitionError as exc:
+        return exc
+    except Exception as exc:  # a parser bug on hostile input must fail this definition, not the pass
+        log.exception("definition parser failed", extra={"folder": shown(folder)})
+        return DefinitionError(shown(folder), "$", f"cannot be parsed: {type(exc).__name__}")
+
+
 def build_result(files: Mapping[str, SourceFile]) -> LoadResult:
     """Parse every definition in a snapshot; a broken or refused one is recorded in `errors` and skipped."""
     result = LoadResult()
@@ -109,29 +138,21 @@ def build_result(files: Mapping[str, SourceFile]) -> LoadResult:
     for name in _folders(files, "agents"):
         if f"agents/{name}" in blocked:
             continue
-        config, prompt = files.get(f"agents/{name}/config.yaml"), files.get(f"agents/{name}/system-prompt.md")
-        try:
-            if config is None:
-                raise DefinitionError(f"agents/{name}/config.yaml", "$", "missing")
-            if prompt is None:
-                raise DefinitionError(f"agents/{name}/system-prompt.md", "$", "missing")
-            definition, unacted = parse_agent_noting(name, config.data, prompt.data)
-            _check_stored_size(f"agents/{name}/system-prompt.md", definition)
-        except DefinitionError as exc:
-            result.errors.append(exc)
+        parsed = _guarded(f"agents/{name}", lambda name=name: _parse_agent(files, name))
+        if isinstance(parsed, DefinitionError):
+            result.errors.append(parsed)
             continue
-        result.agents[name] = definition
-        for field in unacted:
+        result.agents[name] = parsed[0]
+        for field in parsed[1]:
             result.unacted.setdefault(field, []).append(name)
     for name in _folders(files, "skills"):
         if f"skills/{name}" in blocked:
             continue
-        try:
-            skill = parse_skill(name, files[f"skills/{name}/SKILL.md"].data)
-            _check_stored_size(f"skills/{name}/SKILL.md", skill)
+        skill = _guarded(f"skills/{name}", lambda name=name: _parse_skill(files, name))
+        if isinstance(skill, DefinitionError):
+            result.errors.append(skill)
+        else:
             result.skills[name] = skill
-        except DefinitionError as exc:
-            result.errors.append(exc)
     return result
 
 
