@@ -386,3 +386,26 @@ async def test_a_message_that_breaks_its_handler_fails_alone_and_is_dead_lettere
     assert letter.reason == (f"gave up after {MAX_DELIVERIES} deliveries: "
                              "RuntimeError: the handler cannot take notification bad")
     assert json.loads(letter.payload)["notification"]["id"] == "bad"
+
+
+async def test_a_dead_metrics_consumer_makes_the_stage_not_ready_and_is_restarted(
+        bus: Bus, nats_url: str, hub_emulator: HubEmulator) -> None:
+    environ = {"NATS_URL": nats_url, "HUB_URL": hub_emulator.url, "HUB_API_KEY": hub_emulator.system_key,
+               "CONSUMPTION_FLUSH_SECONDS": "0.2"}
+    async with stage("metrics", metrics.run, environ) as readyz:
+        await readiness(readyz, lambda a: a["status"] == 200 and a["checks"].get("task:consumer") is True)
+        before = restarts("metrics", "consumer")
+        (consumer,) = [t for t in asyncio.all_tasks() if t.get_name() == "metrics:consumer"]
+        consumer.cancel()
+
+        down = await readiness(readyz, lambda a: a["status"] == 503)
+        assert down["checks"]["task:consumer"] is False
+        await readiness(readyz, lambda a: a["status"] == 200)
+        assert restarts("metrics", "consumer") == before + 1
+
+        event = ended("fz-after", 1)
+        await bus.publish(subjects.run_event(event.agent, event.activation_id, "completed"), event)
+        async with asyncio.timeout(WAIT_S):
+            while not hub_emulator.consumption:  # noqa: ASYNC110 - the emulator's list has no event
+                await asyncio.sleep(0.02)
+        assert [m.activation_id for m in hub_emulator.consumption] == ["act-fz-after-1"]

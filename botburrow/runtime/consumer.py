@@ -285,15 +285,20 @@ async def consume_batches(
     """Like `consume`, but the handler sees each fetched batch at once (for stages that batch writes)."""
     dlq = DeadLetters(bus, stage)
     sub = await bus.js.pull_subscribe_bind(durable, stream)
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
-        except TimeoutError:  # nats.errors.TimeoutError is one, and so is an asyncio timeout inside fetch
-            continue
-        except Exception as exc:  # APIError, a connection being re-established: back off, keep going
-            log.warning("fetch failed", extra={"consumer": durable, "error": repr(exc)})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
-            continue
-        await handle_batch(msgs, handler, dlq, consumer=durable)
-    await sub.unsubscribe()
+    try:
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
+            except TimeoutError:  # nats.errors.TimeoutError is one, and so is an asyncio timeout inside fetch
+                continue
+            except Exception as exc:  # APIError, a connection being re-established: back off, keep going
+                log.warning("fetch failed", extra={"consumer": durable, "error": repr(exc)})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                continue
+            await handle_batch(msgs, handler, dlq, consumer=durable)
+    finally:
+        # However the loop ended (a restart after it died, too): a subscription left behind holds what its
+        # last fetch brought, and the connection's drain then waits out its timeout on it.
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

@@ -100,14 +100,16 @@ class Runner:
         subs = {p: await self.ctx.bus.js.pull_subscribe_bind(f"runner-{p}", "ACTIVATIONS") for p in PRIORITIES}
         stopping = asyncio.create_task(self.ctx.stop.wait())
         try:
-            await self._fetch_loop(subs, stopping)
+            try:
+                await self._fetch_loop(subs, stopping)
+            finally:
+                self.taking_work = False  # not ready once the loop ended, however it ended
+                stopping.cancel()
+            await self._drain()
         finally:
-            self.taking_work = False  # not ready once the loop ended, however it ended
-            stopping.cancel()
-        await self._drain()
-        for sub in subs.values():  # else Bus.close's drain waits out its timeout on their queues
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            for sub in subs.values():  # else Bus.close's drain waits out its timeout on their queues
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
     async def _fetch_loop(self, subs: dict, stopping: asyncio.Task[bool]) -> None:
         rounds = 0
