@@ -8,8 +8,8 @@ every agent. Each case must end as a dead letter with a fitting reason (a large 
 its original size and stream sequence), the stage must stay ready with its consumers running, nothing
 may be acted on for the wrong agent, and every valid message after the corpus must be handled.
 
-Then: a killed scheduler partition task (the stage must say not ready, start it again and handle that
-partition's next notification); a flood of large notifications for one agent (its queue is bounded,
+Then: a killed scheduler partition task and a killed metrics consumer (the stage must say not ready,
+start it again and handle the next message); a flood of large notifications for one agent (its queue is bounded,
 its partition's other agents are still served); a message that breaks its handler (it fails alone and
 is dead-lettered with the error, its batch-mates are handled once).
 
