@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 from pathlib import Path
 
@@ -21,11 +22,13 @@ import pytest
 from botburrow.cli.read import read_all
 from botburrow.definitions import AgentDirectory, LocalSource, load_all
 from botburrow.definitions import bucket as configs
+from botburrow.runtime import natsserver
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import run_stage
 from botburrow.schemas.events import DeadLetter
 from botburrow.services import configsync
 from botburrow.services.configsync import Syncer, sync_once
+from botburrow.streams.apply import ensure
 
 PUBLISHED = Path(__file__).parent / "data" / "published-agent-definitions"
 AGENTS = {"claude-coder-1", "devops-agent", "pirate-captain-agent", "research-agent", "sprint-coder",
@@ -157,3 +160,36 @@ async def test_a_fresh_watch_never_mistakes_a_full_bucket_for_an_empty_one(bus: 
         finally:
             await watcher.stop()
         assert keys == ["agent.only-one"]
+
+
+async def test_a_definition_over_the_servers_max_payload_fails_alone(tmp_path: Path, definitions: Path) -> None:
+    """A server configured below our 1 MiB value limit: the too-large definition is reported and skipped,
+    the rest are written (before, the put raised through the pass, every pass, and nothing synced)."""
+    conf = tmp_path / "small.conf"
+    conf.write_text("max_payload: 65536\n")
+    ports_dir = tmp_path / "ports"
+    ports_dir.mkdir()
+    process = await asyncio.create_subprocess_exec(
+        natsserver.find_binary(), "-c", str(conf), "-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js",
+        "-sd", str(tmp_path / "store"), "--ports_file_dir", str(ports_dir),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        ports_file = ports_dir / f"nats-server_{process.pid}.ports"
+        async with asyncio.timeout(WAIT_S):
+            while not ports_file.is_file() or not ports_file.read_text().strip():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # the server writes this file once it listens
+        small = await Bus.connect(json.loads(ports_file.read_text())["nats"][0], name="test-small")
+        try:
+            await ensure(small.js)
+            prompt = definitions / "agents/devops-agent/system-prompt.md"
+            prompt.write_text("x" * 100_000)  # under DEFINITION_FILE_MAX_BYTES, over this server's limit
+            report = await sync_once(small, LocalSource(definitions))
+            assert report.errors == ["agent.devops-agent: the stored definition is over the NATS server's max_payload"]
+            assert sorted(report.added) == sorted(
+                [f"agent.{a}" for a in AGENTS - {"devops-agent"}] + ["skill.budget-check", "skill.hub-post",
+                                                                     "skill.hub-search"])
+        finally:
+            await small.close()
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), WAIT_S)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 import msgspec
+import nats.errors
 from nats.js.api import StreamState
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from prometheus_client import Counter, Gauge
@@ -216,7 +217,14 @@ class Syncer:
             key = bucket.key(kind, name)
             if current.get(key) == definition.hash:
                 continue
-            await _uninterrupted(self._put(kv, kind, name, definition))
+            try:
+                await _uninterrupted(self._put(kv, kind, name, definition))
+            except nats.errors.MaxPayloadError:  # the server's limit is lower than ours: this one only
+                report.errors.append(f"{key}: the stored definition is over the NATS server's max_payload")
+                if key in current:
+                    report.kept.append(key)
+                log.error("definition too large for the NATS server; not written", extra={"key": key})
+                continue
             writes += 1
             (report.updated if key in current else report.added).append(key)
             CHANGES.labels(kind, "updated" if key in current else "added").inc()
