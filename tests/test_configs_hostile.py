@@ -26,8 +26,9 @@ from botburrow.runtime import natsserver
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import run_stage
 from botburrow.schemas.events import DeadLetter
-from botburrow.services import configsync
+from botburrow.services import configsync, ingest
 from botburrow.services.configsync import Syncer, sync_once
+from botburrow.services.hub_emulator import HubEmulator
 from botburrow.streams.apply import ensure
 
 PUBLISHED = Path(__file__).parent / "data" / "published-agent-definitions"
@@ -193,3 +194,27 @@ async def test_a_definition_over_the_servers_max_payload_fails_alone(tmp_path: P
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), WAIT_S)
+
+
+async def test_a_real_stage_starts_beside_bad_values_and_files_their_letters(
+        bus: Bus, nats_url: str, hub_emulator: HubEmulator, definitions: Path) -> None:
+    """ingest (like scheduler and runner) opens an AgentDirectory at start: it used to exit on a bad value."""
+    await sync_once(bus, LocalSource(definitions))
+    revisions = await put_bad_values(bus)
+    key = hub_emulator.add_agent("research-agent")
+    note = hub_emulator.mention("research-agent", "still there?")
+    environ = {"NATS_URL": nats_url, "HUB_URL": hub_emulator.url, "METRICS_PORT": "0",
+               "POLL_INTERVAL_SECONDS": "0.2", "BOTBURROW_AGENT_KEYS": json.dumps({"research-agent": key})}
+    stop = asyncio.Event()
+    stage = asyncio.create_task(run_stage("ingest", ingest.run, environ=environ, stop=stop))
+    try:
+        found = await wait_letters(bus, len(revisions))
+        assert {letter.stage for letter, _ in found} == {"ingest"}  # named after its own connection
+        async with asyncio.timeout(WAIT_S):
+            while not (await bus.js.stream_info("NOTIFICATIONS")).state.messages:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # the good agent's mention went through the running stage
+        [msg] = await read_all(bus, "NOTIFICATIONS", "agents.ingest.notification.*")
+        assert msg.headers and msg.headers["Nats-Msg-Id"] == f"ntf:{note.id}" and not stage.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(stage, WAIT_S)
