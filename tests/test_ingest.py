@@ -145,7 +145,8 @@ async def wait_ready(client: httpx.AsyncClient, url: str, ready: bool) -> dict[s
     async def check() -> dict[str, Any]:
         while True:
             response = await client.get(url)
-            if (response.status_code == 200) == ready:
+            # Once the body runs (its `hub` check exists): before, the stage is not ready for other reasons.
+            if (response.status_code == 200) == ready and "hub" in response.json()["checks"]:
                 return dict(response.json())
             await asyncio.sleep(0.05)
 
