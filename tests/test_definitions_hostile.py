@@ -126,14 +126,28 @@ async def test_every_way_out_of_a_folder_is_refused_with_its_path(definitions: P
         assert any(line.startswith(f"{definitions}/{path}: $: refused: ") for line in lines), path
 
 
-async def test_a_symlinked_agents_folder_is_refused_whole(definitions: Path, tmp_path: Path) -> None:
+async def test_an_agents_folder_linked_out_of_the_directory_is_refused_whole(definitions: Path,
+                                                                             tmp_path: Path) -> None:
     moved = tmp_path / "real-agents"
     (definitions / "agents").rename(moved)
     (definitions / "agents").symlink_to(moved)
-    with pytest.raises(SourceError, match="agents is a symbolic link: refused"):
+    with pytest.raises(SourceError, match=r"agents is a symbolic link out of .*: refused"):
         await load_all(LocalSource(definitions))
     assert validate_dir(definitions) == [
-        f"{definitions}: {definitions}/agents is a symbolic link: refused"]
+        f"{definitions}: {definitions}/agents is a symbolic link out of {definitions}: refused"]
+
+
+async def test_a_kubernetes_volume_layout_loads(definitions: Path, tmp_path: Path) -> None:
+    """A ConfigMap or Secret volume: `agents -> ..data/agents`, `..data -> ..2026_12_04_...` inside the
+    mount. Links of `agents` and `skills` that stay inside the directory are followed; nothing below is."""
+    volume = tmp_path / "volume"
+    (volume / "..2026_12_04_21_00_00.1").mkdir(parents=True)
+    for kind in ("agents", "skills"):
+        shutil.move(definitions / kind, volume / "..2026_12_04_21_00_00.1" / kind)
+        (volume / kind).symlink_to(f"..data/{kind}")
+    (volume / "..data").symlink_to("..2026_12_04_21_00_00.1")
+    result = await load_all(LocalSource(volume))
+    assert result.errors == [] and set(result.agents) == AGENTS
 
 
 @pytest.mark.parametrize(("path", "problem"), [

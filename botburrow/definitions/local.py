@@ -77,20 +77,34 @@ class _TreeReader:
         root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the operator's choice
         try:
             for kind in ("agents", "skills"):
-                try:
-                    st = os.stat(kind, dir_fd=root_fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISLNK(st.st_mode):
-                    raise SourceError(f"{self.root / kind} is a symbolic link: refused")
-                if stat.S_ISDIR(st.st_mode):
-                    self._scan_kind(root_fd, kind)
+                kind_fd = self._open_kind(root_fd, kind)
+                if kind_fd is not None:
+                    self._scan_kind(kind_fd, kind)
         finally:
             os.close(root_fd)
         return dict(sorted(self.files.items()))
 
-    def _scan_kind(self, root_fd: int, kind: str) -> None:
-        kind_fd = os.open(kind, _DIR_FLAGS, dir_fd=root_fd)
+    def _open_kind(self, root_fd: int, kind: str) -> int | None:
+        """`agents/` or `skills/` opened, or None when absent. A Kubernetes ConfigMap or Secret volume shows
+        them as links into the volume's own `..data/`: a link is followed only to a folder inside the
+        definitions directory, checked on the folder actually opened (a link swapped meanwhile is caught)."""
+        try:
+            st = os.stat(kind, dir_fd=root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISLNK(st.st_mode):
+            return os.open(kind, _DIR_FLAGS, dir_fd=root_fd) if stat.S_ISDIR(st.st_mode) else None
+        try:
+            kind_fd = os.open(kind, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
+        except OSError as exc:
+            raise SourceError(f"{self.root / kind} is a symbolic link to no folder: {exc.strerror}") from None
+        root_real, kind_real = (os.readlink(f"/proc/self/fd/{fd}") for fd in (root_fd, kind_fd))
+        if not kind_real.startswith(root_real.rstrip("/") + "/"):
+            os.close(kind_fd)
+            raise SourceError(f"{self.root / kind} is a symbolic link out of {self.root}: refused")
+        return kind_fd
+
+    def _scan_kind(self, kind_fd: int, kind: str) -> None:
         try:
             with os.scandir(kind_fd) as entries:
                 folders = sorted((e.name, e.is_symlink(), e.is_dir(follow_symlinks=False)) for e in entries
