@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 # Secret name -> the environment variable that may hold it instead of a file.
 ENV_FALLBACK = {
@@ -162,4 +163,21 @@ def remember_all(environ: Mapping[str, str] | None = None) -> int:
             count += 1
     if env.get("BOTBURROW_AGENT_KEYS"):
         count += len(AgentKeys(env)._inline)
+    for password in url_passwords(env.get("NATS_URL", "")):
+        remember("nats-password", password)
+        count += 1
     return count
+
+
+def url_passwords(urls: str) -> list[str]:
+    """The passwords in a comma-separated list of URLs (`nats://user:password@host`)."""
+    return [password for url in urls.split(",") if (password := urlsplit(url.strip()).password)]
+
+
+def without_credentials(urls: str) -> str:
+    """A comma-separated list of URLs fit to print: any `user:password@` is dropped."""
+    shown = []
+    for url in urls.split(","):
+        parts = urlsplit(url.strip())
+        shown.append(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())
+    return ",".join(shown)

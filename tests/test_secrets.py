@@ -4,6 +4,9 @@ the last redaction (the pattern is rebuilt lazily), and a longer secret wins ove
 from __future__ import annotations
 
 import secrets as stdlib_secrets
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +51,23 @@ def test_keys_sharing_no_prefix_multiline_and_deeply_nested_values_are_redacted(
         remember(f"nested:{length}", (nested * 200)[:length])
     assert redact(f"<{(nested * 200)[:1050]}>") == "<[REDACTED:nested:1050]>"
     assert redact(f"{keys[0]}") == "[REDACTED:random:0]"
+
+
+def test_a_nats_password_in_nats_url_is_redacted_and_never_printed_by_the_cli() -> None:
+    password = f"natspw-{stdlib_secrets.token_hex(8)}"
+    urls = f"nats://runner:{password}@127.0.0.1:4222, nats://runner:{password}@127.0.0.2:4222"
+    secrets_module.remember_all({"NATS_URL": urls})
+    assert password not in redact(f"connecting to {urls}")
+    shown = secrets_module.without_credentials(urls)
+    assert password not in shown and "runner" not in shown
+    assert shown == "nats://127.0.0.1:4222,nats://127.0.0.2:4222"
+
+
+def test_the_cli_names_an_unreachable_nats_without_its_password(tmp_path: Path) -> None:
+    password = f"natspw-{stdlib_secrets.token_hex(8)}"
+    env = {"PATH": "/usr/bin:/bin", "NATS_URL": f"nats://operator:{password}@127.0.0.1:1"}
+    done = subprocess.run([sys.executable, "-m", "botburrow", "dlq", "ls"], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "cannot reach NATS at nats://127.0.0.1:1" in done.stderr
+    assert password not in done.stderr + done.stdout

@@ -27,6 +27,7 @@ from botburrow.runtime.bus import Bus
 from botburrow.schemas.codec import DecodeError, decode_subject
 from botburrow.schemas.events import DeadLetter, NotificationReceived
 from botburrow.schemas.hub import Author, Notification
+from botburrow.secrets import without_credentials
 from botburrow.settings import load
 from botburrow.streams import subjects
 from botburrow.streams.apply import ensure
@@ -39,7 +40,8 @@ async def _connect() -> Bus:
         return await asyncio.wait_for(Bus.connect(settings["NATS_URL"], name="botburrow-cli",
                                                   creds=settings["NATS_CREDS"], connect_timeout_s=3), 10)
     except Exception as exc:
-        raise SystemExit(f"cannot reach NATS at {settings['NATS_URL']} (set NATS_URL): {type(exc).__name__}") from None
+        where = without_credentials(settings["NATS_URL"])
+        raise SystemExit(f"cannot reach NATS at {where} (set NATS_URL): {type(exc).__name__}") from None
 
 
 async def run(args: argparse.Namespace) -> int:
