@@ -218,3 +218,29 @@ async def test_a_real_stage_starts_beside_bad_values_and_files_their_letters(
     finally:
         stop.set()
         await asyncio.wait_for(stage, WAIT_S)
+
+
+async def test_a_watch_that_ends_is_opened_again_and_the_directory_says_so(bus: Bus, definitions: Path) -> None:
+    source = LocalSource(definitions)
+    await sync_once(bus, source)
+    directory = await AgentDirectory.open(bus, stage="runner")
+    try:
+        assert directory.following
+        seen: list[bool] = []
+        watcher = directory._watcher
+        assert watcher is not None
+        await watcher.stop()  # how nats-py ends a watch: its iteration stops
+        async with asyncio.timeout(WAIT_S):
+            while directory._watcher is watcher or not directory.following:  # noqa: ASYNC110 - no event to await
+                seen.append(directory.following)
+                await asyncio.sleep(0.01)
+        assert False in seen  # not ready while it was down
+
+        prompt = definitions / "agents/research-agent/system-prompt.md"
+        prompt.write_text("You are {{name}}, changed after the watch was opened again.\n")
+        await Syncer(bus, source).sync()
+        new_hash = (await load_all(source)).agents["research-agent"].hash
+        changed = await directory.wait_for("research-agent", WAIT_S, digest=new_hash)
+        assert "opened again" in changed.system_prompt
+    finally:
+        await directory.close()

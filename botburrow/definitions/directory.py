@@ -30,6 +30,9 @@ from botburrow.schemas.agent import AgentDefinition, SkillDefinition
 
 log = logging.getLogger(__name__)
 LETTER_FLUSH_S = 2.0
+# A watch that ends or fails is opened again after this, doubling up to the maximum while it keeps failing.
+FOLLOW_RETRY_S = 0.5
+FOLLOW_MAX_RETRY_S = 15.0
 Listener = Callable[[bucket.Kind, str, Any], Awaitable[None] | None]
 
 
@@ -47,6 +50,7 @@ class AgentDirectory:
         self._letters: asyncio.Queue[tuple[KeyValue.Entry, str]] = asyncio.Queue()
         self._letter_task: asyncio.Task[None] | None = None
         self.unreadable: dict[str, str] = {}  # bucket key -> why its current value was skipped
+        self._following = False
 
     @classmethod
     def from_result(cls, result: LoadResult) -> AgentDirectory:
@@ -73,6 +77,7 @@ class AgentDirectory:
         async for entry in bucket.current_entries(directory._watcher, state.last_seq, state.messages):
             if isinstance(change := directory._apply(entry), str):
                 directory._letters.put_nowait((entry, change))
+        directory._following = True
         directory._task = asyncio.create_task(directory._follow(), name="agent-directory-watch")
         log.info("agent directory loaded", extra={"agents": len(directory._agents),
                                                   "skills": len(directory._skills)})
@@ -155,7 +160,39 @@ class AgentDirectory:
                                   f"unreadable configs value {entry.key}: {reason}")
             self._letters.task_done()
 
+    @property
+    def following(self) -> bool:
+        """A readiness check for the stages: false while the watch on the bucket is down (it is re-opened)."""
+        return self._following
+
     async def _follow(self) -> None:
+        """Follow the bucket for as long as the directory is open. A watch that ends or fails (NATS gone
+        under it) is re-opened, reading every current value again, so a stage never keeps working from a
+        stale directory without saying so: it is not ready meanwhile."""
+        delay_s = FOLLOW_RETRY_S
+        while True:
+            try:
+                await self._follow_watcher()
+                error: Exception | None = None
+            except Exception as exc:  # whatever the watch raised, the answer is the same: open it again
+                error = exc
+            self._following = False
+            log.error("configs watch ended: opening it again", extra={"error": repr(error) if error else "ended",
+                                                                       "retry_in_s": delay_s})
+            await asyncio.sleep(delay_s)
+            delay_s = min(FOLLOW_MAX_RETRY_S, delay_s * 2)
+            with contextlib.suppress(Exception):
+                await self._reopen()
+                self._following, delay_s = True, FOLLOW_RETRY_S
+
+    async def _reopen(self) -> None:
+        assert self._bus is not None
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+        self._watcher = await (await self._bus.kv(bucket.BUCKET)).watchall()
+
+    async def _follow_watcher(self) -> None:
         assert self._watcher is not None
         async for entry in self._watcher:
             if entry is None:

@@ -44,6 +44,7 @@ async def run(ctx: StageContext) -> None:
 
     poller = Poller(hub, ctx.bus, key_of)
     directory = await AgentDirectory.open(ctx.bus)
+    ctx.health.add_check("definitions", lambda: directory.following)
 
     async def poll_forever() -> None:
         while not ctx.stop.is_set():

@@ -53,6 +53,7 @@ async def run(ctx: StageContext) -> None:
     budget = BudgetGate(hub, cache_s=_tunable(ctx, "BUDGET_CACHE_SECONDS", DEFAULT_CACHE_S),
                         stale_after_s=_tunable(ctx, "BUDGET_STALE_SECONDS", DEFAULT_STALE_AFTER_S))
     directory = await AgentDirectory.open(ctx.bus)
+    ctx.health.add_check("definitions", lambda: directory.following)
     try:
         replica = Replica(ctx.bus, directory, budget, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
                           tuning(ctx), ctx.health)
