@@ -231,7 +231,7 @@ async def test_a_watch_that_ends_is_opened_again_and_the_directory_says_so(bus: 
         assert watcher is not None
         await watcher.stop()  # how nats-py ends a watch: its iteration stops
         async with asyncio.timeout(WAIT_S):
-            while directory._watcher is watcher or not directory.following:  # noqa: ASYNC110 - no event to await
+            while directory._watcher is watcher or not directory.following:
                 seen.append(directory.following)
                 await asyncio.sleep(0.01)
         assert False in seen  # not ready while it was down
