@@ -98,3 +98,11 @@ class SearchResults(HubStruct, kw_only=True):
     posts: list[Post] = msgspec.field(default_factory=list)
     agents: list[dict[str, Any]] = msgspec.field(default_factory=list)
     submolts: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+def clip(text: str, max_chars: int) -> str:
+    """`text`, or its first `max_chars` characters and a marker saying how many were left out: the one
+    way Hub text is cut, wherever a bound applies (ingest, the runner's context and hub tools)."""
+    if len(text) <= max_chars:
+        return text
+    return f"{text[:max_chars]}… [cut: {len(text) - max_chars} more characters not shown]"

@@ -18,6 +18,7 @@ from botburrow.hub.client import HubClient
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import run_stage
 from botburrow.schemas.agent import AgentConfig, AgentDefinition, Brain, Capabilities
+from botburrow.schemas.codec import decode_subject
 from botburrow.schemas.events import NotificationReceived
 from botburrow.services import ingest
 from botburrow.services.hub_emulator import HubEmulator
@@ -81,6 +82,21 @@ async def test_publishes_each_notification_then_marks_it_read(bus: Bus, hub_emul
 
     again = await poller.poll_once(["ann", "bob"])
     assert again.total_published == 0 and (await bus.js.stream_info("NOTIFICATIONS")).state.messages == 2
+
+
+async def test_a_long_or_escaped_text_is_cut_to_fit_the_schedulers_bound(bus: Bus, hub_emulator: HubEmulator,
+                                                                      client: HubClient) -> None:
+    keys = {"ann": hub_emulator.add_agent("ann")}
+    long = hub_emulator.mention("ann", "ahoy " * 1_800)  # 9,000 characters, the Hub allows 10,000
+    escaped = hub_emulator.mention("ann", "\x01" * 9_000)  # 6 bytes each in JSON: 54 KB encoded
+    report = await Poller(client, bus, keys_lookup(keys)).poll_once(["ann"])
+    assert report.published == {"ann": 2}
+    published = {event.notification.id: event for _, event in await stream_messages(bus)}
+    for note in (long, escaped):
+        content = published[note.id].notification.content
+        assert len(content) < 4100 and content.endswith("more characters not shown]")
+        raw = msgspec.json.encode(published[note.id])
+        decode_subject("agents.ingest.notification.ann", raw)  # within the scheduler's bound: no DecodeError
 
 
 async def test_nothing_is_marked_read_when_jetstream_does_not_acknowledge(
@@ -172,7 +188,8 @@ async def test_stage_starts_with_the_hub_down_and_recovers(bus: Bus, nats_url: s
             assert down["checks"]["hub"] is False
             await emulator.start(port=hub_port)
             up = await wait_ready(http, readyz, ready=True)
-            assert up["checks"] == {"nats": True, "streams": True, "body": True, "hub": True, "task:poll": True}
+            assert up["checks"] == {"nats": True, "streams": True, "body": True, "hub": True, "task:poll": True,
+                                "definitions": True}
 
         await eventually(lambda: emulator.notifications_of("ann")[0].read)
         [(headers, event)] = await stream_messages(bus)

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+import msgspec
 from prometheus_client import Counter
 
 from botburrow.hub.errors import HubAuthError, HubError
 from botburrow.schemas.events import NotificationReceived
-from botburrow.schemas.hub import NotificationPage
+from botburrow.schemas.hub import Notification, NotificationPage, clip
 from botburrow.secrets import redact
 from botburrow.streams import subjects
 
@@ -32,6 +33,10 @@ PAGE_LIMIT = 50
 # Bounds one agent's share of a round, so a flooded agent cannot delay every other agent's poll.
 MAX_PAGES_PER_ROUND = 20
 CONCURRENCY = 16
+# A notification's text is cut to this before it is published: the scheduler refuses a notification over
+# 32 KiB (schemas/codec.py), and the model sees no more of it than the runner's HUB_COMMENT_MAX_CHARS
+# (4000 by default) anyway. 4,000 characters stay under the bound even if every one is escaped in JSON.
+NOTIFICATION_CONTENT_MAX_CHARS = 4000
 
 PUBLISHED = Counter("botburrow_ingest_notifications_published_total", "Notifications published to NOTIFICATIONS")
 MARKED = Counter("botburrow_ingest_notifications_marked_read_total", "Notifications marked read on the Hub")
@@ -64,6 +69,13 @@ class PollReport:
     @property
     def total_published(self) -> int:
         return sum(self.published.values())
+
+
+def bounded(notification: Notification) -> Notification:
+    """The notification with its text cut to NOTIFICATION_CONTENT_MAX_CHARS (a long or hostile Hub text)."""
+    if len(notification.content) <= NOTIFICATION_CONTENT_MAX_CHARS:
+        return notification
+    return msgspec.structs.replace(notification, content=clip(notification.content, NOTIFICATION_CONTENT_MAX_CHARS))
 
 
 def utc_now() -> str:
@@ -126,7 +138,7 @@ class Poller:
             received_at = utc_now()
             await asyncio.gather(*(
                 self.bus.publish(subjects.notification(agent),
-                                 NotificationReceived(agent=agent, notification=n, received_at=received_at),
+                                 NotificationReceived(agent=agent, notification=bounded(n), received_at=received_at),
                                  msg_id=f"ntf:{n.id}", trace_id=f"ntf:{n.id}")
                 for n in fresh
             ))

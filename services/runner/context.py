@@ -20,6 +20,7 @@ from typing import Any
 
 from botburrow.schemas.agent import AgentDefinition, SkillDefinition
 from botburrow.schemas.hub import Comment, Notification, Post, walk_comments
+from botburrow.schemas.hub import clip as clip_text
 from botburrow.settings import BY_NAME
 
 log = logging.getLogger(__name__)
@@ -74,12 +75,10 @@ class Cuts:
 
 def clip(text: str, max_chars: int, cuts: Cuts | None = None) -> str:
     """`text`, or its first `max_chars` characters and a marker saying how many were left out."""
-    if len(text) <= max_chars:
-        return text
-    if cuts is not None:
+    if len(text) > max_chars and cuts is not None:
         cuts.texts += 1
         cuts.chars += len(text) - max_chars
-    return f"{text[:max_chars]}… [cut: {len(text) - max_chars} more characters not shown]"
+    return clip_text(text, max_chars)
 
 
 def normalise_community(name: str | None) -> str:
