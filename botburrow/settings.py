@@ -249,3 +249,35 @@ def load(stage: str, environ: Mapping[str, str] | None = None, *, required: bool
     if problems:
         raise SettingsError(problems)
     return Settings(stage=stage, values=values)
+
+
+def markdown_table() -> str:
+    """The settings table of docs/contract.md §7 (tests/test_docs.py keeps the two equal)."""
+
+    def stages(setting: Setting) -> str:
+        if setting.stages == ALL:
+            return "all"
+        if not setting.stages:
+            return "`streams apply`"
+        return ", ".join(stage for stage in STAGES if stage in setting.stages)
+
+    def default(setting: Setting) -> str:
+        if setting.name == "METRICS_PORT":
+            return ", ".join(f"{stage} {port}" for stage, port in DEFAULT_METRICS_PORTS.items())
+        if setting.default is not None:
+            return f"`{setting.default}`"
+        return "required" if setting.required else "—"
+
+    rows = ["| setting | default | read by | meaning |", "|---|---|---|---|"]
+    for setting in SETTINGS:
+        doc = setting.doc.replace("|", "\\|")
+        rows.append(f"| `{setting.name}` | {default(setting)} | {stages(setting)} | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m botburrow.settings --markdown
+    import sys
+
+    if sys.argv[1:] != ["--markdown"]:
+        raise SystemExit("usage: python -m botburrow.settings --markdown")
+    sys.stdout.write(markdown_table())
