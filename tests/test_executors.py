@@ -27,6 +27,7 @@ from botburrow import sandbox
 from botburrow.cli.ops import load_run
 from botburrow.definitions.parse import parse_agent
 from botburrow.hub import HubClient
+from botburrow.mcp.catalog import Catalog
 from botburrow.runtime.bus import Bus
 from botburrow.sandbox.docker import DockerSandbox
 from botburrow.schemas.agent import AgentDefinition
@@ -148,7 +149,7 @@ def agent_yaml(name: str, type_: str, model: str, provider: str = "anthropic", e
     if provider == "openai":
         brain += "\n  api_base: https://example.invalid/v1\n  api_key_env: OPENAI_API_KEY"
     return (f"name: {name}\ntype: {type_}\nbrain:\n  {brain}\n"
-            f"capabilities:\n  grants: [hub:read, hub:write]\n  mcp_servers: {mcp}\n{extra}"
+            f"capabilities:\n  grants: [hub:read, hub:write, facts:read]\n  mcp_servers: {mcp}\n{extra}"
             "behavior:\n  max_iterations: 6\n  limits:\n    min_interval_seconds: 0\n").encode()
 
 
@@ -161,7 +162,11 @@ class CliRig:
         self.definitions = Definitions()
         self.keys: dict[str, str] = {}
         (root / "server.py").write_text(FACTS_SERVER)
-        self.toolsets = McpToolsets({"PATH": os.environ["PATH"]})
+        # `facts` comes from the operator's catalog (a config only names it); its credential is its secret.
+        facts = {"command": sys.executable, "args": [str(root / "server.py")], "secret": "facts-token",
+                 "grants": ["facts:read"], "paths": [str(root), sys.prefix, sys.base_prefix]}
+        self.toolsets = McpToolsets({"PATH": os.environ["PATH"], "FACTS_TOKEN": CREDENTIAL},
+                                    catalog=Catalog.parse(json.dumps({"servers": {"facts": facts}})))
         self.runner = RecordingRunner()
         self.gateway = ModelGateway()
         self.environ: dict[str, str] = {"PATH": os.environ["PATH"], "MODEL_BASE_URL_OVERRIDE": llm.url}
@@ -169,12 +174,10 @@ class CliRig:
         self.logs: pytest.LogCaptureFixture | None = None
 
     def add_agent(self, name: str, type_: str, model: str, *, facts: bool = True, **options: Any) -> None:
-        """An agent with the `hub` server (hub:write too: it posts its answer) and a `facts` server holding
-        CREDENTIAL in its env."""
+        """An agent with the `hub` server (hub:write too: it posts its answer) and the catalog's `facts`
+        server, which alone holds CREDENTIAL."""
         self.keys[name] = self.hub.add_agent(name)
-        server = {"name": "facts", "command": sys.executable, "args": [str(self.root / "server.py")],
-                  "env": {"FACTS_TOKEN": CREDENTIAL}}
-        yaml_text = agent_yaml(name, type_, model, mcp=json.dumps([server] if facts else []), **options)
+        yaml_text = agent_yaml(name, type_, model, mcp=json.dumps(["facts"] if facts else []), **options)
         self.definitions.agents[name] = parse_agent(name, yaml_text, b"You are {{name}}. Answer in one sentence.")
 
     def add_node_agent(self, name: str) -> None:
