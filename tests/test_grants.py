@@ -71,7 +71,7 @@ def test_malformed_grants_are_refused_with_the_grant_named(text: object, why: st
 
 
 def test_every_published_grant_parses() -> None:
-    root = Path(__file__).resolve().parents[2] / "shared" / "agent-definitions"
+    root = Path(__file__).parent / "data" / "published-agent-definitions"
     published = [g for path in sorted(root.glob("agents/*/config.yaml"))
                  for g in parse_agent(path.parent.name, path.read_bytes(), b"").config.capabilities.grants]
     assert published and all(parse(g) for g in published)

@@ -40,7 +40,7 @@ from botburrow.streams import subjects
 from tests.test_mcp_servers import GITHUB_TOKEN, FakeGitHub, catalog_of, probe_entry, running_fake_github
 
 END_TIMEOUT_S = 30.0
-SKILLS_DIR = Path("/work/shared/agent-definitions/skills")
+SKILLS_DIR = Path(__file__).parent / "data" / "published-agent-definitions" / "skills"
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from botburrow.schemas.agent import Brain
 from botburrow.services.runner.modelaccess import ModelAccessRefused, base_allowed, check, resolve
 from botburrow.settings import SettingsError, load
 
-PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "agent-definitions" / "agents"
+PUBLISHED = Path(__file__).parent / "data" / "published-agent-definitions" / "agents"
 DEFAULT_BASES = ("https://api.anthropic.com", "https://api.openai.com/v1")
 
 

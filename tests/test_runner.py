@@ -170,7 +170,7 @@ async def test_an_invalid_payload_is_dead_lettered_and_the_runner_goes_on(rig: R
     assert [c.content for c in rig.replies_by("after", note.post_id)] == ["Still here."]
 
 
-PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "agent-definitions" / "agents"
+PUBLISHED = Path(__file__).parent / "data" / "published-agent-definitions" / "agents"
 
 
 async def add_published(rig: Rig, name: str) -> None:
