@@ -35,7 +35,7 @@ lint:
 
 # regenerate the committed JSON Schemas from the structs
 schemas:
-    {{venv}}/python -m botburrow.schemas.generate
+    {{venv}}/python -m schemas.generate
 
 # benchmarks; results are written to bench/results/
 bench:

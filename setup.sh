@@ -60,7 +60,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   fi
   if command -v debootstrap >/dev/null; then
     step "building the sandbox base root file system (cached in .cache/sandbox/; ~80 s the first time)"
-    .venv/bin/python -m botburrow.sandbox.images
+    .venv/bin/python -m services.runner.sandbox.images
   fi
 fi
 

@@ -28,7 +28,7 @@ from botburrow.definitions import LocalSource
 from botburrow.definitions.source import RACY_NS
 from botburrow.runtime import natsserver
 from botburrow.runtime.bus import Bus
-from botburrow.streams.apply import ensure
+from streams.apply import ensure
 
 AGENTS = 1_000
 TICK_S = 0.005
@@ -83,7 +83,7 @@ async def measure_passes(bus: Bus, root: Path, new_pass: Callable[[], Callable[[
 
 async def stop_latency_ms(bus: Bus, source: LocalSource, after_s: float = 0.2) -> float:
     """A stop (SIGTERM) `after_s` into a restart pass (full parse under way): how long until the loop ends."""
-    from botburrow.services.configsync.sync import sync_forever
+    from services.configsync.sync import sync_forever
 
     stop = asyncio.Event()
     task = asyncio.create_task(sync_forever(bus, source, poll_s=3600, stop=stop))
@@ -95,7 +95,7 @@ async def stop_latency_ms(bus: Bus, source: LocalSource, after_s: float = 0.2) -
 
 
 async def main(results_dir: Path) -> dict:
-    from botburrow.services.configsync.sync import Syncer
+    from services.configsync.sync import Syncer
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "definitions"

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from botburrow.definitions.parse import parse_agent
-from botburrow.services.runner.mcptools import McpToolsets
-from botburrow.services.runner.seams import ToolContext
+from services.runner.mcptools import McpToolsets
+from services.runner.seams import ToolContext
 
 ROUNDS = 5
 SETS = {

@@ -23,7 +23,7 @@ from botburrow.definitions import bucket
 from botburrow.definitions.parse import parse_agent
 from botburrow.runtime import natsserver
 from botburrow.runtime.bus import Bus
-from botburrow.schemas.events import (
+from schemas.events import (
     ActivationMetrics,
     ActivationRequested,
     LlmTurn,
@@ -33,9 +33,9 @@ from botburrow.schemas.events import (
     ToolCalled,
     ToolCallRecord,
 )
-from botburrow.schemas.hub import Author, Notification
-from botburrow.streams import subjects
-from botburrow.streams.apply import ensure
+from schemas.hub import Author, Notification
+from streams import subjects
+from streams.apply import ensure
 
 EVENTS = 1000
 TURNS = 40
@@ -137,7 +137,7 @@ async def main(results_dir: Path) -> dict[str, Any]:
 
 
 async def _rerun_only(events: list[Any]) -> None:
-    from botburrow.services.runner.offline import rerun_offline
-    from botburrow.services.runner.recorded import recording_from
+    from services.runner.offline import rerun_offline
+    from services.runner.recorded import recording_from
 
     await rerun_offline(recording_from(events), None, {})

@@ -25,14 +25,14 @@ from typing import Any
 from botburrow.cli.ops import load_run
 from botburrow.definitions import bucket
 from botburrow.definitions.parse import parse_agent
+from botburrow.dev.stack import LocalStack, StageProcess
+from botburrow.doubles.hub_emulator import HubEmulator
+from botburrow.doubles.scripted_llm import ScriptedLLM
 from botburrow.runtime import natsserver
 from botburrow.runtime.bus import Bus
-from botburrow.schemas.events import ActivationRequested, LlmTurn, Posted, RunStarted
-from botburrow.services.dev.stack import LocalStack, StageProcess
-from botburrow.services.hub_emulator import HubEmulator
-from botburrow.services.scripted_llm import ScriptedLLM
-from botburrow.streams import subjects
-from botburrow.streams.apply import ensure
+from schemas.events import ActivationRequested, LlmTurn, Posted, RunStarted
+from streams import subjects
+from streams.apply import ensure
 
 SEQUENTIAL = 200
 CONCURRENT = 150

@@ -39,15 +39,15 @@ from nats.js.api import StreamConfig
 from botburrow.definitions import bucket
 from botburrow.runtime import natsserver
 from botburrow.runtime.bus import Bus
-from botburrow.schemas.agent import AgentConfig, AgentDefinition, Behavior, Brain, Capabilities
-from botburrow.schemas.codec import encode
-from botburrow.schemas.events import NotificationReceived
-from botburrow.schemas.hub import Author, Notification
-from botburrow.services.scheduler.due import ExploreRule
-from botburrow.services.scheduler.state import AgentState, SchedulerState
-from botburrow.streams import subjects
-from botburrow.streams.apply import ensure
-from botburrow.streams.topology import SCHEDULER_PARTITIONS, scheduler_durable
+from schemas.agent import AgentConfig, AgentDefinition, Behavior, Brain, Capabilities
+from schemas.codec import encode
+from schemas.events import NotificationReceived
+from schemas.hub import Author, Notification
+from services.scheduler.due import ExploreRule
+from services.scheduler.state import AgentState, SchedulerState
+from streams import subjects
+from streams.apply import ensure
+from streams.topology import SCHEDULER_PARTITIONS, scheduler_durable
 
 AGENTS = 2_000
 PER_AGENT = 10

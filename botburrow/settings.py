@@ -95,7 +95,7 @@ def _url_list(raw: str) -> tuple[str, ...]:
 
 def _grant_policy_file(raw: str) -> str:
     """Read and checked at start: a policy with a malformed grant stops the runner, naming the grant."""
-    from botburrow.mcp.grants import GrantPolicy, PolicyError  # here: every module imports settings
+    from botburrow.grants import GrantPolicy, PolicyError  # here: every module imports settings
 
     try:
         GrantPolicy.load(raw)

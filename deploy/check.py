@@ -20,8 +20,8 @@ import yaml
 from kubernetes_validate import utils as kv
 
 from botburrow import secrets, settings
-from botburrow.streams import topology
 from deploy import crd_keys, nats_auth, promql
+from streams import topology
 
 DEPLOY = Path(__file__).resolve().parent
 REPO = DEPLOY.parent

@@ -1,6 +1,6 @@
 """Offline checks of NATS authentication in deploy/ (issue 14), called by deploy/check.py.
 
-The NATS users and their permissions live in one place, botburrow.streams.permissions; these checks
+The NATS users and their permissions live in one place, streams.permissions; these checks
 fail when deploy/nats/values.yaml, the botburrow-nats ExternalSecret or a workload's env drift from it.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from botburrow import settings
-from botburrow.streams import permissions
+from streams import permissions
 
 DEPLOY = Path(__file__).resolve().parent
 VALUES = DEPLOY / "nats" / "values.yaml"
@@ -73,7 +73,7 @@ def _accounts_errors(accounts: Obj, where: str) -> list[str]:
     if set(accounts) != {permissions.ACCOUNT} or {k: v for k, v in account.items() if k != "users"} != {
             k: v for k, v in generated.items() if k != "users"} or ours != generated["users"]:
         errors.append(f"{where}: config.merge.accounts differs from what streams/permissions.py generates "
-                      "(run `python -m botburrow.streams.permissions --write deploy/nats/values.yaml`)")
+                      "(run `python -m streams.permissions --write deploy/nats/values.yaml`)")
     errors += [f"{where}: user {u.get('user')} must take its password from the environment (<< $VAR >>)"
                for u in users if u not in ours and not re.fullmatch(r"<< \$\w+ >>", str(u.get("password", "")))]
     return errors

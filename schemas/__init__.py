@@ -3,10 +3,16 @@
 One module per concern: `hub` (the Hub API's shapes), `agent` (agent configs and skills), `events`
 (the JetStream payloads, one schema per subject). `codec` decodes a message once, by its subject, and
 names the bad field's path when it fails. Evolution rules are in `schemas/EVOLUTION.md`.
+
+- `events`: the JetStream payloads, one struct per subject
+- `hub`: the Hub API's shapes
+- `agent`: agent configs and skill front matter, and their parsed forms
+- `codec`: encode; decode a message once, by its subject
+- `generate`: the JSON Schemas in `json/` (`just schemas`)
 """
 
-from botburrow.schemas.codec import DecodeError, decode_subject, encode, schema_for_subject
-from botburrow.schemas.events import (
+from schemas.codec import DecodeError, decode_subject, encode, schema_for_subject
+from schemas.events import (
     ActivationMetrics,
     ActivationRequested,
     ConfigChanged,
@@ -20,7 +26,7 @@ from botburrow.schemas.events import (
     RunStarted,
     ToolCalled,
 )
-from botburrow.schemas.hub import Author, Comment, Notification, Post
+from schemas.hub import Author, Comment, Notification, Post
 
 __all__ = [
     "ActivationMetrics",

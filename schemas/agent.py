@@ -38,7 +38,7 @@ class Brain(Strict, kw_only=True):
 class McpServerSpec(Strict, kw_only=True):
     """The object form of `capabilities.mcp_servers`, parsed as published so definitions still load. Only
     `name` counts: it names an entry of the operator's MCP catalog; `command`, `args` and `env` are
-    ignored with a warning (botburrow/mcp/servers.py)."""
+    ignored with a warning (services/runner/mcp/servers.py)."""
 
     name: str
     command: str

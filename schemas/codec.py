@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from botburrow.schemas.events import (
+from schemas.events import (
     ActivationRequested,
     ConfigChanged,
     DeadLetter,
@@ -22,7 +22,7 @@ from botburrow.schemas.events import (
     RunEvent,
     SchedulingRefused,
 )
-from botburrow.streams.subjects import token
+from streams.subjects import token
 
 # One schema per subject (SPEC §5). Patterns use NATS wildcards; order does not matter.
 SUBJECT_SCHEMAS: dict[str, Any] = {

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from botburrow.schemas.hub import Notification
+from schemas.hub import Notification
 
 Priority = Literal["high", "normal", "low"]
 ActivationKind = Literal["notification", "exploration"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import msgspec
 
-from botburrow.schemas.agent import AgentConfig, SkillFrontMatter
-from botburrow.schemas.codec import SUBJECT_SCHEMAS
+from schemas.agent import AgentConfig, SkillFrontMatter
+from schemas.codec import SUBJECT_SCHEMAS
 
 OUT_DIR = Path(__file__).parent / "json"
 EXTRA = {"agent-config": AgentConfig, "skill-front-matter": SkillFrontMatter}

@@ -1,1 +1,7 @@
-"""The JetStream topology (`topology`), its idempotent apply (`apply`) and subject names (`subjects`)."""
+"""The JetStream topology (`topology`), its idempotent apply (`apply`) and subject names (`subjects`).
+
+- `topology`: streams, durable consumers and KV buckets, as data
+- `apply`: create (and reconcile) all of it, idempotently
+- `subjects`: subject names
+- `permissions`: each NATS user's allow lists, derived from the topology
+"""

@@ -24,7 +24,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
-from botburrow.streams.topology import (
+from streams.topology import (
     BUCKETS,
     CONSUMERS,
     RUNNER_ACK_WAIT_S,

@@ -12,7 +12,7 @@ Two users are not stages: `streams-apply` makes and updates the topology (the Ku
 started before its streams exist waits, not ready, until `streams-apply` has made them
 (docs/departures.md: SPEC §5 lets stages create what is missing).
 
-Run `python -m botburrow.streams.permissions` to print the `config.merge.accounts` block of
+Run `python -m streams.permissions` to print the `config.merge.accounts` block of
 deploy/nats/values.yaml, or with `--write deploy/nats/values.yaml` to replace it there.
 """
 
@@ -25,8 +25,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from botburrow.settings import STAGES
-from botburrow.streams import subjects
-from botburrow.streams.topology import BUCKETS, CONSUMERS, STREAMS
+from streams import subjects
+from streams.topology import BUCKETS, CONSUMERS, STREAMS
 
 ACCOUNT = "BOTBURROW"
 OPERATOR = "operator"

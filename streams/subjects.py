@@ -46,7 +46,7 @@ def dlq(stage: str) -> str:
 
 
 def _stage_of_durable(durable: str) -> str:
-    from botburrow.streams.permissions import consumer_stage  # late: permissions imports this module
+    from streams.permissions import consumer_stage  # late: permissions imports this module
 
     return consumer_stage(durable)
 
@@ -55,7 +55,7 @@ def input_subjects(stage: str) -> tuple[str, ...]:
     """The subjects `stage` consumes, from the topology: its consumers' filters or, for a stream built
     from others (SCHEDULER), the subjects it sources. Empty for a stage that reads no subject (ingest
     reads the Hub, configsync its source)."""
-    from botburrow.streams import topology  # late: topology is data, and this module stays import-light
+    from streams import topology  # late: topology is data, and this module stays import-light
 
     found: list[str] = []
     for consumer in topology.CONSUMERS:
@@ -105,7 +105,7 @@ def redrive_subject(stage: str, subject: str) -> str | None:
     """Where a letter `stage` wrote about a message on `subject` may be republished: that subject when
     it is one of the stage's inputs; for a scheduler letter, which names the partitioned subject, the
     subject it was sourced from. None for anything else (`$JS.*`, `$SYS.*`, `$KV.*`, other stages' inputs)."""
-    from botburrow.streams import topology
+    from streams import topology
 
     inputs = input_subjects(stage)
     if any(matches(pattern, subject) for pattern in inputs):

@@ -16,13 +16,13 @@ import msgspec
 import pytest
 
 # The runner processes import these too; importing them here keeps collection, not a wait, paying for it.
-import botburrow.services.runner.providers  # noqa: F401
+import services.runner.providers  # noqa: F401
 from botburrow.definitions import bucket
 from botburrow.definitions.parse import parse_agent
+from botburrow.dev.stack import LocalStack, StageProcess
 from botburrow.runtime.bus import Bus
-from botburrow.schemas.events import RunCompleted, RunFailed, RunStarted
-from botburrow.services.dev.stack import LocalStack, StageProcess
-from botburrow.services.runner.posting import ThreadReplies, thread_key
+from schemas.events import RunCompleted, RunFailed, RunStarted
+from services.runner.posting import ThreadReplies, thread_key
 from tests.fixtures.runner import Rig
 
 pytestmark = pytest.mark.slow

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from botburrow.schemas.codec import decode_subject
-from botburrow.schemas.events import DeadLetter, RunFailed, RunStarted
-from botburrow.schemas.hub import Author, Notification
+from schemas.codec import decode_subject
+from schemas.events import DeadLetter, RunFailed, RunStarted
+from schemas.hub import Author, Notification
 from tests.fixtures.runner import END_TIMEOUT_S, Rig, kinds, metrics_of
 from tests.test_hub_client import MALFORMED, deep_chain_json
 

@@ -22,14 +22,15 @@ import pytest
 from botburrow.cli.read import read_all
 from botburrow.definitions import AgentDirectory, LocalSource, load_all
 from botburrow.definitions import bucket as configs
+from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.runtime import natsserver
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import run_stage
-from botburrow.schemas.events import DeadLetter
-from botburrow.services import configsync, ingest
-from botburrow.services.configsync import Syncer, sync_once
-from botburrow.services.hub_emulator import HubEmulator
-from botburrow.streams.apply import ensure
+from schemas.events import DeadLetter
+from services.configsync import stage as configsync
+from services.configsync.sync import Syncer, sync_once
+from services.ingest import stage as ingest
+from streams.apply import ensure
 
 PUBLISHED = Path(__file__).parent / "data" / "published-agent-definitions"
 AGENTS = {"claude-coder-1", "devops-agent", "pirate-captain-agent", "research-agent", "sprint-coder",

@@ -20,11 +20,11 @@ from botburrow.definitions import bucket as configs
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.health import Health
 from botburrow.runtime.service import run_stage
-from botburrow.schemas.codec import decode_subject
-from botburrow.schemas.events import ConfigChanged
-from botburrow.services import configsync
-from botburrow.services.configsync import Syncer, sync_forever, sync_once
-from botburrow.streams.apply import ensure
+from schemas.codec import decode_subject
+from schemas.events import ConfigChanged
+from services.configsync import stage as configsync
+from services.configsync.sync import Syncer, SyncReport, sync_forever, sync_once
+from streams.apply import ensure
 from tests.fixtures.s3 import S3Server
 
 # A verbatim copy of ../shared/agent-definitions (see its SOURCE.md), so the suite runs anywhere.
@@ -219,7 +219,7 @@ async def test_a_broken_definition_is_logged_once_and_names_its_field(
     config = definitions / "agents/devops-agent/config.yaml"
     config.write_text(config.read_text().replace("max_iterations:", "max_iterations: 77 #"))
     known: set[str] = set()
-    with caplog.at_level(logging.ERROR, logger="botburrow.services.configsync.sync"):
+    with caplog.at_level(logging.ERROR, logger="services.configsync.sync"):
         for _ in range(2):
             report = await sync_once(bus, source, known_errors=known)
             assert report.kept == ["agent.devops-agent"]
@@ -283,13 +283,13 @@ async def test_a_pass_parses_only_what_changed(bus: Bus, definitions: Path,
     assert parsed_total() - before == len(AGENTS) + len(SKILLS)
 
     unchanged = await syncer.sync()
-    assert unchanged == configsync.SyncReport()
+    assert unchanged == SyncReport()
     assert parsed_total() - before == len(AGENTS) + len(SKILLS)  # nothing parsed again
 
     config = definitions / "agents/devops-agent/config.yaml"
     good = config.read_text()
     config.write_text(good.replace("max_iterations:", "max_iterations: 77 #"))
-    with caplog.at_level(logging.ERROR, logger="botburrow.services.configsync.sync"):
+    with caplog.at_level(logging.ERROR, logger="services.configsync.sync"):
         broken = await syncer.sync()
         again = await syncer.sync()
     assert broken.kept == again.kept == ["agent.devops-agent"] and not broken.changed and not again.changed
@@ -317,7 +317,7 @@ async def test_a_bucket_changed_behind_its_back_is_repaired(bus: Bus, definition
     report = await syncer.sync()
     assert report.added == ["agent.devops-agent"] and report.updated == ["agent.research-agent"]
     assert report.deleted == ["agent.nobody"]
-    assert await syncer.sync() == configsync.SyncReport()
+    assert await syncer.sync() == SyncReport()
 
 
 async def test_an_unchanged_s3_source_costs_no_get_and_no_parse(bus: Bus, s3: S3Server, definitions: Path) -> None:
@@ -327,5 +327,5 @@ async def test_an_unchanged_s3_source_costs_no_get_and_no_parse(bus: Bus, s3: S3
     syncer = Syncer(bus, source)
     assert len((await syncer.sync()).added) == len(AGENTS) + len(SKILLS)
     gets, parsed = source.object_gets, parsed_total()
-    assert await syncer.sync() == configsync.SyncReport()
+    assert await syncer.sync() == SyncReport()
     assert source.object_gets == gets and parsed_total() == parsed

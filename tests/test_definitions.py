@@ -24,7 +24,7 @@ from botburrow.definitions import (
     validate_dir,
 )
 from botburrow.definitions.source import warn_unacted
-from botburrow.schemas.agent import AgentConfig, SkillFrontMatter
+from schemas.agent import AgentConfig, SkillFrontMatter
 from tests.fixtures.s3 import S3Server
 
 # A verbatim copy of ../shared/agent-definitions (see its SOURCE.md), so the suite runs anywhere.

@@ -21,7 +21,7 @@ from botburrow.definitions import LocalSource, SourceError, load_all, validate_d
 from botburrow.definitions import bucket as configs
 from botburrow.definitions.source import SYMLINK, path_problem
 from botburrow.runtime.bus import Bus
-from botburrow.services.configsync import sync_once
+from services.configsync.sync import sync_once
 from tests.fixtures.s3 import S3Server
 
 PUBLISHED = Path(__file__).parent / "data" / "published-agent-definitions"

@@ -189,8 +189,8 @@ def test_every_workload_connects_as_its_own_nats_user(rendered):
 
 
 def test_nats_values_carry_exactly_the_generated_permissions():
-    from botburrow.streams import permissions
     from deploy import nats_auth
+    from streams import permissions
 
     values = nats_auth.values()
     assert nats_auth.values_errors(values) == []
@@ -219,8 +219,8 @@ def test_nats_server_accepts_the_values_accounts(tmp_path):
     import subprocess
 
     from botburrow.runtime import natsserver
-    from botburrow.streams import permissions
     from deploy import nats_auth
+    from streams import permissions
 
     conf = tmp_path / "nats.conf"
     conf.write_text(nats_auth.rendered_config())

@@ -22,7 +22,7 @@ import nats.errors
 import pytest
 
 from botburrow.settings import STAGES
-from botburrow.streams import permissions
+from streams import permissions
 
 pytestmark = pytest.mark.slow
 START_S = 120.0

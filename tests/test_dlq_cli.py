@@ -19,8 +19,8 @@ from botburrow.cli.read import read_all
 from botburrow.definitions import AgentDirectory
 from botburrow.definitions import bucket as configs
 from botburrow.runtime.bus import Bus
-from botburrow.schemas.events import DeadLetter
-from botburrow.streams import subjects
+from schemas.events import DeadLetter
+from streams import subjects
 
 ORIGINAL = b'{"v": 1, "agent": "bob", "notification": {"id": "n1"}}'
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from botburrow.cli.ops import load_run
+from botburrow.dev import _await_configs
+from botburrow.dev.stack import LocalStack
 from botburrow.runtime.bus import Bus
-from botburrow.services.dev import _await_configs
-from botburrow.services.dev.stack import LocalStack
 
 pytestmark = pytest.mark.slow
 

@@ -23,18 +23,18 @@ from typing import Any
 import msgspec
 import pytest
 
-from botburrow import sandbox
 from botburrow.cli.ops import load_run
 from botburrow.definitions.parse import parse_agent
+from botburrow.doubles.hub_emulator import HubEmulator
+from botburrow.doubles.scripted_llm import ScriptedLLM
 from botburrow.hub import HubClient
-from botburrow.mcp.catalog import Catalog
 from botburrow.runtime.bus import Bus
-from botburrow.sandbox.docker import DockerSandbox
-from botburrow.schemas.agent import AgentDefinition
-from botburrow.schemas.events import ActivationMetrics, ActivationRequested
-from botburrow.services.hub_emulator import HubEmulator
-from botburrow.services.runner.activation import Activation, Deps, Limits
-from botburrow.services.runner.executors import (
+from botburrow.settings import BY_NAME
+from schemas.agent import AgentDefinition
+from schemas.events import ActivationMetrics, ActivationRequested
+from services.runner import sandbox
+from services.runner.activation import Activation, Deps, Limits
+from services.runner.executors import (
     Completed,
     DirectRunner,
     McpEntry,
@@ -42,13 +42,13 @@ from botburrow.services.runner.executors import (
     cli_thinkers,
     find_binary,
 )
-from botburrow.services.runner.executors.process import runner_for
-from botburrow.services.runner.gateway import ModelGateway
-from botburrow.services.runner.mcptools import McpToolsets
-from botburrow.services.runner.pricing import PriceTable
-from botburrow.services.runner.runlog import RunLog
-from botburrow.services.scripted_llm import ScriptedLLM
-from botburrow.settings import BY_NAME
+from services.runner.executors.process import runner_for
+from services.runner.gateway import ModelGateway
+from services.runner.mcp.catalog import Catalog
+from services.runner.mcptools import McpToolsets
+from services.runner.pricing import PriceTable
+from services.runner.runlog import RunLog
+from services.runner.sandbox.docker import DockerSandbox
 
 pytestmark = pytest.mark.slow
 
@@ -419,7 +419,7 @@ def backend(request: pytest.FixtureRequest) -> Any:
     ("bwrap", "node-script"), ("docker", "custom"), ("docker", "node-script"), ("docker", "claude-code"),
     ("docker", "goose"), ("docker", "opencode"), ("docker", "aider")], indirect=["backend"])
 async def test_in_a_sandbox(cli_rig: CliRig, agent_type: str, backend: Any) -> None:
-    """The same activation with the CLI run by a `botburrow.sandbox` backend; bwrap and docker have no
+    """The same activation with the CLI run by a `services.runner.sandbox` backend; bwrap and docker have no
     network, so the gateway port is carried in over a unix socket (executors/loopback.py). Docker runs
     the debootstrap base image with the runner's toolchain shown read-only at its own paths."""
     cli_rig.runner = RecordingRunner(SandboxRunner(backend))

@@ -11,13 +11,13 @@ import anthropic
 import httpx
 import pytest
 
-from botburrow.schemas.agent import Brain
-from botburrow.services.runner.executors.claude import ClaudeCode
-from botburrow.services.runner.gateway import ModelGateway
-from botburrow.services.runner.loop import LoopLimits, LoopResult, ToolOutcome
-from botburrow.services.runner.modelaccess import ModelAccessRefused
-from botburrow.services.runner.transcript import ModelReply, ToolCall
-from botburrow.services.scripted_llm import ScriptedLLM
+from botburrow.doubles.scripted_llm import ScriptedLLM
+from schemas.agent import Brain
+from services.runner.executors.claude import ClaudeCode
+from services.runner.gateway import ModelGateway
+from services.runner.loop import LoopLimits, LoopResult, ToolOutcome
+from services.runner.modelaccess import ModelAccessRefused
+from services.runner.transcript import ModelReply, ToolCall
 
 REAL_KEY = "sk-real-upstream-key-0123456789"
 OPENAI_KEY = "sk-real-openai-key-0123456789"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from botburrow.definitions.parse import parse_agent
-from botburrow.mcp.grants import (
+from botburrow.grants import (
     Grant,
     GrantError,
     GrantPolicy,
@@ -20,8 +20,8 @@ from botburrow.mcp.grants import (
     matches,
     parse,
 )
-from botburrow.mcp.servers import Planner, holds
 from botburrow.settings import SettingsError, load
+from services.runner.mcp.servers import Planner, holds
 
 
 def agent(name: str, grants: list[str]):

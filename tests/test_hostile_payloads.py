@@ -36,17 +36,18 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import REGISTRY
 
 from botburrow.cli.ops import load_run
+from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.consumer import Item, consume_batches
 from botburrow.runtime.service import StageBody, run_stage
-from botburrow.schemas.codec import DecodeError, decode_subject, encode
-from botburrow.schemas.events import ActivationRequested, DeadLetter, NotificationReceived
-from botburrow.services import metrics, scheduler
-from botburrow.services.hub_emulator import HubEmulator
-from botburrow.services.scheduler.partitions import partition_of
-from botburrow.services.scheduler.shell import MAX_PENDING_NOTIFICATIONS
-from botburrow.streams import subjects
-from botburrow.streams.topology import MAX_DELIVERIES
+from schemas.codec import DecodeError, decode_subject, encode
+from schemas.events import ActivationRequested, DeadLetter, NotificationReceived
+from services.metrics import stage as metrics
+from services.scheduler import stage as scheduler
+from services.scheduler.partitions import partition_of
+from services.scheduler.shell import MAX_PENDING_NOTIFICATIONS
+from streams import subjects
+from streams.topology import MAX_DELIVERIES
 from tests.fixtures.runner import Rig
 from tests.test_metrics_stage import ended
 from tests.test_scheduler import Feed, add_agents, definition, feed, note, publish_notification, wait_for_state

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.hub import (
     CircuitBreaker,
     HubAuthError,
@@ -23,9 +24,8 @@ from botburrow.hub import (
 )
 from botburrow.hub.decode import MAX_COMMENT_DEPTH
 from botburrow.hub.errors import HubBadResponse
-from botburrow.schemas.events import ActivationMetrics
-from botburrow.schemas.hub import Comment, walk_comments
-from botburrow.services.hub_emulator import HubEmulator
+from schemas.events import ActivationMetrics
+from schemas.hub import Comment, walk_comments
 
 AGENT_KEY = "agent-key-for-helper-0001"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from botburrow.services.hub_emulator import HubEmulator
+from botburrow.doubles.hub_emulator import HubEmulator
 
 
 @pytest.fixture
@@ -216,7 +216,7 @@ async def test_cli_serves_seed_and_stops_on_sigterm(tmp_path: Path) -> None:
                     "posts:\n  - {title: Hello, content: world, comments: [{content: hi, replies: [{content: yo}]}]}\n")
     keys_file = tmp_path / "keys.json"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "botburrow.services.hub_emulator.cli", "--port", "0", "--system-key", "sys-key-123",
+        sys.executable, "-m", "botburrow.doubles.hub_emulator.cli", "--port", "0", "--system-key", "sys-key-123",
         "--seed", str(seed), "--keys-file", str(keys_file), stdout=asyncio.subprocess.PIPE)
     try:
         assert proc.stdout is not None

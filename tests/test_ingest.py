@@ -14,16 +14,16 @@ import msgspec
 import pytest
 
 from botburrow.definitions import bucket
+from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.hub.client import HubClient
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import run_stage
-from botburrow.schemas.agent import AgentConfig, AgentDefinition, Brain, Capabilities
-from botburrow.schemas.codec import decode_subject
-from botburrow.schemas.events import NotificationReceived
-from botburrow.services import ingest
-from botburrow.services.hub_emulator import HubEmulator
-from botburrow.services.ingest.poller import Poller
-from botburrow.streams.apply import ensure
+from schemas.agent import AgentConfig, AgentDefinition, Brain, Capabilities
+from schemas.codec import decode_subject
+from schemas.events import NotificationReceived
+from services.ingest import stage as ingest
+from services.ingest.poller import Poller
+from streams.apply import ensure
 
 WAIT_S = 10.0
 

@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 from botburrow.definitions.parse import parse_skill
-from botburrow.mcp.catalog import BUILTINS, Catalog, CatalogError
-from botburrow.sandbox import Sandbox
-from botburrow.sandbox.bwrap import BwrapSandbox
-from botburrow.sandbox.docker import DockerSandbox
-from botburrow.services.runner.mcptools import McpToolsets
+from services.runner.mcp.catalog import BUILTINS, Catalog, CatalogError
+from services.runner.mcptools import McpToolsets
+from services.runner.sandbox import Sandbox
+from services.runner.sandbox.bwrap import BwrapSandbox
+from services.runner.sandbox.docker import DockerSandbox
 from tests.test_mcp_servers import Recorded, context, definition
 
 OWN_TOKEN = "own-credential-7f3a9c"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 async def relay_process(socket_path: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "botburrow.mcp.relay", str(socket_path), "probe",
+        sys.executable, "-m", "services.runner.mcp.relay", str(socket_path), "probe",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env={})
 
 
@@ -93,3 +94,15 @@ async def test_a_runner_side_that_is_gone_is_a_tool_error(tmp_path: Path) -> Non
         assert process.stdin is not None
         process.stdin.close()
         await asyncio.wait_for(process.wait(), 30)
+
+
+def test_the_relay_loads_the_standard_library_only() -> None:
+    """A CLI waits a few seconds at most for its MCP servers: `python -m services.runner.mcp.relay` must
+    not pull in a third-party package, through itself or the `services`, `services.runner` and
+    `services.runner.mcp` packages above it (which import nothing)."""
+    probe = ("import sys, services.runner.mcp.relay; "
+             "print('\\n'.join(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names))))")
+    loaded = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True,
+                            env={}, cwd="/").stdout.split()
+    # Underscored names are the interpreter's and site's own hooks (`__main__`, an editable install's finder).
+    assert {name for name in loaded if not name.startswith("_")} == {"services"}, loaded

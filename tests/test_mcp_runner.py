@@ -22,21 +22,21 @@ from botburrow.cli.read import read_all
 from botburrow.definitions import bucket
 from botburrow.definitions.directory import AgentDirectory
 from botburrow.definitions.parse import parse_agent, parse_skill
+from botburrow.doubles.hub_emulator import HubEmulator
+from botburrow.doubles.scripted_llm import ScriptedLLM
+from botburrow.grants import GrantPolicy, PolicyGrantResolver
 from botburrow.hub.client import HubClient
 from botburrow.logs import JsonFormatter
-from botburrow.mcp.catalog import Catalog
-from botburrow.mcp.grants import GrantPolicy, PolicyGrantResolver
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import StageContext, run_stage
-from botburrow.schemas.events import ActivationRequested
 from botburrow.secrets import AgentKeys
-from botburrow.services.hub_emulator import HubEmulator
-from botburrow.services.runner.activation import Deps, Limits
-from botburrow.services.runner.mcptools import McpToolsets
-from botburrow.services.runner.pricing import PriceTable
-from botburrow.services.runner.stage import Runner
-from botburrow.services.scripted_llm import ScriptedLLM
-from botburrow.streams import subjects
+from schemas.events import ActivationRequested
+from services.runner.activation import Deps, Limits
+from services.runner.mcp.catalog import Catalog
+from services.runner.mcptools import McpToolsets
+from services.runner.pricing import PriceTable
+from services.runner.stage import Runner
+from streams import subjects
 from tests.test_mcp_servers import GITHUB_TOKEN, FakeGitHub, catalog_of, probe_entry, running_fake_github
 
 END_TIMEOUT_S = 30.0

@@ -22,14 +22,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from botburrow.definitions.parse import parse_agent
-from botburrow.mcp.catalog import Catalog
-from botburrow.mcp.grants import GrantPolicy, PolicyGrantResolver
+from botburrow.grants import GrantPolicy, PolicyGrantResolver
 from botburrow.runtime.http import serve
-from botburrow.schemas.agent import AgentDefinition
-from botburrow.services.runner.loop import ToolOutcome
-from botburrow.services.runner.mcptools import McpToolsets
-from botburrow.services.runner.seams import ToolContext
-from botburrow.services.runner.transcript import ToolCall
+from schemas.agent import AgentDefinition
+from services.runner.loop import ToolOutcome
+from services.runner.mcp.catalog import Catalog
+from services.runner.mcptools import McpToolsets
+from services.runner.seams import ToolContext
+from services.runner.transcript import ToolCall
 
 Toolsets = Callable[..., McpToolsets]
 GITHUB_TOKEN = "ghp_test0123456789abcdefTOKEN"
@@ -284,7 +284,7 @@ async def test_a_crashing_server_gives_error_results_not_a_hung_activation(tmp_p
 async def test_hub_server_lists_and_calls_only_granted_tools() -> None:
     from mcp import MCPError
 
-    from botburrow.mcp.hubserver import build_hub_server
+    from services.runner.mcp.hubserver import build_hub_server
 
     @dataclass
     class Backend:  # a stand-in for HubTools: records what reaches it
@@ -313,7 +313,7 @@ async def test_relay_forwards_only_the_filtered_tools_and_holds_no_secret(tmp_pa
     d = definition("cli", ["filesystem:read"], ["filesystem"])
     async with toolsets({}).open(context(d, {"filesystem:read"}, workspace)) as box:
         socket_path = await box.relay()
-        relay = StdioServerParameters(command=sys.executable, args=["-m", "botburrow.mcp.relay", str(socket_path),
+        relay = StdioServerParameters(command=sys.executable, args=["-m", "services.runner.mcp.relay", str(socket_path),
                                                                     "filesystem"], env={}, cwd=str(workspace))
         async with Client(relay) as client:
             tools = (await client.list_tools()).tools
@@ -376,8 +376,8 @@ Use probing__env.
 @pytest.mark.slow
 async def test_hub_through_the_relay_uses_the_real_hub_tools(
         bus: Any, hub_emulator: Any, hub_client: Any, tmp_path: Path, toolsets: Toolsets) -> None:
-    from botburrow.schemas.agent import Limits
-    from botburrow.services.runner.posting import Poster
+    from schemas.agent import Limits
+    from services.runner.posting import Poster
 
     key = hub_emulator.add_agent("relayer")
     note = hub_emulator.mention("relayer", "thread text for the relay")
@@ -388,7 +388,7 @@ async def test_hub_through_the_relay_uses_the_real_hub_tools(
     async with toolsets({}).open(ctx) as box:
         assert box.servers == ["hub"]
         socket_path = await box.relay()
-        relay = StdioServerParameters(command=sys.executable, args=["-m", "botburrow.mcp.relay", str(socket_path),
+        relay = StdioServerParameters(command=sys.executable, args=["-m", "services.runner.mcp.relay", str(socket_path),
                                                                     "hub"], env={})
         async with Client(relay) as client:
             assert {t.name for t in (await client.list_tools()).tools} == {"get_thread", "search", "list_posts"}

@@ -10,11 +10,11 @@ from prometheus_client import REGISTRY
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_MODULES = [
     "botburrow.runtime.consumer",
-    "botburrow.services.ingest",
-    "botburrow.services.scheduler",
-    "botburrow.services.runner.stage",
-    "botburrow.services.metrics",
-    "botburrow.services.configsync",
+    "services.ingest.stage",
+    "services.scheduler.stage",
+    "services.runner.stage",
+    "services.metrics.stage",
+    "services.configsync.stage",
 ]
 
 

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import REGISTRY
 
+from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import run_stage
-from botburrow.schemas.events import ActivationMetrics, LlmTurn, RunCompleted, RunFailed
-from botburrow.services import metrics
-from botburrow.services.hub_emulator import HubEmulator
-from botburrow.streams import subjects
+from schemas.events import ActivationMetrics, LlmTurn, RunCompleted, RunFailed
+from services.metrics import stage as metrics
+from streams import subjects
 
 WAIT_S = 15.0
 AT = "2025-01-01T00:00:00Z"

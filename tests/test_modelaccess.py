@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from botburrow.definitions.parse import parse_agent
-from botburrow.schemas.agent import Brain
-from botburrow.services.runner.modelaccess import ModelAccessRefused, base_allowed, check, resolve
 from botburrow.settings import SettingsError, load
+from schemas.agent import Brain
+from services.runner.modelaccess import ModelAccessRefused, base_allowed, check, resolve
 
 PUBLISHED = Path(__file__).parent / "data" / "published-agent-definitions" / "agents"
 DEFAULT_BASES = ("https://api.anthropic.com", "https://api.openai.com/v1")

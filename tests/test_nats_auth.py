@@ -1,7 +1,7 @@
 """NATS is authenticated (issue 14): a user per stage, permissions limited to its own subjects.
 
 A real nats-server runs with the config `botburrow dev` writes (natsserver.write_credentials, users
-and allow lists from botburrow.streams.permissions). Each stage's user does its real operations
+and allow lists from streams.permissions). Each stage's user does its real operations
 (`ensure` at start, its publishes, its durables, its buckets); what belongs to another stage, the
 JetStream admin API and unauthenticated connections are refused by the server.
 """
@@ -23,11 +23,11 @@ from nats.aio.client import Client
 
 from botburrow.runtime import natsserver
 from botburrow.runtime.service import StageContext, run_stage
-from botburrow.services.scheduler.partitions import partition_of
 from botburrow.settings import STAGES
-from botburrow.streams import permissions, subjects
-from botburrow.streams.apply import ensure
-from botburrow.streams.topology import BUCKETS, CONSUMERS, SCHEDULER_PARTITIONS, STREAMS, ConsumerSpec
+from services.scheduler.partitions import partition_of
+from streams import permissions, subjects
+from streams.apply import ensure
+from streams.topology import BUCKETS, CONSUMERS, SCHEDULER_PARTITIONS, STREAMS, ConsumerSpec
 
 WAIT_S = 10.0
 Server = tuple[natsserver.NatsServer, natsserver.Credentials]

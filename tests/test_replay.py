@@ -17,7 +17,7 @@ import pytest
 from botburrow.cli import ops, replay
 from botburrow.cli.read import read_all
 from botburrow.runtime.bus import Bus
-from botburrow.schemas.events import (
+from schemas.events import (
     ActivationRequested,
     LlmTurn,
     Posted,
@@ -25,12 +25,12 @@ from botburrow.schemas.events import (
     ToolCalled,
     ToolCallRecord,
 )
-from botburrow.streams import subjects
+from streams import subjects
 from tests.fixtures.runner import Rig, agent_yaml
 
 # Imported here, at collection: the runner imports the provider SDKs on its first activation, which on a
 # loaded machine can eat most of Rig's end-of-run timeout.
-importlib.import_module("botburrow.services.runner.providers")
+importlib.import_module("services.runner.providers")
 
 
 

@@ -16,8 +16,8 @@ import pytest
 
 from botburrow.definitions import bucket
 from botburrow.definitions.parse import parse_agent
-from botburrow.services.scripted_llm import ScriptedLLM
-from botburrow.streams import subjects
+from botburrow.doubles.scripted_llm import ScriptedLLM
+from streams import subjects
 from tests.fixtures.runner import END_TIMEOUT_S, OPENAI_BRAIN, Rig, dead_letters, kinds, metrics_of
 
 

@@ -22,17 +22,17 @@ from nats.js.kv import KV_DEL, KV_PURGE
 
 # The in-process runner imports the model clients before it takes work (seconds on a busy machine):
 # import them at collection, not inside a test's wait.
-import botburrow.services.runner.providers  # noqa: F401
+import services.runner.providers  # noqa: F401
 from botburrow.cli.ops import load_run
+from botburrow.dev.stack import LocalStack, StageProcess
 from botburrow.runtime.bus import Bus
-from botburrow.sandbox._common import LABEL_KEY
-from botburrow.sandbox.docker import OWNER_LABEL, RUNNER_LABEL, runner_identity
-from botburrow.schemas.events import RunStarted
-from botburrow.services.dev.stack import LocalStack, StageProcess
-from botburrow.streams import subjects
-from botburrow.streams.apply import bucket_config, consumer_config
-from botburrow.streams.subjects import PRIORITIES
-from botburrow.streams.topology import BUCKETS, consumer
+from schemas.events import RunStarted
+from services.runner.sandbox._common import LABEL_KEY
+from services.runner.sandbox.docker import OWNER_LABEL, RUNNER_LABEL, runner_identity
+from streams import subjects
+from streams.apply import bucket_config, consumer_config
+from streams.subjects import PRIORITIES
+from streams.topology import BUCKETS, consumer
 from tests.fixtures.runner import Rig, kinds, lease_released
 
 WAIT_S = 20.0

@@ -21,12 +21,12 @@ from botburrow.definitions import bucket
 from botburrow.definitions.parse import parse_agent
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import run_stage
-from botburrow.schemas.events import ActivationRequested, RunStarted
-from botburrow.schemas.hub import Notification
-from botburrow.services.runner.posting import Usage
-from botburrow.services.runner.stage import LOW_SHARE
-from botburrow.services.runner.stage import run as runner_body
-from botburrow.streams import subjects
+from schemas.events import ActivationRequested, RunStarted
+from schemas.hub import Notification
+from services.runner.posting import Usage
+from services.runner.stage import LOW_SHARE
+from services.runner.stage import run as runner_body
+from streams import subjects
 from tests.fixtures.runner import Rig
 from tests.test_runner_crash import Runners
 
@@ -180,8 +180,8 @@ async def test_low_priority_work_is_not_starved_by_a_high_backlog(rig: Rig) -> N
 
 async def test_a_post_the_hub_refuses_gives_its_count_back(bus: Bus, hub_emulator: Any, hub_client: Any) -> None:
     from botburrow.hub.client import HubError
-    from botburrow.schemas.agent import Limits
-    from botburrow.services.runner.posting import Poster, Target
+    from schemas.agent import Limits
+    from services.runner.posting import Poster, Target
 
     key = hub_emulator.add_agent("refused")
     note = hub_emulator.mention("refused", "please answer")
@@ -200,8 +200,8 @@ async def test_a_post_the_hub_refuses_gives_its_count_back(bus: Bus, hub_emulato
 
 async def test_the_thread_wide_cap_lets_exactly_its_number_through_when_agents_race(
         bus: Bus, hub_emulator: Any, hub_client: Any) -> None:
-    from botburrow.schemas.agent import Limits
-    from botburrow.services.runner.posting import Poster, Target, ThreadReplies, thread_key
+    from schemas.agent import Limits
+    from services.runner.posting import Poster, Target, ThreadReplies, thread_key
 
     post = hub_emulator.add_post("a busy thread")
     names = [f"racer-{i}" for i in range(8)]

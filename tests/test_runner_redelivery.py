@@ -11,11 +11,11 @@ import pytest
 
 from botburrow.cli.ops import load_run
 from botburrow.runtime.bus import Bus
-from botburrow.schemas.codec import decode_subject
-from botburrow.schemas.events import ActivationMetrics, ActivationRequested
-from botburrow.services.runner.runlog import RunLog, now_rfc3339
-from botburrow.streams.apply import ensure
-from botburrow.streams.topology import MAX_DELIVERIES
+from schemas.codec import decode_subject
+from schemas.events import ActivationMetrics, ActivationRequested
+from services.runner.runlog import RunLog, now_rfc3339
+from streams.apply import ensure
+from streams.topology import MAX_DELIVERIES
 from tests.fixtures.runner import Rig, dead_letters, kinds, lease_released
 
 WAIT_S = 20.0

@@ -12,11 +12,11 @@ from pathlib import Path
 import aiodocker
 import pytest
 
-from botburrow.sandbox import Bind, Limits, Sandbox, SandboxError, SandboxSpec, cgroups, create
-from botburrow.sandbox._common import LABEL_KEY
-from botburrow.sandbox.bwrap import BwrapSandbox
-from botburrow.sandbox.docker import OWNER_LABEL, DockerSandbox
-from botburrow.services.runner.executors.process import SandboxRunner, sweep_once
+from services.runner.executors.process import SandboxRunner, sweep_once
+from services.runner.sandbox import Bind, Limits, Sandbox, SandboxError, SandboxSpec, cgroups, create
+from services.runner.sandbox._common import LABEL_KEY
+from services.runner.sandbox.bwrap import BwrapSandbox
+from services.runner.sandbox.docker import OWNER_LABEL, DockerSandbox
 
 # Until tests/conftest.py registers it.
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from botburrow.sandbox import Limits, MiB, Sandbox, SandboxError, SandboxResult, SandboxSpec, quota
-from botburrow.sandbox.bwrap import BwrapSandbox
-from botburrow.sandbox.docker import DockerSandbox
+from services.runner.sandbox import Limits, MiB, Sandbox, SandboxError, SandboxResult, SandboxSpec, quota
+from services.runner.sandbox.bwrap import BwrapSandbox
+from services.runner.sandbox.docker import DockerSandbox
 
 # Until tests/conftest.py registers it.
 
@@ -243,7 +243,7 @@ async def test_bwrap_without_cgroups_still_bounds_memory_files_and_time(tmp_path
 
 UNPRIVILEGED_RUN = """
 import asyncio, json, sys
-from botburrow.sandbox import Limits, SandboxSpec, create
+from services.runner.sandbox import Limits, SandboxSpec, create
 bomb = "import os, time\\nn = 0\\ntry:\\n    while True:\\n        if os.fork() == 0:\\n            time.sleep(5)\\n"
 bomb += "            os._exit(0)\\n        n += 1\\nexcept OSError:\\n    print(n)\\n"
 async def main():
@@ -365,7 +365,7 @@ async def test_a_removed_workspace_gives_its_space_back_at_the_second_sweep(
 
 HOLD_A_WORKSPACE = """
 import asyncio, os, signal, sys
-from botburrow.sandbox.quota import WorkspaceQuotas
+from services.runner.sandbox.quota import WorkspaceQuotas
 async def main():
     quotas = WorkspaceQuotas(16 << 20)
     async with quotas.hold(sys.argv[1]):

@@ -13,25 +13,25 @@ from nats.js.kv import KeyValue
 from botburrow.definitions import bucket
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import run_stage
-from botburrow.schemas.agent import AgentConfig, AgentDefinition, Behavior, Brain, Capabilities
-from botburrow.schemas.events import (
+from schemas.agent import AgentConfig, AgentDefinition, Behavior, Brain, Capabilities
+from schemas.events import (
     ActivationMetrics,
     ActivationRequested,
     DeadLetter,
     NotificationReceived,
     RunCompleted,
 )
-from botburrow.schemas.hub import Author, Notification
-from botburrow.services import scheduler
-from botburrow.services.scheduler.state import (
+from schemas.hub import Author, Notification
+from services.scheduler import stage as scheduler
+from services.scheduler.state import (
     MAX_NOTIFICATIONS_PER_ACTIVATION,
     AgentState,
     Responds,
     SchedulerState,
     activation_id,
 )
-from botburrow.streams import subjects
-from botburrow.streams.topology import SCHEDULER_PARTITIONS, scheduler_durable
+from streams import subjects
+from streams.topology import SCHEDULER_PARTITIONS, scheduler_durable
 
 NOW = "2025-01-01T00:00:00.000Z"
 WAIT_S = 10.0

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from botburrow.schemas.agent import AgentConfig, Behavior, Brain, Capabilities, Discovery
-from botburrow.schemas.hub import Author, BudgetHealth, Notification, ToolBudget
-from botburrow.services.scheduler.budget import BudgetGate
-from botburrow.services.scheduler.due import HOUR_S, ExploreRule
-from botburrow.services.scheduler.partitions import original_subject, partition_of
-from botburrow.services.scheduler.state import AgentState, Responds, SchedulerState
+from schemas.agent import AgentConfig, Behavior, Brain, Capabilities, Discovery
+from schemas.hub import Author, BudgetHealth, Notification, ToolBudget
+from services.scheduler.budget import BudgetGate
+from services.scheduler.due import HOUR_S, ExploreRule
+from services.scheduler.partitions import original_subject, partition_of
+from services.scheduler.state import AgentState, Responds, SchedulerState
 
 T0 = "2025-01-01T00:00:00.000Z"
 GAP_S = 900.0

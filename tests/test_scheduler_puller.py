@@ -9,9 +9,9 @@ import asyncio
 from nats.aio.msg import Msg
 
 from botburrow.runtime.bus import Bus
-from botburrow.services.scheduler.partitions import partition_of
-from botburrow.services.scheduler.puller import Puller
-from botburrow.streams.topology import scheduler_durable
+from services.scheduler.partitions import partition_of
+from services.scheduler.puller import Puller
+from streams.topology import scheduler_durable
 from tests.test_scheduler import WAIT_S, note, publish_notification
 
 PARTITION = 3

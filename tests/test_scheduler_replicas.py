@@ -15,8 +15,8 @@ import msgspec
 import pytest
 
 from botburrow.runtime.bus import Bus
-from botburrow.schemas.events import ActivationRequested
-from botburrow.streams.topology import SCHEDULER_PARTITIONS
+from schemas.events import ActivationRequested
+from streams.topology import SCHEDULER_PARTITIONS
 from tests.test_scheduler import add_agents, definition, note, publish_end, publish_notification, wait_consumed
 
 AGENTS = [f"agent-{i:02d}" for i in range(48)]

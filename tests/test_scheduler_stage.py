@@ -10,15 +10,15 @@ from collections.abc import AsyncIterator
 import msgspec
 
 from botburrow.definitions import bucket
+from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import run_stage
-from botburrow.schemas.agent import Discovery
-from botburrow.schemas.events import ActivationRequested, DeadLetter, SchedulingRefused
-from botburrow.services import scheduler
-from botburrow.services.hub_emulator import HubEmulator
-from botburrow.services.scheduler.partitions import partition_of
-from botburrow.services.scheduler.state import AgentState
-from botburrow.streams import subjects
+from schemas.agent import Discovery
+from schemas.events import ActivationRequested, DeadLetter, SchedulingRefused
+from services.scheduler import stage as scheduler
+from services.scheduler.partitions import partition_of
+from services.scheduler.state import AgentState
+from streams import subjects
 from tests.test_scheduler import WAIT_S, add_agents, definition, feed, note, publish_notification, wait_for_state
 
 

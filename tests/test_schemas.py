@@ -3,10 +3,10 @@
 import msgspec
 import pytest
 
-from botburrow.schemas import generate
-from botburrow.schemas.codec import DecodeError, decode_subject, encode
-from botburrow.schemas.events import ActivationRequested, LlmTurn, NotificationReceived, RunCompleted
-from botburrow.schemas.hub import Notification
+from schemas import generate
+from schemas.codec import DecodeError, decode_subject, encode
+from schemas.events import ActivationRequested, LlmTurn, NotificationReceived, RunCompleted
+from schemas.hub import Notification
 
 
 def test_committed_json_schemas_match_the_structs() -> None:

@@ -14,7 +14,7 @@ import anthropic
 import httpx
 import pytest
 
-from botburrow.services.scripted_llm import ScriptedLLM
+from botburrow.doubles.scripted_llm import ScriptedLLM
 
 WEATHER_TOOL = {
     "name": "get_weather",
@@ -308,7 +308,7 @@ async def test_main_serves_a_yaml_script(tmp_path: Path) -> None:
     script = tmp_path / "script.yaml"
     script.write_text("steps:\n  - text: from yaml\n")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "botburrow.services.scripted_llm", "--script", str(script),
+        sys.executable, "-m", "botburrow.doubles.scripted_llm", "--script", str(script),
         stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:

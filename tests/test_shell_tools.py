@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from botburrow.schemas.agent import Shell
-from botburrow.services.runner.shelltools import refusal
-from botburrow.services.scripted_llm import ScriptedLLM
+from botburrow.doubles.scripted_llm import ScriptedLLM
+from schemas.agent import Shell
+from services.runner.shelltools import refusal
 from tests.fixtures.runner import Rig, kinds
 
 BACKEND = "bwrap" if shutil.which("bwrap") else "none"

@@ -1,6 +1,6 @@
 from botburrow.runtime.bus import Bus
-from botburrow.streams.apply import ensure
-from botburrow.streams.topology import BUCKETS, CONSUMERS, STREAMS
+from streams.apply import ensure
+from streams.topology import BUCKETS, CONSUMERS, STREAMS
 
 
 async def test_ensure_is_idempotent_and_apply_updates(bus: Bus) -> None:

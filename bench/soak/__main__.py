@@ -33,7 +33,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, object]:
 
 def main(argv: list[str]) -> int:
     args, config = parse(argv)
-    logging.getLogger("botburrow").setLevel(logging.ERROR)
+    for package in ("botburrow", "schemas", "streams", "services"):
+        logging.getLogger(package).setLevel(logging.ERROR)
     started = time.monotonic()
     result = asyncio.run(run_soak(config, args.work_dir, progress=lambda line: print(f"soak | {line}", flush=True)))
     print(render(result), flush=True)

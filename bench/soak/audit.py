@@ -20,10 +20,12 @@ from typing import Any
 from bench.soak.faults import Malformed
 from bench.soak.world import BREAKS_LATER, BROKEN, GRANT_BREACH_TEXT, LIMITED, READONLY, Sent
 from botburrow.cli.read import read_all
+from botburrow.doubles.hub_emulator import HubEmulator
+from botburrow.doubles.hub_emulator.state import DirectMessage
 from botburrow.runtime.bus import Bus
-from botburrow.schemas.codec import DecodeError, decode_subject
-from botburrow.schemas.events import ActivationMetrics as Metrics
-from botburrow.schemas.events import (
+from schemas.codec import DecodeError, decode_subject
+from schemas.events import ActivationMetrics as Metrics
+from schemas.events import (
     ActivationRequested,
     DeadLetter,
     NotificationReceived,
@@ -33,9 +35,7 @@ from botburrow.schemas.events import (
     RunFailed,
     ToolCalled,
 )
-from botburrow.schemas.hub import Comment, Post
-from botburrow.services.hub_emulator import HubEmulator
-from botburrow.services.hub_emulator.state import DirectMessage
+from schemas.hub import Comment, Post
 
 # Events are filed from these streams only; every stream (KV buckets included) is searched for secrets.
 RECORD_STREAMS = ("NOTIFICATIONS", "ACTIVATIONS", "RUNS", "DLQ")

@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 
 from bench.soak.world import BREAKS_LATER, REGULAR_MODEL, break_config
+from botburrow.dev.stack import LocalStack, StageProcess
 from botburrow.runtime.bus import Bus
-from botburrow.services.dev.stack import LocalStack, StageProcess
 
 log = logging.getLogger(__name__)
 

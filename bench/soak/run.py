@@ -35,9 +35,9 @@ from bench.soak.world import (
     regular_names,
     write_definitions,
 )
+from botburrow.dev import _await_configs
+from botburrow.dev.stack import SYSTEM_KEY, LocalStack
 from botburrow.runtime.bus import Bus
-from botburrow.services.dev import _await_configs
-from botburrow.services.dev.stack import SYSTEM_KEY, LocalStack
 
 INJECT_TICK_S = 0.1
 SOAK_BUDGET_USD = 1_000_000.0

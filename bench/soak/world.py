@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from botburrow.services.hub_emulator import HubEmulator
+from botburrow.doubles.hub_emulator import HubEmulator
 
 REGULAR_PREFIX = "soak-a"
 LIMITED, QUIET, READONLY, EXFIL, VICTIM = "soak-limited", "soak-quiet", "soak-readonly", "soak-exfil", "soak-victim"

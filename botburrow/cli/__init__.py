@@ -1,5 +1,13 @@
 """The `botburrow` command (SPEC §7). Each sub-command imports only what it needs, so starting a
-stage does not load the others' code."""
+stage does not load the others' code.
+
+- `__init__`: the parser and the dispatch (stages, local mode, the doubles alone, operator commands)
+- `ops`: operator commands that talk to NATS: streams apply, inject, tail, show, dlq
+- `read`: an ordered read of a stream's history up to its current end
+- `timeline`: `botburrow show`: an activation's run events as a timeline
+- `replay`: `botburrow replay --rerun | --offline [--with-definitions DIR]`
+- `letters`: how `botburrow dlq` shows and refuses dead letters of `configs` values
+"""
 
 from __future__ import annotations
 
@@ -61,13 +69,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in ("hub-emulator", "scripted-llm"):
         module = "hub_emulator" if args_list[0] == "hub-emulator" else "scripted_llm"
-        sys.exit(importlib.import_module(f"botburrow.services.{module}").main(args_list[1:]) or 0)
+        sys.exit(importlib.import_module(f"botburrow.doubles.{module}").main(args_list[1:]) or 0)
     args = _parser().parse_args(args_list)
     if args.command in STAGES:
-        importlib.import_module(f"botburrow.services.{args.command}").main()
+        importlib.import_module(f"services.{args.command}.stage").main()
         return
     if args.command == "dev":
-        from botburrow.services.dev import main as dev_main
+        from botburrow.dev import main as dev_main
 
         sys.exit(dev_main(demo=not args.no_demo, runners=args.runners))
     if args.command == "validate":

@@ -13,7 +13,7 @@ import binascii
 import json
 
 from botburrow.definitions import bucket
-from botburrow.schemas.events import DeadLetter
+from schemas.events import DeadLetter
 
 KV_PREFIX = bucket.subject("")
 VALUE_SHOWN_CHARS = 4000

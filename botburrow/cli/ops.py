@@ -24,13 +24,13 @@ from botburrow.cli import letters
 from botburrow.cli.read import read_all
 from botburrow.cli.timeline import render
 from botburrow.runtime.bus import Bus
-from botburrow.schemas.codec import DecodeError, decode_subject
-from botburrow.schemas.events import DeadLetter, NotificationReceived
-from botburrow.schemas.hub import Author, Notification
 from botburrow.secrets import without_credentials
 from botburrow.settings import load
-from botburrow.streams import subjects
-from botburrow.streams.apply import ensure
+from schemas.codec import DecodeError, decode_subject
+from schemas.events import DeadLetter, NotificationReceived
+from schemas.hub import Author, Notification
+from streams import subjects
+from streams.apply import ensure
 
 
 async def _connect() -> Bus:

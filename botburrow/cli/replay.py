@@ -23,10 +23,10 @@ import msgspec
 
 from botburrow.cli.read import read_all
 from botburrow.runtime.bus import Bus
-from botburrow.schemas.codec import DecodeError, decode_subject
-from botburrow.schemas.events import ActivationRequested
 from botburrow.settings import load
-from botburrow.streams import subjects
+from schemas.codec import DecodeError, decode_subject
+from schemas.events import ActivationRequested
+from streams import subjects
 
 SCHEMA_VERSION = 1  # the run event version this code reads (schemas/EVOLUTION.md)
 EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 3
@@ -57,7 +57,7 @@ class Events(NamedTuple):
 
 def decode_events(msgs: list[Any]) -> Events:
     """Decode run events; those of another schema version or shape become problems, never exceptions."""
-    from botburrow.services.runner.recorded import delivery_key
+    from services.runner.recorded import delivery_key
 
     out = Events([], [], [])
     for msg in msgs:
@@ -107,7 +107,7 @@ async def run(bus: Bus, args: argparse.Namespace) -> int:
     if problems:
         return _fail("the recording cannot be replayed as it is (`botburrow show` shows what can be read):\n  "
                      + "\n  ".join(problems))
-    from botburrow.services.runner.recorded import RecordingError, recording_from, request_of
+    from services.runner.recorded import RecordingError, recording_from, request_of
 
     try:
         if args.rerun:  # the request is all a live re-run needs
@@ -168,7 +168,7 @@ async def _shadow(directory: str, agent: str) -> tuple[Any, dict[str, Any], list
 
 
 async def offline(bus: Bus, recording: Any, args: argparse.Namespace, progress: Progress) -> int:
-    from botburrow.services.runner.offline import rerun_offline
+    from services.runner.offline import rerun_offline
 
     agent = recording.request.agent
     baseline, skills, note = await _baseline(bus, agent)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from botburrow.schemas.events import LlmTurn, Posted, RunCompleted, RunFailed, RunStarted, ToolCalled
-from botburrow.services.runner.pricing import PriceTable
+from schemas.events import LlmTurn, Posted, RunCompleted, RunFailed, RunStarted, ToolCalled
+from services.runner.pricing import PriceTable
 
 _DEFAULT_PRICES = PriceTable.load(None)
 

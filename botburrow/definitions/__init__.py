@@ -19,6 +19,17 @@ CONFIG events: `agents.config.agent.<name>` / `agents.config.skill.<name>` carry
 `ConfigChanged(name, hash, deleted)` with `Nats-Msg-Id` `cfg:<kind>:<name>:<hash>` (plus `:deleted`
 for a deletion). configsync writes the bucket first and publishes second, so whoever sees the event
 finds the definition.
+
+Modules:
+- `source`: where definitions come from, behind one seam (`open_source`, `load_all`)
+- `local`: a definitions directory, read through directory descriptors
+- `s3`: an `s3://bucket/prefix` source, with or without a manifest
+- `files`: what every source returns, and the checks every source applies
+- `parse`: one agent or one skill into its stored form
+- `bucket`: keys and values of the `configs` bucket
+- `directory`: `AgentDirectory`, the definitions a stage works with, kept current from the bucket
+- `letters`: dead letters for `configs` values no stage can read
+- `validate`: `botburrow validate <dir>`
 """
 
 from botburrow.definitions.directory import AgentDirectory

@@ -10,7 +10,7 @@ import msgspec
 import nats.errors
 from nats.js.kv import KeyValue
 
-from botburrow.schemas.agent import AgentDefinition, SkillDefinition
+from schemas.agent import AgentDefinition, SkillDefinition
 
 log = logging.getLogger(__name__)
 BUCKET = "configs"

@@ -26,7 +26,7 @@ from botburrow.definitions import bucket
 from botburrow.definitions.letters import dead_letter, stage_of
 from botburrow.definitions.source import LoadResult
 from botburrow.runtime.bus import Bus
-from botburrow.schemas.agent import AgentDefinition, SkillDefinition
+from schemas.agent import AgentDefinition, SkillDefinition
 
 log = logging.getLogger(__name__)
 LETTER_FLUSH_S = 2.0

@@ -1,6 +1,6 @@
 """Parse one agent (`config.yaml` + `system-prompt.md`) or one skill (`SKILL.md`) into its stored form.
 
-The msgspec structs in `botburrow.schemas.agent` are the validator; a failure becomes a
+The msgspec structs in `schemas.agent` are the validator; a failure becomes a
 `DefinitionError` naming the file and the JSON path of the bad field (`$.behavior.max_iterations`).
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from botburrow.schemas.agent import AgentConfig, AgentDefinition, SkillDefinition, SkillFrontMatter
+from schemas.agent import AgentConfig, AgentDefinition, SkillDefinition, SkillFrontMatter
 
 _AT_PATH = re.compile(r" - at `([^`]*)`$")
 _NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")

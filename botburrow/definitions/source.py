@@ -38,8 +38,8 @@ from botburrow.definitions.files import (
 from botburrow.definitions.local import LocalSource, read_tree
 from botburrow.definitions.parse import DefinitionError, parse_agent_noting, parse_skill
 from botburrow.definitions.s3 import MANIFEST, S3Source
-from botburrow.schemas.agent import AgentDefinition, SkillDefinition
 from botburrow.secrets import read_secret
+from schemas.agent import AgentDefinition, SkillDefinition
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

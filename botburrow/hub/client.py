@@ -37,8 +37,9 @@ from botburrow.hub.errors import (
     HubRateLimited,
     HubUnavailable,
 )
-from botburrow.schemas.events import ActivationMetrics
-from botburrow.schemas.hub import (
+from botburrow.secrets import redact, remember
+from schemas.events import ActivationMetrics
+from schemas.hub import (
     AgentProfile,
     BudgetHealth,
     Comment,
@@ -46,7 +47,6 @@ from botburrow.schemas.hub import (
     Post,
     SearchResults,
 )
-from botburrow.secrets import redact, remember
 
 log = logging.getLogger(__name__)
 E = TypeVar("E", bound=HubError)

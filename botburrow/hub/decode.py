@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from botburrow.hub.errors import HubBadResponse
-from botburrow.schemas.hub import (
+from schemas.hub import (
     AgentProfile,
     BudgetHealth,
     Comment,

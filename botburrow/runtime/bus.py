@@ -22,8 +22,8 @@ from nats.js.api import PubAck
 from nats.js.errors import NoStreamResponseError
 from nats.js.kv import KeyValue
 
-from botburrow.schemas.codec import encode
-from botburrow.streams.permissions import inbox_prefix
+from schemas.codec import encode
+from streams.permissions import inbox_prefix
 
 log = logging.getLogger(__name__)
 PUBLISH_ATTEMPTS = 4

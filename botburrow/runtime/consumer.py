@@ -25,11 +25,11 @@ from nats.aio.msg import Msg
 from prometheus_client import Counter
 
 from botburrow.runtime.bus import Bus
-from botburrow.schemas.codec import DecodeError, decode_subject, encode
-from botburrow.schemas.events import DeadLetter
 from botburrow.secrets import redact
-from botburrow.streams import subjects
-from botburrow.streams.topology import MAX_DELIVERIES
+from schemas.codec import DecodeError, decode_subject, encode
+from schemas.events import DeadLetter
+from streams import subjects
+from streams.topology import MAX_DELIVERIES
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Used by `botburrow dev` and by the tests: `-p -1 -m -1` lets the server choose free ports and
 `--ports_file_dir` tells us which, so there is no port race. Stopped by PID. `write_credentials`
-makes a config with a user per stage (botburrow.streams.permissions) and fresh passwords, which
+makes a config with a user per stage (streams.permissions) and fresh passwords, which
 `botburrow dev` starts the server with.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from botburrow.streams import permissions
+from streams import permissions
 
 
 def find_binary() -> str:

@@ -34,7 +34,7 @@ from botburrow.runtime.health import Health
 from botburrow.runtime.http import RunningServer
 from botburrow.secrets import remember_all
 from botburrow.settings import Settings, load
-from botburrow.streams.apply import ensure
+from streams.apply import ensure
 
 log = logging.getLogger(__name__)
 NATS_RETRY_S = 1.0

@@ -2,10 +2,10 @@
 
     python -m deploy.images.build [--python-image IMAGE] [--fresh] [--no-cache] [--results PATH]
 
-Uses the engine at DOCKER_HOST, or starts a private dockerd (botburrow.sandbox.dockerd: no bridge, no
+Uses the engine at DOCKER_HOST, or starts a private dockerd (services.runner.sandbox.dockerd: no bridge, no
 iptables; its layer cache kept in .cache/images/engine, or a temp dir with --fresh). Without
 --python-image it makes the Python base locally: the debootstrap bookworm root of
-botburrow.sandbox.images plus python3-venv and ca-certificates from the Debian mirror. Then it builds
+services.runner.sandbox.images plus python3-venv and ca-certificates from the Debian mirror. Then it builds
 runtime.Dockerfile and sandbox.Dockerfile with the classic builder (`--network host`: the engine has no
 bridge, and RUN steps reach only the package registries), runs the smoke checks as the images' own
 user (uid 10001), prints sizes and build times and writes them to bench/results/images.json.
@@ -27,12 +27,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from botburrow.sandbox import dockerd, images
+from services.runner.sandbox import dockerd, images
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = REPO / "deploy" / "images"
 CACHE_DIR = REPO / ".cache" / "images"
-# The debootstrap tarball of botburrow.sandbox.images, shared with the sandbox tests.
+# The debootstrap tarball of services.runner.sandbox.images, shared with the sandbox tests.
 SANDBOX_CACHE_DIR = REPO / ".cache" / "sandbox"
 RESULTS = REPO / "bench" / "results" / "images.json"
 # Bump the suffix when BASE_DOCKERFILE changes: an existing image of this name is reused as is. The
@@ -68,7 +68,7 @@ SMOKE_RUNTIME = (
     ("uid", ["--entrypoint", "id"], ["-u"]),
     NO_CA_BUNDLE,
     ("botburrow --help", [], ["--help"]),
-    ("import runner", ["--entrypoint", "python3"], ["-c", "import botburrow.services.runner"]),
+    ("import runner", ["--entrypoint", "python3"], ["-c", "import services.runner.stage"]),
     ("closure", ["--entrypoint", "python3"], ["-c", (
         "import importlib.metadata as m; print('\\n'.join(sorted(f\"{d.metadata['Name'].lower()}=={d.version}\""
         " for d in m.distributions())))")]),
@@ -78,7 +78,7 @@ SANDBOX_COMMANDS = ("claude", "goose", "aider", "opencode", "bwrap", "node")
 TOOLS_FOUND = ("runner finds its tools", ["--entrypoint", "python3"], ["-c", """
 import os, shutil, sys
 from pathlib import Path
-from botburrow.services.runner.executors.base import find_binary
+from services.runner.executors.base import find_binary
 from botburrow.tools import node_bin
 missing = [n for n in ("claude", "goose", "aider", "opencode") if not find_binary(n, os.environ)]
 missing += [n for n in ("mcp-server-filesystem", "brave-search-mcp-server") if not node_bin(n).is_file()]

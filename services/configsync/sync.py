@@ -25,9 +25,9 @@ from botburrow.definitions.parse import DefinitionError
 from botburrow.definitions.source import DefinitionSource, LoadResult, SourceError, is_safe_name
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.health import Health
-from botburrow.schemas.events import ConfigChanged
-from botburrow.services.configsync.parsing import ParseCache
-from botburrow.streams import subjects
+from schemas.events import ConfigChanged
+from services.configsync.parsing import ParseCache
+from streams import subjects
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

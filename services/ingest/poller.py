@@ -22,10 +22,10 @@ import msgspec
 from prometheus_client import Counter
 
 from botburrow.hub.errors import HubAuthError, HubError
-from botburrow.schemas.events import NotificationReceived
-from botburrow.schemas.hub import Notification, NotificationPage, clip
 from botburrow.secrets import redact
-from botburrow.streams import subjects
+from schemas.events import NotificationReceived
+from schemas.hub import Notification, NotificationPage, clip
+from streams import subjects
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from prometheus_client import Counter, Histogram
 
 from botburrow.hub.errors import HubAuthError, HubError, HubNotFound, HubRateLimited, HubUnavailable
 from botburrow.runtime.consumer import Item, Retry
-from botburrow.schemas.events import ActivationMetrics, RunCompleted, RunFailed
+from schemas.events import ActivationMetrics, RunCompleted, RunFailed
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,25 @@
-"""The runner stage: runs activations (SPEC §4).
+"""The runner stage: runs activations (SPEC §4). Nothing is imported here: the MCP relay
+(`mcp.relay`) starts in a sandbox with the standard library only.
 
-`stage` is the consumer loop (priorities, slots, leases, heartbeats, drain); `activation` is one
-activation from claim to completion; `loop` the native agent loop over a neutral `transcript`;
-`providers` the model adapters; `hubtools` the Hub tools; `posting` exactly-once posting within
-limits; `runlog` the event log; `pricing` the price table.
+- `stage`: `run(ctx)` and `main()`: the consumer loop (priorities, slots, leases, heartbeats, drain)
+- `activation`: one activation, from claim to completion
+- `seams`: the three places an activation is extended (thinker, toolsets, poster)
+- `context`: what the model is told: the system prompt with skills, and the task
+- `loop`: the native agent loop, over a neutral `transcript`
+- `transcript`: a provider-neutral conversation, and the model seam the loop talks to
+- `providers`: the model adapters (Anthropic Messages, OpenAI-compatible Chat Completions)
+- `modelaccess`: where an agent's model calls go and which key they carry
+- `gateway`: the runner-side model gateway a CLI in a sandbox calls instead of the model
+- `pricing`: the price table
+- `hubtools`: the Hub tools of the native loop, gated by `hub:*` grants
+- `shelltools`: shell and file tools of the native loop, in the sandbox
+- `mcptools`: the MCP toolset of an activation: the granted servers, filtered
+- `posting`: posting as the agent, exactly once, within its limits
+- `lease`: the agent's lease in the `leases` bucket
+- `runlog`: the activation's event log on `agents.run.<agent>.<id>.<event>`
+- `recorded`: a recorded activation and the seams that play it back
+- `offline`: offline re-runs of a recorded activation
+- `executors/`: the coding-agent CLI executors (claude-code, goose, aider, opencode, custom)
+- `mcp/`: MCP for agents: the operator's catalog, the servers, the filtering proxy, the relay
+- `sandbox/`: run one command in a throw-away sandbox (bwrap, docker, none)
 """
-
-
-def main() -> None:
-    from botburrow.services.runner.stage import main as stage_main
-
-    stage_main()

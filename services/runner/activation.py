@@ -15,26 +15,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from botburrow.grants import holds_all
 from botburrow.hub.client import HubAuthError, HubClient, HubError, HubUnavailable
 from botburrow.hub.errors import HubBadResponse
-from botburrow.mcp.grants import holds_all
 from botburrow.runtime.consumer import Retry
-from botburrow.schemas.agent import AgentDefinition, SkillDefinition
-from botburrow.schemas.events import ActivationMetrics, ActivationRequested
-from botburrow.schemas.hub import Notification, Post
 from botburrow.secrets import redact
-from botburrow.services.runner import context, modelaccess
-from botburrow.services.runner.loop import LoopFailed, LoopLimits, LoopResult
-from botburrow.services.runner.posting import (
+from botburrow.settings import load as load_settings
+from schemas.agent import AgentDefinition, SkillDefinition
+from schemas.events import ActivationMetrics, ActivationRequested
+from schemas.hub import Notification, Post
+from services.runner import context, modelaccess
+from services.runner.loop import LoopFailed, LoopLimits, LoopResult
+from services.runner.posting import (
     Poster,
     PostResult,
     Target,
     interval_wait_s,
     reply_key,
 )
-from botburrow.services.runner.pricing import PriceTable
-from botburrow.services.runner.runlog import RunLog, now_rfc3339
-from botburrow.services.runner.seams import (
+from services.runner.pricing import PriceTable
+from services.runner.runlog import RunLog, now_rfc3339
+from services.runner.seams import (
     AllowWhatConfigsAsk,
     ExecutorUnavailable,
     GrantResolver,
@@ -45,8 +46,7 @@ from botburrow.services.runner.seams import (
     ToolContext,
     ToolsetFactory,
 )
-from botburrow.services.runner.transcript import ModelError
-from botburrow.settings import load as load_settings
+from services.runner.transcript import ModelError
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from botburrow.schemas.agent import AgentDefinition, SkillDefinition
-from botburrow.schemas.hub import Comment, Notification, Post, walk_comments
-from botburrow.schemas.hub import clip as clip_text
 from botburrow.settings import BY_NAME
+from schemas.agent import AgentDefinition, SkillDefinition
+from schemas.hub import Comment, Notification, Post, walk_comments
+from schemas.hub import clip as clip_text
 
 log = logging.getLogger(__name__)
 

@@ -35,11 +35,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from botburrow.runtime.http import RunningServer, serve
-from botburrow.schemas.agent import Brain
 from botburrow.secrets import redact
-from botburrow.services.runner import modelaccess
-from botburrow.services.runner.loop import LoopLimits, LoopResult, Recorder
-from botburrow.services.runner.transcript import ModelReply, ToolCall, parse_arguments
+from schemas.agent import Brain
+from services.runner import modelaccess
+from services.runner.loop import LoopLimits, LoopResult, Recorder
+from services.runner.transcript import ModelReply, ToolCall, parse_arguments
 
 log = logging.getLogger(__name__)
 

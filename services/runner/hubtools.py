@@ -21,12 +21,12 @@ from typing import Any
 import msgspec
 
 from botburrow.hub.client import HubClient
-from botburrow.schemas.hub import Post
-from botburrow.services.runner.context import NAME_MAX_CHARS, Cuts, InputBounds, clip, kept_comments
-from botburrow.services.runner.loop import ToolOutcome, dumps
-from botburrow.services.runner.posting import Poster, Target
-from botburrow.services.runner.transcript import ToolSpec
-from botburrow.streams.subjects import token
+from schemas.hub import Post
+from services.runner.context import NAME_MAX_CHARS, Cuts, InputBounds, clip, kept_comments
+from services.runner.loop import ToolOutcome, dumps
+from services.runner.posting import Poster, Target
+from services.runner.transcript import ToolSpec
+from streams.subjects import token
 
 SERVER = "hub"
 LIST_MAX_ITEMS = 25  # posts, agents or communities in one list answer, whatever `limit` the model asks

@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from botburrow.streams.subjects import token
+from streams.subjects import token
 
 log = logging.getLogger(__name__)
 

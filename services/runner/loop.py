@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from botburrow.services.runner.transcript import (
+from services.runner.transcript import (
     AssistantTurn,
     Entry,
     Model,

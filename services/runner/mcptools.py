@@ -3,10 +3,10 @@ their tools to the native loop as `<server>__<tool>`, count calls, close everyth
 
 - `hub` is served in-process (hubtools.HubTools, SPEC §3 allows it for the native loop), named
   `hub__<tool>` as before. For CLI executors the same backend is wrapped in our `hub` MCP server.
-- Every other server comes from the operator's catalog (botburrow/mcp/catalog.py, servers.py) and
+- Every other server comes from the operator's catalog (services/runner/mcp/catalog.py, servers.py) and
   runs in a sandbox of the runner's backend (SANDBOX_BACKEND: `filesystem` in one of the activation's
   workspace without network, `github`/`brave`/networked entries each in their own with a route out),
-  behind a filtering proxy (botburrow.mcp.proxy), started concurrently. Node servers take 1.5-3 s to
+  behind a filtering proxy (services.runner.mcp.proxy), started concurrently. Node servers take 1.5-3 s to
   start (bench/mcp.py), so `github` and `brave` (no per-activation state) are kept idle for
   REUSE_IDLE_S and handed to the *same agent's* next activation if the launch (command, args, env with
   its credential, filter) is identical; never to another agent, never two activations at once.
@@ -14,7 +14,7 @@ their tools to the native loop as `<server>__<tool>`, count calls, close everyth
 - A server that does not start is recorded as an error `tool` event and its tools are not offered;
   one that dies mid-run answers every call with an error result.
 - `toolbox.relay()` starts the Unix-socket endpoint a sandboxed CLI reaches through
-  `python -m botburrow.mcp.relay <socket> <server>` (botburrow/mcp/endpoint.py documents it).
+  `python -m services.runner.mcp.relay <socket> <server>` (services/runner/mcp/endpoint.py documents it).
 """
 
 from __future__ import annotations
@@ -36,20 +36,20 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from prometheus_client import Counter
 
-from botburrow.mcp.catalog import Catalog
-from botburrow.mcp.endpoint import RelayEndpoint
-from botburrow.mcp.hubserver import build_hub_server
-from botburrow.mcp.proxy import CallResult, ServerHost, ServerUnavailable
-from botburrow.mcp.servers import NODE_MODULES, Launch, Planner, holds
-from botburrow.sandbox import Bind, Limits, MiB, Sandbox, SandboxSpec
-from botburrow.schemas.agent import SkillDefinition
-from botburrow.services.runner.executors.process import sandbox_for
-from botburrow.services.runner.hubtools import HubTools
-from botburrow.services.runner.loop import ToolOutcome
-from botburrow.services.runner.seams import ToolContext
-from botburrow.services.runner.shelltools import ShellTools
-from botburrow.services.runner.transcript import ToolCall, ToolSpec
-from botburrow.streams.subjects import token
+from schemas.agent import SkillDefinition
+from services.runner.executors.process import sandbox_for
+from services.runner.hubtools import HubTools
+from services.runner.loop import ToolOutcome
+from services.runner.mcp.catalog import Catalog
+from services.runner.mcp.endpoint import RelayEndpoint
+from services.runner.mcp.hubserver import build_hub_server
+from services.runner.mcp.proxy import CallResult, ServerHost, ServerUnavailable
+from services.runner.mcp.servers import NODE_MODULES, Launch, Planner, holds
+from services.runner.sandbox import Bind, Limits, MiB, Sandbox, SandboxSpec
+from services.runner.seams import ToolContext
+from services.runner.shelltools import ShellTools
+from services.runner.transcript import ToolCall, ToolSpec
+from streams.subjects import token
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from botburrow.schemas.agent import Brain
 from botburrow.secrets import env_name_to_secret, read_secret
-from botburrow.services.runner.transcript import ANTHROPIC_DEFAULT_URL, LOCAL_KEY, ModelError
 from botburrow.settings import BY_NAME, NEVER_MODEL_KEYS
+from schemas.agent import Brain
+from services.runner.transcript import ANTHROPIC_DEFAULT_URL, LOCAL_KEY, ModelError
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 

@@ -22,13 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from botburrow.schemas.agent import AgentDefinition, SkillDefinition
-from botburrow.schemas.events import ActivationRequested, ToolCalled
-from botburrow.services.runner import context
-from botburrow.services.runner.activation import answerable, target_for
-from botburrow.services.runner.hubtools import HubTools
-from botburrow.services.runner.loop import LoopFailed, LoopLimits, LoopResult, ToolOutcome, run_loop
-from botburrow.services.runner.recorded import (
+from schemas.agent import AgentDefinition, SkillDefinition
+from schemas.events import ActivationRequested, ToolCalled
+from services.runner import context
+from services.runner.activation import answerable, target_for
+from services.runner.hubtools import HubTools
+from services.runner.loop import LoopFailed, LoopLimits, LoopResult, ToolOutcome, run_loop
+from services.runner.recorded import (
     CapturedWrite,
     CollectingRecorder,
     Divergence,
@@ -39,8 +39,8 @@ from botburrow.services.runner.recorded import (
     canonical,
     short,
 )
-from botburrow.services.runner.seams import AllowWhatConfigsAsk, GrantResolver
-from botburrow.services.runner.transcript import ToolCall, ToolSpec, UserText
+from services.runner.seams import AllowWhatConfigsAsk, GrantResolver
+from services.runner.transcript import ToolCall, ToolSpec, UserText
 
 ALIASES = {"brave-search": "brave"}
 

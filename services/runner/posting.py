@@ -28,10 +28,10 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from botburrow.hub.client import HubClient, HubError
 from botburrow.runtime.bus import Bus
-from botburrow.schemas.agent import Limits
-from botburrow.schemas.hub import Comment
 from botburrow.secrets import redact
-from botburrow.streams.subjects import token
+from schemas.agent import Limits
+from schemas.hub import Comment
+from streams.subjects import token
 
 CAS_ATTEMPTS = 20
 S = TypeVar("S", bound=msgspec.Struct)

@@ -15,10 +15,10 @@ from typing import Any
 import anthropic
 import httpx
 
-from botburrow.schemas.agent import Brain
 from botburrow.secrets import env_name_to_secret, redact
-from botburrow.services.runner import modelaccess
-from botburrow.services.runner.transcript import (
+from schemas.agent import Brain
+from services.runner import modelaccess
+from services.runner.transcript import (
     AssistantTurn,
     Entry,
     ModelError,

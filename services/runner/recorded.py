@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from botburrow.schemas.events import (
+from schemas.events import (
     ActivationRequested,
     LlmTurn,
     Posted,
@@ -24,8 +24,8 @@ from botburrow.schemas.events import (
     RunStarted,
     ToolCalled,
 )
-from botburrow.services.runner.loop import ToolOutcome
-from botburrow.services.runner.transcript import Entry, ModelError, ModelReply, ToolCall, ToolResults, ToolSpec
+from services.runner.loop import ToolOutcome
+from services.runner.transcript import Entry, ModelError, ModelReply, ToolCall, ToolResults, ToolSpec
 
 Progress = Callable[[str], None]
 KIND_WORDS = {"tool": "another tool", "arguments": "other arguments", "result": "another tool result",

@@ -16,7 +16,8 @@ from typing import Any
 from nats.js.errors import NotFoundError
 
 from botburrow.runtime.bus import Bus
-from botburrow.schemas.events import (
+from botburrow.secrets import redact
+from schemas.events import (
     ActivationMetrics,
     ActivationRequested,
     LlmTurn,
@@ -27,10 +28,9 @@ from botburrow.schemas.events import (
     ToolCalled,
     ToolCallRecord,
 )
-from botburrow.secrets import redact
-from botburrow.services.runner.loop import ToolOutcome, dumps
-from botburrow.services.runner.transcript import ModelReply, ToolCall
-from botburrow.streams import subjects
+from services.runner.loop import ToolOutcome, dumps
+from services.runner.transcript import ModelReply, ToolCall
+from streams import subjects
 
 FIELD_CAP = 64 * 1024
 RUNS_STREAM = "RUNS"

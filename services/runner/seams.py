@@ -19,9 +19,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol
 
-from botburrow.schemas.agent import AgentDefinition, SkillDefinition
-from botburrow.services.runner.loop import LoopLimits, LoopResult, Recorder, Toolbox, run_loop
-from botburrow.services.runner.transcript import UserText
+from schemas.agent import AgentDefinition, SkillDefinition
+from services.runner.loop import LoopLimits, LoopResult, Recorder, Toolbox, run_loop
+from services.runner.transcript import UserText
 
 
 class ExecutorUnavailable(Exception):
@@ -88,7 +88,7 @@ async def load_providers() -> ModuleType:
     which on the event loop (in a first activation) would stall every heartbeat. The runner starts this
     at start-up without waiting for it (a restarted runner is ready seconds sooner), so a first
     activation usually finds it loaded; once loaded, this costs a thread hop."""
-    return await asyncio.to_thread(importlib.import_module, "botburrow.services.runner.providers")
+    return await asyncio.to_thread(importlib.import_module, "services.runner.providers")
 
 
 class NativeThinker:
@@ -109,6 +109,6 @@ class HubToolsOnly:
 
     @contextlib.asynccontextmanager
     async def open(self, ctx: ToolContext) -> AsyncIterator[Toolbox]:
-        from botburrow.services.runner.hubtools import HubTools
+        from services.runner.hubtools import HubTools
 
         yield HubTools(ctx.hub, ctx.agent_key, ctx.grants, ctx.poster, ctx.activation_id, ctx.commented)

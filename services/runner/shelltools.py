@@ -15,10 +15,10 @@ import shlex
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from botburrow.sandbox import Limits, Sandbox, SandboxSpec
-from botburrow.schemas.agent import Shell
-from botburrow.services.runner.loop import ToolOutcome
-from botburrow.services.runner.transcript import ToolSpec
+from schemas.agent import Shell
+from services.runner.loop import ToolOutcome
+from services.runner.sandbox import Limits, Sandbox, SandboxSpec
+from services.runner.transcript import ToolSpec
 
 SERVER = "shell"
 CHAINING = (";", "&&", "||", "|", "`", "$(", ">", "<", "\n", "&")

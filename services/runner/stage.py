@@ -25,28 +25,28 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from botburrow.definitions.directory import AgentDirectory
+from botburrow.grants import PolicyGrantResolver
 from botburrow.hub.breaker import CircuitBreaker
 from botburrow.hub.client import HubClient
 from botburrow.hub.probe import keep_probing
-from botburrow.mcp.catalog import Catalog
-from botburrow.mcp.grants import PolicyGrantResolver
 from botburrow.runtime import service
 from botburrow.runtime.consumer import DeadLetters, Retry, nak_quietly
 from botburrow.runtime.service import StageContext, supervise
-from botburrow.schemas.codec import DecodeError, decode_subject
-from botburrow.schemas.events import ActivationMetrics, ActivationRequested
 from botburrow.secrets import AgentKeys, read_secret
-from botburrow.services.runner.activation import Activation, Deps, Limits
-from botburrow.services.runner.executors import cli_thinkers
-from botburrow.services.runner.executors.process import keep_sweeping, runner_for, sweep_once
-from botburrow.services.runner.gateway import ModelGateway
-from botburrow.services.runner.lease import Lease
-from botburrow.services.runner.mcptools import McpToolsets
-from botburrow.services.runner.pricing import PriceTable
-from botburrow.services.runner.runlog import RunLog, now_rfc3339
-from botburrow.services.runner.seams import NativeThinker, load_providers
-from botburrow.streams.subjects import PRIORITIES
-from botburrow.streams.topology import LEASE_TTL_S, MAX_DELIVERIES, RUNNER_ACK_WAIT_S
+from schemas.codec import DecodeError, decode_subject
+from schemas.events import ActivationMetrics, ActivationRequested
+from services.runner.activation import Activation, Deps, Limits
+from services.runner.executors import cli_thinkers
+from services.runner.executors.process import keep_sweeping, runner_for, sweep_once
+from services.runner.gateway import ModelGateway
+from services.runner.lease import Lease
+from services.runner.mcp.catalog import Catalog
+from services.runner.mcptools import McpToolsets
+from services.runner.pricing import PriceTable
+from services.runner.runlog import RunLog, now_rfc3339
+from services.runner.seams import NativeThinker, load_providers
+from streams.subjects import PRIORITIES
+from streams.topology import LEASE_TTL_S, MAX_DELIVERIES, RUNNER_ACK_WAIT_S
 
 log = logging.getLogger(__name__)
 LOW_SHARE = 5

@@ -1,68 +1,11 @@
 """The scheduler stage: notifications in, at most one queued-or-running activation per agent out.
 
-Agents are split into `SCHEDULER_PARTITIONS` partitions by a subject transform (stream SCHEDULER);
-every replica holds a fair share of them through leases in `scheduler-owners` (see `partitions`) and
-reads each held partition's durable: notifications and `completed`/`failed` run events of its agents,
-in order. Per-agent state lives in memory, persisted to `agent-state` before each batch is
-acknowledged. Ticks add exploration (stalest first, under a low-backlog bound), budget refusals
-(`agents.sched.decision.<agent>` events) and the freeing of agents whose activation was lost. The
-decisions themselves live in `state.SchedulerState` (no I/O).
+- `stage`: `run(ctx)` and `main()`: the budget gate, the agent directory and one replica
+- `replica`: one replica: the partitions it holds, their consumers, the ticks
+- `partitions`: which replica owns which partition of the agents (leases in `scheduler-owners`)
+- `puller`: a partition's pull consumer read as a stream of batches
+- `shell`: the I/O around `SchedulerState` for one partition (state bucket, publishes, decisions)
+- `state`: the decisions themselves, without any I/O
+- `due`: time-ordered queues of agents, so a tick looks only at what is due
+- `budget`: the Hub's budget health, cached, turned into refusals per tool type
 """
-
-from __future__ import annotations
-
-import logging
-import os
-import socket
-import uuid
-
-from botburrow.definitions.directory import AgentDirectory
-from botburrow.hub.client import HubClient
-from botburrow.runtime import service
-from botburrow.runtime.service import StageContext
-from botburrow.secrets import read_secret
-from botburrow.services.scheduler.budget import DEFAULT_CACHE_S, DEFAULT_STALE_AFTER_S, BudgetGate
-from botburrow.services.scheduler.shell import Scheduler
-from botburrow.services.scheduler.stage import STAGE, Replica, Tuning
-from botburrow.services.scheduler.state import DEFAULT_STUCK_AFTER_S, SchedulerState
-
-log = logging.getLogger(__name__)
-
-__all__ = ["STAGE", "Replica", "Scheduler", "SchedulerState", "main", "run"]
-
-
-def _tunable(ctx: StageContext, name: str, default: float) -> float:
-    value = ctx.settings[name]
-    return default if value is None else float(value)
-
-
-def tuning(ctx: StageContext) -> Tuning:
-    return Tuning(
-        tick_s=_tunable(ctx, "SCHEDULER_TICK_SECONDS", 1.0),
-        explore_min_gap_s=_tunable(ctx, "EXPLORE_MIN_GAP_SECONDS", 15 * 60.0),
-        low_backlog_max=int(_tunable(ctx, "EXPLORE_LOW_BACKLOG_MAX", 50)),
-        stuck_after_s=_tunable(ctx, "SCHEDULER_STUCK_AFTER_SECONDS", DEFAULT_STUCK_AFTER_S),
-    )
-
-
-async def run(ctx: StageContext) -> None:
-    system_key = read_secret("hub-api-key", environ=ctx.environ)
-    hub = HubClient(ctx.settings["HUB_URL"], system_key=system_key) if system_key else None
-    if hub is None:
-        log.warning("no Hub system key: the budget gate is off (every tool type counts as healthy)")
-    budget = BudgetGate(hub, cache_s=_tunable(ctx, "BUDGET_CACHE_SECONDS", DEFAULT_CACHE_S),
-                        stale_after_s=_tunable(ctx, "BUDGET_STALE_SECONDS", DEFAULT_STALE_AFTER_S))
-    directory = await AgentDirectory.open(ctx.bus)
-    ctx.health.add_check("definitions", lambda: directory.following)
-    try:
-        replica = Replica(ctx.bus, directory, budget, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
-                          tuning(ctx), ctx.health)
-        await replica.run(ctx.stop)
-    finally:
-        await directory.close()
-        if hub is not None:
-            await hub.aclose()
-
-
-def main() -> None:
-    service.main(STAGE, run)

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from prometheus_client import Gauge
 
-from botburrow.schemas.hub import BudgetHealth
+from schemas.hub import BudgetHealth
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import msgspec
 
-from botburrow.schemas.agent import AgentConfig
+from schemas.agent import AgentConfig
 
 HOUR_S = 3600.0
 # Exploration never comes sooner than this after an agent's last activity (issue: default 15 min).

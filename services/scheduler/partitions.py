@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from botburrow.streams import subjects
-from botburrow.streams.topology import SCHED_PART_PREFIX, SCHEDULER_OWNER_TTL_S, SCHEDULER_PARTITIONS
+from streams import subjects
+from streams.topology import SCHED_PART_PREFIX, SCHEDULER_OWNER_TTL_S, SCHEDULER_PARTITIONS
 
 log = logging.getLogger(__name__)
 OWNERS_BUCKET = "scheduler-owners"

@@ -23,12 +23,12 @@ from prometheus_client import Counter, Gauge
 
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.consumer import Item
-from botburrow.schemas.agent import AgentDefinition
-from botburrow.schemas.events import NotificationReceived, RunCompleted, RunFailed
-from botburrow.services.scheduler.budget import BudgetGate
-from botburrow.services.scheduler.due import ExploreRule
-from botburrow.services.scheduler.state import AgentState, Changes, Responds, SchedulerState
-from botburrow.streams import subjects
+from schemas.agent import AgentDefinition
+from schemas.events import NotificationReceived, RunCompleted, RunFailed
+from services.scheduler.budget import BudgetGate
+from services.scheduler.due import ExploreRule
+from services.scheduler.state import AgentState, Changes, Responds, SchedulerState
+from streams import subjects
 
 log = logging.getLogger(__name__)
 

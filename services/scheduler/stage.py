@@ -1,232 +1,68 @@
-"""One scheduler replica: the partitions it holds, their consumers, the directory, the budget, the ticks.
+"""The scheduler stage: notifications in, at most one queued-or-running activation per agent out.
 
-Claiming partitions loads their agents' state from `agent-state` (one watch for all the partitions of
-a claim), sets the exploration rules from the agent directory and starts one consumer loop each, under
-`supervise` (a loop that dies makes the stage not ready and starts again from the persisted states); a
-loop reads its durable through a `Puller` (one pull request kept outstanding, batches of whatever has
-arrived). Releasing stops the loops (each handles what its last request still brings and
-acknowledges it) before the lease is given up.
+Agents are split into `SCHEDULER_PARTITIONS` partitions by a subject transform (stream SCHEDULER);
+every replica holds a fair share of them through leases in `scheduler-owners` (see `partitions`) and
+reads each held partition's durable: notifications and `completed`/`failed` run events of its agents,
+in order. Per-agent state lives in memory, persisted to `agent-state` before each batch is
+acknowledged. Ticks add exploration (stalest first, under a low-backlog bound), budget refusals
+(`agents.sched.decision.<agent>` events) and the freeing of agents whose activation was lost. The
+decisions themselves live in `state.SchedulerState` (no I/O).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import logging
-import math
-from dataclasses import dataclass, field
-from typing import Any
-
-from nats.aio.msg import Msg
-from nats.js.kv import KeyValue
+import os
+import socket
+import uuid
 
 from botburrow.definitions.directory import AgentDirectory
-from botburrow.runtime.bus import Bus
-from botburrow.runtime.consumer import DeadLetters, Item, Retry, handle_batch
-from botburrow.runtime.health import Health
-from botburrow.runtime.service import supervise
-from botburrow.schemas.agent import AgentDefinition
-from botburrow.services.scheduler.budget import BudgetGate
-from botburrow.services.scheduler.partitions import PartitionOwner, original_subject, partition_of
-from botburrow.services.scheduler.puller import Puller
-from botburrow.services.scheduler.shell import (
-    IN_FLIGHT,
-    LEASES_BUCKET,
-    STATE_BUCKET,
-    NotOwner,
-    Scheduler,
-    load_states,
-)
-from botburrow.services.scheduler.state import DEFAULT_STUCK_AFTER_S, AgentState, SchedulerState
-from botburrow.streams.topology import SCHEDULER_PARTITIONS, scheduler_durable
+from botburrow.hub.client import HubClient
+from botburrow.runtime import service
+from botburrow.runtime.service import StageContext
+from botburrow.secrets import read_secret
+from services.scheduler.budget import DEFAULT_CACHE_S, DEFAULT_STALE_AFTER_S, BudgetGate
+from services.scheduler.replica import STAGE, Replica, Tuning
+from services.scheduler.shell import Scheduler
+from services.scheduler.state import DEFAULT_STUCK_AFTER_S, SchedulerState
 
 log = logging.getLogger(__name__)
 
-STAGE = "scheduler"
-FETCH_BATCH = 1000
-# An idle partition renews its pull request this often; a released one finishes within it.
-PULL_EXPIRES_S = 1.0
-LOW_CONSUMER = "runner-low"
+__all__ = ["STAGE", "Replica", "Scheduler", "SchedulerState", "main", "run"]
 
 
-@dataclass
-class Tuning:
-    tick_s: float = 1.0
-    explore_min_gap_s: float = 15 * 60.0
-    # Exploration is queued only while the runners' low backlog is under this (all replicas together).
-    low_backlog_max: int = 50
-    stuck_after_s: float = DEFAULT_STUCK_AFTER_S
+def _tunable(ctx: StageContext, name: str, default: float) -> float:
+    value = ctx.settings[name]
+    return default if value is None else float(value)
 
 
-@dataclass
-class Held:
-    scheduler: Scheduler | None = None  # None while its states are loading
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
+def tuning(ctx: StageContext) -> Tuning:
+    return Tuning(
+        tick_s=_tunable(ctx, "SCHEDULER_TICK_SECONDS", 1.0),
+        explore_min_gap_s=_tunable(ctx, "EXPLORE_MIN_GAP_SECONDS", 15 * 60.0),
+        low_backlog_max=int(_tunable(ctx, "EXPLORE_LOW_BACKLOG_MAX", 50)),
+        stuck_after_s=_tunable(ctx, "SCHEDULER_STUCK_AFTER_SECONDS", DEFAULT_STUCK_AFTER_S),
+    )
 
 
-class Replica:
-    def __init__(self, bus: Bus, directory: AgentDirectory, budget: BudgetGate, replica_id: str,
-                 tuning: Tuning | None = None, health: Health | None = None) -> None:
-        self.bus, self.directory, self.budget, self.replica_id = bus, directory, budget, replica_id
-        self.tuning = tuning or Tuning()
-        self.health = health or Health(STAGE)
-        self.held: dict[int, Held] = {}
-        self.dlq = DeadLetters(bus, STAGE)
-        self.owner: PartitionOwner | None = None
-        self._kv: KeyValue | None = None
-        self._leases: KeyValue | None = None
-
-    async def run(self, stop: asyncio.Event) -> None:
-        self._kv = await self.bus.kv(STATE_BUCKET)
-        self._leases = await self.bus.kv(LEASES_BUCKET)
-        self.owner = PartitionOwner(await self.bus.kv("scheduler-owners"), self.replica_id,
-                                    on_claim=self.claim, on_release=self.release)
-        self.directory.add_listener(self.on_definition)
-        await asyncio.gather(self.owner.run(stop), self._ticks(stop))
-
-    # --- partitions ----------------------------------------------------------------------------
-
-    async def claim(self, parts: list[int]) -> None:
-        """Start the partitions in the background: loading 100k states must not delay lease renewals."""
-        assert self._kv is not None
-        loading = asyncio.ensure_future(_load_grouped(self._kv, set(parts)))
-        for p in parts:
-            held = Held()
-            held.task = asyncio.create_task(self._supervised(p, held, loading), name=f"scheduler-p{p}")
-            self.held[p] = held
-
-    async def _supervised(self, p: int, held: Held, loading: asyncio.Future[dict[int, list[AgentState]]]) -> None:
-        """The partition's consumer, started again (from its persisted states) whenever it dies: a dead
-        one made the stage not ready and is never left holding its lease silently."""
-        assert self._kv is not None
-        kv, claimed = self._kv, [loading]
-
-        async def start() -> None:
-            try:
-                await self._start(p, held, claimed.pop() if claimed else asyncio.ensure_future(_load_grouped(kv, {p})))
-            finally:
-                held.scheduler = None  # no tick on a dead partition's state; a restart reloads it
-
-        await supervise(self.health, f"partition-{p}", start, held.stop)
-
-    async def _start(self, p: int, held: Held, loading: asyncio.Future[dict[int, list[AgentState]]]) -> None:
-        assert self._kv is not None and self.owner is not None
-        kv = self._kv
-        while True:
-            try:
-                states = (await asyncio.shield(loading)).get(p, [])
-                break
-            except Exception as exc:  # NATS trouble while loading: load this partition again
-                log.warning("partition state load failed", extra={"partition": p, "error": repr(exc)})
-                await asyncio.sleep(1)
-                loading = asyncio.ensure_future(_load_grouped(kv, {p}))
-        state = SchedulerState({s.agent: s for s in states}, stuck_after_s=self.tuning.stuck_after_s)
-        scheduler = Scheduler(self.bus, self._kv, self.directory, state, budget=self.budget,
-                              owner=functools.partial(self.owner.valid, p), min_gap_s=self.tuning.explore_min_gap_s)
-        for name, definition in self.directory.agents().items():
-            if partition_of(name) == p:  # cached: cheap for every partition of a claim
-                scheduler.configure(name, definition)
-        held.scheduler = scheduler
-        log.info("partition started", extra={"partition": p, "agents": len(states)})
-        await self._consume(p, held)
-
-    async def release(self, parts: list[int]) -> None:
-        stopping = [self.held.pop(p) for p in parts if p in self.held]
-        for held in stopping:
-            held.stop.set()
-            if held.scheduler is None and held.task is not None:
-                held.task.cancel()  # still loading: nothing to finish
-        await asyncio.gather(*(held.task for held in stopping if held.task), return_exceptions=True)
-
-    async def _consume(self, p: int, held: Held) -> None:
-        assert held.scheduler is not None
-        scheduler, durable = held.scheduler, scheduler_durable(p)
-
-        async def handler(items: list[Item]) -> None:
-            try:
-                await scheduler.on_batch(items)
-            except NotOwner as exc:  # not this batch's fault: redeliver it whole, to whoever owns it
-                raise Retry(1.0, str(exc)) from exc
-        puller = Puller(self.bus.nc, "SCHEDULER", durable, batch=FETCH_BATCH, expires_s=PULL_EXPIRES_S)
-        await puller.start()
-        try:
-            while True:
-                valid = self.owner is None or self.owner.valid(p)
-                if held.stop.is_set():
-                    puller.pulling = False
-                    # Finish what is on its way (so nothing waits out ack_wait), unless no longer ours.
-                    if puller.drained or not valid:
-                        break
-                if not valid:
-                    # Our lease renewal is late (a stalled loop?): take nothing we might not own.
-                    await asyncio.sleep(0.1)
-                    continue
-                try:
-                    msgs = await puller.next_batch(PULL_EXPIRES_S)
-                except Exception as exc:  # reconnecting: back off, keep going
-                    log.warning("pull failed", extra={"consumer": durable, "error": repr(exc)})
-                    await asyncio.sleep(1)
-                    continue
-                if msgs:
-                    # Decode and dead-letter by the original subject (the partition prefix is ours).
-                    await handle_batch([_unprefixed(msg) for msg in msgs], handler, self.dlq, consumer=durable)
-        finally:
-            await puller.close()
-
-    # --- config changes, ticks -------------------------------------------------------------------
-
-    def on_definition(self, kind: Any, name: str, definition: Any) -> None:
-        if kind != "agent":
-            return
-        held = self.held.get(partition_of(name))
-        if held is not None and held.scheduler is not None:
-            held.scheduler.configure(name, definition if isinstance(definition, AgentDefinition) else None)
-
-    async def _ticks(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.tuning.tick_s)
-            if stop.is_set():
-                break
-            try:
-                await self.tick()
-            except Exception as exc:  # one bad tick must not end the stage
-                log.warning("tick failed", extra={"error": repr(exc)})
-
-    async def tick(self) -> int:
-        """Refresh the budget, then each held partition's timed work; returns explorations queued."""
-        await self.budget.refresh()
-        limit = await self._explore_allowance()
-        explored = 0
-        schedulers = [held.scheduler for held in self.held.values() if held.scheduler is not None]
-        for scheduler in schedulers:
-            explored += await scheduler.tick(max(0, limit - explored), self._leases)
-        IN_FLIGHT.set(sum(scheduler.state.in_flight_count for scheduler in schedulers))
-        return explored
-
-    async def _explore_allowance(self) -> int:
-        """This replica's share of the room left under the low-backlog bound."""
-        try:
-            info = await self.bus.js.consumer_info("ACTIVATIONS", LOW_CONSUMER)
-            backlog = info.num_pending + info.num_ack_pending
-        except Exception:  # no runner consumer yet: treat as empty
-            backlog = 0
-        room = max(0, self.tuning.low_backlog_max - backlog)
-        return math.ceil(room * len(self.held) / SCHEDULER_PARTITIONS)
+async def run(ctx: StageContext) -> None:
+    system_key = read_secret("hub-api-key", environ=ctx.environ)
+    hub = HubClient(ctx.settings["HUB_URL"], system_key=system_key) if system_key else None
+    if hub is None:
+        log.warning("no Hub system key: the budget gate is off (every tool type counts as healthy)")
+    budget = BudgetGate(hub, cache_s=_tunable(ctx, "BUDGET_CACHE_SECONDS", DEFAULT_CACHE_S),
+                        stale_after_s=_tunable(ctx, "BUDGET_STALE_SECONDS", DEFAULT_STALE_AFTER_S))
+    directory = await AgentDirectory.open(ctx.bus)
+    ctx.health.add_check("definitions", lambda: directory.following)
+    try:
+        replica = Replica(ctx.bus, directory, budget, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+                          tuning(ctx), ctx.health)
+        await replica.run(ctx.stop)
+    finally:
+        await directory.close()
+        if hub is not None:
+            await hub.aclose()
 
 
-async def _load_grouped(kv: KeyValue, parts: set[int]) -> dict[int, list[AgentState]]:
-    """The persisted states of these partitions' agents, by partition (one watch, one pass)."""
-    grouped: dict[int, list[AgentState]] = {}
-    for state in await load_states(kv, lambda key: partition_of(key) in parts):
-        grouped.setdefault(partition_of(state.agent), []).append(state)
-    return grouped
-
-
-def _unprefixed(msg: Msg) -> Msg:
-    """The message under its original subject (in place: a copy per message showed in profiles; the reply
-    subject, which acks use, is untouched)."""
-    msg.subject = original_subject(msg.subject)
-    return msg
+def main() -> None:
+    service.main(STAGE, run)

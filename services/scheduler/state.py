@@ -25,10 +25,10 @@ from typing import Literal
 
 import msgspec
 
-from botburrow.schemas.agent import AgentConfig
-from botburrow.schemas.events import ActivationRequested, Priority, SchedulingRefused
-from botburrow.schemas.hub import Notification
-from botburrow.services.scheduler.due import DueQueue, ExploreRule, epoch_s
+from schemas.agent import AgentConfig
+from schemas.events import ActivationRequested, Priority, SchedulingRefused
+from schemas.hub import Notification
+from services.scheduler.due import DueQueue, ExploreRule, epoch_s
 
 # SPEC §4: the priority of each notification type that can lead to an activation.
 PRIORITY_OF_TYPE: dict[str, Priority] = {

@@ -2,27 +2,33 @@
 
 `cli_thinkers(environ)` returns one `Thinker` per executor type, sharing one runner-side model gateway;
 the runner registers them next to `native` in `Deps.thinkers`.
+
+- `base`: what every CLI executor shares: the job, the MCP wiring seam, the run, the verdict
+- `process`: how a CLI process is started: the seam a sandbox backend plugs into
+- `claude`, `goose`, `aider`, `opencode`, `custom`: one executor each
+- `streams`: reading the CLIs' JSON-lines output
+- `loopback`: inside a sandbox, a loopback port forwarded to the runner's gateway socket
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from botburrow.services.runner.executors.aider import Aider
-from botburrow.services.runner.executors.base import CliThinker, McpEntry, McpWiring, ToolboxRelay, find_binary
-from botburrow.services.runner.executors.claude import ClaudeCode
-from botburrow.services.runner.executors.custom import Custom
-from botburrow.services.runner.executors.goose import Goose
-from botburrow.services.runner.executors.opencode import OpenCode
-from botburrow.services.runner.executors.process import (
+from services.runner.executors.aider import Aider
+from services.runner.executors.base import CliThinker, McpEntry, McpWiring, ToolboxRelay, find_binary
+from services.runner.executors.claude import ClaudeCode
+from services.runner.executors.custom import Custom
+from services.runner.executors.goose import Goose
+from services.runner.executors.opencode import OpenCode
+from services.runner.executors.process import (
     Completed,
     DirectRunner,
     ProcessRunner,
     SandboxRunner,
     runner_for,
 )
-from botburrow.services.runner.gateway import ModelGateway
-from botburrow.services.runner.seams import Thinker
+from services.runner.gateway import ModelGateway
+from services.runner.seams import Thinker
 
 __all__ = ["CliThinker", "Completed", "DirectRunner", "McpEntry", "McpWiring", "ProcessRunner", "SandboxRunner",
            "ToolboxRelay", "cli_thinkers", "find_binary"]

@@ -14,9 +14,9 @@ import re
 import shutil
 from pathlib import Path
 
-from botburrow.services.runner.executors.base import CliJob, Invocation, Parsed
-from botburrow.services.runner.executors.process import Completed
-from botburrow.services.runner.executors.streams import json_lines
+from services.runner.executors.base import CliJob, Invocation, Parsed
+from services.runner.executors.process import Completed
+from services.runner.executors.streams import json_lines
 
 log = logging.getLogger(__name__)
 

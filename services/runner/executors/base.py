@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from botburrow.secrets import redact
-from botburrow.services.runner.executors.process import Completed, DirectRunner, ProcessRunner
-from botburrow.services.runner.gateway import GatewaySession, ModelGateway
-from botburrow.services.runner.loop import LoopFailed, ToolOutcome
-from botburrow.services.runner.seams import ExecutorUnavailable, ThinkRequest
-from botburrow.services.runner.transcript import ToolCall
 from botburrow.tools import tools_dir
+from services.runner.executors.process import Completed, DirectRunner, ProcessRunner
+from services.runner.gateway import GatewaySession, ModelGateway
+from services.runner.loop import LoopFailed, ToolOutcome
+from services.runner.seams import ExecutorUnavailable, ThinkRequest
+from services.runner.transcript import ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class McpWiring(Protocol):
 
 class ToolboxRelay:
     """The default: every server of the activation's toolbox (`McpToolbox`, hub included), each reached
-    through `python -m botburrow.mcp.relay <socket> <server>`; the servers and their credentials stay on
+    through `python -m services.runner.mcp.relay <socket> <server>`; the servers and their credentials stay on
     the runner side. A toolbox without a relay (hub tools only) gives the CLI no MCP servers."""
 
     @contextlib.asynccontextmanager
@@ -69,7 +69,7 @@ class ToolboxRelay:
             yield []
             return
         socket = await relay()
-        yield [McpEntry(server, sys.executable, ("-m", "botburrow.mcp.relay", str(socket), server))
+        yield [McpEntry(server, sys.executable, ("-m", "services.runner.mcp.relay", str(socket), server))
                for server in servers]
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 
-from botburrow.services.runner.executors.base import CliJob, Invocation, Parsed, ToolEvent
-from botburrow.services.runner.executors.process import Completed
-from botburrow.services.runner.executors.streams import json_lines, result_text
+from services.runner.executors.base import CliJob, Invocation, Parsed, ToolEvent
+from services.runner.executors.process import Completed
+from services.runner.executors.streams import json_lines, result_text
 
 SHELL_TOOLS = "Bash,Edit,Read,Write"
 

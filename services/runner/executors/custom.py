@@ -12,9 +12,9 @@ import json
 import shutil
 from pathlib import Path
 
-from botburrow.services.runner.executors.base import CliJob, Invocation, Parsed
-from botburrow.services.runner.executors.process import Completed
-from botburrow.services.runner.seams import ThinkRequest
+from services.runner.executors.base import CliJob, Invocation, Parsed
+from services.runner.executors.process import Completed
+from services.runner.seams import ThinkRequest
 
 PROMPT_PLACEHOLDER = "${PROMPT}"
 

@@ -11,9 +11,9 @@ import re
 import shlex
 from typing import Any
 
-from botburrow.services.runner.executors.base import CliJob, Invocation, Parsed, ToolEvent
-from botburrow.services.runner.executors.process import Completed
-from botburrow.services.runner.executors.streams import json_lines, result_text
+from services.runner.executors.base import CliJob, Invocation, Parsed, ToolEvent
+from services.runner.executors.process import Completed
+from services.runner.executors.streams import json_lines, result_text
 
 ERROR_PREFIXES = ("Ran into this error", "Network error")
 EXTENSION_FAILED = re.compile(r"Failed to start extension '([^']*)' \((.*?)\), continuing without it")

@@ -1,4 +1,4 @@
-"""`python -m botburrow.services.runner.executors.loopback <socket> <port> <argv...>`, inside a sandbox.
+"""`python -m services.runner.executors.loopback <socket> <port> <argv...>`, inside a sandbox.
 
 A sandbox without network still has its own `lo`. This listens on 127.0.0.1:<port> there, forwards
 each connection to the runner's unix socket (bind-mounted in; the runner forwards it to the model

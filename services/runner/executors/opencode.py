@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from botburrow.services.runner.executors.base import CliJob, Invocation, Parsed, ToolEvent
-from botburrow.services.runner.executors.process import Completed
-from botburrow.services.runner.executors.streams import json_lines, result_text
+from services.runner.executors.base import CliJob, Invocation, Parsed, ToolEvent
+from services.runner.executors.process import Completed
+from services.runner.executors.streams import json_lines, result_text
 
 # The bundled providers: any other `npm` package is installed at start-up (20 s+ offline, then fails).
 PROVIDERS = {"anthropic": ("anthropic", {}), "openai": ("gw", {"npm": "@ai-sdk/openai-compatible"})}

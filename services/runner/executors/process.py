@@ -111,7 +111,7 @@ CLI_CPUS = 2.0
 
 
 class SandboxRunner:
-    """A `botburrow.sandbox` backend as the runner: the workspace writable at its own path, every bind
+    """A `services.runner.sandbox` backend as the runner: the workspace writable at its own path, every bind
     read-only at its own path (so argv and config paths mean the same inside), HOME and TMPDIR on the
     sandbox's scratch tmpfs (the run directory is read-only in there). `limits` default to the sandbox
     defaults with `memory_bytes` and CLI_CPUS; the wall clock is always the activation's."""
@@ -122,7 +122,7 @@ class SandboxRunner:
     async def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, timeout_s: float,
                   stop: asyncio.Event | None = None, binds: Sequence[Path] = (), label: str = "",
                   ports: Sequence[int] = ()) -> Completed:
-        from botburrow.sandbox import Limits
+        from services.runner.sandbox import Limits
 
         # Docker refuses more CPUs than the host has.
         cpus = min(CLI_CPUS, float(os.cpu_count() or 1))
@@ -136,15 +136,15 @@ class SandboxRunner:
                     await asyncio.to_thread(os.chmod, sockets, 0o711)
                     stack.push_async_callback(asyncio.to_thread, shutil.rmtree, sockets, True)
                     await stack.enter_async_context(_unix_to_tcp(sockets / "gw.sock", port))
-                    argv = [sys.executable, "-m", "botburrow.services.runner.executors.loopback",
+                    argv = [sys.executable, "-m", "services.runner.executors.loopback",
                             str(sockets / "gw.sock"), str(port), *argv]
                     binds = [*binds, sockets]
             return await self._run(argv, env, cwd, limits, stop, binds, label)
 
     async def _run(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, limits: Any,
                    stop: asyncio.Event | None, binds: Sequence[Path], label: str) -> Completed:
-        from botburrow.sandbox import SCRATCH, Bind, SandboxError, SandboxSpec
-        from botburrow.services.runner.loop import LoopFailed
+        from services.runner.loop import LoopFailed
+        from services.runner.sandbox import SCRATCH, Bind, SandboxError, SandboxSpec
 
         # `none` runs on the host, where the run directory is writable and /tmp is shared: keep HOME.
         scratch = {} if self.sandbox.name == "none" else {"HOME": SCRATCH, "TMPDIR": SCRATCH}
@@ -204,7 +204,7 @@ def _outermost(paths: Sequence[Path]) -> list[Path]:
 
 def runner_for(environ: Mapping[str, str]) -> ProcessRunner:
     """The process runner SANDBOX_BACKEND asks for (SPEC §7; default bwrap), SANDBOX_MEMORY_MB per
-    sandbox (ours: SPEC names no such setting). The docker backend runs
+    sandbox (ours: the contract names no such setting). The docker backend runs
     SANDBOX_IMAGE (in production the runner image itself, so the runner's paths exist in it) on the
     engine at DOCKER_HOST, with the runner's toolchain shown read-only at its own paths as with bwrap."""
     memory_bytes = int(environ["SANDBOX_MEMORY_MB"]) << 20 if environ.get("SANDBOX_MEMORY_MB") else CLI_MEMORY_BYTES
@@ -212,9 +212,9 @@ def runner_for(environ: Mapping[str, str]) -> ProcessRunner:
 
 
 def sandbox_for(environ: Mapping[str, str]) -> Any:
-    """The `botburrow.sandbox` backend SANDBOX_BACKEND names, with SANDBOX_WORKSPACE_MB as each
+    """The `services.runner.sandbox` backend SANDBOX_BACKEND names, with SANDBOX_WORKSPACE_MB as each
     workspace's total size (the one place these settings become a backend: CLIs, shell tools, MCP)."""
-    from botburrow import sandbox
+    from services.runner import sandbox
 
     backend = environ.get("SANDBOX_BACKEND") or "bwrap"
     workspace_mb = int(environ.get("SANDBOX_WORKSPACE_MB") or BY_NAME["SANDBOX_WORKSPACE_MB"].default)
@@ -227,7 +227,7 @@ def sandbox_for(environ: Mapping[str, str]) -> Any:
 
 async def sweep_once(runner: ProcessRunner, *, activation_timeout_s: float) -> int:
     """Remove what dead runners left behind: docker containers (which run on without their runner, see
-    botburrow.sandbox.docker) or bwrap's cgroups (its processes die with the runner, --die-with-parent).
+    services.runner.sandbox.docker) or bwrap's cgroups (its processes die with the runner, --die-with-parent).
     Errors are logged, not raised: an engine that is down now must not keep the runner from starting."""
     sandbox = getattr(runner, "sandbox", None)
     if sandbox is None:

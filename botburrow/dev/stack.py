@@ -1,0 +1,257 @@
+"""Everything on one machine: nats-server, the Hub emulator, the scripted LLM and every stage.
+
+`LocalStack` is what `botburrow dev` runs, and what the end-to-end tests run: the stages are real
+processes (`python -m botburrow <stage>`), configured only through their environment, exactly as in
+a cluster. The Hub emulator and the scripted LLM run inside this process.
+
+The embedded nats-server requires a user and password: each stage connects as its own user, whose
+permissions cover only its subjects (streams.permissions), after `streams-apply` has made
+the topology; `nats_url` carries the operator's credentials (what `botburrow dev` prints).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from botburrow.doubles.hub_emulator import HubEmulator
+from botburrow.doubles.scripted_llm import ScriptedLLM
+from botburrow.runtime import natsserver
+from botburrow.runtime.bus import Bus
+from streams import permissions
+from streams.apply import ensure
+from streams.topology import RUNNER_ACK_WAIT_S
+
+EXAMPLES_DIR = Path(__file__).parent
+STAGE_ORDER = ("configsync", "ingest", "scheduler", "metrics", "runner")
+REPLICATED = ("runner", "scheduler")
+READY_TIMEOUT_S = 60.0
+SYSTEM_KEY = "dev-system-key-0001"
+
+
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A port free now and never handed out before by this process. The kernel may give a just-released
+    port to the next bind(0); two stages then got the same METRICS_PORT, one died on "Address already in
+    use" and the other answered its readiness checks (the full soak saw it)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+
+
+# `botburrow dev` names every agent; a soak with 1,000 would flood the terminal.
+SHOWN_AGENTS = 8
+
+@dataclass
+class StageProcess:
+    name: str
+    process: asyncio.subprocess.Process
+    port: int
+    log_path: Path
+
+
+@dataclass
+class LocalStack:
+    work_dir: Path
+    agents_source: Path = EXAMPLES_DIR
+    llm_strict: bool = False
+    # (low, high) seconds of random latency on every model answer (soak tests); None: instant.
+    llm_latency_s: tuple[float, float] | None = None
+    runners: int = 1
+    schedulers: int = 1
+    poll_interval_s: float = 1.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+    # How long each stage may take to report ready at start (a thousand agents on a small machine: more).
+    ready_timeout_s: float = READY_TIMEOUT_S
+    progress: Callable[[str], None] = lambda line: None
+    nats_url: str = ""
+    hub: HubEmulator | None = None
+    llm: ScriptedLLM | None = None
+    stages: list[StageProcess] = field(default_factory=list)
+    agent_keys: dict[str, str] = field(default_factory=dict)
+    _nats: natsserver.NatsServer | None = None
+    # Set when the stack runs its own nats-server: every user's password and the server's config file.
+    _credentials: natsserver.Credentials | None = None
+
+    @classmethod
+    def in_temp_dir(cls, **kwargs: object) -> LocalStack:
+        return cls(work_dir=Path(tempfile.mkdtemp(prefix="botburrow-dev-")), **kwargs)  # type: ignore[arg-type]
+
+    def agent_names(self) -> list[str]:
+        agents = self.agents_source / "agents"
+        return sorted(p.name for p in agents.iterdir() if (p / "config.yaml").is_file())
+
+    async def start_servers(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if os.environ.get("NATS_URL"):
+            self.nats_url = os.environ["NATS_URL"]
+            self.progress(f"nats-server: using NATS_URL={self.nats_url}")
+        else:
+            await self._start_nats()
+        self.hub = HubEmulator(system_key=SYSTEM_KEY)
+        await self.hub.start()
+        for name in self.agent_names():
+            self.agent_keys[name] = self.hub.add_agent(name, "native")
+        names = list(self.agent_keys)
+        shown = ", ".join(names[:SHOWN_AGENTS])
+        if len(names) > SHOWN_AGENTS:
+            shown += f" and {len(names) - SHOWN_AGENTS} more"
+        self.progress(f"hub emulator: {self.hub.url} with {len(names)} agents: {shown}")
+        self.llm = ScriptedLLM(strict=self.llm_strict, latency_s=self.llm_latency_s)
+        await self.llm.start()
+        self.progress(f"scripted LLM: {self.llm.url} ({'strict' if self.llm_strict else 'demo'} mode)")
+
+    async def _start_nats(self) -> None:
+        """The embedded server, with a user per stage; the topology made as `streams-apply` before any stage."""
+        self._credentials = natsserver.write_credentials(self.work_dir / "nats")
+        self._nats = await natsserver.start_async(self.work_dir / "nats", config_file=self._credentials.config_file)
+        self.nats_url = self._credentials.url(self._nats.url, permissions.OPERATOR)
+        self.progress(f"nats-server: started at {self._nats.url} with a user per stage "
+                      f"(store in {self._nats.store_dir})")
+        ack_wait_s = float(self.extra_env.get("RUNNER_ACK_WAIT_SECONDS", RUNNER_ACK_WAIT_S))
+        bus = await Bus.connect(self._credentials.url(self._nats.url, permissions.TOPOLOGY), name="botburrow-dev-apply")
+        try:
+            await ensure(bus.js, runner_ack_wait_s=ack_wait_s)
+        finally:
+            await bus.close()
+
+    def stage_nats_url(self, stage: str | None) -> str:
+        """The stage's own user on the embedded server; else (an external server) the one URL."""
+        if self._credentials is None or self._nats is None or stage not in permissions.USERS:
+            return self.nats_url
+        return self._credentials.url(self._nats.url, stage)
+
+    def stage_env(self, port: int, stage: str | None = None) -> dict[str, str]:
+        assert self.hub is not None and self.llm is not None
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", str(self.work_dir)),
+            "NATS_URL": self.stage_nats_url(stage),
+            "HUB_URL": self.hub.url,
+            "HUB_API_KEY": SYSTEM_KEY,
+            "AGENTS_SOURCE": str(self.agents_source),
+            "BOTBURROW_AGENT_KEYS": json.dumps(self.agent_keys),
+            "MODEL_BASE_URL_OVERRIDE": self.llm.url,
+            "POLL_INTERVAL_SECONDS": str(self.poll_interval_s),
+            "CONFIG_POLL_SECONDS": "2",
+            "CONSUMPTION_FLUSH_SECONDS": "0.5",
+            "SANDBOX_BACKEND": "none",
+            "METRICS_PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.update(self.extra_env)
+        return env
+
+    async def start_stage(self, name: str, index: int = 0) -> StageProcess:
+        port = free_port()
+        log_path = self.work_dir / f"{name}-{index}.log"
+        with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - opened once per stage, handed to the child
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "botburrow", name, env=self.stage_env(port, name),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
+        # Replicated stages get their index in the name, so each of several is told apart (faults, readiness).
+        stage = StageProcess(f"{name}-{index}" if name in REPLICATED else name, process, port, log_path)
+        self.stages.append(stage)
+        return stage
+
+    async def wait_ready(self, stage: StageProcess, timeout_s: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if stage.process.returncode is not None:
+                    raise RuntimeError(f"{stage.name} exited with {stage.process.returncode}; see {stage.log_path}")
+                try:
+                    if (await client.get(f"http://127.0.0.1:{stage.port}/readyz")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"{stage.name} not ready after {timeout_s:.0f}s; see {stage.log_path}")
+
+    async def start_stages(self) -> None:
+        replicas = {"runner": self.runners, "scheduler": self.schedulers}
+        names = [s for stage in STAGE_ORDER for s in [stage] * replicas.get(stage, 1)]
+        counts: dict[str, int] = {}
+        started = []
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+            started.append(await self.start_stage(name, counts[name] - 1))
+        for i, stage in enumerate(started, 1):
+            await self.wait_ready(stage, self.ready_timeout_s)
+            self.progress(f"[{i}/{len(started)}] {stage.name} ready (pid {stage.process.pid}, "
+                          f"http://127.0.0.1:{stage.port}/metrics, log {stage.log_path})")
+
+    async def start(self) -> None:
+        await self.start_servers()
+        await self.start_stages()
+
+    async def stop_stage(self, stage: StageProcess, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> None:
+        if stage.process.returncode is None:
+            stage.process.send_signal(sig)
+            try:
+                await asyncio.wait_for(stage.process.wait(), timeout_s)
+            except TimeoutError:
+                stage.process.kill()
+                await stage.process.wait()
+
+    async def restart_nats(self, down_s: float = 0.0, sig: int = signal.SIGKILL) -> None:
+        """Stop the embedded nats-server (SIGKILL by default, as a crash) and start it again on the same
+        store and the same client port, so every stage reconnects to the URL it was given."""
+        if self._nats is None:
+            raise RuntimeError("restart_nats needs the embedded nats-server (NATS_URL was set)")
+        old = self._nats
+        old.process.send_signal(sig)
+        await asyncio.to_thread(old.process.wait)
+        await asyncio.sleep(down_s)
+        port = int(old.url.rsplit(":", 1)[1])
+        config_file = self._credentials.config_file if self._credentials else None
+        self._nats = await asyncio.to_thread(_start_nats_on_port, self.work_dir / "nats", old.store_dir, port,
+                                             config_file)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(self.stop_stage(s) for s in self.stages))
+        if self.llm:
+            await self.llm.stop()
+        if self.hub:
+            await self.hub.stop()
+        if self._nats:
+            await asyncio.to_thread(self._nats.stop)
+
+
+def _start_nats_on_port(work_dir: Path, store_dir: Path, port: int, config_file: Path | None = None,
+                        timeout_s: float = 15.0) -> natsserver.NatsServer:
+    """`natsserver.start` with a fixed client port (a restart must keep the URL the stages know) and the
+    same users."""
+    log = open(work_dir / "nats-server.log", "ab")
+    process = subprocess.Popen(natsserver.command(store_dir, port=port, config_file=config_file),
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    url = f"nats://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"nats-server exited with {process.returncode}; see {work_dir / 'nats-server.log'}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return natsserver.NatsServer(process, url, "", store_dir)
+        time.sleep(0.02)
+    process.kill()
+    raise RuntimeError(f"nats-server did not listen on {port} within {timeout_s}s")

@@ -1,0 +1,53 @@
+"""The metrics stage: ended activations' consumption to the Hub, and Prometheus metrics (SPEC §6).
+
+`run(ctx)` reads the `metrics` durable consumer on RUNS (`completed`/`failed` only) in batches of
+CONSUMPTION_BATCH_SIZE (a partial batch waits at most CONSUMPTION_FLUSH_SECONDS), posts each batch to
+`POST /system/consumption` with the system key and acknowledges it only once the Hub accepted it
+(see `reporter`). Ready only when NATS and the Hub are reachable and the consumer runs (a consumer
+that dies is started again, see `service.supervise`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from botburrow.hub.breaker import CircuitBreaker
+from botburrow.hub.client import HubClient
+from botburrow.hub.probe import keep_probing
+from botburrow.runtime import service
+from botburrow.runtime.consumer import consume_batches
+from botburrow.runtime.service import StageContext, supervise
+from botburrow.secrets import read_secret
+from botburrow.settings import SettingsError
+from services.metrics.reporter import Reporter, observe
+
+STAGE = "metrics"
+# A Hub that is down is tried again after a few flush periods, not hammered (and not ignored for long).
+BREAKER_COOLDOWN_FLUSHES = 2.5
+PROBE_INTERVAL_S = 5.0
+
+__all__ = ["STAGE", "Reporter", "main", "observe", "run"]
+
+
+async def run(ctx: StageContext) -> None:
+    flush_s: float = ctx.settings["CONSUMPTION_FLUSH_SECONDS"]
+    system_key = read_secret("hub-api-key", environ=ctx.environ)
+    if not system_key:
+        raise SettingsError(["the Hub system key is not set (secret file hub-api-key in SECRETS_DIR, or HUB_API_KEY)"])
+    hub = HubClient(ctx.settings["HUB_URL"], system_key=system_key,
+                    breaker=CircuitBreaker(cooldown_s=BREAKER_COOLDOWN_FLUSHES * flush_s))
+    ctx.health.add_check("hub", lambda: hub.available)
+    reporter = Reporter(hub, ctx.stop)
+    try:
+        await asyncio.gather(
+            supervise(ctx.health, "hub-probe", lambda: keep_probing(hub, ctx.stop), ctx.stop),
+            supervise(ctx.health, "consumer", lambda: consume_batches(
+                ctx.bus, stage=STAGE, stream="RUNS", durable="metrics", handler=reporter.on_batch, stop=ctx.stop,
+                batch=ctx.settings["CONSUMPTION_BATCH_SIZE"], fetch_timeout_s=flush_s), ctx.stop),
+        )
+    finally:
+        await hub.aclose()
+
+
+def main() -> None:
+    service.main(STAGE, run)
