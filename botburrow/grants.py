@@ -1,4 +1,4 @@
-"""Grants (SPEC §3): the one parser of `<service>:<permission>[:<resource>]`, and the cluster grant policy.
+"""Grants (contract §3): the one parser of `<service>:<permission>[:<resource>]`, and the cluster grant policy.
 
 Grammar (one rule, used by the policy, the MCP planner and the runner):
 

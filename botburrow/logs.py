@@ -1,4 +1,4 @@
-"""JSON logs, one event per line, with every known secret value redacted (SPEC §6).
+"""JSON logs, one event per line, with every known secret value redacted (contract §6).
 
 Log shapes and ids, never contents: pass context as `extra={...}`; `activation_id` and `trace_id`
 are picked up from there.

@@ -1,4 +1,4 @@
-"""Secrets (SPEC §3): read from `SECRETS_DIR/<name>`, else from an environment variable; redacted by value.
+"""Secrets (contract §3): read from `SECRETS_DIR/<name>`, else from an environment variable; redacted by value.
 
 Every secret value this process reads is remembered, and `redact()` replaces each occurrence in a
 string with `[REDACTED:<name>]`. Logs, run events, DLQ reasons and error messages pass through it.

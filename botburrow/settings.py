@@ -1,4 +1,4 @@
-"""Every setting the services read, in one table (SPEC §7), and the one way to read them.
+"""Every setting the services read, in one table (contract §7), and the one way to read them.
 
 A service calls `load(stage)` once at start-up. Every missing or invalid setting is named in one
 error, and the service exits non-zero. Nothing else in the code reads the environment for settings

@@ -33,7 +33,7 @@ Obj = dict[str, Any]
 # (PYTHON*) would go here; settings are read only through botburrow.settings.
 ENV_EXCEPTIONS: frozenset[str] = frozenset()
 # Settings a stage reads that the manifests must NOT carry, with why. Every other setting a stage reads
-# is in its ConfigMap (SPEC §7: "the manifests provide exactly the settings the code reads"); an empty
+# is in its ConfigMap (contract §7: "the manifests provide exactly the settings the code reads"); an empty
 # value there means "deliberately unset" and documents the knob where operators look for it.
 NEVER_DEPLOYED = {"MODEL_BASE_URL_OVERRIDE": "local mode and tests only: it sends every model call to one URL"}
 # Workloads that are not stages, with the settings they read (`botburrow streams apply`).

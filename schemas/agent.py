@@ -1,4 +1,4 @@
-"""Agent definitions (SPEC §2): `config.yaml`, `SKILL.md` front matter, and the parsed forms.
+"""Agent definitions (contract §2): `config.yaml`, `SKILL.md` front matter, and the parsed forms.
 
 These structs are the validator: strict (unknown keys are errors), with the published schema's
 bounds as msgspec constraints, so a bad config fails with the path of the bad field. A test keeps
@@ -100,13 +100,13 @@ class Behavior(Strict, kw_only=True):
     limits: Limits = msgspec.field(default_factory=Limits)
 
     def answers(self, notification_type: str) -> bool:
-        """SPEC §4's table: which notification types this agent answers (`thread_update`, `follow` and
+        """contract §4's table: which notification types this agent answers (`thread_update`, `follow` and
         unknown types never). The one place of the rule, for the scheduler and the runner."""
         flag = ANSWERED_BY.get(notification_type)
         return flag is not None and bool(getattr(self, flag))
 
 
-# Notification type -> the behavior flag that turns its answer on (SPEC §4).
+# Notification type -> the behavior flag that turns its answer on (contract §4).
 ANSWERED_BY = {"mention": "respond_to_mentions", "dm": "respond_to_dms", "reply": "respond_to_replies",
                "comment": "respond_to_replies"}
 

@@ -24,7 +24,7 @@ from schemas.events import (
 )
 from streams.subjects import token
 
-# One schema per subject (SPEC §5). Patterns use NATS wildcards; order does not matter.
+# One schema per subject (contract §5). Patterns use NATS wildcards; order does not matter.
 SUBJECT_SCHEMAS: dict[str, Any] = {
     "agents.ingest.notification.*": NotificationReceived,
     "agents.sched.activation.*.*": ActivationRequested,
@@ -144,7 +144,7 @@ def nesting_depth(data: bytes, limit: int) -> int:
     return limit + 1 if brackets else limit
 
 
-# Which subject token each payload's names must match (SPEC §5 subjects), by schema.
+# Which subject token each payload's names must match (contract §5 subjects), by schema.
 _NAME_TOKENS: dict[Any, tuple[tuple[str, int], ...]] = {
     NotificationReceived: (("agent", 3),),
     ActivationRequested: (("priority", 3), ("agent", 4)),

@@ -1,4 +1,4 @@
-"""The JetStream payloads (SPEC §5): one struct per subject, run events as a tagged union.
+"""The JetStream payloads (contract §5): one struct per subject, run events as a tagged union.
 
 Every payload carries `v`, its schema version. Rules for changing them: `schemas/EVOLUTION.md`.
 """

@@ -1,4 +1,4 @@
-"""The Botburrow Hub API's shapes (SPEC §1). Unknown fields are ignored, as the Hub may add some."""
+"""The Botburrow Hub API's shapes (contract §1). Unknown fields are ignored, as the Hub may add some."""
 
 from __future__ import annotations
 

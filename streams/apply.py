@@ -1,7 +1,7 @@
 """Create (and with `update=True`, reconcile) every stream, consumer and bucket of the topology.
 
 Stages call `ensure(js)` at start-up: it creates what is missing and leaves existing objects alone.
-Only `botburrow streams apply` passes `update=True` and changes existing ones (SPEC §5).
+Only `botburrow streams apply` passes `update=True` and changes existing ones (contract §5).
 """
 
 from __future__ import annotations

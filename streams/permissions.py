@@ -10,7 +10,7 @@ Two users are not stages: `streams-apply` makes and updates the topology (the Ku
 `botburrow dev` before it starts the stages), and `operator` may do anything (the `botburrow` and
 `nats` CLIs). Stages may only *read* the topology's configuration, so under authentication a stage
 started before its streams exist waits, not ready, until `streams-apply` has made them
-(docs/departures.md: SPEC §5 lets stages create what is missing).
+(docs/departures.md: contract §5 lets stages create what is missing).
 
 Run `python -m streams.permissions` to print the `config.merge.accounts` block of
 deploy/nats/values.yaml, or with `--write deploy/nats/values.yaml` to replace it there.
@@ -36,7 +36,7 @@ USERS = (*STAGES, TOPOLOGY, OPERATOR)
 # user's own prefix (`inbox_prefix`), so no stage reads the messages fetched by or answered to another.
 INBOX_PREFIX = "_INBOX"
 
-# The stage that publishes each stream's own subjects (SPEC §5). A stream with subjects and no writer
+# The stage that publishes each stream's own subjects (contract §5). A stream with subjects and no writer
 # here fails `check()`: a new stream must say who writes it. DLQ: every stage its own `agents.dlq.<stage>`.
 STREAM_WRITERS = {"NOTIFICATIONS": "ingest", "ACTIVATIONS": "scheduler", "DECISIONS": "scheduler",
                   "RUNS": "runner", "CONFIG": "configsync"}

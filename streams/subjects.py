@@ -1,4 +1,4 @@
-"""Subject names (SPEC §5). Tokens are `[A-Za-z0-9_-]`; anything else in an id is mapped to `_`."""
+"""Subject names (contract §5). Tokens are `[A-Za-z0-9_-]`; anything else in an id is mapped to `_`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The JetStream topology as data: streams, durable consumers and KV buckets (SPEC §5).
+"""The JetStream topology as data: streams, durable consumers and KV buckets (contract §5).
 
 Every stream uses Limits retention, so it doubles as a replayable log; work is shared through
 durable pull consumers. Each KV bucket is written by exactly one stage (named in `writer`).

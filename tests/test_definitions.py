@@ -188,7 +188,7 @@ def _published(file: str) -> Any:
 
 def test_agent_config_struct_matches_the_published_schema() -> None:
     ours, published = _ours(AgentConfig), _published("agent-config.schema.json")
-    # The documented additions (SPEC §2): `type: opencode`, and `executor` for `type: custom`.
+    # The documented additions (contract §2): `type: opencode`, and `executor` for `type: custom`.
     assert ours["properties"]["type"]["enum"] == sorted([*published["properties"]["type"]["enum"], "opencode"])
     del ours["properties"]["executor"]
     ours["properties"]["type"] = published["properties"]["type"]

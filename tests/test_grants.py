@@ -1,4 +1,4 @@
-"""The grant policy (SPEC §3): `*` per segment, default + agent lists, deny wins, no file = allow all."""
+"""The grant policy (contract §3): `*` per segment, default + agent lists, deny wins, no file = allow all."""
 
 from __future__ import annotations
 

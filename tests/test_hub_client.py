@@ -1,4 +1,4 @@
-"""HubClient against the real emulator over HTTP: every call of SPEC §1, retries, 429, breaker."""
+"""HubClient against the real emulator over HTTP: every call of contract §1, retries, 429, breaker."""
 
 from __future__ import annotations
 

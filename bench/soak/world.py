@@ -133,7 +133,7 @@ def write_agent(root: Path, name: str, config: dict) -> None:
 
 
 def write_definitions(root: Path, regular: list[str]) -> list[str]:
-    """The definitions directory (SPEC §2 layout); returns every agent name, broken ones included."""
+    """The definitions directory (contract §2 layout); returns every agent name, broken ones included."""
     for name in regular:
         write_agent(root, name, agent_config(name))
     for name, config in special_configs().items():

@@ -1,4 +1,4 @@
-"""The `botburrow` command (SPEC §7). Each sub-command imports only what it needs, so starting a
+"""The `botburrow` command (contract §7). Each sub-command imports only what it needs, so starting a
 stage does not load the others' code.
 
 - `__init__`: the parser and the dispatch (stages, local mode, the doubles alone, operator commands)

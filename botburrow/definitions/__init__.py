@@ -1,4 +1,4 @@
-"""Agent and skill definitions (SPEC §2): parsing, sources, the `configs` bucket, and its readers.
+"""Agent and skill definitions (contract §2): parsing, sources, the `configs` bucket, and its readers.
 
 Sources (`AGENTS_SOURCE`): a directory, or `s3://bucket[/prefix]` on R2 or any S3 endpoint. Layout:
 `agents/<name>/config.yaml` + `agents/<name>/system-prompt.md`, `skills/<name>/SKILL.md`, and on S3 a
@@ -10,7 +10,7 @@ The `configs` KV bucket (written only by configsync, read by every stage through
 - key `skill.<name>` -> the `SkillDefinition` as msgspec JSON (front matter, body, `hash`)
 - deleting an agent or skill at the source deletes its key.
 
-Departure from SPEC §5 ("parsed definitions by hash"): values are keyed by name, not by hash, and
+Departure from contract §5 ("parsed definitions by hash"): values are keyed by name, not by hash, and
 carry their content hash (sha256 over the definition's files) in the value. One key per definition
 lets a reader load everything with one watch and follow changes without a pointer indirection; the
 hash in the value is what `ConfigChanged.hash` names.

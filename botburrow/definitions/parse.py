@@ -80,7 +80,7 @@ def _text(path: str, data: bytes) -> str:
         raise DefinitionError(path, "$", f"not UTF-8 text: {exc}") from None
 
 
-# Fields accepted from the published schema that the product does not act on yet (SPEC §2).
+# Fields accepted from the published schema that the product does not act on yet (contract §2).
 def _unacted_fields(data: dict[str, Any]) -> list[str]:
     found = []
     if data.get("memory") is not None:

@@ -1,4 +1,4 @@
-"""Where definitions come from (SPEC §2): a local directory or an S3/R2 bucket, behind one seam.
+"""Where definitions come from (contract §2): a local directory or an S3/R2 bucket, behind one seam.
 
 `DefinitionSource.snapshot()` returns every definition file (relative path -> `SourceFile`) as it is
 now. Definitions are data written by someone else, so every source refuses, file by file (a `SourceFile`

@@ -1,4 +1,4 @@
-"""Local mode: `botburrow dev` starts everything on one machine (SPEC §7) and sends a demo mention.
+"""Local mode: `botburrow dev` starts everything on one machine (contract §7) and sends a demo mention.
 
 `stack.LocalStack` does the starting and stopping (the end-to-end tests use it too); this module
 adds the terminal: progress while starting, the demo, then every run event as it happens.

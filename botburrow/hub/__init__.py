@@ -1,4 +1,4 @@
-"""The Botburrow Hub client (SPEC §1).
+"""The Botburrow Hub client (contract §1).
 
 - `client`: `HubClient`, one method per call of the table
 - `decode`: Hub answers into the shared structs, tolerant of the Hub's variations

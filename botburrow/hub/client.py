@@ -1,4 +1,4 @@
-"""The Botburrow Hub client (SPEC §1): one method per call of the table, on one shared httpx client.
+"""The Botburrow Hub client (contract §1): one method per call of the table, on one shared httpx client.
 
 Every agent-scoped method takes that agent's key first; system calls use the system key given at
 construction. Failures become `HubError`s: 401/403 `HubAuthError` (never retried), 404 `HubNotFound`,

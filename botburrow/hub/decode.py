@@ -1,4 +1,4 @@
-"""Decode Hub answers into the shared structs, tolerant of the Hub's variations (SPEC §1).
+"""Decode Hub answers into the shared structs, tolerant of the Hub's variations (contract §1).
 
 Lists come wrapped in `posts`, `data`, `comments` or `notifications`; single objects in `post`,
 `comment` or `agent`, or flat. Moltbook writes a community as `{"name": ...}` or `m/<name>` and an

@@ -1,4 +1,4 @@
-"""Errors of the Hub client (SPEC §1). Messages carry the call, the status and the Hub's own message:
+"""Errors of the Hub client (contract §1). Messages carry the call, the status and the Hub's own message:
 never a header, never a key (the Hub's message is redacted by value all the same)."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ have it redelivered later. Undecodable payloads (whatever their bytes: see `code
 never reach it: they go to the DLQ with the reason and the bad field's path. Any other exception is
 logged and the batch redelivered, its messages one by one when it was not NATS trouble (so one bad
 message fails alone); past the delivery cap a message is dead-lettered with its last error. A
-consumer never crashes or stalls on bad input (SPEC §5).
+consumer never crashes or stalls on bad input (contract §5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`/metrics`, `/healthz` and `/readyz` on a service's own port (SPEC §6).
+"""`/metrics`, `/healthz` and `/readyz` on a service's own port (contract §6).
 
 Ready means every registered check passes right now (NATS connected; the Hub reachable where the
 stage needs it). A check is a cheap callable that reads state the stage keeps current; it must not

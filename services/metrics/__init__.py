@@ -1,5 +1,5 @@
 """The metrics stage: ended activations' consumption to the Hub (`POST /system/consumption`), and
-Prometheus metrics (SPEC §6).
+Prometheus metrics (contract §6).
 
 - `stage`: `run(ctx)` and `main()`: the `metrics` durable on RUNS, read in batches, and the Hub probe
 - `reporter`: one batch of `ActivationMetrics` to the Hub, then to Prometheus

@@ -4,7 +4,7 @@ A batch of `completed`/`failed` run events is posted as one `POST /system/consum
 acknowledged only after the Hub accepted it. While the Hub is down or refusing, the batch is held
 (its messages kept alive with `in_progress()`, so no delivery is burned and nothing reaches the DLQ)
 and retried with capped backoff; on shutdown it is handed back (`Retry`) for another pod. A repeated
-`activation_id` is harmless to the Hub (SPEC §1), so redelivery after a crash loses nothing. Events
+`activation_id` is harmless to the Hub (contract §1), so redelivery after a crash loses nothing. Events
 the Hub rejects as invalid (a 4xx other than 401/403/429) are retried one by one and only the
 refused ones are dead-lettered.
 """

@@ -1,4 +1,4 @@
-"""The metrics stage: ended activations' consumption to the Hub, and Prometheus metrics (SPEC §6).
+"""The metrics stage: ended activations' consumption to the Hub, and Prometheus metrics (contract §6).
 
 `run(ctx)` reads the `metrics` durable consumer on RUNS (`completed`/`failed` only) in batches of
 CONSUMPTION_BATCH_SIZE (a partial batch waits at most CONSUMPTION_FLUSH_SECONDS), posts each batch to

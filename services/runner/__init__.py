@@ -1,4 +1,4 @@
-"""The runner stage: runs activations (SPEC §4). Nothing is imported here: the MCP relay
+"""The runner stage: runs activations (contract §4). Nothing is imported here: the MCP relay
 (`mcp.relay`) starts in a sandbox with the standard library only.
 
 - `stage`: `run(ctx)` and `main()`: the consumer loop (priorities, slots, leases, heartbeats, drain)

@@ -1,4 +1,4 @@
-"""One activation, from claim to completion (SPEC §4), for the `native` executor.
+"""One activation, from claim to completion (contract §4), for the `native` executor.
 
 `Activation.run` always ends in exactly one `completed` or `failed` event carrying the
 ActivationMetrics, except when it raises `Retry` (a deferral or a Hub outage: the request is
@@ -183,7 +183,7 @@ class Activation:
 
     def _preflight(self, definition: AgentDefinition) -> str | None:
         """Before any Hub read or model call. The answer is a write: an agent without `hub:write` (after the
-        policy) is skipped, with that reason (a departure from SPEC §4, docs/departures.md). A config naming
+        policy) is skipped, with that reason (a departure from contract §4, docs/departures.md). A config naming
         a model key or endpoint the operator does not allow fails the activation before any secret is read."""
         self.grants = self.deps.grants.resolve(definition)
         if not holds_all(self.grants, "hub", "write"):

@@ -1,4 +1,4 @@
-"""What the model is told (SPEC §4 step 2): the system prompt with skills, and the task.
+"""What the model is told (contract §4 step 2): the system prompt with skills, and the task.
 
 Skills: the ones the config lists, plus those whose trigger keywords appear in the task text (whole
 words, case-insensitive) or whose trigger communities match the task's community; then every skill

@@ -1,4 +1,4 @@
-"""The runner-side model gateway (SPEC §4): how a CLI in a sandbox reaches the model without a key.
+"""The runner-side model gateway (contract §4): how a CLI in a sandbox reaches the model without a key.
 
 One HTTP server per runner process speaks the providers' own APIs:
 

@@ -1,4 +1,4 @@
-"""The native agent loop (SPEC §4 step 3): a small state machine over a neutral transcript.
+"""The native agent loop (contract §4 step 3): a small state machine over a neutral transcript.
 
     call model -> (no tool calls) done
                -> run each tool call, answer each with its result -> call model again

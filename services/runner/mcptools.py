@@ -1,7 +1,7 @@
-"""The MCP toolset of an activation (`ToolsetFactory`, SPEC §3): start the granted servers, offer
+"""The MCP toolset of an activation (`ToolsetFactory`, contract §3): start the granted servers, offer
 their tools to the native loop as `<server>__<tool>`, count calls, close everything after.
 
-- `hub` is served in-process (hubtools.HubTools, SPEC §3 allows it for the native loop), named
+- `hub` is served in-process (hubtools.HubTools, contract §3 allows it for the native loop), named
   `hub__<tool>` as before. For CLI executors the same backend is wrapped in our `hub` MCP server.
 - Every other server comes from the operator's catalog (services/runner/mcp/catalog.py, servers.py) and
   runs in a sandbox of the runner's backend (SANDBOX_BACKEND: `filesystem` in one of the activation's

@@ -1,4 +1,4 @@
-"""Where an agent's model calls go and which key they carry (SPEC §4), within the operator's lists.
+"""Where an agent's model calls go and which key they carry (contract §4), within the operator's lists.
 
 A config is data someone else wrote: its `brain.api_key_env` names the secret sent upstream and its
 `brain.api_base` the server it is sent to. So both are checked against the operator's settings before

@@ -1,4 +1,4 @@
-"""Posting as the agent, exactly once, within its limits (SPEC §4 step 4).
+"""Posting as the agent, exactly once, within its limits (contract §4 step 4).
 
 Idempotency: the `replies` bucket holds a marker per (activation id, notification id). It is written
 as `pending` with the text *before* the Hub call and as `posted` with the Hub's id after it, so a

@@ -170,7 +170,7 @@ class OpenAIModel:
 
 
 def model_for(brain: Brain, environ: Mapping[str, str], *, timeout_s: float) -> AnthropicModel | OpenAIModel:
-    """Build the model client for an agent's brain (SPEC §4), its endpoint and key within the operator's
+    """Build the model client for an agent's brain (contract §4), its endpoint and key within the operator's
     lists (modelaccess.resolve: ModelAccessRefused, a ModelError, before any secret is read)."""
     endpoint = modelaccess.resolve(brain, environ)
     if endpoint.protocol == "anthropic":

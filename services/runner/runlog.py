@@ -1,4 +1,4 @@
-"""The activation's event log (SPEC §5): every event on `agents.run.<agent>.<activation id>.<event>`.
+"""The activation's event log (contract §5): every event on `agents.run.<agent>.<activation id>.<event>`.
 
 Message ids are deterministic per delivery: `run:<activation>:<stream seq>.<attempt>:<event>:<n>`, where
 the stream sequence is that of the request message and the attempt its delivery count. A retried

@@ -1,6 +1,6 @@
 """The three places an activation is extended, each a small protocol with a default:
 
-- `GrantResolver`: which of a config's grants the agent holds (the cluster policy, SPEC §3);
+- `GrantResolver`: which of a config's grants the agent holds (the cluster policy, contract §3);
 - `ToolsetFactory`: the tools an activation may call (Hub tools; MCP servers later), opened and
   closed around the thinking;
 - `Thinker`: how an executor type turns a prompt into a final answer (the native loop; the CLIs).
@@ -38,7 +38,7 @@ class GrantResolver(Protocol):
 
 
 class AllowWhatConfigsAsk:
-    """No policy file: an agent holds every grant its config asks for (SPEC §3)."""
+    """No policy file: an agent holds every grant its config asks for (contract §3)."""
 
     def resolve(self, definition: AgentDefinition) -> set[str]:
         return set(definition.config.capabilities.grants)
@@ -92,7 +92,7 @@ async def load_providers() -> ModuleType:
 
 
 class NativeThinker:
-    """`type: native`: the agent loop against the model API (SPEC §4)."""
+    """`type: native`: the agent loop against the model API (contract §4)."""
 
     async def think(self, request: ThinkRequest) -> str:
         model = (await load_providers()).model_for(request.definition.config.brain, request.environ, timeout_s=120)
@@ -105,7 +105,7 @@ class NativeThinker:
 
 
 class HubToolsOnly:
-    """The default toolset: the Hub tools, served in-process (SPEC §3 allows it for the native loop)."""
+    """The default toolset: the Hub tools, served in-process (contract §3 allows it for the native loop)."""
 
     @contextlib.asynccontextmanager
     async def open(self, ctx: ToolContext) -> AsyncIterator[Toolbox]:

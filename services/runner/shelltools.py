@@ -1,8 +1,8 @@
-"""Shell and file tools for the native loop (SPEC §4 step 3), offered only with `shell.enabled`.
+"""Shell and file tools for the native loop (contract §4 step 3), offered only with `shell.enabled`.
 
 Commands run in the activation's sandbox (`SANDBOX_BACKEND`), in its workspace, within
 `timeout_seconds`. A command line is refused unless its program is in `allowed_commands` (when the
-list is given); a `blocked_patterns` entry anywhere in the line blocks it (substring, SPEC §4); and,
+list is given); a `blocked_patterns` entry anywhere in the line blocks it (substring, contract §4); and,
 when in doubt, it blocks: shell operators that could chain a second program (`;`, `&&`, `|`, `$(`,
 backticks, redirections) are refused, since only the first program would have been checked.
 File tools are confined to the workspace: a path that resolves outside it (`..`, symlinks) is refused.

@@ -281,7 +281,7 @@ async def run(ctx: StageContext) -> None:
                     breaker=CircuitBreaker(cooldown_s=HUB_BREAKER_COOLDOWN_S))
     directory = await AgentDirectory.open(ctx.bus)
     ctx.health.add_check("definitions", lambda: directory.following)
-    gateway = ModelGateway()  # CLI executors reach the model only through it (SPEC §4)
+    gateway = ModelGateway()  # CLI executors reach the model only through it (contract §4)
     sandbox_environ = {**ctx.environ, "SANDBOX_BACKEND": ctx.settings["SANDBOX_BACKEND"],
                        "SANDBOX_MEMORY_MB": str(ctx.settings["SANDBOX_MEMORY_MB"]),
                        "SANDBOX_WORKSPACE_MB": str(ctx.settings["SANDBOX_WORKSPACE_MB"])}

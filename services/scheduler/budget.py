@@ -1,6 +1,6 @@
 """The budget gate: `GET /system/budget-health`, cached, turned into refusals per tool type.
 
-SPEC §1: `throttle` stops exploration for that tool type, `critical` stops all new work but work marked
+contract §1: `throttle` stops exploration for that tool type, `critical` stops all new work but work marked
 critical. The status is refreshed at most every `cache_s`; while the Hub does not answer, the last
 known status holds for `stale_after_s`, then the gate fails safe: no exploration at all (notifications
 go on, so a Hub outage never silences agents that were asked something).

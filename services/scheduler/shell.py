@@ -70,7 +70,7 @@ def utc_now() -> str:
 
 
 def decision_subject(agent: str) -> str:
-    """Refusal events (SPEC §5 names no scheduler event subject; this is ours, stream DECISIONS)."""
+    """Refusal events (contract §5 names no scheduler event subject; this is ours, stream DECISIONS)."""
     return f"agents.sched.decision.{subjects.token(agent)}"
 
 

@@ -30,7 +30,7 @@ from schemas.events import ActivationRequested, Priority, SchedulingRefused
 from schemas.hub import Notification
 from services.scheduler.due import DueQueue, ExploreRule, epoch_s
 
-# SPEC §4: the priority of each notification type that can lead to an activation.
+# contract §4: the priority of each notification type that can lead to an activation.
 PRIORITY_OF_TYPE: dict[str, Priority] = {
     "mention": "high",
     "dm": "high",
@@ -65,7 +65,7 @@ class Responds(msgspec.Struct, frozen=True, kw_only=True):
     mentions: bool = True
     replies: bool = True
     dms: bool = True
-    # SPEC §4: thread updates are never answered by default; no config flag turns them on yet.
+    # contract §4: thread updates are never answered by default; no config flag turns them on yet.
     thread_updates: bool = False
 
     @classmethod

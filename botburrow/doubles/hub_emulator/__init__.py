@@ -1,4 +1,4 @@
-"""The Botburrow Hub emulator (SPEC §1): the table under `/api/v1`, an admin API under `/admin`.
+"""The Botburrow Hub emulator (contract §1): the table under `/api/v1`, an admin API under `/admin`.
 
 - `emulator`: `HubEmulator`, a real HTTP server plus in-process helpers for tests and seeding
 - `api`: the table under `/api/v1`, behind faults, bearer auth and rate limits

@@ -1,4 +1,4 @@
-"""The SPEC §1 table under `/api/v1`, behind faults, bearer auth and (when enabled) rate limits."""
+"""The contract §1 table under `/api/v1`, behind faults, bearer auth and (when enabled) rate limits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The coding-agent CLI executors (SPEC §4): `claude-code`, `goose`, `aider`, `opencode`, `custom`.
+"""The coding-agent CLI executors (contract §4): `claude-code`, `goose`, `aider`, `opencode`, `custom`.
 
 `cli_thinkers(environ)` returns one `Thinker` per executor type, sharing one runner-side model gateway;
 the runner registers them next to `native` in `Deps.thinkers`.

@@ -1,4 +1,4 @@
-"""Aider headless (`aider --message ...`), SPEC §4. Aider has no MCP upstream: an aider agent runs
+"""Aider headless (`aider --message ...`), contract §4. Aider has no MCP upstream: an aider agent runs
 without MCP tools (logged once per activation), and the runner still posts its answer.
 
 Aider exits 0 after fatal API errors, and its stdout is prose: the answer is the gateway's record of

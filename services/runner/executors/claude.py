@@ -1,4 +1,4 @@
-"""Claude Code headless (`claude -p ... --output-format stream-json --verbose`), SPEC §4.
+"""Claude Code headless (`claude -p ... --output-format stream-json --verbose`), contract §4.
 
 Failure test (exit codes lie): no `result` line, `is_error` (its `subtype` may still say success), or a
 non-zero exit.

@@ -1,4 +1,4 @@
-"""`type: custom`: `executor.command` with its args, `${PROMPT}` substituted (SPEC §2, §4).
+"""`type: custom`: `executor.command` with its args, `${PROMPT}` substituted (contract §2, §4).
 
 The command gets the model gateway the same way the CLIs do (Anthropic and OpenAI base URLs, the
 activation token as key), the system prompt in a file named by `BOTBURROW_SYSTEM_PROMPT_FILE`, the

@@ -1,4 +1,4 @@
-"""Goose headless (`goose run -q --no-session --no-profile --output-format stream-json`), SPEC §4.
+"""Goose headless (`goose run -q --no-session --no-profile --output-format stream-json`), contract §4.
 
 Failure test (Goose exits 0 on server errors and timeouts, with the error as answer text and 0
 tokens): a non-zero exit, an `error` event or content item, no `complete` event, `complete` with 0

@@ -1,4 +1,4 @@
-"""OpenCode headless (`opencode run --format json`), SPEC §4.
+"""OpenCode headless (`opencode run --format json`), contract §4.
 
 Its whole configuration is one JSON file (`OPENCODE_CONFIG`): the gateway as an OpenAI-compatible or
 Anthropic provider, the agent's prompt, permissions (shell and edits denied unless shell is enabled),

@@ -59,7 +59,7 @@ class ProcessRunner(Protocol):
 
 
 class DirectRunner:
-    """No sandbox: a plain child process in a new session (SPEC §7 allows it in local mode only)."""
+    """No sandbox: a plain child process in a new session (contract §7 allows it in local mode only)."""
 
     async def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, timeout_s: float,
                   stop: asyncio.Event | None = None, binds: Sequence[Path] = (), label: str = "",
@@ -203,7 +203,7 @@ def _outermost(paths: Sequence[Path]) -> list[Path]:
 
 
 def runner_for(environ: Mapping[str, str]) -> ProcessRunner:
-    """The process runner SANDBOX_BACKEND asks for (SPEC §7; default bwrap), SANDBOX_MEMORY_MB per
+    """The process runner SANDBOX_BACKEND asks for (contract §7; default bwrap), SANDBOX_MEMORY_MB per
     sandbox (ours: the contract names no such setting). The docker backend runs
     SANDBOX_IMAGE (in production the runner image itself, so the runner's paths exist in it) on the
     engine at DOCKER_HOST, with the runner's toolchain shown read-only at its own paths as with bwrap."""

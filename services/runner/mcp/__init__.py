@@ -1,4 +1,4 @@
-"""MCP for agents (SPEC §3): the operator's catalog, the built-in servers, the client-side filtering
+"""MCP for agents (contract §3): the operator's catalog, the built-in servers, the client-side filtering
 proxy, our `hub` server and the stdio relay a sandboxed CLI uses to reach the runner's servers.
 
 Nothing is imported here: `relay` runs in a sandbox with the standard library only. The grant

@@ -1,6 +1,6 @@
 """The operator's MCP catalog: the only MCP servers an activation may start, and how.
 
-The built-in servers (SPEC §3) are always there; `MCP_CATALOG_FILE` (YAML, mounted by the deployment)
+The built-in servers (contract §3) are always there; `MCP_CATALOG_FILE` (YAML, mounted by the deployment)
 adds more. A config's `capabilities.mcp_servers` or a skill's `mcp.server` may only NAME an entry:
 
     servers:

@@ -1,4 +1,4 @@
-"""The runner-side endpoint a sandboxed CLI reaches through `services.runner.mcp.relay` (SPEC §3).
+"""The runner-side endpoint a sandboxed CLI reaches through `services.runner.mcp.relay` (contract §3).
 
 It serves one activation's allowed servers (already filtered proxies, see proxy.py) on a Unix
 socket that is bind-mounted into that activation's sandbox only. Servers and their credentials

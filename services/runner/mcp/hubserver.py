@@ -1,4 +1,4 @@
-"""Our `hub` MCP server (SPEC §3), on `mcp.server.MCPServer`.
+"""Our `hub` MCP server (contract §3), on `mcp.server.MCPServer`.
 
 It fronts a backend with the runner's Hub tool semantics (services/runner/hubtools.py: one agent,
 one activation, posting through the same Poster so limits and idempotency hold), given as any

@@ -1,6 +1,6 @@
 """Run one command in a throw-away sandbox: the seam between executors and the isolation backend.
 
-One interface, three backends chosen by SANDBOX_BACKEND (SPEC §7):
+One interface, three backends chosen by SANDBOX_BACKEND (contract §7):
   - `bwrap`  Debian bubblewrap: new namespaces (user, pid, net, ipc, uts, mount), only the workspace
              writable, a cleared environment, uid 1000, all capabilities dropped, limits through cgroup v1
              (when writable) or prlimit.
