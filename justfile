@@ -12,8 +12,10 @@ default:
 setup:
     ./setup.sh
 
-# the whole test suite: fast tests first, then the slow ones
+# the whole test suite: the import layers and ruff, then fast tests, then the slow ones
 test *args:
+    {{venv}}/lint-imports
+    {{venv}}/ruff check .
     {{venv}}/pytest -m "not slow" {{args}}
     {{venv}}/pytest -m slow {{args}} || [ $? -eq 5 ]  # 5: no slow test selected
 
@@ -29,9 +31,10 @@ fuzz *args:
 dev *args:
     {{venv}}/botburrow dev {{args}}
 
-# ruff over the whole tree
+# ruff over the whole tree, and the import layers (ARCHITECTURE.md)
 lint:
     {{venv}}/ruff check .
+    {{venv}}/lint-imports
 
 # regenerate the committed JSON Schemas from the structs
 schemas:
