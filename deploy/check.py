@@ -337,19 +337,22 @@ def constraints() -> str:
     from packaging.requirements import Requirement
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    roots = [Requirement(r).name for r in project["dependencies"]]
+    # (name, extra) pairs: a requirement's extras are part of the closure (aioboto3 needs aiobotocore[boto3]).
+    roots = [(req.name, extra) for req in map(Requirement, project["dependencies"]) for extra in ("", *req.extras)]
     seen: dict[str, str] = {}
+    followed: set[tuple[str, str]] = set()
     while roots:
-        name = roots.pop()
+        name, extra = roots.pop()
         key = re.sub(r"[-_.]+", "-", name).lower()
-        if key in seen:
+        if (key, extra) in followed:
             continue
+        followed.add((key, extra))
         dist = md.distribution(name)
         seen[key] = dist.version
         for raw in dist.requires or []:
             req = Requirement(raw)
-            if not req.marker or req.marker.evaluate({"extra": ""}):
-                roots.append(req.name)
+            if not req.marker or req.marker.evaluate({"extra": extra}):
+                roots += [(req.name, e) for e in ("", *req.extras)]
     header = (DEPLOY / "images" / "constraints.txt").read_text().split("\n")
     comments = [line for line in header if line.startswith("#")]
     return "\n".join([*comments, *(f"{k}=={v}" for k, v in sorted(seen.items()))]) + "\n"

@@ -68,7 +68,8 @@ SMOKE_RUNTIME = (
     ("uid", ["--entrypoint", "id"], ["-u"]),
     NO_CA_BUNDLE,
     ("botburrow --help", [], ["--help"]),
-    ("import runner", ["--entrypoint", "python3"], ["-c", "import services.runner.stage"]),
+    ("import every stage", ["--entrypoint", "python3"], ["-c", "import " + ", ".join(
+        f"services.{stage}.stage" for stage in ("ingest", "scheduler", "runner", "metrics", "configsync"))]),
     ("closure", ["--entrypoint", "python3"], ["-c", (
         "import importlib.metadata as m; print('\\n'.join(sorted(f\"{d.metadata['Name'].lower()}=={d.version}\""
         " for d in m.distributions())))")]),
