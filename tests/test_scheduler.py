@@ -32,6 +32,7 @@ from services.scheduler.state import (
 )
 from streams import subjects
 from streams.topology import SCHEDULER_PARTITIONS, scheduler_durable
+from tests.fixtures.wait import until
 
 NOW = "2025-01-01T00:00:00.000Z"
 WAIT_S = 10.0
@@ -89,7 +90,7 @@ def test_one_activation_per_agent_and_later_notifications_join_the_next() -> Non
 
 def test_skips_are_counted_with_their_reason_and_duplicates_ignored() -> None:
     state = SchedulerState()
-    quiet = Responds(mentions=False)
+    quiet = Responds(behavior=Behavior(respond_to_mentions=False))
     verdicts, changes = decide(state, "ann", note("f", "follow"), note("t", "thread_update"), note("u", "weird"),
                                note("s", "mention", sender="ann"), note("m", "mention"), note("d", "dm"),
                                responds=quiet)
@@ -278,12 +279,9 @@ async def test_pending_work_survives_a_restart(bus: Bus, nats_url: str) -> None:
 
 async def wait_consumed(bus: Bus) -> None:
     """Until every scheduler partition consumer has handled and acknowledged everything sourced to it."""
-    async def drained() -> None:
-        while True:
-            infos = [await bus.js.consumer_info("SCHEDULER", scheduler_durable(p)) for p in range(SCHEDULER_PARTITIONS)]
-            sourced = (await bus.js.stream_info("SCHEDULER")).state.messages
-            if sourced and all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
-                return
-            await asyncio.sleep(0.02)
+    async def drained() -> bool:
+        infos = [await bus.js.consumer_info("SCHEDULER", scheduler_durable(p)) for p in range(SCHEDULER_PARTITIONS)]
+        sourced = (await bus.js.stream_info("SCHEDULER")).state.messages
+        return bool(sourced) and all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos)
 
-    await asyncio.wait_for(drained(), WAIT_S)
+    await until(drained, WAIT_S, "every scheduler partition drained")

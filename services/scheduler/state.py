@@ -25,7 +25,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.agent import AgentConfig
+from schemas.agent import AgentConfig, Behavior
 from schemas.events import ActivationRequested, Priority, SchedulingRefused
 from schemas.hub import Notification
 from services.scheduler.due import DueQueue, ExploreRule, epoch_s
@@ -60,28 +60,17 @@ def _open_gate(agent: str, kind: str, critical: bool) -> str | None:
 
 
 class Responds(msgspec.Struct, frozen=True, kw_only=True):
-    """What the scheduler needs from an agent's definition: which notification types it answers."""
+    """What the scheduler needs from an agent's definition: which notification types it answers, by the
+    one rule beside the config schema (`Behavior.answers`, which the runner applies too)."""
 
-    mentions: bool = True
-    replies: bool = True
-    dms: bool = True
-    # contract §4: thread updates are never answered by default; no config flag turns them on yet.
-    thread_updates: bool = False
+    behavior: Behavior = msgspec.field(default_factory=Behavior)
 
     @classmethod
     def of(cls, config: AgentConfig) -> Responds:
-        behavior = config.behavior
-        return cls(mentions=behavior.respond_to_mentions, replies=behavior.respond_to_replies,
-                   dms=behavior.respond_to_dms)
+        return cls(behavior=config.behavior)
 
     def answers(self, notification_type: str) -> bool:
-        return {
-            "mention": self.mentions,
-            "dm": self.dms,
-            "reply": self.replies,
-            "comment": self.replies,
-            "thread_update": self.thread_updates,
-        }.get(notification_type, False)
+        return self.behavior.answers(notification_type)
 
 
 # Never tracked by the cyclic GC (`gc=False`): immutable data that cannot form a cycle, held by the
