@@ -21,6 +21,7 @@ from schemas.codec import decode_subject
 from schemas.events import DeadLetter, RunFailed, RunStarted
 from schemas.hub import Author, Notification
 from tests.fixtures.runner import END_TIMEOUT_S, Rig, kinds, metrics_of
+from tests.fixtures.wait import until
 from tests.test_hub_client import MALFORMED, deep_chain_json
 
 
@@ -86,9 +87,10 @@ Route = Callable[[str, str], bytes]
 
 async def acknowledged(rig: Rig) -> None:
     """Wait until the runner acknowledged every activation request it took (it acks after the dead letter)."""
-    async with asyncio.timeout(END_TIMEOUT_S):
-        while (await rig.bus.js.consumer_info("ACTIVATIONS", "runner-high")).num_ack_pending:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)  # the server has no event for it: poll its consumer state
+    async def settled() -> bool:  # the server has no event for it: poll its consumer state
+        return not (await rig.bus.js.consumer_info("ACTIVATIONS", "runner-high")).num_ack_pending
+
+    await until(settled, END_TIMEOUT_S, "every activation request settled")
 
 
 async def raw_hub(answer: Route) -> tuple[asyncio.Server, str]:

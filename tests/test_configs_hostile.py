@@ -31,6 +31,7 @@ from services.configsync import stage as configsync
 from services.configsync.sync import Syncer, sync_once
 from services.ingest import stage as ingest
 from streams.apply import ensure
+from tests.fixtures.wait import until
 
 PUBLISHED = Path(__file__).parent / "data" / "published-agent-definitions"
 AGENTS = {"claude-coder-1", "devops-agent", "pirate-captain-agent", "research-agent", "sprint-coder",
@@ -67,10 +68,11 @@ async def letters(bus: Bus) -> list[tuple[DeadLetter, str]]:
 
 
 async def wait_letters(bus: Bus, count: int) -> list[tuple[DeadLetter, str]]:
-    async with asyncio.timeout(WAIT_S):
-        while len(found := await letters(bus)) < count:  # noqa: ASYNC110 - a stream read, no event to await
-            await asyncio.sleep(0.05)
-    return found
+    async def enough() -> list[tuple[DeadLetter, str]] | None:
+        found = await letters(bus)
+        return found if len(found) >= count else None
+
+    return await until(enough, WAIT_S, f"{count} dead letters")
 
 
 async def test_a_fresh_directory_skips_bad_values_and_keeps_following(bus: Bus, definitions: Path) -> None:
@@ -136,9 +138,11 @@ async def test_the_configsync_stage_repairs_bad_values_and_stays_ready(bus: Bus,
         found = await wait_letters(bus, len(revisions))
         assert {letter.stage for letter, _ in found} == {"configsync"}  # named after its connection
         kv = await bus.kv(configs.BUCKET)
-        async with asyncio.timeout(WAIT_S), httpx.AsyncClient() as http:
-            while (await http.get(f"http://127.0.0.1:{ports[0]}/readyz")).status_code != 200:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)  # readiness is polled, as Kubernetes does
+        async with httpx.AsyncClient() as http:  # readiness is polled, as Kubernetes does
+            async def ready() -> bool:
+                return (await http.get(f"http://127.0.0.1:{ports[0]}/readyz")).status_code == 200
+
+            await until(ready, WAIT_S, "configsync ready")
         keys = set(await kv.keys())
         assert not keys & set(revisions) and {f"agent.{a}" for a in AGENTS} <= keys
     finally:
@@ -177,9 +181,8 @@ async def test_a_definition_over_the_servers_max_payload_fails_alone(tmp_path: P
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
         ports_file = ports_dir / f"nats-server_{process.pid}.ports"
-        async with asyncio.timeout(WAIT_S):
-            while not ports_file.is_file() or not ports_file.read_text().strip():  # noqa: ASYNC110
-                await asyncio.sleep(0.01)  # the server writes this file once it listens
+        # The server writes this file once it listens.
+        await until(lambda: ports_file.is_file() and ports_file.read_text().strip(), WAIT_S, "the ports file")
         small = await Bus.connect(json.loads(ports_file.read_text())["nats"][0], name="test-small")
         try:
             await ensure(small.js)
@@ -211,9 +214,10 @@ async def test_a_real_stage_starts_beside_bad_values_and_files_their_letters(
     try:
         found = await wait_letters(bus, len(revisions))
         assert {letter.stage for letter, _ in found} == {"ingest"}  # named after its own connection
-        async with asyncio.timeout(WAIT_S):
-            while not (await bus.js.stream_info("NOTIFICATIONS")).state.messages:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)  # the good agent's mention went through the running stage
+        async def published() -> int:  # the good agent's mention went through the running stage
+            return (await bus.js.stream_info("NOTIFICATIONS")).state.messages
+
+        await until(published, WAIT_S, "the good agent's notification")
         [msg] = await read_all(bus, "NOTIFICATIONS", "agents.ingest.notification.*")
         assert msg.headers and msg.headers["Nats-Msg-Id"] == f"ntf:{note.id}" and not stage.done()
     finally:
@@ -231,10 +235,11 @@ async def test_a_watch_that_ends_is_opened_again_and_the_directory_says_so(bus: 
         watcher = directory._watcher
         assert watcher is not None
         await watcher.stop()  # how nats-py ends a watch: its iteration stops
-        async with asyncio.timeout(WAIT_S):
-            while directory._watcher is watcher or not directory.following:
-                seen.append(directory.following)
-                await asyncio.sleep(0.01)
+        def reopened() -> bool:
+            seen.append(directory.following)
+            return directory._watcher is not watcher and directory.following
+
+        await until(reopened, WAIT_S, "the watch opened again")
         assert False in seen  # not ready while it was down
 
         prompt = definitions / "agents/research-agent/system-prompt.md"

@@ -26,6 +26,7 @@ from services.configsync import stage as configsync
 from services.configsync.sync import Syncer, SyncReport, sync_forever, sync_once
 from streams.apply import ensure
 from tests.fixtures.s3 import S3Server
+from tests.fixtures.wait import until
 
 # A verbatim copy of ../shared/agent-definitions (see its SOURCE.md), so the suite runs anywhere.
 PUBLISHED = Path(__file__).parent / "data" / "published-agent-definitions"
@@ -138,13 +139,6 @@ async def test_change_delete_and_break_are_synced_and_seen_by_the_directory(
         await directory.close()
 
 
-async def _until(condition: Any) -> None:
-    """Poll a plain state flag that has no event to await (the health check reads a variable)."""
-    async with asyncio.timeout(WAIT_S):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-
-
 async def test_sync_forever_is_ready_once_the_source_answered(bus: Bus, definitions: Path, tmp_path: Path) -> None:
     health = Health("configsync")
     stop = asyncio.Event()
@@ -157,7 +151,7 @@ async def test_sync_forever_is_ready_once_the_source_answered(bus: Bus, definiti
             assert response.status_code == 503
             assert response.json()["checks"] == {"nats": True, "source": False, "synced": False}
             shutil.copytree(definitions, tmp_path / "not-there")
-            await _until(lambda: health.status()["source"])
+            await until(lambda: health.status()["source"], WAIT_S, "source answered")
             assert (await http.get("/readyz")).status_code == 200
             directory = await AgentDirectory.open(bus)
             try:
@@ -176,12 +170,12 @@ async def test_a_configsync_that_cannot_write_the_bucket_is_not_ready(bus: Bus, 
     stop = asyncio.Event()
     task = asyncio.create_task(sync_forever(bus, LocalSource(definitions), poll_s=0.05, stop=stop, health=health))
     try:
-        await _until(lambda: health.status().get("synced", False))
+        await until(lambda: health.status().get("synced", False), WAIT_S, "synced")
         await bus.js.delete_key_value(configs.BUCKET)  # its passes now fail: it must stop saying ready
-        await _until(lambda: not health.status().get("synced", True))
+        await until(lambda: not health.status().get("synced", True), WAIT_S, "not synced")
         assert health.status()["source"]  # the source still answers: only the bucket side is broken
         await ensure(bus.js)  # the bucket is back: the next pass refills it, and configsync is ready again
-        await _until(lambda: health.status().get("synced", False))
+        await until(lambda: health.status().get("synced", False), WAIT_S, "synced")
         directory = await AgentDirectory.open(bus)
         try:
             assert set(directory.agents()) == AGENTS

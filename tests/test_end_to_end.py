@@ -17,16 +17,9 @@ from botburrow.cli.ops import load_run
 from botburrow.dev import _await_configs
 from botburrow.dev.stack import LocalStack
 from botburrow.runtime.bus import Bus
+from tests.fixtures.wait import until
 
 pytestmark = pytest.mark.slow
-
-
-async def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -66,8 +59,8 @@ async def test_a_mention_is_answered_end_to_end(stack: LocalStack, bus: Bus) -> 
     assert flat[0].parent_id == notification.comment_id
     assert all(n.read for n in stack.hub.notifications_of("pirate-captain") if n.id == notification.id)
 
-    await wait_until(lambda: any(m.activation_id == activation_id for m in stack.hub.consumption),
-                     what="consumption reported to the Hub")
+    await until(lambda: any(m.activation_id == activation_id for m in stack.hub.consumption),
+                30.0, "consumption reported to the Hub")
     (metrics,) = [m for m in stack.hub.consumption if m.activation_id == activation_id]
     assert (metrics.tokens_input, metrics.tokens_output, metrics.outcome) == (321, 45, "posted")
     assert metrics.agent_id == "pirate-captain" and metrics.estimated_cost_usd > 0

@@ -49,6 +49,7 @@ from services.scheduler.shell import MAX_PENDING_NOTIFICATIONS
 from streams import subjects
 from streams.topology import MAX_DELIVERIES
 from tests.fixtures.runner import Rig
+from tests.fixtures.wait import until as wait_until
 from tests.test_metrics_stage import ended
 from tests.test_scheduler import Feed, add_agents, definition, feed, note, publish_notification, wait_for_state
 
@@ -198,13 +199,13 @@ async def stage(name: str, body: StageBody, environ: dict[str, str]) -> AsyncIte
 
 async def readiness(url: str, until: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     """Poll /readyz (a state with no event to await) until `until` holds for its answer."""
-    async with httpx.AsyncClient() as http, asyncio.timeout(WAIT_S):
-        while True:
+    async with httpx.AsyncClient() as http:
+        async def answer_if() -> dict[str, Any] | None:
             response = await http.get(url)
             answer = {"status": response.status_code, **response.json()}
-            if until(answer):
-                return answer
-            await asyncio.sleep(0.02)
+            return answer if until(answer) else None
+
+        return await wait_until(answer_if, WAIT_S, "a readiness answer")
 
 
 def ready_with_tasks(answer: dict[str, Any]) -> bool:
@@ -291,9 +292,7 @@ async def test_metrics_survives_any_bytes_on_its_subjects(bus: Bus, nats_url: st
         for agent in (ann, bob):
             event = ended(agent, 2)
             await bus.publish(subjects.run_event(agent, event.activation_id, "completed"), event)
-        async with asyncio.timeout(WAIT_S):
-            while len(hub_emulator.consumption) < 2:  # noqa: ASYNC110 - the emulator's list has no event
-                await asyncio.sleep(0.02)
+        await wait_until(lambda: len(hub_emulator.consumption) >= 2, WAIT_S, "two consumption reports")
         assert sorted(m.activation_id for m in hub_emulator.consumption) == [f"act-{ann}-2", f"act-{bob}-2"]
         assert (await readiness(readyz, lambda a: True))["status"] == 200
 
@@ -406,7 +405,5 @@ async def test_a_dead_metrics_consumer_makes_the_stage_not_ready_and_is_restarte
 
         event = ended("fz-after", 1)
         await bus.publish(subjects.run_event(event.agent, event.activation_id, "completed"), event)
-        async with asyncio.timeout(WAIT_S):
-            while not hub_emulator.consumption:  # noqa: ASYNC110 - the emulator's list has no event
-                await asyncio.sleep(0.02)
+        await wait_until(lambda: hub_emulator.consumption, WAIT_S, "a consumption report")
         assert [m.activation_id for m in hub_emulator.consumption] == ["act-fz-after-1"]

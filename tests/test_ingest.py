@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -24,6 +24,7 @@ from schemas.events import NotificationReceived
 from services.ingest import stage as ingest
 from services.ingest.poller import Poller
 from streams.apply import ensure
+from tests.fixtures.wait import until
 
 WAIT_S = 10.0
 
@@ -140,17 +141,6 @@ async def test_a_backlog_drains_in_one_round(bus: Bus, hub_emulator: HubEmulator
     assert (await bus.js.stream_info("NOTIFICATIONS")).state.messages == 27
 
 
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Until `condition()` holds (state another component changes, with no event to await)."""
-    async def wait() -> None:
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(wait(), WAIT_S)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -158,15 +148,14 @@ def free_port() -> int:
 
 
 async def wait_ready(client: httpx.AsyncClient, url: str, ready: bool) -> dict[str, Any]:
-    async def check() -> dict[str, Any]:
-        while True:
-            response = await client.get(url)
-            # Once the body runs (its `hub` check exists): before, the stage is not ready for other reasons.
-            if (response.status_code == 200) == ready and "hub" in response.json()["checks"]:
-                return dict(response.json())
-            await asyncio.sleep(0.05)
+    async def answer() -> dict[str, Any] | None:
+        response = await client.get(url)
+        # Once the body runs (its `hub` check exists): before, the stage is not ready for other reasons.
+        if (response.status_code == 200) == ready and "hub" in response.json()["checks"]:
+            return dict(response.json())
+        return None
 
-    return await asyncio.wait_for(check(), WAIT_S)
+    return await until(answer, WAIT_S, f"the stage {'ready' if ready else 'not ready'}")
 
 
 async def test_stage_starts_with_the_hub_down_and_recovers(bus: Bus, nats_url: str) -> None:
@@ -191,7 +180,7 @@ async def test_stage_starts_with_the_hub_down_and_recovers(bus: Bus, nats_url: s
             assert up["checks"] == {"nats": True, "streams": True, "body": True, "hub": True, "task:poll": True,
                                 "definitions": True}
 
-        await eventually(lambda: emulator.notifications_of("ann")[0].read)
+        await until(lambda: emulator.notifications_of("ann")[0].read, WAIT_S, "the notification marked read")
         [(headers, event)] = await stream_messages(bus)
         assert headers["Nats-Msg-Id"] == f"ntf:{note.id}" and event.notification.content == note.content
     finally:

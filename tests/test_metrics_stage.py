@@ -16,6 +16,7 @@ from botburrow.runtime.service import run_stage
 from schemas.events import ActivationMetrics, LlmTurn, RunCompleted, RunFailed
 from services.metrics import stage as metrics
 from streams import subjects
+from tests.fixtures.wait import until
 
 WAIT_S = 15.0
 AT = "2025-01-01T00:00:00Z"
@@ -52,13 +53,8 @@ async def running_metrics(nats_url: str, hub: HubEmulator, batch_size: int = 100
 
 
 async def until_reported(hub: HubEmulator, count: int) -> list[ActivationMetrics]:
-    async def wait() -> list[ActivationMetrics]:
-        while True:
-            if len(hub.consumption) >= count:
-                return list(hub.consumption)
-            await asyncio.sleep(0.02)
-
-    return await asyncio.wait_for(wait(), WAIT_S)
+    await until(lambda: len(hub.consumption) >= count, WAIT_S, f"{count} consumption reports")
+    return list(hub.consumption)
 
 
 def sample(name: str, **labels: str) -> float:

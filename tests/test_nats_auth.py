@@ -28,6 +28,7 @@ from services.scheduler.partitions import partition_of
 from streams import permissions, subjects
 from streams.apply import ensure
 from streams.topology import BUCKETS, CONSUMERS, SCHEDULER_PARTITIONS, STREAMS, ConsumerSpec
+from tests.fixtures.wait import until
 
 WAIT_S = 10.0
 Server = tuple[natsserver.NatsServer, natsserver.Credentials]
@@ -322,10 +323,10 @@ async def test_a_stage_serves_health_only_on_metrics_host(bind: str, auth_server
     try:
         bound = await asyncio.wait_for(port, WAIT_S)
         async with httpx.AsyncClient() as http:
-            deadline = asyncio.get_running_loop().time() + WAIT_S
-            while (await http.get(f"http://{listening}:{bound}/readyz")).status_code != 200:  # as its NATS user
-                assert asyncio.get_running_loop().time() < deadline, "the stage never became ready"
-                await asyncio.sleep(0.05)
+            async def ready() -> bool:  # as its NATS user
+                return (await http.get(f"http://{listening}:{bound}/readyz")).status_code == 200
+
+            await until(ready, WAIT_S, "the stage ready")
         assert not await _reachable(refused, bound)
     finally:
         stop.set()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from streams.apply import bucket_config, consumer_config
 from streams.subjects import PRIORITIES
 from streams.topology import BUCKETS, consumer
 from tests.fixtures.runner import Rig, kinds, lease_released
+from tests.fixtures.wait import until
 
 WAIT_S = 20.0
 
@@ -46,13 +47,6 @@ async def shorten(bus: Bus, *, ack_wait_s: float, lease_ttl_s: float) -> None:
     leases = next(b for b in BUCKETS if b.name == "leases")
     await bus.js.delete_key_value("leases")  # nats-py's create_key_value adds, it never updates
     await bus.js.create_key_value(bucket_config(msgspec.structs.replace(leases, ttl_s=lease_ttl_s), 1))
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
-    """Wait for a condition on in-process state (the scripted LLM's request log) to become true."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():  # noqa: ASYNC110 - the scripted LLM has no event to wait on
-            await asyncio.sleep(0.02)
 
 
 class Runners:
@@ -108,7 +102,7 @@ async def test_sigkill_mid_activation_runs_again_on_another_runner_and_posts_onc
     activation_id = f"act-{uuid.uuid4().hex[:10]}"
     wait = await rig.ends_of("sturdy", activation_id)
     await rig.publish("sturdy", activation_id, [note])
-    await until(lambda: len(rig.llm.requests) == 1)  # the first runner is mid model call
+    await until(lambda: len(rig.llm.requests) == 1, WAIT_S, "the first model call")  # mid model call
 
     first.process.kill()
     assert await first.process.wait() == -signal.SIGKILL
@@ -135,7 +129,7 @@ async def test_sigterm_hands_unfinished_work_back_at_once(rig: Rig, runners: Run
     activation_id = f"act-{uuid.uuid4().hex[:10]}"
     wait = await rig.ends_of("handover", activation_id)
     await rig.publish("handover", activation_id, [note])
-    await until(lambda: len(rig.llm.requests) == 1)
+    await until(lambda: len(rig.llm.requests) == 1, WAIT_S, "the first model call")
 
     first.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(first.process.wait(), WAIT_S) == 0
@@ -157,7 +151,7 @@ async def test_sigterm_lets_running_work_finish_within_the_grace_period(rig: Rig
     activation_id = f"act-{uuid.uuid4().hex[:10]}"
     wait = await rig.ends_of("finisher", activation_id)
     await rig.publish("finisher", activation_id, [note])
-    await until(lambda: len(rig.llm.requests) == 1)
+    await until(lambda: len(rig.llm.requests) == 1, WAIT_S, "the first model call")
 
     first.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(first.process.wait(), WAIT_S) == 0
@@ -184,7 +178,7 @@ async def test_heartbeats_and_lease_renewal_outlive_the_ack_wait(rig: Rig) -> No
     await rig.start()
     try:
         _, end, events = await rig.activate("steady", [note])
-        await until(lambda: "released" in lease_writes)
+        await until(lambda: "released" in lease_writes, WAIT_S, "the lease released")
     finally:
         watching.cancel()
         await watcher.stop()
@@ -253,15 +247,12 @@ async def test_a_replacement_runner_removes_the_sandboxes_of_a_killed_one_and_sp
             first = await runners.start(**sandbox_env)
             await rig.publish("tinker", f"act-{uuid.uuid4().hex[:10]}", [note])
 
-            async def leftover_running() -> str:
-                while True:
-                    running = [i for i, state in (await sandbox_states(docker)).items()
-                               if state == "running" and i not in before and i != living.id]
-                    if running:
-                        return running[0]
-                    await asyncio.sleep(0.1)  # the engine has no event we can wait on here
+            async def leftover_running() -> str | None:  # the engine has no event we can wait on here
+                running = [i for i, state in (await sandbox_states(docker)).items()
+                           if state == "running" and i not in before and i != living.id]
+                return running[0] if running else None
 
-            leftover = await asyncio.wait_for(leftover_running(), WAIT_S)
+            leftover = await until(leftover_running, WAIT_S, "the leftover sandbox running")
             first.process.kill()
             assert await first.process.wait() == -signal.SIGKILL
             assert (await sandbox_states(docker))[leftover] == "running"  # nobody else stops it

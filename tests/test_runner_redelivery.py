@@ -4,7 +4,6 @@ second run, a second `completed`/`failed` (the consumption event) or a dead lett
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
@@ -17,18 +16,18 @@ from services.runner.runlog import RunLog, now_rfc3339
 from streams.apply import ensure
 from streams.topology import MAX_DELIVERIES
 from tests.fixtures.runner import Rig, dead_letters, kinds, lease_released
+from tests.fixtures.wait import until
 
 WAIT_S = 20.0
 
 
 async def all_handled(bus: Bus) -> None:
     """Wait until the runner has acknowledged every activation request in the stream."""
-    async with asyncio.timeout(WAIT_S):
-        while True:
-            last_seq = (await bus.js.stream_info("ACTIVATIONS")).state.last_seq
-            if (await bus.js.consumer_info("ACTIVATIONS", "runner-high")).ack_floor.stream_seq >= last_seq:
-                return
-            await asyncio.sleep(0.05)  # consumer state has no event to wait on
+    async def acknowledged() -> bool:  # consumer state has no event to wait on
+        last_seq = (await bus.js.stream_info("ACTIVATIONS")).state.last_seq
+        return (await bus.js.consumer_info("ACTIVATIONS", "runner-high")).ack_floor.stream_seq >= last_seq
+
+    await until(acknowledged, WAIT_S, "every activation request acknowledged")
 
 
 def ended(request: ActivationRequested, outcome: str) -> ActivationMetrics:
@@ -110,11 +109,10 @@ async def test_a_nats_failure_before_the_lease_hands_the_request_back_soon(rig: 
     activation_id = f"act-{uuid.uuid4().hex[:10]}"
     wait = await rig.ends_of("flaky", activation_id)
     await rig.publish("flaky", activation_id, [note])
-    async with asyncio.timeout(WAIT_S):  # handed back, and delivered again
-        while True:
-            if (await rig.bus.js.consumer_info("ACTIVATIONS", "runner-high")).num_redelivered >= 1:
-                break
-            await asyncio.sleep(0.05)  # consumer state has no event to wait on
+    async def redelivered() -> bool:  # handed back, and delivered again
+        return (await rig.bus.js.consumer_info("ACTIVATIONS", "runner-high")).num_redelivered >= 1
+
+    await until(redelivered, WAIT_S, "the request delivered again")
     await ensure(rig.bus.js)  # the bucket is back
 
     assert await wait() == ["completed"]

@@ -4,14 +4,13 @@ every message at once, not after the consumer's ack_wait)."""
 
 from __future__ import annotations
 
-import asyncio
-
 from nats.aio.msg import Msg
 
 from botburrow.runtime.bus import Bus
 from services.scheduler.partitions import partition_of
 from services.scheduler.puller import Puller
 from streams.topology import scheduler_durable
+from tests.fixtures.wait import until
 from tests.test_scheduler import WAIT_S, note, publish_notification
 
 PARTITION = 3
@@ -20,13 +19,10 @@ AGENTS = [agent for agent in (f"agent-{i}" for i in range(400)) if partition_of(
 
 async def sourced(bus: Bus, count: int) -> None:
     """Until the partition's consumer has `count` messages waiting (sourcing is asynchronous)."""
-    async def waiting() -> None:
-        while True:
-            if (await bus.js.consumer_info("SCHEDULER", scheduler_durable(PARTITION))).num_pending >= count:
-                return
-            await asyncio.sleep(0.02)
+    async def waiting() -> bool:
+        return (await bus.js.consumer_info("SCHEDULER", scheduler_durable(PARTITION))).num_pending >= count
 
-    await asyncio.wait_for(waiting(), WAIT_S)
+    await until(waiting, WAIT_S, f"{count} messages sourced")
 
 
 async def read(puller: Puller, count: int) -> list[list[Msg]]:

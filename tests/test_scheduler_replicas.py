@@ -17,6 +17,7 @@ import pytest
 from botburrow.runtime.bus import Bus
 from schemas.events import ActivationRequested
 from streams.topology import SCHEDULER_PARTITIONS
+from tests.fixtures.wait import until
 from tests.test_scheduler import add_agents, definition, note, publish_end, publish_notification, wait_consumed
 
 AGENTS = [f"agent-{i:02d}" for i in range(48)]
@@ -61,14 +62,11 @@ async def owners(bus: Bus) -> dict[int, int]:
 
 async def wait_spread(bus: Bus, pids: set[int]) -> dict[int, int]:
     """Until every partition is held, by exactly the replicas in `pids` (polls the small owners bucket)."""
-    async def spread() -> dict[int, int]:
-        while True:
-            held = await owners(bus)
-            if len(held) == SCHEDULER_PARTITIONS and set(held.values()) == pids:
-                return held
-            await asyncio.sleep(0.1)
+    async def spread() -> dict[int, int] | None:
+        held = await owners(bus)
+        return held if len(held) == SCHEDULER_PARTITIONS and set(held.values()) == pids else None
 
-    return await asyncio.wait_for(spread(), WAIT_S)
+    return await until(spread, WAIT_S, f"partitions spread over {sorted(pids)}")
 
 
 async def collect(sub: object, count: int) -> list[ActivationRequested]:

@@ -19,7 +19,19 @@ from services.scheduler import stage as scheduler
 from services.scheduler.partitions import partition_of
 from services.scheduler.state import AgentState
 from streams import subjects
-from tests.test_scheduler import WAIT_S, add_agents, definition, feed, note, publish_notification, wait_for_state
+from tests.fixtures.wait import until
+from tests.test_scheduler import (
+    WAIT_S,
+    Feed,
+    add_agents,
+    definition,
+    feed,
+    note,
+    publish_notification,
+    wait_for_state,
+)
+
+BUDGET_PATH = "/api/v1/system/budget-health"
 
 
 @contextlib.asynccontextmanager
@@ -78,31 +90,30 @@ async def test_budget_gate_refuses_with_events_and_config_changes_apply_live(
 
         # A removed agent stops being scheduled: its notifications are dead-lettered with the reason.
         await (await bus.kv(bucket.BUCKET)).delete(bucket.key("agent", "ann"))
-        await wait_gone(bus, "ann")
+        await wait_gone(bus, requests, "ann")
         await publish_notification(bus, "ann", note("n2"))
         letter, _ = await dlq.next(DeadLetter)
         assert letter.reason == "unknown agent ann"
 
 
 async def wait_for_budget(hub: HubEmulator, bus: Bus) -> None:
-    """The emulator answers with the new status at once; give the scheduler's cache a few ticks."""
+    """Until the scheduler holds the new status: the emulator answers with it at once, and the scheduler
+    refreshes one request at a time, so a second request after the change means the first one's answer
+    (the new status) is in its cache."""
     assert hub.world.budget_health()["tools"]["native"]["status"] == "critical"
-    await asyncio.sleep(0.3)  # BUDGET_CACHE_SECONDS=0.05: several refreshes, no assertion on time
+    asked_before = len(hub.requests.matching(BUDGET_PATH))
+    await until(lambda: len(hub.requests.matching(BUDGET_PATH)) >= asked_before + 2, WAIT_S,
+                "two budget refreshes after the change")
 
 
-async def wait_gone(bus: Bus, agent: str) -> None:
-    """Until the configs bucket shows the agent deleted (the scheduler's directory watches the same)."""
-    kv = await bus.kv(bucket.BUCKET)
-    watcher = await kv.watch(bucket.key("agent", agent), include_history=False)
-    try:
-        async def deleted() -> None:
-            async for entry in watcher:
-                if entry is not None and entry.value in (None, b""):
-                    return
-        await asyncio.wait_for(deleted(), WAIT_S)
-    finally:
-        await watcher.stop()
-    await asyncio.sleep(0.2)  # the scheduler's own watch delivers the same delete
+async def wait_gone(bus: Bus, requests: Feed, agent: str) -> None:
+    """Until the scheduler's directory has applied the agent's deletion. It applies the configs bucket in
+    order, so once it acts on a change made after the deletion (a new agent with discovery on, explored
+    at once), it has applied the deletion too."""
+    sentinel = f"after-{agent}-gone"
+    await add_agents(bus, definition(sentinel, discovery=Discovery(enabled=True)))
+    while (await requests.next(ActivationRequested))[0].agent != sentinel:
+        pass
 
 
 async def test_an_agent_whose_activation_was_lost_is_freed_but_not_one_holding_its_lease(

@@ -12,6 +12,7 @@ import pytest
 
 from botburrow.runtime import natsserver
 from botburrow.runtime.service import StageContext, run_stage
+from tests.fixtures.wait import until
 
 WAIT_S = 20.0
 
@@ -35,14 +36,13 @@ async def test_a_stage_is_not_ready_while_its_streams_are_not_made(tmp_path: Pat
     try:
         readyz = f"http://127.0.0.1:{await asyncio.wait_for(port, WAIT_S)}/readyz"
         async with httpx.AsyncClient() as http:
-            async def connected_not_ready() -> dict[str, Any]:
-                while True:
-                    response = await http.get(readyz)
-                    if response.json()["checks"].get("nats"):
-                        return {"status": response.status_code, **response.json()}
-                    await asyncio.sleep(0.05)
+            async def connected_not_ready() -> dict[str, Any] | None:
+                response = await http.get(readyz)
+                if response.json()["checks"].get("nats"):
+                    return {"status": response.status_code, **response.json()}
+                return None
 
-            seen = await asyncio.wait_for(connected_not_ready(), WAIT_S)
+            seen = await until(connected_not_ready, WAIT_S, "the stage connected")
         assert seen["status"] == 503 and seen["checks"] == {"nats": True, "streams": False, "body": False}
         assert not body_started.is_set()
     finally:
@@ -51,15 +51,14 @@ async def test_a_stage_is_not_ready_while_its_streams_are_not_made(tmp_path: Pat
         await asyncio.to_thread(server.stop)
 
 
-async def _readyz(http: httpx.AsyncClient, url: str, until: Any) -> dict[str, Any]:
-    """Poll /readyz (a state with no event to await) until `until(answer)`."""
-    async with asyncio.timeout(WAIT_S):
-        while True:
-            response = await http.get(url)
-            answer = {"status": response.status_code, **response.json()}
-            if until(answer):
-                return answer
-            await asyncio.sleep(0.02)
+async def _readyz(http: httpx.AsyncClient, url: str, wanted: Any) -> dict[str, Any]:
+    """Poll /readyz (a state with no event to await) until `wanted(answer)`."""
+    async def answer_if() -> dict[str, Any] | None:
+        response = await http.get(url)
+        answer = {"status": response.status_code, **response.json()}
+        return answer if wanted(answer) else None
+
+    return await until(answer_if, WAIT_S, "a readiness answer")
 
 
 async def test_a_body_nats_interrupts_is_not_ready_until_it_runs_again(nats_url: str) -> None:
