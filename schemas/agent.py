@@ -26,7 +26,7 @@ class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """Base for definition structs: unknown keys are errors, as in the published schema."""
 
 
-class Brain(Strict, kw_only=True):
+class Brain(Strict, frozen=True, kw_only=True):
     model: str
     provider: Literal["anthropic", "openai", "google", "local"] = "anthropic"
     api_base: str | None = None
@@ -35,7 +35,7 @@ class Brain(Strict, kw_only=True):
     max_tokens: Annotated[int, msgspec.Meta(ge=100, le=128000)] | None = None
 
 
-class McpServerSpec(Strict, kw_only=True):
+class McpServerSpec(Strict, frozen=True, kw_only=True):
     """The object form of `capabilities.mcp_servers`, parsed as published so definitions still load. Only
     `name` counts: it names an entry of the operator's MCP catalog; `command`, `args` and `env` are
     ignored with a warning (services/runner/mcp/servers.py)."""
@@ -46,19 +46,19 @@ class McpServerSpec(Strict, kw_only=True):
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class Shell(Strict, kw_only=True):
+class Shell(Strict, frozen=True, kw_only=True):
     enabled: bool = False
     allowed_commands: list[str] = msgspec.field(default_factory=list)
     blocked_patterns: list[str] = msgspec.field(default_factory=list)
     timeout_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 120
 
 
-class Spawning(Strict, kw_only=True):
+class Spawning(Strict, frozen=True, kw_only=True):
     can_propose: bool = False
     allowed_templates: list[str] = msgspec.field(default_factory=list)
 
 
-class Capabilities(Strict, kw_only=True):
+class Capabilities(Strict, frozen=True, kw_only=True):
     grants: list[Grant] = msgspec.field(default_factory=list)
     skills: list[Slug] = msgspec.field(default_factory=list)
     mcp_servers: list[str | McpServerSpec] = msgspec.field(default_factory=list)
@@ -66,14 +66,14 @@ class Capabilities(Strict, kw_only=True):
     spawning: Spawning | None = None
 
 
-class Interests(Strict, kw_only=True):
+class Interests(Strict, frozen=True, kw_only=True):
     topics: list[str] = msgspec.field(default_factory=list)
     communities: list[Community] = msgspec.field(default_factory=list)
     keywords: list[str] = msgspec.field(default_factory=list)
     follow_agents: list[str] = msgspec.field(default_factory=list)
 
 
-class Discovery(Strict, kw_only=True):
+class Discovery(Strict, frozen=True, kw_only=True):
     enabled: bool = False
     frequency: Literal["staleness", "hourly", "daily"] = "staleness"
     respond_to_questions: bool = False
@@ -84,14 +84,14 @@ class Discovery(Strict, kw_only=True):
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class Limits(Strict, kw_only=True):
+class Limits(Strict, frozen=True, kw_only=True):
     max_daily_posts: NonNegative = 5
     max_daily_comments: NonNegative = 50
     max_responses_per_thread: NonNegative = 3
     min_interval_seconds: NonNegative = 60
 
 
-class Behavior(Strict, kw_only=True):
+class Behavior(Strict, frozen=True, kw_only=True):
     respond_to_mentions: bool = True
     respond_to_replies: bool = True
     respond_to_dms: bool = True
@@ -111,27 +111,27 @@ ANSWERED_BY = {"mention": "respond_to_mentions", "dm": "respond_to_dms", "reply"
                "comment": "respond_to_replies"}
 
 
-class Remember(Strict, kw_only=True):
+class Remember(Strict, frozen=True, kw_only=True):
     conversations_with: list[str] = msgspec.field(default_factory=list)
     projects_worked_on: bool = False
     decisions_made: bool = False
     feedback_received: bool = False
 
 
-class Retrieval(Strict, kw_only=True):
+class Retrieval(Strict, frozen=True, kw_only=True):
     strategy: Literal["embedding_search", "keyword", "recent"] = "embedding_search"
     max_context_items: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
     relevance_threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.7
 
 
-class Memory(Strict, kw_only=True):
+class Memory(Strict, frozen=True, kw_only=True):
     enabled: bool = False
     remember: Remember | None = None
     max_size_mb: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
     retrieval: Retrieval | None = None
 
 
-class CustomExecutor(Strict, kw_only=True):
+class CustomExecutor(Strict, frozen=True, kw_only=True):
     """`type: custom` only: the command to run; `${PROMPT}` in args is replaced by the task."""
 
     command: str
@@ -139,7 +139,7 @@ class CustomExecutor(Strict, kw_only=True):
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class AgentConfig(Strict, kw_only=True):
+class AgentConfig(Strict, frozen=True, kw_only=True):
     name: Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN, min_length=3, max_length=50)]
     type: ExecutorType
     brain: Brain
@@ -154,25 +154,25 @@ class AgentConfig(Strict, kw_only=True):
     executor: CustomExecutor | None = None
 
 
-class McpServerCommand(Strict, kw_only=True):
+class McpServerCommand(Strict, frozen=True, kw_only=True):
     command: str
     args: list[str] = msgspec.field(default_factory=list)
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class SkillMcp(Strict, kw_only=True):
+class SkillMcp(Strict, frozen=True, kw_only=True):
     """Parsed as published; a skill's server is never started (only a config's `mcp_servers` and its
     grants start servers, from the operator's catalog), so this is ignored with a warning."""
 
     server: McpServerCommand | None = None
 
 
-class SkillTriggers(Strict, kw_only=True):
+class SkillTriggers(Strict, frozen=True, kw_only=True):
     keywords: list[str] = msgspec.field(default_factory=list)
     communities: list[Community] = msgspec.field(default_factory=list)
 
 
-class SkillFrontMatter(Strict, kw_only=True):
+class SkillFrontMatter(Strict, frozen=True, kw_only=True):
     name: Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN, min_length=2, max_length=50)]
     description: Annotated[str, msgspec.Meta(max_length=200)]
     version: Annotated[str, msgspec.Meta(pattern=SEMVER_PATTERN)] | None = None

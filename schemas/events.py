@@ -22,7 +22,7 @@ class Payload(msgspec.Struct, frozen=True, kw_only=True):
     v: int = 1
 
 
-class NotificationReceived(Payload, kw_only=True):
+class NotificationReceived(Payload, frozen=True, kw_only=True):
     """`agents.ingest.notification.<agent>`, Nats-Msg-Id `ntf:<notification id>`."""
 
     agent: str
@@ -30,7 +30,7 @@ class NotificationReceived(Payload, kw_only=True):
     received_at: str = ""
 
 
-class ActivationRequested(Payload, kw_only=True):
+class ActivationRequested(Payload, frozen=True, kw_only=True):
     """`agents.sched.activation.<priority>.<agent>`, Nats-Msg-Id `act:<activation id>`."""
 
     activation_id: str
@@ -42,7 +42,7 @@ class ActivationRequested(Payload, kw_only=True):
     requested_at: str = ""
 
 
-class ConfigChanged(Payload, kw_only=True):
+class ConfigChanged(Payload, frozen=True, kw_only=True):
     """`agents.config.agent.<name>` and `agents.config.skill.<name>`; the definition is in `configs`."""
 
     name: str
@@ -50,7 +50,7 @@ class ConfigChanged(Payload, kw_only=True):
     deleted: bool = False
 
 
-class DeadLetter(Payload, kw_only=True):
+class DeadLetter(Payload, frozen=True, kw_only=True):
     """`agents.dlq.<stage>`: a message a stage could not handle, copied here, then acknowledged."""
 
     stage: str
@@ -90,7 +90,7 @@ class ActivationMetrics(msgspec.Struct, frozen=True, kw_only=True):
     ended_at: str
 
 
-class SchedulingRefused(Payload, kw_only=True):
+class SchedulingRefused(Payload, frozen=True, kw_only=True):
     """`agents.sched.decision.<agent>`: work the scheduler would start but may not, and why.
 
     Emitted once per agent and reason (again only after the reason changed or work started)."""
@@ -104,7 +104,7 @@ class SchedulingRefused(Payload, kw_only=True):
 # --- run events: `agents.run.<agent>.<activation id>.<event>` -------------------------------------
 
 
-class RunEventBase(Payload, tag_field="event", kw_only=True):
+class RunEventBase(Payload, tag_field="event", frozen=True, kw_only=True):
     activation_id: str
     agent: str
     # Delivery attempt of the activation request that produced this event (1 = first).
@@ -112,7 +112,7 @@ class RunEventBase(Payload, tag_field="event", kw_only=True):
     at: str
 
 
-class RunStarted(RunEventBase, tag="started", kw_only=True):
+class RunStarted(RunEventBase, tag="started", frozen=True, kw_only=True):
     kind: ActivationKind
     priority: Priority
     tool_type: str
@@ -129,7 +129,7 @@ class ToolCallRecord(msgspec.Struct, frozen=True, kw_only=True):
     arguments: Any = None
 
 
-class LlmTurn(RunEventBase, tag="llm", kw_only=True):
+class LlmTurn(RunEventBase, tag="llm", frozen=True, kw_only=True):
     turn: int
     model: str
     provider: str = "anthropic"
@@ -141,7 +141,7 @@ class LlmTurn(RunEventBase, tag="llm", kw_only=True):
     tool_calls: list[ToolCallRecord] = msgspec.field(default_factory=list)
 
 
-class ToolCalled(RunEventBase, tag="tool", kw_only=True):
+class ToolCalled(RunEventBase, tag="tool", frozen=True, kw_only=True):
     turn: int
     call_id: str
     name: str
@@ -152,7 +152,7 @@ class ToolCalled(RunEventBase, tag="tool", kw_only=True):
     duration_ms: float = 0.0
 
 
-class Posted(RunEventBase, tag="posted", kw_only=True):
+class Posted(RunEventBase, tag="posted", frozen=True, kw_only=True):
     notification_id: str | None = None
     target: Literal["comment", "dm", "post"] = "comment"
     post_id: str | None = None
@@ -163,11 +163,11 @@ class Posted(RunEventBase, tag="posted", kw_only=True):
     already_posted: bool = False
 
 
-class RunCompleted(RunEventBase, tag="completed", kw_only=True):
+class RunCompleted(RunEventBase, tag="completed", frozen=True, kw_only=True):
     metrics: ActivationMetrics
 
 
-class RunFailed(RunEventBase, tag="failed", kw_only=True):
+class RunFailed(RunEventBase, tag="failed", frozen=True, kw_only=True):
     metrics: ActivationMetrics
 
 

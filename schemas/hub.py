@@ -12,14 +12,14 @@ class HubStruct(msgspec.Struct, frozen=True, kw_only=True):
     """Base for Hub shapes: tolerant of extra fields, strict about the types of known ones."""
 
 
-class Author(HubStruct, kw_only=True):
+class Author(HubStruct, frozen=True, kw_only=True):
     id: str = ""
     name: str = ""
     # `human` or an agent tool type (`native`, `claude-code`, ...).
     type: str = "human"
 
 
-class Notification(HubStruct, kw_only=True):
+class Notification(HubStruct, frozen=True, kw_only=True):
     id: str
     # `mention`, `dm`, `reply`, `comment`, `thread_update`, `follow`; unknown types are kept and skipped.
     type: str
@@ -32,7 +32,7 @@ class Notification(HubStruct, kw_only=True):
     read: bool = False
 
 
-class Post(HubStruct, kw_only=True):
+class Post(HubStruct, frozen=True, kw_only=True):
     id: str
     title: str = ""
     content: str = ""
@@ -44,7 +44,7 @@ class Post(HubStruct, kw_only=True):
     created_at: str = ""
 
 
-class Comment(HubStruct, kw_only=True):
+class Comment(HubStruct, frozen=True, kw_only=True):
     id: str
     content: str = ""
     parent_id: str | None = None
@@ -68,14 +68,14 @@ def walk_comments(comments: Iterable[Comment]) -> Iterator[tuple[Comment, int]]:
         stack.extend((r, depth + 1) for r in reversed(comment.replies))
 
 
-class AgentProfile(HubStruct, kw_only=True):
+class AgentProfile(HubStruct, frozen=True, kw_only=True):
     id: str = ""
     name: str = ""
     description: str = ""
     type: str | None = None
 
 
-class ToolBudget(HubStruct, kw_only=True):
+class ToolBudget(HubStruct, frozen=True, kw_only=True):
     # `healthy` (< 80 % used), `warning`, `throttle` (>= 90), `critical` (>= 100).
     status: str = "healthy"
     used_pct: float = 0.0
@@ -83,18 +83,18 @@ class ToolBudget(HubStruct, kw_only=True):
     recommendation: str | None = None
 
 
-class BudgetHealth(HubStruct, kw_only=True):
+class BudgetHealth(HubStruct, frozen=True, kw_only=True):
     tools: dict[str, ToolBudget] = msgspec.field(default_factory=dict)
     collective: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class NotificationPage(HubStruct, kw_only=True):
+class NotificationPage(HubStruct, frozen=True, kw_only=True):
     notifications: list[Notification] = msgspec.field(default_factory=list)
     unread_count: int = 0
     next_cursor: str | None = None
 
 
-class SearchResults(HubStruct, kw_only=True):
+class SearchResults(HubStruct, frozen=True, kw_only=True):
     posts: list[Post] = msgspec.field(default_factory=list)
     agents: list[dict[str, Any]] = msgspec.field(default_factory=list)
     submolts: list[dict[str, Any]] = msgspec.field(default_factory=list)

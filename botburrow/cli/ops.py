@@ -174,9 +174,10 @@ async def _dlq(bus: Bus, args: argparse.Namespace) -> int:
         raw = await bus.js.get_msg("DLQ", args.seq)
     except NotFoundError:
         return _refuse(f"no dead letter with seq {args.seq} in DLQ")
-    letter = _letter(raw.data)
+    data = raw.data or b""
+    letter = _letter(data)
     if letter is None:
-        return _refuse(f"DLQ seq {args.seq} is not a dead letter: {raw.data[:200]!r}")
+        return _refuse(f"DLQ seq {args.seq} is not a dead letter: {data[:200]!r}")
     if args.action == "show":
         print(letters.show_kv(args.seq, letter) if letters.is_kv(letter)
               else json.dumps(msgspec.to_builtins(letter), indent=2))

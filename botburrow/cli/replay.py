@@ -172,7 +172,8 @@ async def offline(bus: Bus, recording: Any, args: argparse.Namespace, progress: 
 
     agent = recording.request.agent
     baseline, skills, note = await _baseline(bus, agent)
-    definition, warnings = baseline, []
+    definition = baseline
+    warnings: list[str] = []
     if args.with_definitions:
         definition, shadow_skills, warnings = await _shadow(args.with_definitions, agent)
         skills = {**skills, **shadow_skills}

@@ -20,7 +20,8 @@ STREAM = f"KV_{BUCKET}"
 MAX_VALUE_BYTES = 1 << 20
 Kind = Literal["agent", "skill"]
 Definition = AgentDefinition | SkillDefinition
-_decoders = {"agent": msgspec.json.Decoder(AgentDefinition), "skill": msgspec.json.Decoder(SkillDefinition)}
+_decoders: dict[Kind, msgspec.json.Decoder[AgentDefinition] | msgspec.json.Decoder[SkillDefinition]] = {
+    "agent": msgspec.json.Decoder(AgentDefinition), "skill": msgspec.json.Decoder(SkillDefinition)}
 _encoder = msgspec.json.Encoder()
 
 
@@ -107,5 +108,5 @@ async def current_entries(watcher: KeyValue.KeyWatcher, last_seq: int, messages:
             return
         seen = True
         yield entry
-        if entry.revision >= last_seq:
+        if entry.revision is None or entry.revision >= last_seq:  # a watched entry always has its revision
             return

@@ -29,13 +29,14 @@ def stage_of(bus: Bus) -> str | None:
     return parts[1] if len(parts) > 2 and parts[0] == "botburrow" and parts[1] in STAGES else None
 
 
-def entry_msg(bus: Bus, key: str, revision: int, value: bytes) -> Msg:
+def entry_msg(bus: Bus, key: str, revision: int | None, value: bytes) -> Msg:
     """A `Msg` standing for the bucket value `key` at `revision`, as a consumer would have received it."""
     reply = f"$JS.ACK.{bucket.STREAM}.configs-reader.1.{revision}.{revision}.{time.time_ns()}.0"
     return Msg(_client=bus.nc, subject=bucket.subject(key), reply=reply, data=value, headers={})
 
 
-async def dead_letter(bus: Bus, stage: str | None, key: str, revision: int, value: bytes, reason: str) -> None:
+async def dead_letter(bus: Bus, stage: str | None, key: str, revision: int | None, value: bytes,
+                      reason: str) -> None:
     """Dead-letter one unreadable value; never raises (a NATS hiccup must not stop the reader)."""
     if stage is None:  # an operator command reading the bucket: it says so, it files no letter
         return

@@ -15,6 +15,7 @@ snapshot (without a manifest it lists the objects and uses their ETags); the che
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -138,7 +139,7 @@ def build_result(files: Mapping[str, SourceFile]) -> LoadResult:
     for name in _folders(files, "agents"):
         if f"agents/{name}" in blocked:
             continue
-        parsed = _guarded(f"agents/{name}", lambda name=name: _parse_agent(files, name))
+        parsed = _guarded(f"agents/{name}", functools.partial(_parse_agent, files, name))
         if isinstance(parsed, DefinitionError):
             result.errors.append(parsed)
             continue
@@ -148,7 +149,7 @@ def build_result(files: Mapping[str, SourceFile]) -> LoadResult:
     for name in _folders(files, "skills"):
         if f"skills/{name}" in blocked:
             continue
-        skill = _guarded(f"skills/{name}", lambda name=name: _parse_skill(files, name))
+        skill = _guarded(f"skills/{name}", functools.partial(_parse_skill, files, name))
         if isinstance(skill, DefinitionError):
             result.errors.append(skill)
         else:

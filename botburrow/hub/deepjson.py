@@ -24,7 +24,7 @@ class DeepJsonError(ValueError):
 
 
 def _ws(text: str, i: int) -> int:
-    return _WS.match(text, i).end()  # type: ignore[union-attr] - the pattern matches the empty string
+    return _WS.match(text, i).end()  # type: ignore[union-attr]  # the pattern matches the empty string
 
 
 def _string(text: str, i: int) -> tuple[str, int]:

@@ -45,5 +45,5 @@ class HubBadResponse(HubError):
     value belongs, or nested too deep to decode. Asking again gets the same answer, so it is never
     retried: the work that needed it fails once, with this reason."""
 
-    def __init__(self, message: str, status: int = 200, code: str = "BAD_RESPONSE") -> None:
+    def __init__(self, message: str, status: int = 200, code: str | None = "BAD_RESPONSE") -> None:
         super().__init__(status, message, code)

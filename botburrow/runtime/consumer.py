@@ -18,7 +18,7 @@ import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -103,7 +103,7 @@ def dead_letter(stage: str, msg: Msg, reason: str, path: str | None) -> DeadLett
         keep //= 2
 
 
-def _payload_text(data: bytes, keep: int) -> tuple[str, str]:
+def _payload_text(data: bytes, keep: int) -> tuple[str, Literal["utf-8", "base64"]]:
     """The first `keep` bytes of `data` as text (base64 when not UTF-8), secrets redacted either way."""
     try:
         text = data.decode("utf-8")

@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
+from starlette.types import ASGIApp
 
 
 class _Server(uvicorn.Server):
@@ -33,7 +34,7 @@ class RunningServer:
             await self._task
 
 
-async def serve(app: object, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
+async def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
     """Start `app` on host:port (0 = a free port) and return once it accepts connections."""
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose protocol says TCP, and
     # without it every response waits ~40 ms for delayed ACKs.

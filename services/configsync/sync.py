@@ -62,7 +62,7 @@ class Unreadable(msgspec.Struct, frozen=True):
     """A bucket value no stage can read: dead-lettered, then replaced from the source or deleted."""
 
     key: str
-    revision: int
+    revision: int | None  # as nats-py types a bucket entry's; a watched entry always has one
     value: bytes
     reason: str
 
@@ -272,7 +272,8 @@ def _log_errors(result: LoadResult, current: dict[str, str], known_errors: set[s
         if known_errors is not None and line in known_errors:
             continue
         key = _error_key(error)
-        ERRORS.labels(key.split(".")[0]).inc()
+        # A refused path outside the layout belongs to no definition (key None): counted as "other".
+        ERRORS.labels(key.split(".")[0] if key is not None else "other").inc()
         extra = {"path": error.path, "field_path": error.field_path, "error": error.message}
         if key in current:
             log.error("definition is invalid; keeping its previous version, the agent keeps working",

@@ -87,7 +87,7 @@ class Capture:
         await self.finish()
 
 
-def result(code: int, ending: Ending, out: Capture, err: Capture, started_s: float, *,
+def result(code: int, ending: Ending | None, out: Capture, err: Capture, started_s: float, *,
            oom_killed: bool = False, full_limit_bytes: int = 0) -> SandboxResult:
     """The one way every backend reports a finished run (`started_s`: time.monotonic() at its start).
     `full_limit_bytes`: the run used up a workspace of that size (said on stderr, for whoever reads it)."""
@@ -157,7 +157,8 @@ async def run_process(
     readers = asyncio.gather(stdout.drain(read_chunks(proc.stdout)), stderr.drain(read_chunks(proc.stderr)))
     # A failing on_line handler ends the run (its error is raised below) instead of leaving the command
     # blocked on a full pipe until the deadline.
-    readers.add_done_callback(lambda done: done.cancelled() or done.exception() is None or kill_group(proc.pid))
+    readers.add_done_callback(
+        lambda done: None if done.cancelled() or done.exception() is None else kill_group(proc.pid))
     ending: Ending | None = None
     try:
         outcome = await wait_bounded(proc.wait(), timeout_s, stop)

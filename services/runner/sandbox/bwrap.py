@@ -206,6 +206,7 @@ class BwrapSandbox:
             return await self._run(spec, on_line, stop)
 
     async def _run(self, spec: SandboxSpec, on_line: LineHandler | None, stop: asyncio.Event | None) -> SandboxResult:
+        assert self._bwrap is not None and self._prlimit is not None  # run() checked both
         started = time.monotonic()
         out = Capture(spec.limits.output_bytes, on_line)
         err = Capture(spec.limits.output_bytes)

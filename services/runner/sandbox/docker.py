@@ -242,7 +242,8 @@ class DockerSandbox:
         async with stream:
             pump = asyncio.create_task(_pump(stream, out, err))
             # A failing on_line handler ends the run (its error is raised below).
-            pump.add_done_callback(lambda done: done.cancelled() or done.exception() is None or _kill_soon(container))
+            pump.add_done_callback(
+                lambda done: None if done.cancelled() or done.exception() is None else _kill_soon(container))
             try:
                 await container.start()
             except aiodocker.DockerError as error:
