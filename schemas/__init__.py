@@ -11,7 +11,6 @@ names the bad field's path when it fails. Evolution rules are in `schemas/EVOLUT
 - `generate`: the JSON Schemas in `json/` (`just schemas`)
 """
 
-from schemas.codec import DecodeError, decode_subject, encode, schema_for_subject
 from schemas.events import (
     ActivationMetrics,
     ActivationRequested,
@@ -35,7 +34,6 @@ __all__ = [
     "Comment",
     "ConfigChanged",
     "DeadLetter",
-    "DecodeError",
     "LlmTurn",
     "Notification",
     "NotificationReceived",
@@ -46,7 +44,4 @@ __all__ = [
     "RunFailed",
     "RunStarted",
     "ToolCalled",
-    "decode_subject",
-    "encode",
-    "schema_for_subject",
 ]

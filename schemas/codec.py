@@ -14,39 +14,17 @@ from typing import Any
 
 import msgspec
 
-from schemas.events import (
-    ActivationRequested,
-    ConfigChanged,
-    DeadLetter,
-    NotificationReceived,
-    RunEvent,
-    SchedulingRefused,
-)
 from streams.subjects import token
+from streams.topology import SUBJECTS, SubjectSpec
 
-# One schema per subject (contract §5). Patterns use NATS wildcards; order does not matter.
-SUBJECT_SCHEMAS: dict[str, Any] = {
-    "agents.ingest.notification.*": NotificationReceived,
-    "agents.sched.activation.*.*": ActivationRequested,
-    "agents.run.*.*.*": RunEvent,
-    "agents.config.agent.*": ConfigChanged,
-    "agents.config.skill.*": ConfigChanged,
-    "agents.dlq.*": DeadLetter,
-    "agents.sched.decision.*": SchedulingRefused,
-}
+# One schema per subject pattern (NATS wildcards), from the topology's subject table (contract §5).
+SUBJECT_SCHEMAS: dict[str, Any] = {spec.pattern: spec.schema for spec in SUBJECTS}
 
 _encoder = msgspec.json.Encoder()
 _PATH_RE = re.compile(r" - at `([^`]*)`$")
 
 
-# Bounds checked before parsing. A notification is at most 32 KiB so that an activation request of
-# MAX_NOTIFICATIONS_PER_ACTIVATION (20) of them, and the `started` event that repeats it, stay well under
-# NATS's 1 MiB max payload; a request is bounded for the same reason (`started` = request + ~1 KiB).
-MAX_PAYLOAD_BYTES = 1 << 20
-SUBJECT_MAX_BYTES: dict[str, int] = {
-    "agents.ingest.notification.*": 32 << 10,
-    "agents.sched.activation.*.*": 768 << 10,
-}
+# Bounds checked before parsing: each subject's size (`SubjectSpec.max_bytes`) and the nesting depth.
 # Deeper JSON is refused unparsed: msgspec recurses per level (RecursionError at ~1,000), and so do
 # whatever encodes, logs or redacts the result later. Our own payloads nest fewer than 10 levels.
 MAX_NESTING_DEPTH = 64
@@ -77,10 +55,9 @@ def _pattern_regex(pattern: str) -> str:
 
 # Every pattern as one alternation, group i for pattern i: a subject is classified in one regex pass
 # (splitting it and looping over the patterns was a tenth of the scheduler's per-message time).
-_KINDS = list(SUBJECT_SCHEMAS.values())
-_DECODERS = [msgspec.json.Decoder(kind) for kind in _KINDS]
-_MAX_BYTES = [SUBJECT_MAX_BYTES.get(pattern, MAX_PAYLOAD_BYTES) for pattern in SUBJECT_SCHEMAS]
-_SUBJECT_RE = re.compile("|".join(f"(?P<p{i}>{_pattern_regex(p)})" for i, p in enumerate(SUBJECT_SCHEMAS)))
+_SPECS: tuple[SubjectSpec, ...] = SUBJECTS
+_DECODERS = [msgspec.json.Decoder(spec.schema) for spec in _SPECS]
+_SUBJECT_RE = re.compile("|".join(f"(?P<p{i}>{_pattern_regex(spec.pattern)})" for i, spec in enumerate(_SPECS)))
 
 
 def _schema_index(subject: str) -> int:
@@ -91,7 +68,7 @@ def _schema_index(subject: str) -> int:
 
 
 def schema_for_subject(subject: str) -> Any:
-    return _KINDS[_schema_index(subject)]
+    return _SPECS[_schema_index(subject)].schema
 
 
 def decode_subject(subject: str, data: bytes) -> Any:
@@ -99,7 +76,8 @@ def decode_subject(subject: str, data: bytes) -> Any:
 
     Nothing else escapes, whatever `data` holds: a consumer dead-letters a DecodeError and goes on."""
     index = _schema_index(subject)
-    _check_bounds(data, _MAX_BYTES[index])
+    spec = _SPECS[index]
+    _check_bounds(data, spec.max_bytes)
     try:
         payload = _DECODERS[index].decode(data)
     except msgspec.ValidationError as exc:
@@ -112,7 +90,7 @@ def decode_subject(subject: str, data: bytes) -> Any:
         raise DecodeError(f"invalid UTF-8 in a string: {exc.reason}") from None
     except RecursionError:  # the depth bound makes this unreachable; kept so nothing else escapes
         raise DecodeError("JSON nested too deep", kind="too_deep") from None
-    _check_names(subject, payload)
+    _check_names(subject, payload, spec)
     return payload
 
 
@@ -144,27 +122,16 @@ def nesting_depth(data: bytes, limit: int) -> int:
     return limit + 1 if brackets else limit
 
 
-# Which subject token each payload's names must match (contract §5 subjects), by schema.
-_NAME_TOKENS: dict[Any, tuple[tuple[str, int], ...]] = {
-    NotificationReceived: (("agent", 3),),
-    ActivationRequested: (("priority", 3), ("agent", 4)),
-    ConfigChanged: (("name", 3),),
-    DeadLetter: (("stage", 2),),
-    SchedulingRefused: (("agent", 3),),
-}
-_RUN_TOKENS = (("agent", 2), ("activation_id", 3))
-
-
-def _check_names(subject: str, payload: Any) -> None:
+def _check_names(subject: str, payload: Any, spec: SubjectSpec) -> None:
     """The payload's agent (and the other names its subject carries) must be its subject's."""
-    fields = _NAME_TOKENS.get(type(payload), _RUN_TOKENS)
     tokens = subject.split(".")
-    for field, position in fields:
+    for field, position in spec.names:
         value = getattr(payload, field)
         if token(value) != tokens[position]:
             raise DecodeError(f"{field} {value[:100]!r} differs from the subject's {tokens[position]!r}",
                               f"$.{field}", kind="mismatch")
-    if fields is _RUN_TOKENS:
+    if spec.tag_token is not None:
         tag = type(payload).__struct_config__.tag
-        if tag != tokens[4]:
-            raise DecodeError(f"event {tag!r} differs from the subject's {tokens[4]!r}", "$.event", kind="mismatch")
+        if tag != tokens[spec.tag_token]:
+            raise DecodeError(f"event {tag!r} differs from the subject's {tokens[spec.tag_token]!r}", "$.event",
+                              kind="mismatch")

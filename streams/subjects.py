@@ -1,11 +1,26 @@
-"""Subject names (contract §5). Tokens are `[A-Za-z0-9_-]`; anything else in an id is mapped to `_`."""
+"""Subject names (contract §5), built from the patterns of `streams.topology`. Tokens are
+`[A-Za-z0-9_-]`; anything else in an id is mapped to `_`."""
 
 from __future__ import annotations
 
 import re
 
+from streams import topology
+from streams.topology import (
+    ACTIVATION,
+    CONFIG_AGENT,
+    CONFIG_SKILL,
+    DEAD_LETTER,
+    DECISION,
+    NOTIFICATION,
+    PRIORITIES,
+    RUN_EVENT,
+)
+
+__all__ = ["PRIORITIES", "activation", "config_agent", "config_skill", "decision", "dlq", "input_subjects",
+           "matches", "notification", "redrive_subject", "run_event", "run_events", "run_events_of", "token"]
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-PRIORITIES = ("high", "normal", "low")
 
 
 def token(value: str) -> str:
@@ -14,32 +29,41 @@ def token(value: str) -> str:
 
 
 def notification(agent: str) -> str:
-    return f"agents.ingest.notification.{token(agent)}"
+    return NOTIFICATION.fill(token(agent))
 
 
 def activation(priority: str, agent: str) -> str:
-    return f"agents.sched.activation.{priority}.{token(agent)}"
+    return ACTIVATION.fill(priority, token(agent))
 
 
 def run_event(agent: str, activation_id: str, event: str) -> str:
-    return f"agents.run.{token(agent)}.{token(activation_id)}.{event}"
+    return RUN_EVENT.fill(token(agent), token(activation_id), event)
 
 
 def run_events_of(activation_id: str) -> str:
     """Filter for every event of one activation (what `botburrow show` reads)."""
-    return f"agents.run.*.{token(activation_id)}.*"
+    return RUN_EVENT.fill("*", token(activation_id), "*")
+
+
+def run_events(agent: str = "*", event: str = "*") -> str:
+    """Filter for the run events of `agent` (a name, or `*` for all) that are `event` (or all)."""
+    return RUN_EVENT.fill(agent if agent == "*" else token(agent), "*", event)
 
 
 def config_agent(name: str) -> str:
-    return f"agents.config.agent.{token(name)}"
+    return CONFIG_AGENT.fill(token(name))
 
 
 def config_skill(name: str) -> str:
-    return f"agents.config.skill.{token(name)}"
+    return CONFIG_SKILL.fill(token(name))
+
+
+def decision(agent: str) -> str:
+    return DECISION.fill(token(agent))
 
 
 def dlq(stage: str) -> str:
-    return f"agents.dlq.{token(stage)}"
+    return DEAD_LETTER.fill(token(stage))
 
 
 # --- what each stage reads: where `botburrow dlq redrive` may publish -----------------------------------
@@ -55,8 +79,6 @@ def input_subjects(stage: str) -> tuple[str, ...]:
     """The subjects `stage` consumes, from the topology: its consumers' filters or, for a stream built
     from others (SCHEDULER), the subjects it sources. Empty for a stage that reads no subject (ingest
     reads the Hub, configsync its source)."""
-    from streams import topology  # late: topology is data, and this module stays import-light
-
     found: list[str] = []
     for consumer in topology.CONSUMERS:
         if _stage_of_durable(consumer.durable) != stage:
@@ -105,8 +127,6 @@ def redrive_subject(stage: str, subject: str) -> str | None:
     """Where a letter `stage` wrote about a message on `subject` may be republished: that subject when
     it is one of the stage's inputs; for a scheduler letter, which names the partitioned subject, the
     subject it was sourced from. None for anything else (`$JS.*`, `$SYS.*`, `$KV.*`, other stages' inputs)."""
-    from streams import topology
-
     inputs = input_subjects(stage)
     if any(matches(pattern, subject) for pattern in inputs):
         return subject

@@ -1,4 +1,8 @@
-"""The JetStream topology as data: streams, durable consumers and KV buckets (contract §5).
+"""The JetStream topology as data: subjects, streams, durable consumers and KV buckets (contract §5).
+
+This module is the one table of names: every other module names a subject, stream, durable or bucket
+through the handles it exports (`NOTIFICATION`, `RUNS`, `RUNNER_CONSUMERS["low"]`, `LEASES`, ...),
+never by a literal. Each subject names the schema its payloads carry (`schemas.codec` decodes by it).
 
 Every stream uses Limits retention, so it doubles as a replayable log; work is shared through
 durable pull consumers. Each KV bucket is written by exactly one stage (named in `writer`).
@@ -6,9 +10,61 @@ durable pull consumers. Each KV bucket is written by exactly one stage (named in
 
 from __future__ import annotations
 
+import itertools
+import typing
+from typing import Any
+
 import msgspec
 
+from schemas.events import (
+    ActivationRequested,
+    ConfigChanged,
+    DeadLetter,
+    NotificationReceived,
+    Priority,
+    RunEvent,
+    SchedulingRefused,
+)
+
 DAY_S = 24 * 3600.0
+PRIORITIES: tuple[str, ...] = typing.get_args(Priority)  # ("high", "normal", "low"), highest first
+# The run events that end an activation: what the scheduler (the agent is free) and metrics read.
+ENDINGS = ("completed", "failed")
+# NATS's default max payload. A notification is at most 32 KiB so that an activation request of
+# MAX_NOTIFICATIONS_PER_ACTIVATION (20) of them, and the `started` event that repeats it, stay well under
+# it; a request is bounded for the same reason (`started` = request + ~1 KiB).
+MAX_PAYLOAD_BYTES = 1 << 20
+
+
+class SubjectSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A subject pattern (NATS wildcards) and what its messages carry: one schema, at most `max_bytes`,
+    and names that must equal the subject's tokens (NATS permissions guard subjects, so a payload
+    must not act for an agent its subject does not name)."""
+
+    pattern: str
+    schema: Any  # the payload struct, or the tagged union of run events
+    names: tuple[tuple[str, int], ...]  # (payload field, index of the subject token it must equal)
+    tag_token: int | None = None  # for a tagged union: the token its tag must equal
+    max_bytes: int = MAX_PAYLOAD_BYTES
+
+    def fill(self, *tokens: str) -> str:
+        """The pattern with its `*`s replaced, in order, by `tokens` (subject-safe already, or wildcards)."""
+        return self.pattern.replace("*", "{}").format(*tokens)
+
+
+NOTIFICATION = SubjectSpec(pattern="agents.ingest.notification.*", schema=NotificationReceived,
+                           names=(("agent", 3),), max_bytes=32 << 10)
+ACTIVATION = SubjectSpec(pattern="agents.sched.activation.*.*", schema=ActivationRequested,
+                         names=(("priority", 3), ("agent", 4)), max_bytes=768 << 10)
+RUN_EVENT = SubjectSpec(pattern="agents.run.*.*.*", schema=RunEvent,
+                        names=(("agent", 2), ("activation_id", 3)), tag_token=4)
+CONFIG_AGENT = SubjectSpec(pattern="agents.config.agent.*", schema=ConfigChanged, names=(("name", 3),))
+CONFIG_SKILL = SubjectSpec(pattern="agents.config.skill.*", schema=ConfigChanged, names=(("name", 3),))
+DEAD_LETTER = SubjectSpec(pattern="agents.dlq.*", schema=DeadLetter, names=(("stage", 2),))
+DECISION = SubjectSpec(pattern="agents.sched.decision.*", schema=SchedulingRefused, names=(("agent", 3),))
+# One schema per subject: every message on a stream's subjects matches exactly one of these.
+SUBJECTS = (NOTIFICATION, ACTIVATION, RUN_EVENT, CONFIG_AGENT, CONFIG_SKILL, DEAD_LETTER, DECISION)
+ALL_SUBJECTS = "agents.>"
 
 
 class TransformSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,6 +107,11 @@ class BucketSpec(msgspec.Struct, frozen=True, kw_only=True):
     history: int = 1
     description: str = ""
 
+    @property
+    def stream(self) -> str:
+        """The stream that holds the bucket."""
+        return f"KV_{self.name}"
+
 
 # Runner consumers: an activation holds its message for as long as it runs, heartbeating with
 # `in_progress()` every ack_wait/3; the lease TTL matches ack_wait so a crashed runner's lease frees
@@ -71,20 +132,16 @@ SCHEDULER_ACK_WAIT_S = 10.0
 SCHEDULER_OWNER_TTL_S = 8.0
 
 
-def _part(wildcard: int) -> str:
-    return f"{SCHED_PART_PREFIX}.{{{{partition({SCHEDULER_PARTITIONS},{wildcard})}}}}"
+def _partitioned(src: str) -> str:
+    """`agents.<rest>` -> `agents.sched.part.{{partition(N,1)}}.<rest>`, the `*`s of `<rest>` kept by the
+    transform (`{{wildcard(i)}}`); the agent is the first wildcard of every sourced subject."""
+    stars = itertools.count(1)
+    rest = [f"{{{{wildcard({next(stars)})}}}}" if t == "*" else t for t in src.split(".")[1:]]
+    return ".".join([SCHED_PART_PREFIX, f"{{{{partition({SCHEDULER_PARTITIONS},1)}}}}", *rest])
 
 
-SCHEDULER_SOURCES = [
-    SourceSpec(stream="NOTIFICATIONS", transforms=[
-        TransformSpec(src="agents.ingest.notification.*", dest=f"{_part(1)}.ingest.notification.{{{{wildcard(1)}}}}"),
-    ]),
-    SourceSpec(stream="RUNS", transforms=[
-        TransformSpec(src=f"agents.run.*.*.{event}",
-                      dest=f"{_part(1)}.run.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{event}")
-        for event in ("completed", "failed")
-    ]),
-]
+def _source(stream: str, subjects: list[str]) -> SourceSpec:
+    return SourceSpec(stream=stream, transforms=[TransformSpec(src=s, dest=_partitioned(s)) for s in subjects])
 
 
 def scheduler_durable(partition: int) -> str:
@@ -94,57 +151,59 @@ def scheduler_durable(partition: int) -> str:
 def partition_filter(partition: int) -> str:
     return f"{SCHED_PART_PREFIX}.{partition}.>"
 
-STREAMS = [
-    StreamSpec(name="NOTIFICATIONS", subjects=["agents.ingest.notification.*"], max_age_s=7 * DAY_S,
-               max_bytes=1 << 30, description="Hub notifications, one message per notification"),
-    StreamSpec(name="ACTIVATIONS", subjects=["agents.sched.activation.*.*"], max_age_s=7 * DAY_S,
-               max_bytes=1 << 30, description="Activation requests by priority"),
-    StreamSpec(name="RUNS", subjects=["agents.run.*.*.*"], max_age_s=30 * DAY_S, max_bytes=4 << 30,
-               description="Run events: the full record of every activation"),
-    StreamSpec(name="CONFIG", subjects=["agents.config.*.*"], max_age_s=30 * DAY_S, max_bytes=256 << 20,
-               description="Agent and skill definition changes"),
-    StreamSpec(name="SCHEDULER", subjects=[], max_age_s=DAY_S, max_bytes=1 << 30, sources=SCHEDULER_SOURCES,
-               description="The scheduler's input, partitioned by agent: notifications and ended runs"),
-    StreamSpec(name="DECISIONS", subjects=["agents.sched.decision.*"], max_age_s=7 * DAY_S,
-               max_bytes=256 << 20, description="Scheduler refusals (budget, ...) with their reasons"),
-    StreamSpec(name="DLQ", subjects=["agents.dlq.*"], max_age_s=30 * DAY_S, max_bytes=1 << 30,
-               description="Dead letters with their reasons"),
-]
 
-CONSUMERS = [
-    *[
-        ConsumerSpec(stream="SCHEDULER", durable=scheduler_durable(partition),
-                     filter_subjects=[partition_filter(partition)], ack_wait_s=SCHEDULER_ACK_WAIT_S,
-                     max_deliver=MAX_DELIVERIES + 1, max_ack_pending=10_000,
-                     description=f"scheduler partition {partition}: read by the replica holding its lease")
-        for partition in range(SCHEDULER_PARTITIONS)
-    ],
-    *[
-        ConsumerSpec(stream="ACTIVATIONS", durable=f"runner-{priority}",
-                     filter_subjects=[f"agents.sched.activation.{priority}.*"],
-                     ack_wait_s=RUNNER_ACK_WAIT_S, max_deliver=MAX_DELIVERIES + 1, max_ack_pending=1_000,
-                     description=f"{priority}-priority activations, shared by every runner pod")
-        for priority in ("high", "normal", "low")
-    ],
-    ConsumerSpec(stream="RUNS", durable="metrics",
-                 filter_subjects=["agents.run.*.*.completed", "agents.run.*.*.failed"], ack_wait_s=30.0,
-                 max_deliver=MAX_DELIVERIES + 1, max_ack_pending=10_000),
-]
+NOTIFICATIONS = StreamSpec(name="NOTIFICATIONS", subjects=[NOTIFICATION.pattern], max_age_s=7 * DAY_S,
+                           max_bytes=1 << 30, description="Hub notifications, one message per notification")
+ACTIVATIONS = StreamSpec(name="ACTIVATIONS", subjects=[ACTIVATION.pattern], max_age_s=7 * DAY_S,
+                         max_bytes=1 << 30, description="Activation requests by priority")
+RUNS = StreamSpec(name="RUNS", subjects=[RUN_EVENT.pattern], max_age_s=30 * DAY_S, max_bytes=4 << 30,
+                  description="Run events: the full record of every activation")
+CONFIG = StreamSpec(name="CONFIG", subjects=["agents.config.*.*"], max_age_s=30 * DAY_S, max_bytes=256 << 20,
+                    description="Agent and skill definition changes")
+SCHEDULER = StreamSpec(
+    name="SCHEDULER", subjects=[], max_age_s=DAY_S, max_bytes=1 << 30,
+    sources=[_source(NOTIFICATIONS.name, [NOTIFICATION.pattern]),
+             _source(RUNS.name, [RUN_EVENT.fill("*", "*", event) for event in ENDINGS])],
+    description="The scheduler's input, partitioned by agent: notifications and ended runs")
+DECISIONS = StreamSpec(name="DECISIONS", subjects=[DECISION.pattern], max_age_s=7 * DAY_S,
+                       max_bytes=256 << 20, description="Scheduler refusals (budget, ...) with their reasons")
+DLQ = StreamSpec(name="DLQ", subjects=[DEAD_LETTER.pattern], max_age_s=30 * DAY_S, max_bytes=1 << 30,
+                 description="Dead letters with their reasons")
+STREAMS = [NOTIFICATIONS, ACTIVATIONS, RUNS, CONFIG, SCHEDULER, DECISIONS, DLQ]
 
-BUCKETS = [
-    BucketSpec(name="agent-state", writer="scheduler",
-               description="Per agent: queued/in-flight activation, pending notifications, counts"),
-    BucketSpec(name="scheduler-owners", writer="scheduler", ttl_s=SCHEDULER_OWNER_TTL_S,
-               description="Scheduler replicas (member.<id>) and the partition each holds (part.<n>)"),
-    BucketSpec(name="leases", writer="runner", ttl_s=LEASE_TTL_S,
-               description="One key per running agent, renewed while the activation runs"),
-    BucketSpec(name="limits", writer="runner", ttl_s=2 * DAY_S,
-               description="Per-agent daily counters and per-thread reply counts"),
-    BucketSpec(name="replies", writer="runner", ttl_s=30 * DAY_S,
-               description="A marker per posted reply, keyed by activation and notification"),
-    BucketSpec(name="configs", writer="configsync",
-               description="Parsed agent and skill definitions by content hash, plus name pointers"),
+SCHEDULER_CONSUMERS = [
+    ConsumerSpec(stream=SCHEDULER.name, durable=scheduler_durable(partition),
+                 filter_subjects=[partition_filter(partition)], ack_wait_s=SCHEDULER_ACK_WAIT_S,
+                 max_deliver=MAX_DELIVERIES + 1, max_ack_pending=10_000,
+                 description=f"scheduler partition {partition}: read by the replica holding its lease")
+    for partition in range(SCHEDULER_PARTITIONS)
 ]
+# By priority: `RUNNER_CONSUMERS["low"]` is durable `runner-low`.
+RUNNER_CONSUMERS = {
+    priority: ConsumerSpec(stream=ACTIVATIONS.name, durable=f"runner-{priority}",
+                           filter_subjects=[ACTIVATION.fill(priority, "*")],
+                           ack_wait_s=RUNNER_ACK_WAIT_S, max_deliver=MAX_DELIVERIES + 1, max_ack_pending=1_000,
+                           description=f"{priority}-priority activations, shared by every runner pod")
+    for priority in PRIORITIES
+}
+METRICS_CONSUMER = ConsumerSpec(stream=RUNS.name, durable="metrics",
+                                filter_subjects=[RUN_EVENT.fill("*", "*", event) for event in ENDINGS],
+                                ack_wait_s=30.0, max_deliver=MAX_DELIVERIES + 1, max_ack_pending=10_000)
+CONSUMERS = [*SCHEDULER_CONSUMERS, *RUNNER_CONSUMERS.values(), METRICS_CONSUMER]
+
+AGENT_STATE = BucketSpec(name="agent-state", writer="scheduler",
+                         description="Per agent: queued/in-flight activation, pending notifications, counts")
+SCHEDULER_OWNERS = BucketSpec(name="scheduler-owners", writer="scheduler", ttl_s=SCHEDULER_OWNER_TTL_S,
+                              description="Scheduler replicas (member.<id>) and the partition each holds (part.<n>)")
+LEASES = BucketSpec(name="leases", writer="runner", ttl_s=LEASE_TTL_S,
+                    description="One key per running agent, renewed while the activation runs")
+LIMITS = BucketSpec(name="limits", writer="runner", ttl_s=2 * DAY_S,
+                    description="Per-agent daily counters and per-thread reply counts")
+REPLIES = BucketSpec(name="replies", writer="runner", ttl_s=30 * DAY_S,
+                     description="A marker per posted reply, keyed by activation and notification")
+CONFIGS = BucketSpec(name="configs", writer="configsync",
+                     description="Parsed agent and skill definitions by content hash, plus name pointers")
+BUCKETS = [AGENT_STATE, SCHEDULER_OWNERS, LEASES, LIMITS, REPLIES, CONFIGS]
 
 
 def stream(name: str) -> StreamSpec:
