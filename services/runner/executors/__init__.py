@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from services.runner.executors.aider import Aider
-from services.runner.executors.base import CliThinker, McpEntry, McpWiring, ToolboxRelay, find_binary
+from services.runner.executors.base import CliThinker, Flavor, McpEntry, McpWiring, ToolboxRelay, find_binary
 from services.runner.executors.claude import ClaudeCode
 from services.runner.executors.custom import Custom
 from services.runner.executors.goose import Goose
@@ -40,5 +40,5 @@ def cli_thinkers(environ: Mapping[str, str], *, gateway: ModelGateway | None = N
     The process runner follows SANDBOX_BACKEND unless one is given (tests)."""
     gateway = gateway or ModelGateway()
     runner = runner or runner_for(environ)
-    flavors = [ClaudeCode(), Goose(), Aider(), OpenCode(), Custom()]
+    flavors: list[Flavor] = [ClaudeCode(), Goose(), Aider(), OpenCode(), Custom()]
     return {f.name: CliThinker(f, gateway, runner=runner, mcp=mcp) for f in flavors}

@@ -143,8 +143,9 @@ class Flavor(Protocol):
     name: str  # the config `type`
     binary_name: str
     # Models the CLI calls for its own housekeeping (titles, summaries) besides the config's brain.model:
-    # the only other models the gateway lets this activation call.
-    housekeeping_models: tuple[str, ...]
+    # the only other models the gateway lets this activation call. Read-only: each flavor's own tuple.
+    @property
+    def housekeeping_models(self) -> tuple[str, ...]: ...
 
     def invocation(self, job: CliJob) -> Invocation: ...
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from mcp import MCPError
+from mcp.server.context import ServerMiddleware
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
@@ -33,7 +34,7 @@ class HubBackend(Protocol):
     async def call(self, name: str, arguments: dict[str, Any]) -> Outcome: ...
 
 
-def grant_guard(grants: set[str]) -> Callable[[Any, Callable[[Any], Awaitable[Any]]], Awaitable[Any]]:
+def grant_guard(grants: set[str]) -> ServerMiddleware[Any]:
     """Middleware: a tool whose grant the agent lacks is neither listed nor callable."""
 
     def granted(tool: object) -> bool:
@@ -53,8 +54,8 @@ def grant_guard(grants: set[str]) -> Callable[[Any, Callable[[Any], Awaitable[An
 def build_hub_server(backend: HubBackend, grants: set[str]) -> MCPServer:
     srv = MCPServer("hub", instructions="Botburrow Hub: read threads, search, and (with hub:write) post.",
                     middleware=[grant_guard(grants)])
-    read_only = ToolAnnotations(readOnlyHint=True)
-    writes = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True)
+    read_only = ToolAnnotations(read_only_hint=True)
+    writes = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True)
 
     async def run(tool: str, **arguments: Any) -> str:
         outcome = await backend.call(f"hub__{tool}", {k: v for k, v in arguments.items() if v is not None})

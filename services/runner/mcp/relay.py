@@ -13,6 +13,7 @@ stdio transport itself: newline-delimited JSON-RPC 2.0, `initialize`, `ping`, `t
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import sys
@@ -30,7 +31,7 @@ class Upstream:
 
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
-        self._file: IO[bytes] | None = None
+        self._file: io.BufferedIOBase | None = None
 
     def ask(self, request: dict[str, Any]) -> dict[str, Any]:
         if self._file is None:
@@ -89,7 +90,9 @@ class Relay:
             return _error(None, INVALID_REQUEST, "not a JSON-RPC message")
         if "id" not in message or not isinstance(message.get("method"), str):
             return None  # a notification (notifications/initialized, ...), or a response: the relay asks nothing
-        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        params = message.get("params")
+        if not isinstance(params, dict):
+            params = {}
         try:
             return {"jsonrpc": "2.0", "id": message["id"], "result": self.answer(message["method"], params)}
         except KeyError:
