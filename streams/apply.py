@@ -27,7 +27,9 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from streams.topology import (
     BUCKETS,
     CONSUMERS,
+    LEASES,
     RUNNER_ACK_WAIT_S,
+    RUNNER_CONSUMERS,
     STREAMS,
     BucketSpec,
     ConsumerSpec,
@@ -95,7 +97,7 @@ def _verb(exists: bool, update: bool) -> str:
 async def _update_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -> None:
     # nats-py's create_key_value only adds (an existing bucket with other settings is error 10058):
     # a bucket is the stream KV_<name>, so change that stream's settings directly.
-    config = (await js.stream_info(f"KV_{spec.name}")).config
+    config = (await js.stream_info(spec.stream)).config
     config.max_age = spec.ttl_s or 0
     if config.max_age and config.duplicate_window and config.duplicate_window > config.max_age:
         config.duplicate_window = config.max_age  # the server refuses a window longer than the TTL
@@ -107,9 +109,10 @@ async def _update_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) 
 
 def with_runner_ack_wait(runner_ack_wait_s: float) -> tuple[list[ConsumerSpec], list[BucketSpec]]:
     """The runner consumers' ack wait and the leases TTL move together (RUNNER_ACK_WAIT_SECONDS)."""
-    consumers = [msgspec.structs.replace(c, ack_wait_s=runner_ack_wait_s) if c.durable.startswith("runner-") else c
+    runner = {c.durable for c in RUNNER_CONSUMERS.values()}
+    consumers = [msgspec.structs.replace(c, ack_wait_s=runner_ack_wait_s) if c.durable in runner else c
                  for c in CONSUMERS]
-    buckets = [msgspec.structs.replace(b, ttl_s=runner_ack_wait_s) if b.name == "leases" else b for b in BUCKETS]
+    buckets = [msgspec.structs.replace(b, ttl_s=runner_ack_wait_s) if b == LEASES else b for b in BUCKETS]
     return consumers, buckets
 
 

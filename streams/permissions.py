@@ -26,7 +26,19 @@ from urllib.parse import urlsplit
 
 from botburrow.settings import STAGES
 from streams import subjects
-from streams.topology import BUCKETS, CONSUMERS, STREAMS
+from streams.topology import (
+    ACTIVATIONS,
+    BUCKETS,
+    CONFIG,
+    CONFIGS,
+    CONSUMERS,
+    DECISIONS,
+    DLQ,
+    LEASES,
+    NOTIFICATIONS,
+    RUNS,
+    STREAMS,
+)
 
 ACCOUNT = "BOTBURROW"
 OPERATOR = "operator"
@@ -38,12 +50,12 @@ INBOX_PREFIX = "_INBOX"
 
 # The stage that publishes each stream's own subjects (contract §5). A stream with subjects and no writer
 # here fails `check()`: a new stream must say who writes it. DLQ: every stage its own `agents.dlq.<stage>`.
-STREAM_WRITERS = {"NOTIFICATIONS": "ingest", "ACTIVATIONS": "scheduler", "DECISIONS": "scheduler",
-                  "RUNS": "runner", "CONFIG": "configsync"}
+STREAM_WRITERS = {NOTIFICATIONS.name: "ingest", ACTIVATIONS.name: "scheduler", DECISIONS.name: "scheduler",
+                  RUNS.name: "runner", CONFIG.name: "configsync"}
 # Buckets a stage reads but does not write (a bucket's writer, topology.BUCKETS, reads it too).
-BUCKET_READERS = {"configs": ("ingest", "scheduler", "runner"), "leases": ("scheduler",)}
+BUCKET_READERS = {CONFIGS.name: ("ingest", "scheduler", "runner"), LEASES.name: ("scheduler",)}
 # Streams a stage reads by subject or sequence, outside any durable: the runner's last-event lookups.
-STREAM_READERS = {"RUNS": ("runner",)}
+STREAM_READERS = {RUNS.name: ("runner",)}
 
 
 def inbox_prefix(url: str) -> str:
@@ -150,7 +162,7 @@ def helm_accounts() -> dict[str, Any]:
 def check() -> list[str]:
     """Problems with the tables above against the topology (empty = every object has its stages)."""
     problems = [f"stream {s.name} has subjects but no writer in STREAM_WRITERS"
-                for s in STREAMS if s.subjects and s.name not in STREAM_WRITERS and s.name != "DLQ"]
+                for s in STREAMS if s.subjects and s.name not in STREAM_WRITERS and s != DLQ]
     problems += [f"consumer {c.stream}/{c.durable} is read by no stage (its name's first word)"
                  for c in CONSUMERS if consumer_stage(c.durable) not in STAGES]
     problems += [f"bucket {b.name} is written by {b.writer!r}, not a stage" for b in BUCKETS if b.writer not in STAGES]

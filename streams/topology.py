@@ -126,6 +126,7 @@ MAX_DELIVERIES = 5
 # mod N), so one durable per partition gets every event of its agents in stream order, whoever owns it.
 SCHEDULER_PARTITIONS = 16
 SCHED_PART_PREFIX = "agents.sched.part"
+_ROOT = SCHED_PART_PREFIX.split(".")[0] + "."  # `agents.`, the first token of every subject
 # Short: a killed scheduler's unacknowledged batch goes to the partition's next owner this soon.
 SCHEDULER_ACK_WAIT_S = 10.0
 # Partition leases of scheduler replicas (bucket `scheduler-owners`): renewed every third of this.
@@ -138,6 +139,13 @@ def _partitioned(src: str) -> str:
     stars = itertools.count(1)
     rest = [f"{{{{wildcard({next(stars)})}}}}" if t == "*" else t for t in src.split(".")[1:]]
     return ".".join([SCHED_PART_PREFIX, f"{{{{partition({SCHEDULER_PARTITIONS},1)}}}}", *rest])
+
+
+def original_subject(subject: str) -> str:
+    """The inverse of `_partitioned`: `agents.sched.part.<n>.ingest.notification.<a>` ->
+    `agents.ingest.notification.<a>` (hot: the scheduler maps every message it reads)."""
+    prefix_tokens = SCHED_PART_PREFIX.count(".") + 2  # the prefix plus the partition number
+    return _ROOT + subject.split(".", prefix_tokens)[prefix_tokens]
 
 
 def _source(stream: str, subjects: list[str]) -> SourceSpec:

@@ -32,6 +32,7 @@ from botburrow.secrets import redact
 from schemas.agent import Limits
 from schemas.hub import Comment
 from streams.subjects import token
+from streams.topology import LIMITS, REPLIES
 
 CAS_ATTEMPTS = 20
 S = TypeVar("S", bound=msgspec.Struct)
@@ -120,7 +121,7 @@ class Poster:
         return f"{token(self.agent)}.{time.strftime('%Y%m%d', time.gmtime(now_s))}"
 
     async def usage(self, now_s: float | None = None) -> Usage:
-        kv = await self.bus.kv("limits")
+        kv = await self.bus.kv(LIMITS.name)
         try:
             entry = await kv.get(self._usage_key(now_s or time.time()))
         except KeyNotFoundError:
@@ -136,7 +137,7 @@ class Poster:
     async def _change(self, key_at: Callable[[float], str], kind: type[S],
                       change: Callable[[S, float], str | None]) -> str | None:
         """Compare-and-set on one `limits` key: read, `change` (a reason to leave it, or None), write."""
-        kv = await self.bus.kv("limits")
+        kv = await self.bus.kv(LIMITS.name)
         for _ in range(CAS_ATTEMPTS):
             now_s = time.time()
             key = key_at(now_s)
@@ -162,7 +163,7 @@ class Poster:
         return bool(self.thread_replies_max and target.kind == "comment" and target.post_id)
 
     async def thread_replies(self, post_id: str) -> ThreadReplies:
-        kv = await self.bus.kv("limits")
+        kv = await self.bus.kv(LIMITS.name)
         try:
             entry = await kv.get(thread_key(post_id))
         except KeyNotFoundError:
@@ -221,7 +222,7 @@ class Poster:
         await self._change_usage(uncount, day_s=counted_at_s)
 
     async def _marker(self, key: str) -> ReplyMarker | None:
-        kv = await self.bus.kv("replies")
+        kv = await self.bus.kv(REPLIES.name)
         try:
             entry = await kv.get(key)
         except KeyNotFoundError:
@@ -248,7 +249,7 @@ class Poster:
     async def publish(self, idempotency_key: str, target: Target, text: str) -> PostResult:
         """Post `text` to `target` once for `idempotency_key` (activation id + notification id)."""
         text = redact(text)  # a model can be talked into repeating a secret: it never reaches the Hub
-        kv = await self.bus.kv("replies")
+        kv = await self.bus.kv(REPLIES.name)
         marker = await self._marker(idempotency_key)
         counted_at_s = previous_post_at_s = 0.0
         if marker and marker.state == "posted":

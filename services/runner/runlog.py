@@ -31,9 +31,9 @@ from schemas.events import (
 from services.runner.loop import ToolOutcome, dumps
 from services.runner.transcript import ModelReply, ToolCall
 from streams import subjects
+from streams.topology import RUNS
 
 FIELD_CAP = 64 * 1024
-RUNS_STREAM = "RUNS"
 
 
 def now_rfc3339() -> str:
@@ -94,7 +94,7 @@ class RunLog:
         or None when there is none."""
         subject = subjects.run_event(self.request.agent, self.request.activation_id, event)
         try:
-            last = await self.bus.js.get_msg(RUNS_STREAM, subject=subject, direct=True)
+            last = await self.bus.js.get_msg(RUNS.name, subject=subject, direct=True)
         except NotFoundError:
             return None
         return request_seq((last.headers or {}).get("Nats-Msg-Id", ""))

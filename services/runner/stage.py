@@ -46,7 +46,7 @@ from services.runner.pricing import PriceTable
 from services.runner.runlog import RunLog, now_rfc3339
 from services.runner.seams import NativeThinker, load_providers
 from streams.subjects import PRIORITIES
-from streams.topology import LEASE_TTL_S, MAX_DELIVERIES, RUNNER_ACK_WAIT_S
+from streams.topology import LEASE_TTL_S, LEASES, MAX_DELIVERIES, RUNNER_ACK_WAIT_S, RUNNER_CONSUMERS
 
 log = logging.getLogger(__name__)
 LOW_SHARE = 5
@@ -77,9 +77,9 @@ class Timing:
 
 
 async def read_timing(js: JetStreamContext) -> Timing:
-    ack_waits = [(await js.consumer_info("ACTIVATIONS", f"runner-{p}")).config.ack_wait or RUNNER_ACK_WAIT_S
-                 for p in PRIORITIES]
-    lease_ttl_s = (await (await js.key_value("leases")).status()).ttl or LEASE_TTL_S
+    ack_waits = [(await js.consumer_info(c.stream, c.durable)).config.ack_wait or RUNNER_ACK_WAIT_S
+                 for c in RUNNER_CONSUMERS.values()]
+    lease_ttl_s = (await (await js.key_value(LEASES.name)).status()).ttl or LEASE_TTL_S
     return Timing(ack_wait_s=min(ack_waits), lease_ttl_s=lease_ttl_s)
 
 
@@ -97,7 +97,7 @@ class Runner:
         log.info("runner timing", extra={"ack_wait_s": self.timing.ack_wait_s,
                                           "lease_ttl_s": self.timing.lease_ttl_s,
                                           "heartbeat_s": self.timing.heartbeat_s})
-        subs = {p: await self.ctx.bus.js.pull_subscribe_bind(f"runner-{p}", "ACTIVATIONS") for p in PRIORITIES}
+        subs = {p: await self.ctx.bus.js.pull_subscribe_bind(c.durable, c.stream) for p, c in RUNNER_CONSUMERS.items()}
         stopping = asyncio.create_task(self.ctx.stop.wait())
         try:
             try:
@@ -204,7 +204,8 @@ class Runner:
             if not await self._ended_before_giving_up(msg, runlog):
                 await self._give_up(msg, request, runlog, deliveries)
             return
-        lease = Lease(await self.ctx.bus.kv("leases"), request.agent, f"{self.deps.runner_id}/{request.activation_id}")
+        holder = f"{self.deps.runner_id}/{request.activation_id}"
+        lease = Lease(await self.ctx.bus.kv(LEASES.name), request.agent, holder)
         if not await lease.acquire():
             await msg.nak(delay=await self._lease_held_delay_s(lease, deliveries))
             return

@@ -25,10 +25,10 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from streams import subjects
-from streams.topology import SCHED_PART_PREFIX, SCHEDULER_OWNER_TTL_S, SCHEDULER_PARTITIONS
+from streams.topology import SCHEDULER_OWNER_TTL_S, SCHEDULER_PARTITIONS
+from streams.topology import original_subject as original_subject  # the scheduler reads sourced subjects
 
 log = logging.getLogger(__name__)
-OWNERS_BUCKET = "scheduler-owners"
 _FNV_OFFSET, _FNV_PRIME = 0x811C9DC5, 0x01000193
 
 
@@ -39,12 +39,6 @@ def partition_of(agent: str, partitions: int = SCHEDULER_PARTITIONS) -> int:
     for byte in subjects.token(agent).encode():
         digest = ((digest ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
     return digest % partitions
-
-
-def original_subject(subject: str) -> str:
-    """`agents.sched.part.<n>.ingest.notification.<a>` -> `agents.ingest.notification.<a>`."""
-    prefix_tokens = SCHED_PART_PREFIX.count(".") + 2  # the prefix plus the partition number
-    return "agents." + subject.split(".", prefix_tokens)[prefix_tokens]
 
 
 OnClaim = Callable[[list[int]], Awaitable[None]]

@@ -32,14 +32,21 @@ from services.scheduler.partitions import PartitionOwner, original_subject, part
 from services.scheduler.puller import Puller
 from services.scheduler.shell import (
     IN_FLIGHT,
-    LEASES_BUCKET,
-    STATE_BUCKET,
     NotOwner,
     Scheduler,
     load_states,
 )
 from services.scheduler.state import DEFAULT_STUCK_AFTER_S, AgentState, SchedulerState
-from streams.topology import SCHEDULER_PARTITIONS, scheduler_durable
+from streams.topology import (
+    ACTIVATIONS,
+    AGENT_STATE,
+    LEASES,
+    RUNNER_CONSUMERS,
+    SCHEDULER,
+    SCHEDULER_OWNERS,
+    SCHEDULER_PARTITIONS,
+    scheduler_durable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +54,6 @@ STAGE = "scheduler"
 FETCH_BATCH = 1000
 # An idle partition renews its pull request this often; a released one finishes within it.
 PULL_EXPIRES_S = 1.0
-LOW_CONSUMER = "runner-low"
 
 
 @dataclass
@@ -79,9 +85,9 @@ class Replica:
         self._leases: KeyValue | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._kv = await self.bus.kv(STATE_BUCKET)
-        self._leases = await self.bus.kv(LEASES_BUCKET)
-        self.owner = PartitionOwner(await self.bus.kv("scheduler-owners"), self.replica_id,
+        self._kv = await self.bus.kv(AGENT_STATE.name)
+        self._leases = await self.bus.kv(LEASES.name)
+        self.owner = PartitionOwner(await self.bus.kv(SCHEDULER_OWNERS.name), self.replica_id,
                                     on_claim=self.claim, on_release=self.release)
         self.directory.add_listener(self.on_definition)
         await asyncio.gather(self.owner.run(stop), self._ticks(stop))
@@ -149,7 +155,7 @@ class Replica:
                 await scheduler.on_batch(items)
             except NotOwner as exc:  # not this batch's fault: redeliver it whole, to whoever owns it
                 raise Retry(1.0, str(exc)) from exc
-        puller = Puller(self.bus.nc, "SCHEDULER", durable, batch=FETCH_BATCH, expires_s=PULL_EXPIRES_S)
+        puller = Puller(self.bus.nc, SCHEDULER.name, durable, batch=FETCH_BATCH, expires_s=PULL_EXPIRES_S)
         await puller.start()
         try:
             while True:
@@ -209,7 +215,7 @@ class Replica:
     async def _explore_allowance(self) -> int:
         """This replica's share of the room left under the low-backlog bound."""
         try:
-            info = await self.bus.js.consumer_info("ACTIVATIONS", LOW_CONSUMER)
+            info = await self.bus.js.consumer_info(ACTIVATIONS.name, RUNNER_CONSUMERS["low"].durable)
             backlog = info.num_pending + info.num_ack_pending
         except Exception:  # no runner consumer yet: treat as empty
             backlog = 0

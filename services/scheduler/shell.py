@@ -32,13 +32,11 @@ from streams import subjects
 
 log = logging.getLogger(__name__)
 
-STATE_BUCKET = "agent-state"
-LEASES_BUCKET = "leases"
 APPLY_ATTEMPTS = 4
 APPLY_BACKOFF_S = 0.5
 PUBLISH_TIMEOUT_S = 5.0
 # An agent's queued notifications live in its `agent-state` value, which must stay under NATS's 1 MiB max
-# payload: at most this many of at most 32 KiB each (`codec.SUBJECT_MAX_BYTES`). One more is dead-lettered
+# payload: at most this many of at most 32 KiB each (`topology.NOTIFICATION.max_bytes`). One more is dead-lettered
 # with the reason; without the bound a flood made a value too big to write, and each later message of the
 # partition waited out the retries behind it.
 MAX_PENDING_NOTIFICATIONS = 24
@@ -67,11 +65,6 @@ class AgentLookup(Protocol):
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def decision_subject(agent: str) -> str:
-    """Refusal events (contract §5 names no scheduler event subject; this is ours, stream DECISIONS)."""
-    return f"agents.sched.decision.{subjects.token(agent)}"
 
 
 async def _all_acked(futures: list[asyncio.Future[PubAck]]) -> None:
@@ -263,7 +256,7 @@ class Scheduler:
             *[await self.bus.publish_async(subjects.activation(request.priority, request.agent), request,
                                            msg_id=f"act:{request.activation_id}", trace_id=request.activation_id)
               for request in changes.requests],
-            *[await self.bus.publish_async(decision_subject(refusal.agent), refusal,
+            *[await self.bus.publish_async(subjects.decision(refusal.agent), refusal,
                                            msg_id=f"dec:{refusal.agent}:{refusal.kind}:{refusal.reason}:{refusal.at}")
               for refusal in changes.refusals],
         ])
