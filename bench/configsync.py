@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.soak.world import regular_names, write_definitions
 from botburrow.definitions import LocalSource
-from botburrow.definitions.source import RACY_NS
+from botburrow.definitions.local import RACY_NS
 from botburrow.runtime import natsserver
 from botburrow.runtime.bus import Bus
 from streams.apply import ensure

@@ -60,7 +60,7 @@ def synthetic(activation_id: str) -> list[tuple[str, Any]]:
                         from_=Author(id="h", name="human", type="human"), content="a long job please")
     request = ActivationRequested(activation_id=activation_id, agent=AGENT, kind="notification", priority="high",
                                   notifications=[note])
-    common = {"activation_id": activation_id, "agent": AGENT, "at": "2026-01-01T00:00:00.000Z"}
+    common: dict[str, Any] = {"activation_id": activation_id, "agent": AGENT, "at": "2026-01-01T00:00:00.000Z"}
     events: list[tuple[str, Any]] = [("started", RunStarted(**common, kind="notification", priority="high",
                                                             tool_type="native", model="claude-sonnet-4-20250514",
                                                             request=request))]

@@ -11,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-from bench.soak import FULL, SMALL, render, run_soak
+from bench.soak import FULL, SMALL, SoakConfig, render, run_soak
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "soak.json"
 
 
-def parse(argv: list[str]) -> tuple[argparse.Namespace, object]:
+def parse(argv: list[str]) -> tuple[argparse.Namespace, SoakConfig]:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
     parser.add_argument("--full", action="store_true", help="1,000 agents, 20,000 notifications (default: small)")
     for name in ("agents", "notifications", "runners", "schedulers", "seed"):

@@ -79,16 +79,16 @@ class Record:
 async def backlog(bus: Bus) -> list[tuple[str, str, int, int]]:
     """(stream, durable, num_pending, num_ack_pending) of every durable consumer the stages made, plus
     (stream, "source <name>", lag, 0) for every stream source: a stalled source hides work from consumers."""
-    out = []
+    out: list[tuple[str, str, int, int]] = []
     for stream in await bus.js.streams_info():
         name = stream.config.name
-        if name.startswith("KV_"):
+        if name is None or name.startswith("KV_"):  # a stream always has a name; nats-py types it optional
             continue
         for source in stream.sources or []:
             out.append((name, f"source {source.name}", source.lag or 0, 0))
         for info in await bus.js.consumers_info(name):
             if info.config.durable_name:
-                out.append((name, info.name, info.num_pending, info.num_ack_pending))
+                out.append((name, info.name, info.num_pending or 0, info.num_ack_pending or 0))
     return out
 
 
@@ -96,6 +96,7 @@ async def read_record(bus: Bus) -> Record:
     record = Record()
     for stream in await bus.js.streams_info():
         name = stream.config.name
+        assert name is not None  # a stream always has a name; nats-py types it optional
         record.stream_sizes[name] = stream.state.messages
         for msg in await read_all(bus, name, ">"):
             record.raw.append((f"{name}: {msg.subject}", msg.data))

@@ -50,7 +50,7 @@ class SoakResult:
     breaches: list[str]
     faults: dict[str, int]
     recovery_s: dict[str, dict[str, float]]
-    throughput: dict[str, float]
+    throughput: dict[str, float | None]  # settle_s is None when the run did not settle
     latency_s: dict[str, float]
     info: dict[str, Any] = field(default_factory=dict)
 

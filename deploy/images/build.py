@@ -64,7 +64,7 @@ SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # The proxy CA bundle is for the build stages only: no final image may hold it.
 NO_CA_BUNDLE = ("no build CA", ["--entrypoint", "sh"],
                 ["-c", "! find / -xdev -name ca-bundle.crt 2>/dev/null | grep ."])  # fmt: skip
-SMOKE_RUNTIME = (
+SMOKE_RUNTIME: tuple[tuple[str, list[str], list[str]], ...] = (
     ("uid", ["--entrypoint", "id"], ["-u"]),
     NO_CA_BUNDLE,
     ("botburrow --help", [], ["--help"]),
