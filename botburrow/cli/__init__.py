@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     inject.add_argument("--from", dest="sender", default="operator")
     inject.add_argument("--id", help="notification id (default: a new one)")
     tail = sub.add_parser("tail", help="follow events as they arrive")
-    tail.add_argument("--subject", default="agents.>")
+    tail.add_argument("--subject", help="a NATS subject filter (default: every botburrow subject)")
     tail.add_argument("--json", action="store_true")
     show = sub.add_parser("show", help="the timeline of one activation")
     show.add_argument("activation_id")

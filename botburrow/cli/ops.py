@@ -31,6 +31,7 @@ from schemas.events import DeadLetter, NotificationReceived
 from schemas.hub import Author, Notification
 from streams import subjects
 from streams.apply import ensure
+from streams.topology import ALL_SUBJECTS, DEAD_LETTER, DLQ, RUN_EVENT, RUNS
 
 
 async def _connect() -> Bus:
@@ -96,7 +97,7 @@ def pretty(subject: str, data: bytes) -> str:
         payload = decode_subject(subject, data)
     except DecodeError as exc:
         return f"{subject}  (undecodable: {exc.reason[:80]}) {data[:200]!r}"
-    if subject.startswith("agents.run."):
+    if subjects.matches(RUN_EVENT.pattern, subject):
         return f"{subject}\n    {render([payload])}"
     return f"{subject}  {msgspec.json.encode(payload).decode()[:300]}"
 
@@ -110,15 +111,16 @@ async def tail(bus: Bus, args: argparse.Namespace) -> int:
     async def on_msg(msg) -> None:
         print(msg.data.decode(errors="replace") if args.json else pretty(msg.subject, msg.data), flush=True)
 
-    sub = await bus.nc.subscribe(args.subject, cb=on_msg)
-    print(f"following {args.subject} (Ctrl-C to stop)", file=sys.stderr)
+    subject = args.subject or ALL_SUBJECTS
+    sub = await bus.nc.subscribe(subject, cb=on_msg)
+    print(f"following {subject} (Ctrl-C to stop)", file=sys.stderr)
     await stop.wait()
     await sub.unsubscribe()
     return 0
 
 
 async def load_run(bus: Bus, activation_id: str) -> list:
-    msgs = await read_all(bus, "RUNS", subjects.run_events_of(activation_id))
+    msgs = await read_all(bus, RUNS.name, subjects.run_events_of(activation_id))
     events = []
     for msg in msgs:
         with contextlib.suppress(DecodeError):
@@ -171,7 +173,7 @@ async def _dlq(bus: Bus, args: argparse.Namespace) -> int:
     if args.seq is None:
         raise SystemExit(f"usage: botburrow dlq {args.action} <seq>")
     try:
-        raw = await bus.js.get_msg("DLQ", args.seq)
+        raw = await bus.js.get_msg(DLQ.name, args.seq)
     except NotFoundError:
         return _refuse(f"no dead letter with seq {args.seq} in DLQ")
     data = raw.data or b""
@@ -186,7 +188,7 @@ async def _dlq(bus: Bus, args: argparse.Namespace) -> int:
 
 
 async def dlq_ls(bus: Bus) -> int:
-    msgs = await read_all(bus, "DLQ", "agents.dlq.*")
+    msgs = await read_all(bus, DLQ.name, DEAD_LETTER.pattern)
     for msg in msgs:
         letter = _letter(msg.data)
         seq = msg.metadata.sequence.stream

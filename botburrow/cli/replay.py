@@ -27,6 +27,7 @@ from botburrow.settings import load
 from schemas.codec import DecodeError, decode_subject
 from schemas.events import ActivationRequested
 from streams import subjects
+from streams.topology import RUNS
 
 SCHEMA_VERSION = 1  # the run event version this code reads (schemas/EVOLUTION.md)
 EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 3
@@ -85,7 +86,7 @@ async def read_events(bus: Bus, activation_id: str, progress: Progress | None = 
     started_s = time.monotonic()
     if progress:
         progress(f"reading RUNS for {activation_id}", force=True)
-    msgs = await read_all(bus, "RUNS", subjects.run_events_of(activation_id))
+    msgs = await read_all(bus, RUNS.name, subjects.run_events_of(activation_id))
     found = decode_events(msgs)
     if progress:
         progress(f"read {len(msgs)} events in {(time.monotonic() - started_s) * 1000:.0f} ms", force=True)

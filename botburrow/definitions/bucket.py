@@ -11,10 +11,11 @@ import nats.errors
 from nats.js.kv import KeyValue
 
 from schemas.agent import AgentDefinition, SkillDefinition
+from streams.topology import CONFIGS
 
 log = logging.getLogger(__name__)
-BUCKET = "configs"
-STREAM = f"KV_{BUCKET}"
+BUCKET = CONFIGS.name
+STREAM = CONFIGS.stream
 # A value is one definition: its files are bounded by DEFINITION_FILE_MAX_BYTES at the source, and NATS'
 # default max_payload is 1 MiB. Anything bigger was not written by configsync: refused unread.
 MAX_VALUE_BYTES = 1 << 20

@@ -18,6 +18,8 @@ import sys
 from botburrow.cli.ops import pretty
 from botburrow.dev.stack import LocalStack
 from botburrow.runtime.bus import Bus
+from streams import subjects
+from streams.topology import CONFIGS, RUN_EVENT
 
 DEMO_AGENT = "pirate-captain"
 DEMO_TEXT = "Ahoy! Where should a new crew member start learning to sail?"
@@ -29,7 +31,7 @@ def say(line: str) -> None:
 
 
 async def _await_configs(bus: Bus, names: list[str], timeout_s: float = 30.0) -> None:
-    kv = await bus.kv("configs")
+    kv = await bus.kv(CONFIGS.name)
     deadline = asyncio.get_running_loop().time() + timeout_s
     while asyncio.get_running_loop().time() < deadline:
         try:
@@ -50,8 +52,8 @@ async def _demo(stack: LocalStack, bus: Bus) -> None:
         if not done.done():
             done.set_result(msg.subject.split(".")[3])
 
-    sub = await bus.nc.subscribe(f"agents.run.{DEMO_AGENT}.*.completed", cb=on_end)
-    failed = await bus.nc.subscribe(f"agents.run.{DEMO_AGENT}.*.failed", cb=on_end)
+    sub = await bus.nc.subscribe(subjects.run_events(DEMO_AGENT, "completed"), cb=on_end)
+    failed = await bus.nc.subscribe(subjects.run_events(DEMO_AGENT, "failed"), cb=on_end)
     notification = stack.hub.mention(DEMO_AGENT, DEMO_TEXT)
     say(f"demo: alice mentions @{DEMO_AGENT} on post {notification.post_id}: {DEMO_TEXT!r}")
     try:
@@ -86,7 +88,7 @@ async def run(demo: bool, runners: int) -> int:
         say(f"HUB_URL={stack.hub.url if stack.hub else ''} NATS_URL={stack.nats_url}; try: "
             f"NATS_URL={stack.nats_url} botburrow inject notification --agent {DEMO_AGENT} --type mention "
             "--content hi   (Ctrl-C stops everything)")
-        await bus.nc.subscribe("agents.run.>", cb=_print_event)
+        await bus.nc.subscribe(RUN_EVENT.pattern, cb=_print_event)
         await stop.wait()
         return 0
     except RuntimeError as exc:
