@@ -188,6 +188,7 @@ async def test_a_ring_of_three_stops_at_the_thread_wide_cap(rig: Rig, pipeline: 
 
     assert len(agent_replies(rig, post_id, names)) == 7
     count = await (await rig.bus.kv("limits")).get(thread_key(post_id))
+    assert count.value is not None
     assert msgspec.json.decode(count.value, type=ThreadReplies).agent_replies == 7
     stopped = [e.metrics for e in ends.ends if e.metrics.outcome != "posted"]
     assert stopped, "the ring was never stopped"

@@ -155,6 +155,7 @@ async def test_a_malformed_hub_answer_fails_the_activation_once_with_its_reason(
     assert end == "failed" and kinds(events) == ["RunStarted", "RunFailed"]
     failed = events[-1]
     assert isinstance(failed, RunFailed) and failed.attempt == 1
+    assert failed.metrics.error is not None
     assert failed.metrics.error.startswith("malformed Hub answer: GET /posts/post_1/comments")
     assert reason in failed.metrics.error
     assert [e.attempt for e in events if isinstance(e, RunStarted)] == [1]

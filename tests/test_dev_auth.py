@@ -32,7 +32,8 @@ class Dev:
     """`python -m botburrow dev` as a child process, its output read line by line."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process, self.lines = process, []
+        self.process = process
+        self.lines: list[str] = []
 
     async def line_matching(self, pattern: str, timeout_s: float = START_S) -> re.Match[str]:
         async def read() -> re.Match[str]:

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import sys
+from typing import Literal
 
 import pytest
 
@@ -30,8 +31,8 @@ def dlq_args(action: str, seq: int | None = None) -> argparse.Namespace:
 
 
 async def letter(bus: Bus, stage: str, reason: str, subject: str, payload: bytes) -> int:
-    text, encoding = (payload.decode(), "utf-8") if payload.isascii() else (base64.b64encode(payload).decode(),
-                                                                           "base64")
+    encoding: Literal["utf-8", "base64"] = "utf-8" if payload.isascii() else "base64"
+    text = payload.decode() if encoding == "utf-8" else base64.b64encode(payload).decode()
     dead = DeadLetter(stage=stage, reason=reason, subject=subject, stream="NOTIFICATIONS", seq=7, deliveries=1,
                       payload=text, payload_encoding=encoding, headers={"Nats-Msg-Id": "ntf:n1"})
     ack = await bus.publish(subjects.dlq(stage), dead, msg_id=f"dlq:NOTIFICATIONS:{reason}")
@@ -75,12 +76,12 @@ async def test_redrive_republishes_with_a_new_msg_id_each_time(bus: Bus, capsys:
     assert capsys.readouterr().out.count("redriven to agents.ingest.notification.") == 3
 
     msgs = await read_all(bus, "NOTIFICATIONS", "agents.ingest.notification.*")
-    assert [(m.subject, m.data, m.headers["Redrive-Of"]) for m in msgs] == [
+    assert [(m.subject, m.data, (m.headers or {})["Redrive-Of"]) for m in msgs] == [
         ("agents.ingest.notification.bob", ORIGINAL, str(text_seq)),
         ("agents.ingest.notification.bob", ORIGINAL, str(text_seq)),
         ("agents.ingest.notification.eve", binary, str(binary_seq)),
     ]
-    ids = [m.headers["Nats-Msg-Id"] for m in msgs]
+    ids = [(m.headers or {})["Nats-Msg-Id"] for m in msgs]
     assert len(set(ids)) == 3 and all(i.startswith(f"redrive:{s}:") for i, s in zip(ids, (text_seq, text_seq,
                                                                                           binary_seq), strict=True))
     assert "ntf:n1" not in ids  # never the original id: dedup would swallow it

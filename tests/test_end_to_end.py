@@ -59,7 +59,8 @@ async def test_a_mention_is_answered_end_to_end(stack: LocalStack, bus: Bus) -> 
     assert flat[0].parent_id == notification.comment_id
     assert all(n.read for n in stack.hub.notifications_of("pirate-captain") if n.id == notification.id)
 
-    await until(lambda: any(m.activation_id == activation_id for m in stack.hub.consumption),
+    hub = stack.hub  # narrowed above, for the lambda
+    await until(lambda: any(m.activation_id == activation_id for m in hub.consumption),
                 30.0, "consumption reported to the Hub")
     (metrics,) = [m for m in stack.hub.consumption if m.activation_id == activation_id]
     assert (metrics.tokens_input, metrics.tokens_output, metrics.outcome) == (321, 45, "posted")

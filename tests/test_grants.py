@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,7 +137,7 @@ def test_defaults_and_agent_lists_add_up_and_deny_wins(caplog: pytest.LogCapture
     asked = ["hub:read", "hub:write", "github:read", "github:write", "filesystem:read", "kubernetes:read"]
     with caplog.at_level(logging.WARNING):
         assert resolver.resolve(agent("plain", asked)) == {"hub:read", "hub:write", "github:read"}
-    dropped = [r for r in caplog.records if r.getMessage() == "grants dropped by policy"]
+    dropped: list[Any] = [r for r in caplog.records if r.getMessage() == "grants dropped by policy"]
     assert dropped and dropped[0].dropped == ["github:write", "filesystem:read", "kubernetes:read"]
     # The agent's own allow list cannot beat the default deny.
     assert resolver.resolve(agent("trusted", asked)) == {"hub:read", "hub:write", "github:read", "filesystem:read"}

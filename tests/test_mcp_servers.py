@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from mcp import Client, StdioServerParameters
+from mcp.types import CallToolResult, TextContent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -91,6 +92,13 @@ def context(d: AgentDefinition, grants: set[str], workspace: Path | None = None,
             recorder: Recorded | None = None) -> ToolContext:
     return ToolContext(definition=d, agent_key="agent-key-unused", grants=grants, activation_id="act-1",
                        poster=None, hub=None, workspace=workspace, recorder=recorder)
+
+
+def text_of(result: CallToolResult) -> str:
+    """The text of a tool result's first content block: every tool here answers with text."""
+    first = result.content[0]
+    assert isinstance(first, TextContent), first
+    return first.text
 
 
 @dataclass
@@ -258,9 +266,10 @@ async def test_unknown_servers_are_logged_and_skipped(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.INFO):
         async with toolsets({}).open(context(d, {"kubernetes:read"})) as box:
             assert box.servers == [] and box.specs() == []
-    skipped = [r for r in caplog.records if r.getMessage() == "mcp server skipped: not in the operator's catalog"]
+    records: list[Any] = caplog.records  # with the log call's `extra` fields as attributes
+    skipped = [r for r in records if r.getMessage() == "mcp server skipped: not in the operator's catalog"]
     assert [r.server for r in skipped] == ["kubernetes"]
-    assert any(r.getMessage() == "mcp server not started: no grant" and r.server == "brave" for r in caplog.records)
+    assert any(r.getMessage() == "mcp server not started: no grant" and r.server == "brave" for r in records)
 
 
 async def test_a_crashing_server_gives_error_results_not_a_hung_activation(tmp_path: Path, toolsets: Toolsets) -> None:
@@ -299,7 +308,7 @@ async def test_hub_server_lists_and_calls_only_granted_tools() -> None:
         names = {t.name for t in (await client.list_tools()).tools}
         assert names == {"get_thread", "search", "list_posts"}
         result = await client.call_tool("search", {"query": "rust"})
-        assert result.content[0].text == "ok hub__search"
+        assert text_of(result) == "ok hub__search"
         with pytest.raises(MCPError):
             await client.call_tool("create_comment", {"post_id": "p", "content": "c"})
     assert backend.calls == ["hub__search"]
@@ -320,7 +329,7 @@ async def test_relay_forwards_only_the_filtered_tools_and_holds_no_secret(tmp_pa
             assert {t.name for t in tools} == {t.name for t in box.hosts["filesystem"].tools}
             assert all(t.annotations and t.annotations.read_only_hint for t in tools)
             read = await client.call_tool("read_text_file", {"path": str(workspace / "a.txt")})
-            assert read.content[0].text == "via relay" and not read.is_error
+            assert text_of(read) == "via relay" and not read.is_error
             write = await client.call_tool("write_file", {"path": str(workspace / "b.txt"), "content": "x"})
             assert write.is_error
     assert not (workspace / "b.txt").exists()
@@ -393,7 +402,7 @@ async def test_hub_through_the_relay_uses_the_real_hub_tools(
         async with Client(relay) as client:
             assert {t.name for t in (await client.list_tools()).tools} == {"get_thread", "search", "list_posts"}
             thread = await client.call_tool("get_thread", {"post_id": note.post_id})
-            assert "thread text for the relay" in thread.content[0].text and not thread.is_error
+            assert "thread text for the relay" in text_of(thread) and not thread.is_error
             denied = await client.call_tool("create_comment", {"post_id": note.post_id, "content": "x"})
             assert denied.is_error
     assert key not in json.dumps(thread.model_dump(mode="json"))

@@ -3,6 +3,7 @@ exported with that type and those labels, and every `botburrow_*` metric the cod
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import yaml
 from prometheus_client import REGISTRY
@@ -22,6 +23,7 @@ def exported() -> dict[str, tuple[str, tuple[str, ...]]]:
     for module in STAGE_MODULES:
         importlib.import_module(module)
     found = {}
+    collector: Any  # the registry's own attributes (`_type`, `_labelnames`): prometheus_client has no public ones
     for collector in set(REGISTRY._names_to_collectors.values()):
         name = getattr(collector, "_name", None)
         if not name or not name.startswith("botburrow_"):

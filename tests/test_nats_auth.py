@@ -161,7 +161,7 @@ async def _buckets(conn: Conn, operator: Conn, stage: str) -> None:
             info = await admin.stream_info(stream)
             # The runner's lookup of its last event on a subject (runlog), and gets by sequence.
             last = await js.get_msg(stream, subject="agents.run.auth-test.auth-test.auth-test", direct=True)
-            assert last.seq > 0
+            assert last.seq is not None and last.seq > 0
             assert (await js.get_msg(stream, seq=info.state.last_seq, direct=True)).seq == info.state.last_seq
             assert (await js.get_msg(stream, seq=info.state.last_seq)).seq == info.state.last_seq
 

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import aiodocker
 import pytest
@@ -21,7 +22,7 @@ from services.runner.sandbox.docker import OWNER_LABEL, DockerSandbox
 # Until tests/conftest.py registers it.
 
 
-def spec(workspace: Path, script: str, **kw: object) -> SandboxSpec:
+def spec(workspace: Path, script: str, **kw: Any) -> SandboxSpec:
     limits = kw.pop("limits", Limits(timeout_s=30))
     return SandboxSpec(argv=["python3", "-c", script], workspace=str(workspace), label="test", limits=limits, **kw)
 
@@ -48,7 +49,8 @@ async def test_environment_is_only_what_the_spec_gives(
 
 async def test_workspace_is_writable_and_binds_are_read_only(sandbox: Sandbox, tmp_path: Path) -> None:
     workspace, tools = tmp_path / "ws", tmp_path / "tools"
-    workspace.mkdir(), tools.mkdir()
+    workspace.mkdir()
+    tools.mkdir()
     (tools / "tool.txt").write_text("tool-data")
     script = """
 import errno
@@ -135,7 +137,8 @@ async def test_relay_socket_in_a_read_only_bind_is_reachable(sandbox: Sandbox, t
     # The relays a CLI uses to reach runner-side MCP servers and the model gateway: a unix socket in a
     # read-only bind. The socket must be writable by the sandbox user (mode 0666), the directory need not.
     relay, workspace = tmp_path / "relay", tmp_path / "ws"
-    relay.mkdir(), workspace.mkdir()
+    relay.mkdir()
+    workspace.mkdir()
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"pong:" + await reader.readline())
@@ -162,7 +165,7 @@ print(s.recv(100).decode().strip())
 @pytest.mark.slow
 async def test_docker_sweep_removes_leftovers_of_dead_runners(docker_sandbox: DockerSandbox) -> None:
     async with aiodocker.Docker(url=docker_sandbox.docker_host) as docker:
-        config = {
+        config: dict[str, Any] = {
             "Image": docker_sandbox.image,
             "Cmd": ["sleep", "600"],
             "Labels": {LABEL_KEY: "old", OWNER_LABEL: f"{os.uname().nodename}:{dead_pid()}"},
@@ -244,7 +247,8 @@ async def test_docker_refuses_binds_its_user_cannot_read(docker_sandbox: DockerS
     # As root we hand the workspace to uid 1000: a private (0700) directory of ours would be unreadable
     # inside, and a missing source would be created by the engine. Both fail before any container exists.
     private, workspace = tmp_path / "private", tmp_path / "ws"
-    private.mkdir(mode=0o700), workspace.mkdir()
+    private.mkdir(mode=0o700)
+    workspace.mkdir()
     for source, reason in ((private, "cannot read the bind source"), (tmp_path / "gone", "does not exist")):
         with pytest.raises(SandboxError, match=reason):
             await docker_sandbox.run(spec(workspace, "print(1)", binds=(Bind(source=str(source), target="/opt/p"),)))

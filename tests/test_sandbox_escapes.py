@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,11 +27,12 @@ SECRET = "sk-planted-" + uuid.uuid4().hex
 
 
 async def run(sandbox: Sandbox, workspace: Path, script: str, *args: str, **limits: float) -> SandboxResult:
-    base = {"timeout_s": 30.0, "memory_bytes": 128 * MiB, "pids": 32, "tmpfs_bytes": 16 * MiB, "file_bytes": 8 * MiB}
+    base: dict[str, Any] = {"timeout_s": 30.0, "memory_bytes": 128 * MiB, "pids": 32, "tmpfs_bytes": 16 * MiB,
+                            "file_bytes": 8 * MiB}
     base.update(limits)
     spec = SandboxSpec(
         argv=["python3", "-c", script, *args], workspace=str(workspace), label="escape", limits=Limits(**base)
-    )  # type: ignore[arg-type]
+    )
     return await sandbox.run(spec)
 
 
@@ -49,7 +51,8 @@ def host_processes_with(marker: str) -> list[int]:
 
 async def test_host_files_are_out_of_reach(sandbox: Sandbox, tmp_path: Path) -> None:
     workspace, secrets = tmp_path / "ws", tmp_path / "secrets"
-    workspace.mkdir(), secrets.mkdir()
+    workspace.mkdir()
+    secrets.mkdir()
     (secrets / "hub-token").write_text(SECRET)
     script = f"""
 import os, sys

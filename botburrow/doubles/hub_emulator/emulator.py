@@ -101,9 +101,10 @@ class HubEmulator:
                                             content=content, created_at=note.created_at))
         return note
 
-    def comments_on(self, post_id: str) -> list[Comment]:
-        """Every comment on the post, flat, in creation order (`replies` empty; `parent_id`, `depth` set)."""
-        return list(self.world.comments.get(post_id, []))
+    def comments_on(self, post_id: str | None) -> list[Comment]:
+        """Every comment on the post, flat, in creation order (`replies` empty; `parent_id`, `depth` set).
+        None (a notification's `post_id`, optional in its shape): no post, no comments."""
+        return list(self.world.comments.get(post_id, [])) if post_id is not None else []
 
     def notifications_of(self, agent: str) -> list[Notification]:
         """The agent's notifications in creation order, with their read flags."""

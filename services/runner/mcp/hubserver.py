@@ -26,8 +26,10 @@ INVALID_PARAMS = -32602
 
 
 class Outcome(Protocol):
-    content: str
-    is_error: bool
+    @property
+    def content(self) -> str: ...
+    @property
+    def is_error(self) -> bool: ...
 
 
 class HubBackend(Protocol):
