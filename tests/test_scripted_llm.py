@@ -16,7 +16,7 @@ import pytest
 
 from botburrow.doubles.scripted_llm import ScriptedLLM
 
-WEATHER_TOOL = {
+WEATHER_TOOL: Any = {
     "name": "get_weather",
     "description": "Weather for a city",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
@@ -125,7 +125,7 @@ async def test_strict_past_end_of_script_is_an_error(scripted_llm: ScriptedLLM) 
 
 async def test_strict_unanswered_tool_use_is_a_400(scripted_llm: ScriptedLLM) -> None:
     scripted_llm.set_script([{"text": "never sent"}])
-    messages = [
+    messages: list[Any] = [
         {"role": "user", "content": "go"},
         {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "t", "input": {}}]},
         {"role": "user", "content": "I ignore your tool call"},
@@ -215,7 +215,8 @@ async def test_openai_stream_tool_calls_and_include_usage(scripted_llm: Scripted
     usage_chunk, chunks = payloads[-2], payloads[:-2]
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["total_tokens"] == 13
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
-    text, calls = "", {}
+    text = ""
+    calls: dict[int, dict[str, Any]] = {}
     for chunk in chunks:
         delta = chunk["choices"][0]["delta"]
         text += delta.get("content") or ""
@@ -256,7 +257,7 @@ async def test_path_tag_and_model_keys_choose_scripts(scripted_llm: ScriptedLLM)
     tagged = await client(f"{scripted_llm.url}/act-1").messages.create(model="model-b", **request)
     by_model = await client(scripted_llm.url).messages.create(model="model-b", **request)
     plain = await client(scripted_llm.url).messages.create(model="other", **request)
-    assert [m.content[0].text for m in (tagged, by_model, plain)] == ["for act-1", "for model-b", "default"]  # type: ignore[union-attr]
+    assert [m.content[0].text for m in (tagged, by_model, plain)] == ["for act-1", "for model-b", "default"]
     assert [(r.tag, r.key) for r in scripted_llm.requests] == [("act-1", "act-1"), (None, "model-b"), (None, None)]
     async with httpx.AsyncClient() as http:
         models = (await http.get(f"{scripted_llm.url}/some/tag/v1/models")).json()
