@@ -134,27 +134,27 @@ async def ensure(js: JetStreamContext, *, update: bool = False, replicas: int = 
             done.append(f"stream {spec.name}: updated")
         else:
             done.append(f"stream {spec.name}: exists")
-    for spec in consumers:
+    for consumer in consumers:
         exists = True
         try:
-            await js.consumer_info(spec.stream, spec.durable)
+            await js.consumer_info(consumer.stream, consumer.durable)
         except NotFoundError:
             exists = False
         if not exists or update:
             # add_consumer with an existing durable name updates its mutable settings.
-            await js.add_consumer(spec.stream, consumer_config(spec))
-        done.append(f"consumer {spec.stream}/{spec.durable}: {_verb(exists, update)}")
-    for spec in buckets:
+            await js.add_consumer(consumer.stream, consumer_config(consumer))
+        done.append(f"consumer {consumer.stream}/{consumer.durable}: {_verb(exists, update)}")
+    for bucket in buckets:
         try:
-            await js.key_value(spec.name)
+            await js.key_value(bucket.name)
             exists = True
         except BucketNotFoundError:
             exists = False
         if not exists:
-            await js.create_key_value(bucket_config(spec, replicas))
+            await js.create_key_value(bucket_config(bucket, replicas))
         elif update:
-            await _update_bucket(js, spec, replicas)
-        done.append(f"bucket {spec.name}: {_verb(exists, update)}")
+            await _update_bucket(js, bucket, replicas)
+        done.append(f"bucket {bucket.name}: {_verb(exists, update)}")
     for line in done:
         log.debug("topology", extra={"detail": line})
     return done
