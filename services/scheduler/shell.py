@@ -86,10 +86,10 @@ async def _all_acked(futures: list[asyncio.Future[PubAck]]) -> None:
 
     for future in futures:
         future.add_done_callback(settled)
-    timer = loop.call_later(PUBLISH_TIMEOUT_S, lambda: waiter.done() or waiter.set_result(None))
+    timer = loop.call_later(PUBLISH_TIMEOUT_S, lambda: None if waiter.done() else waiter.set_result(None))
     try:
         await waiter
-        errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+        errors = [error for f in futures if f.done() and not f.cancelled() and (error := f.exception()) is not None]
         if errors:
             raise errors[0]
         if left:
