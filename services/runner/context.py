@@ -95,8 +95,8 @@ def select_skills(definition: AgentDefinition, skills: Mapping[str, SkillDefinit
                   task_text: str, community: str | None) -> list[SkillDefinition]:
     wanted: list[str] = list(definition.config.capabilities.skills)
     community = normalise_community(community)
-    for name, skill in skills.items():
-        triggers = skill.front_matter.triggers
+    for name, candidate in skills.items():
+        triggers = candidate.front_matter.triggers
         if any(_mentions_word(task_text, keyword) for keyword in triggers.keywords) or (
             community and community in {normalise_community(c) for c in triggers.communities}
         ):
