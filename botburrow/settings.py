@@ -1,17 +1,23 @@
-"""Every setting the services read, in one table (contract §7), and the one way to read them.
+"""Every setting the services read (contract §7): one frozen struct per stage, and the one way to read them.
 
-A service calls `load(stage)` once at start-up. Every missing or invalid setting is named in one
-error, and the service exits non-zero. Nothing else in the code reads the environment for settings
-(secrets go through `botburrow.secrets`), so the deployment manifests can be checked against this
-table.
+A setting is a field of the struct of each stage that reads it: its variable is the field's name in
+upper case (`poll_interval_seconds` is POLL_INTERVAL_SECONDS), its default is written as an operator
+would write it and parsed like the environment's value. Settings several stages read are declared once,
+in a base struct (`Connection`, `StageSettings`, `HubReader`, ...). A service calls `load(IngestSettings)`
+(or `load("ingest")`) once at start-up: every missing or invalid setting is named in one error, and the
+service exits non-zero. Nothing else in the code reads the environment for settings (secrets go through
+`botburrow.secrets`), so the deployment manifests are checked against these structs (`SETTINGS`, the
+flat table derived from them, is what deploy/check.py and `--markdown` read).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 STAGES = ("ingest", "scheduler", "runner", "metrics", "configsync")
 ALL = frozenset(STAGES)
@@ -104,6 +110,216 @@ def _grant_policy_file(raw: str) -> str:
     return raw
 
 
+def setting(doc: str, default: str | None = None, parse: Callable[[str], Any] = str, *, required: bool = False) -> Any:
+    """A settings field. `default` is the text an operator would set (parsed here, so a bad default fails
+    at import); a required setting has none, and a missing one is named at start-up."""
+    meta = {"doc": doc, "default": default, "parse": parse, "required": required}
+    if required:
+        return field(metadata=meta)
+    return field(default=None if default is None else parse(default), metadata=meta)
+
+
+_METRICS_PORT_DOC = "this service's metrics and health port (0 picks a free one)"
+
+
+def _metrics_port(default: int) -> Any:
+    """METRICS_PORT: one meaning, a default per stage (so that local mode's stages do not collide)."""
+    return setting(_METRICS_PORT_DOC, str(default), _port)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Connection:
+    """What every process that talks to NATS reads: the stages and `botburrow streams apply`."""
+
+    def __getitem__(self, name: str) -> Any:
+        """Transitional, for code not yet moved to attributes: `settings["RUNNER_CONCURRENCY"]` is
+        `settings.runner_concurrency`. Use the attribute (typed); this goes once nothing calls it."""
+        if name.lower() not in {item.name for item in dataclasses.fields(self)}:
+            raise KeyError(f"{name} is not a setting of {type(self).__name__} (botburrow.settings)")
+        return getattr(self, name.lower())
+
+    nats_url: str = setting("NATS server(s), comma-separated", "nats://127.0.0.1:4222")
+    nats_creds: str | None = setting("NATS credentials file")
+    runner_ack_wait_seconds: float = setting(
+        "ack wait of the runner consumers and TTL of the leases bucket, used when they are created and by "
+        "`botburrow streams apply`; runners heartbeat at a third of the live values", "60", _positive_float)
+    log_level: str = setting("DEBUG, INFO, WARNING or ERROR", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageSettings(Connection):
+    """What every stage reads; each stage's struct adds its own (and its METRICS_PORT default)."""
+
+    secrets_dir: str | None = setting("directory of secret files (Kubernetes-secret style)")
+    metrics_port: int = setting(_METRICS_PORT_DOC, "0", _port)  # each stage sets its own default
+    metrics_host: str = setting("address the metrics and health port binds: loopback locally, the pod IP in "
+                                "Kubernetes", "127.0.0.1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HubReader:
+    hub_url: str = setting("the Hub's origin, without /api/v1", parse=_url, required=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentKeysReader:
+    agent_keys_dir: str | None = setting("directory of agent Hub key files, one per agent name")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenLimit:
+    activation_max_tokens: int = setting("token limit of one activation, all turns", "200000", _positive_int)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestSettings(StageSettings, HubReader, AgentKeysReader):
+    metrics_port: int = _metrics_port(9101)
+    poll_interval_seconds: float = setting("Hub notification polling interval", "30", _positive_float)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerSettings(StageSettings, HubReader):
+    metrics_port: int = _metrics_port(9102)
+    scheduler_tick_seconds: float = setting("scheduler: how often timed work (exploration, stuck agents) runs",
+                                            "1", _positive_float)
+    explore_min_gap_seconds: float = setting("scheduler: minimum time between an agent's explorations", "900",
+                                             _positive_float)
+    explore_low_backlog_max: int = setting("scheduler: exploration is queued only while runner-low holds fewer",
+                                           "50", _positive_int)
+    budget_cache_seconds: float = setting("scheduler: how long GET /system/budget-health is cached", "60",
+                                          _positive_float)
+    budget_stale_seconds: float = setting("scheduler: how long the last known budget status holds while the Hub "
+                                          "is down", "600", _positive_float)
+    # Lost: its runner died and the request was dead-lettered, or it never reached a runner. The agent is freed.
+    scheduler_stuck_after_seconds: float = setting("scheduler: age after which an in-flight activation with no "
+                                                   "lease is lost", "1800", _positive_float)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunnerSettings(StageSettings, HubReader, AgentKeysReader, TokenLimit):
+    metrics_port: int = _metrics_port(9103)
+    grant_policy_file: str | None = setting("grant policy YAML; unset allows what configs ask",
+                                            parse=_grant_policy_file)
+    anthropic_base_url: str | None = setting("Anthropic API base URL", parse=_url)
+    model_base_url_override: str | None = setting("local mode and tests only: every model call goes here",
+                                                  parse=_url)
+    model_key_envs: frozenset[str] = setting(
+        "the variables (or their kebab-case secret files) a config's brain.api_key_env may name",
+        "ANTHROPIC_API_KEY,OPENAI_API_KEY", _model_key_envs)
+    model_api_bases: tuple[str, ...] = setting(
+        "model endpoints a config's brain.api_base may name (comma-separated base URLs)",
+        "https://api.anthropic.com,https://api.openai.com/v1", _url_list)
+    price_table_file: str | None = setting("model price table (YAML or JSON, USD per million tokens)")
+    runner_concurrency: int = setting("activations one runner process runs at once", "4", _positive_int)
+    runner_grace_seconds: float = setting("runner: time to finish held work after SIGTERM", "30", _positive_float)
+    activation_timeout_seconds: float = setting("wall-clock limit of one activation", "600", _positive_float)
+    sandbox_backend: str = setting("bwrap, docker or none (local mode only)", "bwrap",
+                                   _choice("bwrap", "docker", "none"))
+    sandbox_memory_mb: int = setting("memory limit of one CLI sandbox (the CLI, its MCP relays, the forwarder)",
+                                     "2048", _positive_int)
+    sandbox_workspace_mb: int = setting("total size limit of one sandbox workspace (enforced as root: a loop mount)",
+                                        "512", _positive_int)
+    sandbox_image: str = setting("docker sandbox: the per-activation container image", "botburrow-sandbox:0.1.0")
+    docker_host: str | None = setting("docker sandbox: the engine's address (unix:///path or tcp://...)")
+    botburrow_tools_dir: str | None = setting("where the pinned MCP servers and CLIs are installed "
+                                              "(see tools/README.md)")
+    mcp_catalog_file: str | None = setting("YAML catalog of the operator's MCP servers besides the built-in ones")
+    github_host: str | None = setting("github MCP server: --gh-host for GitHub Enterprise (the server drops any port)")
+    mcp_call_timeout_seconds: float = setting("limit of one MCP tool call", "60", _positive_float)
+    mcp_start_timeout_seconds: float = setting("limit for starting one MCP server", "30", _positive_float)
+    mcp_reuse_idle_seconds: float = setting("how long an idle MCP server is kept for the same agent's next "
+                                            "activation", "300", _positive_float)
+    hub_post_max_chars: int = setting("runner: characters of one Hub post shown to the model (the rest is cut, "
+                                      "marked)", "20000", _positive_int)
+    hub_comment_max_chars: int = setting("runner: characters of one Hub comment or notification shown to the model",
+                                         "4000", _positive_int)
+    hub_thread_max_depth: int = setting("runner: comment levels of a thread shown to the model (1..100)", "20",
+                                        _bounded_int(1, 100))
+    hub_thread_max_comments: int = setting("runner: comments of a thread shown to the model", "50", _positive_int)
+    thread_agent_replies_max: int = setting("runner: comments all agents together may post in one thread (0: no "
+                                            "cap)", "20", _bounded_int(0, 1_000_000))
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsSettings(StageSettings, HubReader):
+    metrics_port: int = _metrics_port(9104)
+    consumption_batch_size: int = setting("metrics: consumption events per POST /system/consumption", "100",
+                                          _positive_int)
+    consumption_flush_seconds: float = setting("metrics: longest wait before a partial batch is posted", "2",
+                                               _positive_float)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigsyncSettings(StageSettings):
+    metrics_port: int = _metrics_port(9105)
+    agents_source: str = setting("agent definitions: s3://bucket[/prefix] or a directory", required=True)
+    r2_endpoint: str | None = setting("S3/R2 endpoint URL for an s3:// AGENTS_SOURCE", parse=_url)
+    config_poll_seconds: float = setting("configsync: how often the source is checked for changes", "30",
+                                         _positive_float)
+    definition_file_max_bytes: int = setting(
+        "configsync: largest definition file read from AGENTS_SOURCE; a bigger one is refused, unread (a stored "
+        "definition must fit a 1 MiB NATS message)", "262144", _positive_int)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CliSettings(Connection, TokenLimit):
+    """`botburrow streams apply` and the operator commands (`replay` reads the runner's token limit)."""
+
+    stream_replicas: int = setting("replicas for `botburrow streams apply`", "1", _positive_int)
+
+
+STAGE_SETTINGS: dict[str, type[StageSettings]] = {
+    "ingest": IngestSettings, "scheduler": SchedulerSettings, "runner": RunnerSettings,
+    "metrics": MetricsSettings, "configsync": ConfigsyncSettings,
+}
+S = TypeVar("S", bound=Connection)
+
+
+def settings_of(stage: str) -> type[StageSettings]:
+    """The settings struct of a stage."""
+    if stage not in STAGE_SETTINGS:
+        raise KeyError(f"{stage} is not a stage ({', '.join(STAGES)})")
+    return STAGE_SETTINGS[stage]
+
+
+@overload
+def load(kind: type[S], environ: Mapping[str, str] | None = None, *, required: bool = True) -> S: ...
+@overload
+def load(kind: str, environ: Mapping[str, str] | None = None, *, required: bool = True) -> Connection: ...
+
+
+def load(kind: type[Connection] | str, environ: Mapping[str, str] | None = None, *,
+         required: bool = True) -> Connection:
+    """Read the settings `kind` (a struct, or a stage's name) holds; raise SettingsError naming every
+    missing or invalid one. `required=False` (tools that read a stage's settings) leaves a missing
+    required setting None."""
+    if isinstance(kind, str):
+        kind = CliSettings if kind == "cli" else settings_of(kind)
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for item in dataclasses.fields(kind):
+        name, meta = item.name.upper(), item.metadata
+        raw = env.get(name, "").strip()
+        if not raw:
+            if meta["required"]:
+                if required:
+                    problems.append(f"{name} is not set ({meta['doc']})")
+                else:
+                    values[item.name] = None
+            continue  # the field's default
+        try:
+            values[item.name] = meta["parse"](raw)
+        except ValueError as exc:
+            problems.append(f"{name}={raw!r} is invalid: {exc}")
+    if problems:
+        raise SettingsError(problems)
+    return kind(**values)
+
+
+# --- the flat table: for the docs (`--markdown`) and deploy/check.py ---------------------------------------
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -114,165 +330,48 @@ class Setting:
     parse: Callable[[str], Any] = str
 
 
-DEFAULT_METRICS_PORTS = {"ingest": 9101, "scheduler": 9102, "runner": 9103, "metrics": 9104, "configsync": 9105}
-
-SETTINGS: list[Setting] = [
-    Setting("NATS_URL", "NATS server(s), comma-separated", ALL, "nats://127.0.0.1:4222"),
-    Setting("NATS_CREDS", "NATS credentials file", ALL),
-    Setting("HUB_URL", "the Hub's origin, without /api/v1", frozenset({"ingest", "scheduler", "runner", "metrics"}),
-            required=True, parse=_url),
-    Setting("AGENTS_SOURCE", "agent definitions: s3://bucket[/prefix] or a directory",
-            frozenset({"configsync"}), required=True),
-    Setting("R2_ENDPOINT", "S3/R2 endpoint URL for an s3:// AGENTS_SOURCE", frozenset({"configsync"}), parse=_url),
-    Setting("AGENT_KEYS_DIR", "directory of agent Hub key files, one per agent name",
-            frozenset({"ingest", "runner"})),
-    Setting("SECRETS_DIR", "directory of secret files (Kubernetes-secret style)", ALL),
-    Setting("GRANT_POLICY_FILE", "grant policy YAML; unset allows what configs ask", frozenset({"runner"}),
-            parse=_grant_policy_file),
-    Setting("ANTHROPIC_BASE_URL", "Anthropic API base URL", frozenset({"runner"}), parse=_url),
-    Setting("MODEL_BASE_URL_OVERRIDE", "local mode and tests only: every model call goes here",
-            frozenset({"runner"}), parse=_url),
-    Setting("MODEL_KEY_ENVS", "the variables (or their kebab-case secret files) a config's brain.api_key_env may name",
-            frozenset({"runner"}), "ANTHROPIC_API_KEY,OPENAI_API_KEY", parse=_model_key_envs),
-    Setting("MODEL_API_BASES", "model endpoints a config's brain.api_base may name (comma-separated base URLs)",
-            frozenset({"runner"}), "https://api.anthropic.com,https://api.openai.com/v1", parse=_url_list),
-    Setting("PRICE_TABLE_FILE", "model price table (YAML or JSON, USD per million tokens)",
-            frozenset({"runner"})),
-    Setting("POLL_INTERVAL_SECONDS", "Hub notification polling interval", frozenset({"ingest"}), "30",
-            parse=_positive_float),
-    Setting("RUNNER_CONCURRENCY", "activations one runner process runs at once", frozenset({"runner"}), "4",
-            parse=_positive_int),
-    Setting("ACTIVATION_TIMEOUT_SECONDS", "wall-clock limit of one activation", frozenset({"runner"}), "600",
-            parse=_positive_float),
-    Setting("ACTIVATION_MAX_TOKENS", "token limit of one activation, all turns", frozenset({"runner"}), "200000",
-            parse=_positive_int),
-    Setting("SANDBOX_BACKEND", "bwrap, docker or none (local mode only)", frozenset({"runner"}), "bwrap",
-            parse=_choice("bwrap", "docker", "none")),
-    Setting("SANDBOX_MEMORY_MB", "memory limit of one CLI sandbox (the CLI, its MCP relays, the forwarder)",
-            frozenset({"runner"}), "2048", parse=_positive_int),
-    Setting("SANDBOX_WORKSPACE_MB", "total size limit of one sandbox workspace (enforced as root: a loop mount)",
-            frozenset({"runner"}), "512", parse=_positive_int),
-    Setting("MCP_CATALOG_FILE", "YAML catalog of the operator's MCP servers besides the built-in ones",
-            frozenset({"runner"})),
-    Setting("SANDBOX_IMAGE", "docker sandbox: the per-activation container image", frozenset({"runner"}),
-            "botburrow-sandbox:0.1.0"),
-    Setting("DOCKER_HOST", "docker sandbox: the engine's address (unix:///path or tcp://...)", frozenset({"runner"})),
-    Setting("GITHUB_HOST", "github MCP server: --gh-host for GitHub Enterprise (the server drops any port)",
-            frozenset({"runner"})),
-    Setting("MCP_CALL_TIMEOUT_SECONDS", "limit of one MCP tool call", frozenset({"runner"}), "60",
-            parse=_positive_float),
-    Setting("MCP_START_TIMEOUT_SECONDS", "limit for starting one MCP server", frozenset({"runner"}), "30",
-            parse=_positive_float),
-    Setting("MCP_REUSE_IDLE_SECONDS", "how long an idle MCP server is kept for the same agent's next activation",
-            frozenset({"runner"}), "300", parse=_positive_float),
-    Setting("HUB_POST_MAX_CHARS", "runner: characters of one Hub post shown to the model (the rest is cut, marked)",
-            frozenset({"runner"}), "20000", parse=_positive_int),
-    Setting("HUB_COMMENT_MAX_CHARS", "runner: characters of one Hub comment or notification shown to the model",
-            frozenset({"runner"}), "4000", parse=_positive_int),
-    Setting("HUB_THREAD_MAX_DEPTH", "runner: comment levels of a thread shown to the model (1..100)",
-            frozenset({"runner"}), "20", parse=_bounded_int(1, 100)),
-    Setting("HUB_THREAD_MAX_COMMENTS", "runner: comments of a thread shown to the model",
-            frozenset({"runner"}), "50", parse=_positive_int),
-    Setting("THREAD_AGENT_REPLIES_MAX", "runner: comments all agents together may post in one thread (0: no cap)",
-            frozenset({"runner"}), "20", parse=_bounded_int(0, 1_000_000)),
-    Setting("STREAM_REPLICAS", "replicas for `botburrow streams apply`", frozenset(), "1", parse=_positive_int),
-    Setting("METRICS_PORT", "this service's metrics and health port (0 picks a free one)", ALL, parse=_port),
-    Setting("METRICS_HOST", "address the metrics and health port binds: loopback locally, the pod IP in Kubernetes",
-            ALL, "127.0.0.1"),
-    Setting("CONSUMPTION_BATCH_SIZE", "metrics: consumption events per POST /system/consumption",
-            frozenset({"metrics"}), "100", parse=_positive_int),
-    Setting("CONSUMPTION_FLUSH_SECONDS", "metrics: longest wait before a partial batch is posted",
-            frozenset({"metrics"}), "2", parse=_positive_float),
-    Setting("CONFIG_POLL_SECONDS", "configsync: how often the source is checked for changes",
-            frozenset({"configsync"}), "30", parse=_positive_float),
-    Setting("DEFINITION_FILE_MAX_BYTES", "configsync: largest definition file read from AGENTS_SOURCE; a bigger "
-            "one is refused, unread (a stored definition must fit a 1 MiB NATS message)",
-            frozenset({"configsync"}), "262144", parse=_positive_int),
-    Setting("RUNNER_GRACE_SECONDS", "runner: time to finish held work after SIGTERM", frozenset({"runner"}), "30",
-            parse=_positive_float),
-    Setting("BOTBURROW_TOOLS_DIR", "where the pinned MCP servers and CLIs are installed (see tools/README.md)",
-            frozenset({"runner"})),
-    Setting("RUNNER_ACK_WAIT_SECONDS", "ack wait of the runner consumers and TTL of the leases bucket, used when "
-            "they are created and by `botburrow streams apply`; runners heartbeat at a third of the live values",
-            ALL, "60", parse=_positive_float),
-    Setting("SCHEDULER_TICK_SECONDS", "scheduler: how often timed work (exploration, stuck agents) runs",
-            frozenset({"scheduler"}), "1", parse=_positive_float),
-    Setting("EXPLORE_MIN_GAP_SECONDS", "scheduler: minimum time between an agent's explorations",
-            frozenset({"scheduler"}), "900", parse=_positive_float),
-    Setting("EXPLORE_LOW_BACKLOG_MAX", "scheduler: exploration is queued only while runner-low holds fewer",
-            frozenset({"scheduler"}), "50", parse=_positive_int),
-    Setting("BUDGET_CACHE_SECONDS", "scheduler: how long GET /system/budget-health is cached",
-            frozenset({"scheduler"}), "60", parse=_positive_float),
-    Setting("BUDGET_STALE_SECONDS", "scheduler: how long the last known budget status holds while the Hub is down",
-            frozenset({"scheduler"}), "600", parse=_positive_float),
-    Setting("SCHEDULER_STUCK_AFTER_SECONDS", "scheduler: age after which an in-flight activation with no lease is lost",
-            frozenset({"scheduler"}), "1800", parse=_positive_float),
-    Setting("LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", ALL, "INFO",
-            parse=_choice("DEBUG", "INFO", "WARNING", "ERROR")),
-]
-BY_NAME = {setting.name: setting for setting in SETTINGS}
+def _table() -> list[Setting]:
+    """One row per variable, in the order the structs declare them: the shared ones, then by stage."""
+    declared_in = (Connection, StageSettings, HubReader, AgentKeysReader, IngestSettings, SchedulerSettings,
+                   TokenLimit, RunnerSettings, MetricsSettings, ConfigsyncSettings, CliSettings)
+    fields = {item.name: item for kind in declared_in for item in dataclasses.fields(kind)}
+    readers = {stage: {item.name for item in dataclasses.fields(kind)} for stage, kind in STAGE_SETTINGS.items()}
+    rows: dict[str, Setting] = {}
+    for kind in declared_in:
+        for attribute in inspect.get_annotations(kind):
+            name, meta = attribute.upper(), fields[attribute].metadata
+            stages = frozenset(stage for stage, names in readers.items() if attribute in names)
+            rows.setdefault(name, Setting(name, meta["doc"], stages, meta["default"], meta["required"], meta["parse"]))
+    return list(rows.values())
 
 
-@dataclass(frozen=True)
-class Settings:
-    stage: str
-    values: Mapping[str, Any] = field(default_factory=dict)
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in BY_NAME:
-            raise KeyError(f"{name} is not a known setting (add it to botburrow.settings.SETTINGS)")
-        return self.values.get(name)
-
-    @property
-    def metrics_port(self) -> int:
-        port = self.values.get("METRICS_PORT")
-        return DEFAULT_METRICS_PORTS.get(self.stage, 0) if port is None else port
-
-
-def load(stage: str, environ: Mapping[str, str] | None = None, *, required: bool = True) -> Settings:
-    """Read the settings `stage` uses; raise SettingsError naming every missing or invalid one."""
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    problems: list[str] = []
-    for setting in SETTINGS:
-        if stage in STAGES and stage not in setting.stages:
-            continue
-        raw = env.get(setting.name, "").strip() or setting.default
-        if raw is None:
-            if setting.required and required:
-                problems.append(f"{setting.name} is not set ({setting.doc})")
-            continue
-        try:
-            values[setting.name] = setting.parse(raw)
-        except ValueError as exc:
-            problems.append(f"{setting.name}={raw!r} is invalid: {exc}")
-    if problems:
-        raise SettingsError(problems)
-    return Settings(stage=stage, values=values)
+SETTINGS: list[Setting] = _table()
+BY_NAME = {row.name: row for row in SETTINGS}
+DEFAULT_METRICS_PORTS: dict[str, int] = {stage: kind.metrics_port for stage, kind in STAGE_SETTINGS.items()}
 
 
 def markdown_table() -> str:
     """The settings table of docs/contract.md §7 (tests/test_docs.py keeps the two equal)."""
 
-    def stages(setting: Setting) -> str:
-        if setting.stages == ALL:
+    def stages(row: Setting) -> str:
+        if row.stages == ALL:
             return "all"
-        if not setting.stages:
+        if not row.stages:
             return "`streams apply`"
-        return ", ".join(stage for stage in STAGES if stage in setting.stages)
+        return ", ".join(stage for stage in STAGES if stage in row.stages)
 
-    def default(setting: Setting) -> str:
-        if setting.name == "METRICS_PORT":
+    def default(row: Setting) -> str:
+        if row.name == "METRICS_PORT":
             return ", ".join(f"{stage} {port}" for stage, port in DEFAULT_METRICS_PORTS.items())
-        if setting.default is not None:
-            return f"`{setting.default}`"
-        return "required" if setting.required else "—"
+        if row.default is not None:
+            return f"`{row.default}`"
+        return "required" if row.required else "—"
 
-    rows = ["| setting | default | read by | meaning |", "|---|---|---|---|"]
-    for setting in SETTINGS:
-        doc = setting.doc.replace("|", "\\|")
-        rows.append(f"| `{setting.name}` | {default(setting)} | {stages(setting)} | {doc} |")
-    return "\n".join(rows) + "\n"
+    lines = ["| setting | default | read by | meaning |", "|---|---|---|---|"]
+    for row in SETTINGS:
+        doc = row.doc.replace("|", "\\|")
+        lines.append(f"| `{row.name}` | {default(row)} | {stages(row)} | {doc} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":  # python -m botburrow.settings --markdown

@@ -25,7 +25,7 @@ from botburrow.cli.read import read_all
 from botburrow.cli.timeline import render
 from botburrow.runtime.bus import Bus
 from botburrow.secrets import without_credentials
-from botburrow.settings import load
+from botburrow.settings import CliSettings, load
 from schemas.codec import DecodeError, decode_subject
 from schemas.events import DeadLetter, NotificationReceived
 from schemas.hub import Author, Notification
@@ -35,13 +35,13 @@ from streams.topology import ALL_SUBJECTS, DEAD_LETTER, DLQ, RUN_EVENT, RUNS
 
 
 async def _connect() -> Bus:
-    settings = load("cli", required=False)
+    settings = load(CliSettings)
     try:
         # Bus.connect reconnects forever (right for a stage); a command gives up and says so.
-        return await asyncio.wait_for(Bus.connect(settings["NATS_URL"], name="botburrow-cli",
-                                                  creds=settings["NATS_CREDS"], connect_timeout_s=3), 10)
+        return await asyncio.wait_for(Bus.connect(settings.nats_url, name="botburrow-cli",
+                                                  creds=settings.nats_creds, connect_timeout_s=3), 10)
     except Exception as exc:
-        where = without_credentials(settings["NATS_URL"])
+        where = without_credentials(settings.nats_url)
         raise SystemExit(f"cannot reach NATS at {where} (set NATS_URL): {type(exc).__name__}") from None
 
 
@@ -59,9 +59,9 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def streams_apply(bus: Bus, args: argparse.Namespace) -> int:
-    settings = load("cli", required=False)
-    for line in await ensure(bus.js, update=True, replicas=settings["STREAM_REPLICAS"],
-                             runner_ack_wait_s=settings["RUNNER_ACK_WAIT_SECONDS"]):
+    settings = load(CliSettings)
+    for line in await ensure(bus.js, update=True, replicas=settings.stream_replicas,
+                             runner_ack_wait_s=settings.runner_ack_wait_seconds):
         print(line)
     return 0
 

@@ -23,7 +23,7 @@ import msgspec
 
 from botburrow.cli.read import read_all
 from botburrow.runtime.bus import Bus
-from botburrow.settings import load
+from botburrow.settings import CliSettings, load
 from schemas.codec import DecodeError, decode_subject
 from schemas.events import ActivationRequested
 from streams import subjects
@@ -178,7 +178,7 @@ async def offline(bus: Bus, recording: Any, args: argparse.Namespace, progress: 
     if args.with_definitions:
         definition, shadow_skills, warnings = await _shadow(args.with_definitions, agent)
         skills = {**skills, **shadow_skills}
-    max_tokens = load("cli", required=False)["ACTIVATION_MAX_TOKENS"] or 200_000
+    max_tokens = load(CliSettings).activation_max_tokens
     progress(f"re-running {len(recording.turns)} model turn(s) offline", force=True)
     report = await rerun_offline(recording, definition, skills, baseline=baseline,
                                  shadow=bool(args.with_definitions), max_tokens=max_tokens, progress=progress)

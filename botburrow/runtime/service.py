@@ -23,6 +23,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -33,7 +34,7 @@ from botburrow.runtime.bus import Bus
 from botburrow.runtime.health import Health
 from botburrow.runtime.http import RunningServer
 from botburrow.secrets import remember_all
-from botburrow.settings import Settings, load
+from botburrow.settings import StageSettings, load, settings_of
 from streams.apply import ensure
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,16 @@ TASK_RESTARTS = Counter("botburrow_task_restarts_total", "Long-lived tasks that 
                         ["stage", "task"])
 
 
+S = TypeVar("S", bound=StageSettings)
+
+
 @dataclass
-class StageContext:
+class StageContext(Generic[S]):
+    """What a stage's body is given. `settings` is the stage's own struct: a stage's `run` takes
+    `StageContext[IngestSettings]` (`run_stage` loads the struct `settings.settings_of(name)`)."""
+
     name: str
-    settings: Settings
+    settings: S
     bus: Bus
     health: Health
     stop: asyncio.Event
@@ -59,7 +66,7 @@ class StageContext:
     metrics_port: int
 
 
-StageBody = Callable[[StageContext], Awaitable[None]]
+StageBody = Callable[[StageContext[Any]], Awaitable[None]]
 
 # What a NATS restart or leader election raises under a stage; anything else is a bug and ends it.
 NATS_TRANSIENT: tuple[type[BaseException], ...] = (
@@ -137,7 +144,7 @@ async def _run_to_end(task: Callable[[], Awaitable[None]], name: str) -> BaseExc
     return child.exception()
 
 
-async def _run_body_until_stopped(ctx: StageContext, body: StageBody, streams_made: asyncio.Event,
+async def _run_body_until_stopped(ctx: StageContext[Any], body: StageBody, streams_made: asyncio.Event,
                                   running: asyncio.Event) -> None:
     """Run the stage's body; when NATS fails under it (a restart, a leader election), start it again.
 
@@ -147,7 +154,7 @@ async def _run_body_until_stopped(ctx: StageContext, body: StageBody, streams_ma
     """
     for attempt in itertools.count(1):
         try:
-            await ensure(ctx.bus.js, runner_ack_wait_s=ctx.settings["RUNNER_ACK_WAIT_SECONDS"])
+            await ensure(ctx.bus.js, runner_ack_wait_s=ctx.settings.runner_ack_wait_seconds)
             streams_made.set()
             running.set()
             await body(ctx)
@@ -176,16 +183,16 @@ async def run_stage(
     on_ready_port: Callable[[int], None] | None = None,
 ) -> None:
     env = dict(os.environ if environ is None else environ)
-    settings = load(name, env)
+    settings = load(settings_of(name), env)
     remember_all(env)
     stop = stop or asyncio.Event()
     health = Health(name)
-    server: RunningServer = await health.serve(settings.metrics_port, host=settings["METRICS_HOST"])
+    server: RunningServer = await health.serve(settings.metrics_port, host=settings.metrics_host)
     if on_ready_port:
         on_ready_port(server.port)
     log.info("stage starting", extra={"stage": name, "metrics_port": server.port})
-    bus = await connect_until_stopped(settings["NATS_URL"], f"botburrow-{name}-{socket.gethostname()}",
-                                      settings["NATS_CREDS"], stop)
+    bus = await connect_until_stopped(settings.nats_url, f"botburrow-{name}-{socket.gethostname()}",
+                                      settings.nats_creds, stop)
     try:
         if bus is None:
             return

@@ -13,15 +13,16 @@ someone else wrote it. A pass is cancelled by stop (SIGTERM), wherever it is.
 from botburrow.definitions.source import open_source
 from botburrow.runtime import service
 from botburrow.runtime.service import StageContext
+from botburrow.settings import ConfigsyncSettings
 from services.configsync.sync import Syncer, SyncReport, sync_forever, sync_once
 
 __all__ = ["SyncReport", "Syncer", "main", "run", "sync_forever", "sync_once"]
 
 
-async def run(ctx: StageContext) -> None:
-    source = open_source(ctx.settings["AGENTS_SOURCE"], ctx.environ,
-                         max_file_bytes=ctx.settings["DEFINITION_FILE_MAX_BYTES"])
-    await sync_forever(ctx.bus, source, poll_s=ctx.settings["CONFIG_POLL_SECONDS"], stop=ctx.stop,
+async def run(ctx: StageContext[ConfigsyncSettings]) -> None:
+    source = open_source(ctx.settings.agents_source, ctx.environ,
+                         max_file_bytes=ctx.settings.definition_file_max_bytes)
+    await sync_forever(ctx.bus, source, poll_s=ctx.settings.config_poll_seconds, stop=ctx.stop,
                        health=ctx.health)
 
 

@@ -18,6 +18,7 @@ from botburrow.hub.client import HubClient
 from botburrow.runtime import service
 from botburrow.runtime.service import StageContext
 from botburrow.secrets import AgentKeys
+from botburrow.settings import IngestSettings
 from services.ingest.poller import Poller, PollReport
 
 STAGE = "ingest"
@@ -32,9 +33,9 @@ def hub_client(hub_url: str, poll_interval_s: float) -> HubClient:
     return HubClient(hub_url, breaker=CircuitBreaker(cooldown_s=min(MAX_BREAKER_COOLDOWN_S, poll_interval_s)))
 
 
-async def run(ctx: StageContext) -> None:
-    interval_s: float = ctx.settings["POLL_INTERVAL_SECONDS"]
-    hub = hub_client(ctx.settings["HUB_URL"], interval_s)
+async def run(ctx: StageContext[IngestSettings]) -> None:
+    interval_s = ctx.settings.poll_interval_seconds
+    hub = hub_client(ctx.settings.hub_url, interval_s)
     ctx.health.add_check("hub", lambda: hub.available)
     keys = AgentKeys(ctx.environ)
 
