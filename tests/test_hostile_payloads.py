@@ -38,8 +38,9 @@ from prometheus_client import REGISTRY
 from botburrow.cli.ops import load_run
 from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.runtime.bus import Bus
-from botburrow.runtime.consumer import Item, consume_batches
+from botburrow.runtime.consumer import Item
 from botburrow.runtime.service import StageBody, run_stage
+from botburrow.runtime.worker import Batches, Worker
 from schemas.codec import DecodeError, decode_subject, encode
 from schemas.events import ActivationRequested, DeadLetter, NotificationReceived
 from services.metrics import stage as metrics
@@ -47,7 +48,7 @@ from services.scheduler import stage as scheduler
 from services.scheduler.partitions import partition_of
 from services.scheduler.shell import MAX_PENDING_NOTIFICATIONS
 from streams import subjects
-from streams.topology import MAX_DELIVERIES
+from streams.topology import MAX_DELIVERIES, ConsumerSpec
 from tests.fixtures.runner import Rig
 from tests.fixtures.wait import until as wait_until
 from tests.test_metrics_stage import ended
@@ -374,8 +375,10 @@ async def test_a_message_that_breaks_its_handler_fails_alone_and_is_dead_lettere
         await publish_notification(bus, "fz-batch", note(notification_id))
     stop = asyncio.Event()
     async with feed(bus, "agents.dlq.fuzz") as dlq:
-        loop = asyncio.create_task(consume_batches(bus, stage="fuzz", stream="NOTIFICATIONS", durable="fuzz-batch",
-                                                   handler=handler, stop=stop, batch=10, fetch_timeout_s=0.2))
+        consumer = ConsumerSpec(stream="NOTIFICATIONS", durable="fuzz-batch", filter_subjects=[], ack_wait_s=30,
+                                max_deliver=MAX_DELIVERIES + 1, max_ack_pending=100)
+        worker = Worker.of(bus, "fuzz", [consumer], Batches(batch=10, wait_s=0.2), handler, batch_size=10)
+        loop = asyncio.create_task(worker.run(stop))
         try:
             letter, _ = await dlq.next(DeadLetter)  # after MAX_DELIVERIES one-second redeliveries
             assert not loop.done()

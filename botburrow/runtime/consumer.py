@@ -1,23 +1,26 @@
-"""The consumer loop every stage uses, and dead-lettering.
+"""The settle rule every consumer keeps (`Settler`), and dead-lettering (`DeadLetters`).
 
-A stage's handler gets each fetched batch of decoded payloads at once. It returns to have the batch
-acknowledged (after `Item.reject(reason)` dead-letters single items), or raises `Retry(delay_s)` to
-have it redelivered later. Undecodable payloads (whatever their bytes: see `codec.decode_subject`)
-never reach it: they go to the DLQ with the reason and the bad field's path. Any other exception is
-logged and the batch redelivered, its messages one by one when it was not NATS trouble (so one bad
-message fails alone); past the delivery cap a message is dead-lettered with its last error. A
-consumer never crashes or stalls on bad input (contract §5).
+A stage's handler gets a job of decoded payloads (`Item`s) at once. Then, one rule:
+- it returns: the job is done, each message acknowledged (`Item.reject(reason)` dead-letters one
+  first, then acknowledges it);
+- it raises `Retry(delay_s)`: every message is handed back (`nak`) with that delay;
+- a message whose payload is undecodable (whatever its bytes: see `codec.decode_subject`) never
+  reaches it: dead letter with the reason and the bad field's path, then ack; so is one past its
+  delivery cap (over-delivered), with its last error;
+- it crashes: logged, and the job handed back with the consumer's backoff, its messages one by one
+  when it was not NATS trouble (so one bad message fails alone);
+- it is cancelled (a stop past its grace): its messages are handed back at once, for another worker.
+A consumer never crashes or stalls on bad input (contract §5). `worker.Worker` runs the loop around it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import nats.errors
@@ -148,97 +151,134 @@ def _deliveries(msg: Msg) -> int:
 
 
 class Item:
-    """One message of a batch: its decoded payload, and a way to dead-letter it alone."""
+    """One message of a job: its decoded payload, and a way to dead-letter it alone."""
 
-    __slots__ = ("msg", "path", "payload", "rejected")
+    __slots__ = ("category", "msg", "path", "payload", "rejected")
 
     def __init__(self, msg: Msg, payload: Any) -> None:
         self.msg, self.payload = msg, payload
         self.rejected: str | None = None
         self.path: str | None = None
+        self.category = "rejected"
 
-    def reject(self, reason: str, path: str | None = None) -> None:
-        self.rejected, self.path = reason, path
+    @property
+    def deliveries(self) -> int:
+        return _deliveries(self.msg)
+
+    def reject(self, reason: str, path: str | None = None, *, category: str = "rejected") -> None:
+        self.rejected, self.path, self.category = reason, path, category
 
 
-BatchHandler = Callable[[list[Item]], Awaitable[None]]
+Handler = Callable[[list[Item]], Awaitable[None]]
+# The nak delay of a crashed job, from its messages' delivery count.
+Backoff = Callable[[int], float]
+# Called for a message past its delivery cap with the reason it is given up, before its dead letter;
+# False when it needs none (it had ended already): it is then only acknowledged.
+LastWords = Callable[[Item, str], Awaitable[bool]]
 
 
-async def handle_batch(msgs: list[Msg], handler: BatchHandler, dlq: DeadLetters, *, consumer: str) -> None:
-    """Decode a fetched batch, give the valid ones to `handler` at once, then settle every message.
+def fixed_backoff(deliveries: int) -> float:
+    return NAK_DELAY_S
 
-    The handler does all its side effects (publishes, KV writes) before returning; only then is the
-    batch acknowledged, so a crash in between redelivers it, and idempotent handlers absorb that.
-    Never raises (but for cancellation): whatever a message holds, the consumer goes on.
-    """
-    items = [item for item in [await _admit(msg, dlq) for msg in msgs] if item is not None]
-    if not items:
-        return
-    failure = await _run(items, handler, dlq, consumer)
-    if failure is None:
-        return
-    if len(items) == 1 or _is_infrastructure(failure):
-        await _hand_back(items, failure)
-        return
-    # A failure that is not NATS trouble may be one message's doing (a handler bug its content
-    # triggers): each is tried alone, so that one cannot take its batch-mates down with it.
-    log.warning("batch failed, handling its messages one by one",
-                extra={"consumer": consumer, "size": len(items), "error": _describe(failure)})
-    for index, item in enumerate(items):
-        item.rejected = item.path = None
-        again = await _run([item], handler, dlq, consumer)
-        if again is not None and _is_infrastructure(again):
-            await _hand_back(items[index:], again)
+
+class Settler:
+    """The settle rule of one consumer (see the module docstring), around its handler."""
+
+    def __init__(self, dlq: DeadLetters, handler: Handler, *, consumer: str, backoff_s: Backoff = fixed_backoff,
+                 confirm_acks: bool = False, last_words: LastWords | None = None) -> None:
+        self.dlq, self.handler, self.consumer = dlq, handler, consumer
+        self.backoff_s, self.confirm_acks, self.last_words = backoff_s, confirm_acks, last_words
+
+    async def handle(self, msgs: Sequence[Msg]) -> None:
+        """Decode a job, give the valid messages to the handler at once, then settle every one.
+
+        The handler does all its side effects (publishes, KV writes) before returning; only then is the
+        job acknowledged, so a crash in between redelivers it, and idempotent handlers absorb that.
+        Never raises (but for cancellation): whatever a message holds, the consumer goes on.
+        """
+        items = [item for item in [await self._admit(msg) for msg in msgs] if item is not None]
+        if not items:
             return
-        if again is not None:
-            await _hand_back([item], again)
+        failure = await self._run(items)
+        if failure is None:
+            return
+        if len(items) == 1 or _is_infrastructure(failure):
+            await self._hand_back(items, failure)
+            return
+        # A failure that is not NATS trouble may be one message's doing (a handler bug its content
+        # triggers): each is tried alone, so that one cannot take its batch-mates down with it.
+        log.warning("batch failed, handling its messages one by one",
+                    extra={"consumer": self.consumer, "size": len(items), "error": _describe(failure)})
+        for index, item in enumerate(items):
+            item.rejected = item.path = None
+            again = await self._run([item])
+            if again is not None and _is_infrastructure(again):
+                await self._hand_back(items[index:], again)
+                return
+            if again is not None:
+                await self._hand_back([item], again)
 
-
-async def _hand_back(items: list[Item], exc: Exception) -> None:
-    """Redeliver later; past the delivery cap the message is dead-lettered with this error as the reason."""
-    for item in items:
-        _remember(item.msg, _describe(exc))
-        await nak_quietly(item.msg, NAK_DELAY_S)
-
-
-async def _admit(msg: Msg, dlq: DeadLetters) -> Item | None:
-    """The message as an Item, or None once it was settled here (exhausted, or undecodable)."""
-    deliveries = _deliveries(msg)
-    if deliveries > MAX_DELIVERIES:
+    async def _admit(self, msg: Msg) -> Item | None:
+        """The message as an Item, or None once it was settled here (undecodable, or over-delivered)."""
+        try:
+            item = Item(msg, decode_subject(msg.subject, msg.data))
+        except DecodeError as exc:
+            await self.dlq.settle(msg, f"invalid payload: {exc.reason}", path=exc.path, category=exc.kind)
+            return None
+        deliveries = item.deliveries
+        if deliveries <= MAX_DELIVERIES:
+            return item
         last = _last_errors.pop(_key(msg), None)
         reason = f"gave up after {deliveries - 1} deliveries" + (f": {last}" if last else "")
-        await dlq.settle(msg, reason, category="exhausted")
-        return None
-    try:
-        return Item(msg, decode_subject(msg.subject, msg.data))
-    except DecodeError as exc:
-        await dlq.settle(msg, f"invalid payload: {exc.reason}", path=exc.path, category=exc.kind)
-        return None
-
-
-async def _run(items: list[Item], handler: BatchHandler, dlq: DeadLetters, consumer: str) -> Exception | None:
-    """Hand `items` to the handler and settle them; returns the handler's failure (then they are unsettled)."""
-    try:
-        await handler(items)
-    except Retry as exc:
-        for item in items:
-            await nak_quietly(item.msg, exc.delay_s)
-        return None
-    except Exception as exc:
-        FAILED.labels(dlq.stage, consumer).inc(len(items))
-        log.error("batch handler failed", exc_info=not _is_infrastructure(exc),
-                  extra={"consumer": consumer, "size": len(items), "error": _describe(exc)})
-        return exc
-    for item in items:
-        if item.rejected is not None:
-            await dlq.settle(item.msg, item.rejected, path=item.path)
-            continue
         try:
-            await item.msg.ack()
+            needs_letter = self.last_words is None or await self.last_words(item, reason)
+        except Exception as exc:  # its last words (a `failed` event) could not be written: try again later
+            await self._hand_back([item], exc)
+            return None
+        if needs_letter:
+            await self.dlq.settle(msg, reason, category="exhausted")
+        else:
+            await self._ack(item)
+        return None
+
+    async def _run(self, items: list[Item]) -> Exception | None:
+        """Hand `items` to the handler and settle them; returns the handler's failure (then they are unsettled)."""
+        try:
+            await self.handler(items)
+        except Retry as exc:
+            for item in items:
+                await nak_quietly(item.msg, exc.delay_s)
+            return None
+        except asyncio.CancelledError:  # stopping past the grace period: another worker takes them now
+            for item in items:
+                if not item.msg.is_acked:
+                    await nak_quietly(item.msg)
+            raise
+        except Exception as exc:
+            FAILED.labels(self.dlq.stage, self.consumer).inc(len(items))
+            log.error("handler failed", exc_info=not _is_infrastructure(exc),
+                      extra={"consumer": self.consumer, "size": len(items), "error": _describe(exc)})
+            return exc
+        for item in items:
+            if item.rejected is not None:
+                await self.dlq.settle(item.msg, item.rejected, path=item.path, category=item.category)
+            else:
+                await self._ack(item)
+        PROCESSED.labels(self.dlq.stage, self.consumer).inc(len(items))
+        return None
+
+    async def _ack(self, item: Item) -> None:
+        try:
+            # Confirmed where a lost ack would cost a whole re-run (the runner: an activation).
+            await (item.msg.ack_sync() if self.confirm_acks else item.msg.ack())
         except Exception as exc:  # the connection went: the server redelivers, idempotent handlers absorb it
-            log.warning("ack failed", extra={"consumer": consumer, "error": repr(exc)[:200]})
-    PROCESSED.labels(dlq.stage, consumer).inc(len(items))
-    return None
+            log.warning("ack failed", extra={"consumer": self.consumer, "error": repr(exc)[:200]})
+
+    async def _hand_back(self, items: list[Item], exc: Exception) -> None:
+        """Redeliver after the backoff; past the delivery cap the message is dead-lettered with this error."""
+        for item in items:
+            _remember(item.msg, _describe(exc))
+            await nak_quietly(item.msg, self.backoff_s(item.deliveries))
 
 
 # NATS trouble (a restart, a leader election): every message of a batch would fail alike. A payload too
@@ -269,36 +309,3 @@ def _remember(msg: Msg, error: str) -> None:
     _last_errors.move_to_end(key)
     while len(_last_errors) > _LAST_ERRORS_KEPT:
         _last_errors.popitem(last=False)
-
-
-async def consume_batches(
-    bus: Bus,
-    *,
-    stage: str,
-    stream: str,
-    durable: str,
-    handler: BatchHandler,
-    stop: asyncio.Event,
-    batch: int = 500,
-    fetch_timeout_s: float = 0.5,
-) -> None:
-    """Like `consume`, but the handler sees each fetched batch at once (for stages that batch writes)."""
-    dlq = DeadLetters(bus, stage)
-    sub = await bus.js.pull_subscribe_bind(durable, stream)
-    try:
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
-            except TimeoutError:  # nats.errors.TimeoutError is one, and so is an asyncio timeout inside fetch
-                continue
-            except Exception as exc:  # APIError, a connection being re-established: back off, keep going
-                log.warning("fetch failed", extra={"consumer": durable, "error": repr(exc)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                continue
-            await handle_batch(msgs, handler, dlq, consumer=durable)
-    finally:
-        # However the loop ended (a restart after it died, too): a subscription left behind holds what its
-        # last fetch brought, and the connection's drain then waits out its timeout on it.
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()

@@ -3,8 +3,8 @@
 `run(ctx)` reads the `metrics` durable consumer on RUNS (`completed`/`failed` only) in batches of
 CONSUMPTION_BATCH_SIZE (a partial batch waits at most CONSUMPTION_FLUSH_SECONDS), posts each batch to
 `POST /system/consumption` with the system key and acknowledges it only once the Hub accepted it
-(see `reporter`). Ready only when NATS and the Hub are reachable and the consumer runs (a consumer
-that dies is started again, see `service.supervise`).
+(see `reporter`), through the shared worker (`runtime.worker`). Ready only when NATS and the Hub are
+reachable and the consumer runs (a consumer that dies is started again, see `service.supervise`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from botburrow.hub.breaker import CircuitBreaker
 from botburrow.hub.client import HubClient
 from botburrow.hub.probe import keep_probing
 from botburrow.runtime import service
-from botburrow.runtime.consumer import consume_batches
 from botburrow.runtime.service import StageContext, supervise
+from botburrow.runtime.worker import Batches, Worker
 from botburrow.secrets import read_secret
 from botburrow.settings import SettingsError
 from services.metrics.reporter import Reporter, observe
+from streams.topology import METRICS_CONSUMER
 
 STAGE = "metrics"
 # A Hub that is down is tried again after a few flush periods, not hammered (and not ignored for long).
@@ -38,12 +39,16 @@ async def run(ctx: StageContext) -> None:
                     breaker=CircuitBreaker(cooldown_s=BREAKER_COOLDOWN_FLUSHES * flush_s))
     ctx.health.add_check("hub", lambda: hub.available)
     reporter = Reporter(hub, ctx.stop)
+    batch: int = ctx.settings["CONSUMPTION_BATCH_SIZE"]
+
+    def worker() -> Worker:  # a fresh one for each (re)start of the consumer
+        fetch = Batches(batch=batch, wait_s=flush_s)
+        return Worker.of(ctx.bus, STAGE, [METRICS_CONSUMER], fetch, reporter.on_batch, batch_size=batch)
+
     try:
         await asyncio.gather(
             supervise(ctx.health, "hub-probe", lambda: keep_probing(hub, ctx.stop), ctx.stop),
-            supervise(ctx.health, "consumer", lambda: consume_batches(
-                ctx.bus, stage=STAGE, stream="RUNS", durable="metrics", handler=reporter.on_batch, stop=ctx.stop,
-                batch=ctx.settings["CONSUMPTION_BATCH_SIZE"], fetch_timeout_s=flush_s), ctx.stop),
+            supervise(ctx.health, "consumer", lambda: worker().run(ctx.stop), ctx.stop),
         )
     finally:
         await hub.aclose()

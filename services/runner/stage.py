@@ -1,10 +1,11 @@
 """The runner stage: take activation requests by priority, run each within bounded concurrency.
 
-One loop, top to bottom: while slots are free, fetch at most that many requests (high first, then
-normal, then low; low goes first every LOW_SHARE-th round so it is never starved), and start one
-task per request. Each task holds the agent's lease and heartbeats its message (`in_progress`)
-until it acknowledges it. On SIGTERM the loop stops fetching, lets running work finish within the
-grace period and hands the rest back (`nak`) so another runner takes it at once.
+The shared worker (`runtime.worker`) runs the loop: while slots are free (RUNNER_CONCURRENCY), it
+fetches at most that many requests in priority rounds (high first, then normal, then low; low goes
+first every LOW_SHARE-th round so it is never starved; an idle runner waits on high), and settles
+each. `Runner.handle` runs one request: it holds the agent's lease and heartbeats its message
+(`in_progress`) until the worker acknowledges it. On SIGTERM the worker stops fetching, lets running
+work finish within the grace period and hands the rest back (`nak`) so another runner takes it at once.
 
 Heartbeat and lease timing are read from the server at start (the runner consumers' `ack_wait`, the
 `leases` bucket's TTL), not from constants: whoever created the topology (`botburrow streams apply`,
@@ -30,10 +31,10 @@ from botburrow.hub.breaker import CircuitBreaker
 from botburrow.hub.client import HubClient
 from botburrow.hub.probe import keep_probing
 from botburrow.runtime import service
-from botburrow.runtime.consumer import DeadLetters, Retry, nak_quietly
+from botburrow.runtime.consumer import DeadLetters, Item, Retry, Settler
 from botburrow.runtime.service import StageContext, supervise
+from botburrow.runtime.worker import PriorityRounds, Worker
 from botburrow.secrets import AgentKeys, read_secret
-from schemas.codec import DecodeError, decode_subject
 from schemas.events import ActivationMetrics, ActivationRequested
 from services.runner.activation import Activation, Deps, Limits
 from services.runner.executors import cli_thinkers
@@ -45,10 +46,10 @@ from services.runner.mcptools import McpToolsets
 from services.runner.pricing import PriceTable
 from services.runner.runlog import RunLog, now_rfc3339
 from services.runner.seams import NativeThinker, load_providers
-from streams.subjects import PRIORITIES
-from streams.topology import LEASE_TTL_S, LEASES, MAX_DELIVERIES, RUNNER_ACK_WAIT_S, RUNNER_CONSUMERS
+from streams.topology import LEASE_TTL_S, LEASES, RUNNER_ACK_WAIT_S, RUNNER_CONSUMERS
 
 log = logging.getLogger(__name__)
+STAGE = "runner"
 LOW_SHARE = 5
 HUB_BREAKER_COOLDOWN_S = 5.0
 IDLE_FETCH_S = 0.5
@@ -83,79 +84,79 @@ async def read_timing(js: JetStreamContext) -> Timing:
     return Timing(ack_wait_s=min(ack_waits), lease_ttl_s=lease_ttl_s)
 
 
+def crash_backoff_s(deliveries: int) -> float:
+    """A crashed activation comes back later each time (a crash is rarely cured by retrying at once)."""
+    return min(60.0, 2.0**deliveries)
+
+
 class Runner:
+    """The runner's handler, plugged into the shared worker (`runtime.worker`): the worker fetches by
+    priority rounds, fills the concurrency slots, settles each request and drains on SIGTERM; here each
+    request holds its agent's lease and heartbeats its message while its activation runs."""
+
     def __init__(self, ctx: StageContext, deps: Deps) -> None:
         self.ctx, self.deps = ctx, deps
-        self.concurrency: int = ctx.settings["RUNNER_CONCURRENCY"]
-        self.dlq = DeadLetters(ctx.bus, "runner")
-        self.active: set[asyncio.Task[None]] = set()
         self.timing = Timing(ack_wait_s=RUNNER_ACK_WAIT_S, lease_ttl_s=LEASE_TTL_S)
-        self.taking_work = False  # readiness: true while the fetch loop runs
+        # Acks are confirmed: a lost one re-runs a whole activation (its earlier end is found then, at a cost).
+        settler = Settler(DeadLetters(ctx.bus, STAGE), self.handle, consumer=STAGE, backoff_s=crash_backoff_s,
+                          confirm_acks=True, last_words=self.give_up)
+        fetch = PriorityRounds(low_share=LOW_SHARE, busy_wait_s=BUSY_FETCH_S, idle_wait_s=IDLE_FETCH_S)
+        self.worker = Worker(ctx.bus, STAGE, list(RUNNER_CONSUMERS.values()), fetch, settler,
+                             concurrency=ctx.settings["RUNNER_CONCURRENCY"],
+                             grace_s=ctx.settings["RUNNER_GRACE_SECONDS"])
+
+    @property
+    def taking_work(self) -> bool:
+        """Readiness: true while the worker's loop runs."""
+        return self.worker.running
 
     async def run(self) -> None:
         self.timing = await read_timing(self.ctx.bus.js)
         log.info("runner timing", extra={"ack_wait_s": self.timing.ack_wait_s,
                                           "lease_ttl_s": self.timing.lease_ttl_s,
                                           "heartbeat_s": self.timing.heartbeat_s})
-        subs = {p: await self.ctx.bus.js.pull_subscribe_bind(c.durable, c.stream) for p, c in RUNNER_CONSUMERS.items()}
-        stopping = asyncio.create_task(self.ctx.stop.wait())
+        await self.worker.run(self.ctx.stop)
+
+    async def handle(self, items: list[Item]) -> None:
+        """One activation request (a job of one), under its agent's lease, heartbeating its message. The
+        worker settles it: done (acknowledged, or dead-lettered when the activation says so), `Retry`,
+        crash (handed back with `crash_backoff_s`), cancelled by a drain (handed back at once)."""
+        (item,) = items
+        request: ActivationRequested = item.payload
+        lease = await self._take_lease(item, request)
+        beat = asyncio.create_task(self._heartbeat(item.msg, lease))
         try:
-            try:
-                await self._fetch_loop(subs, stopping)
-            finally:
-                self.taking_work = False  # not ready once the loop ended, however it ended
-                stopping.cancel()
-            await self._drain()
+            # Read under the lease: an earlier handling that is still running ends before its lease frees.
+            if await self._already_ended(self._runlog(item)):
+                return
+            activation = Activation(self.deps, request, self._runlog(item))
+            await activation.run()
+            if activation.dead_letter:
+                item.reject(activation.dead_letter, category="activation")
         finally:
-            for sub in subs.values():  # else Bus.close's drain waits out its timeout on their queues
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-
-    async def _fetch_loop(self, subs: dict, stopping: asyncio.Task[bool]) -> None:
-        rounds = 0
-        self.taking_work = True
-        while not self.ctx.stop.is_set():
-            free = self.concurrency - len(self.active)
-            if free <= 0:
-                await asyncio.wait({*self.active, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            order = list(PRIORITIES) if rounds % LOW_SHARE else ["low", "high", "normal"]
-            rounds += 1
-            for msg in await self._fetch(subs, order, free):
-                if self.ctx.stop.is_set():  # SIGTERM arrived during the fetch: not ours to start
-                    with contextlib.suppress(Exception):
-                        await msg.nak()
-                    continue
-                task = asyncio.create_task(self._handle(msg))
-                self.active.add(task)
-                task.add_done_callback(self.active.discard)
-
-    async def _fetch(self, subs: dict, order: list[str], free: int) -> list[Msg]:
-        # Quick looks in priority order; when all are empty, wait on `high`, so a mention or DM arriving
-        # at an idle runner starts at once (a long wait on `low` delayed it by up to IDLE_FETCH_S).
-        attempts = [(p, BUSY_FETCH_S) for p in order] + [(PRIORITIES[0], IDLE_FETCH_S)]
-        for priority, timeout_s in attempts:
+            beat.cancel()
             try:
-                msgs = await subs[priority].fetch(free, timeout=timeout_s)
-            except TimeoutError:  # nats.errors.TimeoutError is one, and so is an asyncio timeout inside fetch
-                continue
-            except Exception as exc:  # reconnecting, leader election: back off and try again
-                log.warning("fetch failed", extra={"priority": priority, "error": repr(exc)})
-                await asyncio.sleep(1)
-                return []
-            if msgs:
-                return msgs
-        return []
+                await lease.release()
+            except Exception as exc:  # it lapses by its TTL; the request is settled already
+                log.warning("lease not released", extra={"activation_id": request.activation_id,
+                                                         "error": repr(exc)[:200]})
 
-    async def _drain(self) -> None:
-        grace_s: float = self.ctx.settings["RUNNER_GRACE_SECONDS"]
-        if self.active:
-            log.info("draining", extra={"active": len(self.active), "grace_s": grace_s})
-            _, unfinished = await asyncio.wait(set(self.active), timeout=grace_s)
-            for task in unfinished:
-                task.cancel()  # _handle hands the message back with nak()
-            if unfinished:
-                await asyncio.wait(unfinished)
+    async def _take_lease(self, item: Item, request: ActivationRequested) -> Lease:
+        """The agent's lease, or `Retry`: later while another holds it, soon when NATS failed on the way."""
+        try:
+            lease = Lease(await self.ctx.bus.kv(LEASES.name), request.agent,
+                          f"{self.deps.runner_id}/{request.activation_id}")
+            if await lease.acquire():
+                return lease
+            delay_s = await self._lease_held_delay_s(lease, item.deliveries)
+        except Exception as exc:  # the lease bucket is unreachable: not the request's fault
+            raise Retry(NATS_TROUBLE_RETRY_S, f"lease bucket: {exc!r}"[:300]) from exc
+        raise Retry(delay_s, "lease held")
+
+    def _runlog(self, item: Item) -> RunLog:
+        trace_id = (item.msg.headers or {}).get("Trace-Id") or uuid.uuid4().hex
+        return RunLog(self.ctx.bus, item.payload, item.deliveries, trace_id,
+                      stream_seq=item.msg.metadata.sequence.stream)
 
     async def _heartbeat(self, msg: Msg, lease: Lease) -> None:
         while True:
@@ -179,68 +180,8 @@ class Runner:
             return backoff_s
         return max(self.timing.lease_held_retry_s, min(backoff_s, lapses_in_s + 1.0))
 
-    async def _handle(self, msg: Msg) -> None:
-        """One activation request, settled whatever happens: acknowledged, dead-lettered, or handed back
-        (`nak`) when NATS failed on the way. A task that died here left its request unsettled until the
-        ack wait ran out, and, on its last delivery, lost it with no `failed` event."""
-        try:
-            await self._settle(msg)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("activation request handed back", extra={"error": repr(exc)[:300]})
-            await nak_quietly(msg, NATS_TROUBLE_RETRY_S)
-
-    async def _settle(self, msg: Msg) -> None:
-        deliveries = msg.metadata.num_delivered
-        try:
-            request: ActivationRequested = decode_subject(msg.subject, msg.data)
-        except DecodeError as exc:  # whatever the bytes: wrong shape, too big, too deep, another agent's
-            await self.dlq.settle(msg, f"invalid payload: {exc.reason}", path=exc.path, category=exc.kind)
-            return
-        trace_id = (msg.headers or {}).get("Trace-Id") or uuid.uuid4().hex
-        runlog = RunLog(self.ctx.bus, request, deliveries, trace_id, stream_seq=msg.metadata.sequence.stream)
-        if deliveries > MAX_DELIVERIES:
-            if not await self._ended_before_giving_up(msg, runlog):
-                await self._give_up(msg, request, runlog, deliveries)
-            return
-        holder = f"{self.deps.runner_id}/{request.activation_id}"
-        lease = Lease(await self.ctx.bus.kv(LEASES.name), request.agent, holder)
-        if not await lease.acquire():
-            await msg.nak(delay=await self._lease_held_delay_s(lease, deliveries))
-            return
-        beat = asyncio.create_task(self._heartbeat(msg, lease))
-        try:
-            await self._run_leased(msg, request, runlog, deliveries)
-        finally:
-            beat.cancel()
-            try:
-                await lease.release()
-            except Exception as exc:  # it lapses by its TTL; the request is settled already
-                log.warning("lease not released", extra={"activation_id": request.activation_id,
-                                                         "error": repr(exc)[:200]})
-
-    async def _run_leased(self, msg: Msg, request: ActivationRequested, runlog: RunLog, deliveries: int) -> None:
-        try:
-            # Read under the lease: an earlier handling that is still running ends before its lease frees.
-            if await self._already_ended(msg, runlog):
-                return
-            activation = Activation(self.deps, request, runlog)
-            await activation.run()
-            if activation.dead_letter:
-                await self.dlq.send(msg, activation.dead_letter, category="activation")
-            await msg.ack_sync()
-        except Retry as exc:
-            await msg.nak(delay=exc.delay_s)
-        except asyncio.CancelledError:
-            await nak_quietly(msg)  # shutting down: hand it back so another runner starts it now
-            raise
-        except Exception:
-            log.exception("activation crashed", extra={"activation_id": request.activation_id})
-            await msg.nak(delay=min(60.0, 2.0**deliveries))
-
-    async def _already_ended(self, msg: Msg, runlog: RunLog) -> bool:
-        """True, with the message acknowledged, when an earlier handling already ended this activation:
+    async def _already_ended(self, runlog: RunLog) -> bool:
+        """True when an earlier handling already ended this activation (the worker then acknowledges it):
         its final ack was lost (nats-server killed just after it) or the request was published again.
         Running it again, or giving up on it, would end it twice: two consumption events (issue 9)."""
         end = await runlog.earlier_end()
@@ -248,27 +189,26 @@ class Runner:
             return False
         log.info("activation already ended: acknowledged, not run again",
                  extra={"activation_id": runlog.request.activation_id, "end": end, "deliveries": runlog.attempt})
-        await msg.ack_sync()
         return True
 
-    async def _ended_before_giving_up(self, msg: Msg, runlog: RunLog) -> bool:
+    async def give_up(self, item: Item, reason: str) -> bool:
+        """A request past its delivery cap (the worker's last words): unless an earlier handling ended it,
+        its `failed` event, then (returns True) the worker's dead letter."""
+        request: ActivationRequested = item.payload
+        runlog = self._runlog(item)
         # The server delivers this message no more: if the run log cannot be read now, giving up (a
         # `failed` and a dead letter) beats losing the request without a trace.
         try:
-            return await self._already_ended(msg, runlog)
+            if await self._already_ended(runlog):
+                return False
         except Exception as exc:
             log.warning("run log unreadable before giving up",
-                        extra={"activation_id": runlog.request.activation_id, "error": repr(exc)})
-            return False
-
-    async def _give_up(self, msg: Msg, request: ActivationRequested, runlog: RunLog, deliveries: int) -> None:
-        reason = f"gave up after {deliveries - 1} deliveries"
+                        extra={"activation_id": request.activation_id, "error": repr(exc)})
         await runlog.finished(ActivationMetrics(
             activation_id=request.activation_id, agent_id=request.agent, tool_type="unknown", model="unknown",
             task_type=request.kind, task_priority=request.priority, outcome="failed", error=reason,
             started_at=now_rfc3339(), ended_at=now_rfc3339()))
-        await self.dlq.send(msg, reason, category="exhausted")
-        await msg.ack()
+        return True
 
 
 async def run(ctx: StageContext) -> None:

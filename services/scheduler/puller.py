@@ -10,6 +10,8 @@ once, so a busy partition gets big batches and an idle one answers in one networ
 Stopping: no new request is made, and the outstanding one is read to its end (a status, or its
 expiry) before the buffer is reported drained, so no message is left in transit to a closed inbox
 (which would wait out the consumer's `ack_wait` before redelivery).
+
+`PartitionFetch` is a partition as the shared worker's fetch strategy (`runtime.worker.Fetch`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ import contextlib
 import json
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from services.scheduler.partitions import original_subject
+from streams.topology import ConsumerSpec
 
 # A request ends with one of these statuses (408 expired, 409 e.g. leadership change, 404 no messages);
 # 100 is an idle heartbeat (not asked for) and leaves the request running.
@@ -31,6 +38,8 @@ _ENDING_STATUSES = {"404", "408", "409"}
 _GATHER_ROUNDS = 32
 # How long past its expiry an unanswered request counts as lost (a reconnect drops requests silently).
 _LOST_AFTER_S = 1.0
+# While this replica's lease on the partition may have lapsed, it looks again this often.
+OWNERSHIP_RECHECK_S = 0.1
 
 
 class Puller:
@@ -121,3 +130,46 @@ def _backlog_behind(msg: Msg) -> bool:
     tokens = (msg.reply or "").split(".")
     pending = tokens[8] if len(tokens) == 9 else tokens[10] if len(tokens) in (11, 12) else "0"
     return pending.isdigit() and int(pending) > 0
+
+
+class PartitionFetch:
+    """A partition read by the shared worker: its `Puller`, taking nothing while this replica's lease on
+    the partition may have lapsed (`owned()` false), and each message under its original subject."""
+
+    def __init__(self, nc: NatsClient, *, batch: int, expires_s: float, owned: Callable[[], bool]) -> None:
+        self.nc, self.batch, self.expires_s, self.owned = nc, batch, expires_s, owned
+        self._puller: Puller | None = None
+
+    async def open(self, js: JetStreamContext, consumers: Sequence[ConsumerSpec]) -> None:
+        (consumer,) = consumers
+        self._puller = Puller(self.nc, consumer.stream, consumer.durable, batch=self.batch, expires_s=self.expires_s)
+        await self._puller.start()
+
+    async def next(self, room: int) -> list[Msg]:
+        assert self._puller is not None
+        if not self.owned():
+            # Our lease renewal is late (a stalled loop?): take nothing we might not own.
+            await asyncio.sleep(OWNERSHIP_RECHECK_S)
+            return []
+        # Decoded and dead-lettered by the original subject (the partition prefix is ours).
+        return [_unprefixed(msg) for msg in await self._puller.next_batch(self.expires_s)]
+
+    def stop(self) -> None:
+        if self._puller is not None:
+            self._puller.pulling = False
+
+    @property
+    def drained(self) -> bool:
+        # No longer ours: what is still on its way is for the new owner (it comes back after ack_wait).
+        return self._puller is None or self._puller.drained or not self.owned()
+
+    async def close(self) -> None:
+        if self._puller is not None:
+            await self._puller.close()
+
+
+def _unprefixed(msg: Msg) -> Msg:
+    """The message under its original subject (in place: a copy per message showed in profiles; the reply
+    subject, which acks use, is untouched)."""
+    msg.subject = original_subject(msg.subject)
+    return msg

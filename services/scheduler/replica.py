@@ -1,11 +1,11 @@
 """One scheduler replica: the partitions it holds, their consumers, the directory, the budget, the ticks.
 
 Claiming partitions loads their agents' state from `agent-state` (one watch for all the partitions of
-a claim), sets the exploration rules from the agent directory and starts one consumer loop each, under
-`supervise` (a loop that dies makes the stage not ready and starts again from the persisted states); a
-loop reads its durable through a `Puller` (one pull request kept outstanding, batches of whatever has
-arrived). Releasing stops the loops (each handles what its last request still brings and
-acknowledges it) before the lease is given up.
+a claim), sets the exploration rules from the agent directory and starts one shared worker each
+(`runtime.worker`), under `supervise` (a worker that dies makes the stage not ready and starts again
+from the persisted states); a worker reads its durable through a `PartitionFetch` (one pull request
+kept outstanding, batches of whatever has arrived). Releasing stops the workers (each hands back what
+its last request still brings, and finishes the batch in hand) before the lease is given up.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from botburrow.definitions.directory import AgentDirectory
 from botburrow.runtime.bus import Bus
-from botburrow.runtime.consumer import DeadLetters, Item, Retry, handle_batch
+from botburrow.runtime.consumer import Item, Retry
 from botburrow.runtime.health import Health
 from botburrow.runtime.service import supervise
+from botburrow.runtime.worker import Worker
 from schemas.agent import AgentDefinition
 from services.scheduler.budget import BudgetGate
-from services.scheduler.partitions import PartitionOwner, original_subject, partition_of
-from services.scheduler.puller import Puller
+from services.scheduler.partitions import PartitionOwner, partition_of
+from services.scheduler.puller import PartitionFetch
 from services.scheduler.shell import (
     IN_FLIGHT,
     NotOwner,
@@ -42,10 +42,9 @@ from streams.topology import (
     AGENT_STATE,
     LEASES,
     RUNNER_CONSUMERS,
-    SCHEDULER,
+    SCHEDULER_CONSUMERS,
     SCHEDULER_OWNERS,
     SCHEDULER_PARTITIONS,
-    scheduler_durable,
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +78,6 @@ class Replica:
         self.tuning = tuning or Tuning()
         self.health = health or Health(STAGE)
         self.held: dict[int, Held] = {}
-        self.dlq = DeadLetters(bus, STAGE)
         self.owner: PartitionOwner | None = None
         self._kv: KeyValue | None = None
         self._leases: KeyValue | None = None
@@ -147,39 +145,21 @@ class Replica:
         await asyncio.gather(*(held.task for held in stopping if held.task), return_exceptions=True)
 
     async def _consume(self, p: int, held: Held) -> None:
+        """The partition's worker, until the partition is released or the stage stops."""
         assert held.scheduler is not None
-        scheduler, durable = held.scheduler, scheduler_durable(p)
+        scheduler = held.scheduler
 
         async def handler(items: list[Item]) -> None:
             try:
                 await scheduler.on_batch(items)
             except NotOwner as exc:  # not this batch's fault: redeliver it whole, to whoever owns it
                 raise Retry(1.0, str(exc)) from exc
-        puller = Puller(self.bus.nc, SCHEDULER.name, durable, batch=FETCH_BATCH, expires_s=PULL_EXPIRES_S)
-        await puller.start()
-        try:
-            while True:
-                valid = self.owner is None or self.owner.valid(p)
-                if held.stop.is_set():
-                    puller.pulling = False
-                    # Finish what is on its way (so nothing waits out ack_wait), unless no longer ours.
-                    if puller.drained or not valid:
-                        break
-                if not valid:
-                    # Our lease renewal is late (a stalled loop?): take nothing we might not own.
-                    await asyncio.sleep(0.1)
-                    continue
-                try:
-                    msgs = await puller.next_batch(PULL_EXPIRES_S)
-                except Exception as exc:  # reconnecting: back off, keep going
-                    log.warning("pull failed", extra={"consumer": durable, "error": repr(exc)})
-                    await asyncio.sleep(1)
-                    continue
-                if msgs:
-                    # Decode and dead-letter by the original subject (the partition prefix is ours).
-                    await handle_batch([_unprefixed(msg) for msg in msgs], handler, self.dlq, consumer=durable)
-        finally:
-            await puller.close()
+
+        owner = self.owner
+        fetch = PartitionFetch(self.bus.nc, batch=FETCH_BATCH, expires_s=PULL_EXPIRES_S,
+                               owned=lambda: owner is None or owner.valid(p))
+        consumers = [SCHEDULER_CONSUMERS[p]]
+        await Worker.of(self.bus, STAGE, consumers, fetch, handler, batch_size=FETCH_BATCH).run(held.stop)
 
     # --- config changes, ticks -------------------------------------------------------------------
 
@@ -230,9 +210,3 @@ async def _load_grouped(kv: KeyValue, parts: set[int]) -> dict[int, list[AgentSt
         grouped.setdefault(partition_of(state.agent), []).append(state)
     return grouped
 
-
-def _unprefixed(msg: Msg) -> Msg:
-    """The message under its original subject (in place: a copy per message showed in profiles; the reply
-    subject, which acks use, is untouched)."""
-    msg.subject = original_subject(msg.subject)
-    return msg
