@@ -33,6 +33,7 @@ from botburrow.runtime.bus import Bus
 from schemas.events import ActivationRequested, LlmTurn, Posted, RunStarted
 from streams import subjects
 from streams.apply import ensure
+from streams.topology import RUN_EVENT
 
 SEQUENTIAL = 200
 CONCURRENT = 150
@@ -92,7 +93,7 @@ class Track:
                 self.ended[msg.subject.split(".")[3]] = time.perf_counter()
                 self.changed.set()
 
-        await bus.nc.subscribe("agents.run.*.*.*", cb=on_msg)
+        await bus.nc.subscribe(RUN_EVENT.pattern, cb=on_msg)
 
     async def wait(self, activation_ids: list[str], timeout_s: float = 120.0) -> None:
         wanted = {subjects.token(a) for a in activation_ids}

@@ -47,7 +47,17 @@ from services.scheduler.due import ExploreRule
 from services.scheduler.state import AgentState, SchedulerState
 from streams import subjects
 from streams.apply import ensure
-from streams.topology import SCHEDULER_PARTITIONS, scheduler_durable
+from streams.topology import (
+    ACTIVATION,
+    ACTIVATIONS,
+    DLQ,
+    NOTIFICATION,
+    NOTIFICATIONS,
+    SCHEDULER,
+    SCHEDULER_OWNERS,
+    SCHEDULER_PARTITIONS,
+    scheduler_durable,
+)
 
 AGENTS = 2_000
 PER_AGENT = 10
@@ -99,7 +109,7 @@ async def raw_rate(url: str, items: list[tuple[str, bytes, str]]) -> dict[str, f
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="BENCH_RAW", subjects=["bench.raw.*"]))
     started = time.perf_counter()
-    await inject(nc, js, "BENCH_RAW", [(s.replace("agents.ingest.notification", "bench.raw"), d, m)
+    await inject(nc, js, "BENCH_RAW", [(s.replace(NOTIFICATION.pattern[:-2], "bench.raw"), d, m)
                                        for s, d, m in items])
     published = time.perf_counter()
     sub = await js.pull_subscribe("bench.raw.*", durable="raw", stream="BENCH_RAW")
@@ -121,8 +131,8 @@ async def raw_rate(url: str, items: list[tuple[str, bytes, str]]) -> dict[str, f
 async def scheduler_drained(bus: Bus, expected: int) -> None:
     durables = {scheduler_durable(p) for p in range(SCHEDULER_PARTITIONS)}
     while True:
-        if (await bus.js.stream_info("SCHEDULER")).state.messages >= expected:
-            infos = [i for i in await bus.js.consumers_info("SCHEDULER") if i.name in durables]  # one request
+        if (await bus.js.stream_info(SCHEDULER.name)).state.messages >= expected:
+            infos = [i for i in await bus.js.consumers_info(SCHEDULER.name) if i.name in durables]  # one request
             if len(infos) == len(durables) and all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
                 return
         await asyncio.sleep(0.01)
@@ -130,7 +140,7 @@ async def scheduler_drained(bus: Bus, expected: int) -> None:
 
 async def partitions_shared(bus: Bus, replicas: int) -> None:
     """Every partition held, each replica holding its fair share (the second one starts later)."""
-    kv = await bus.kv("scheduler-owners")
+    kv = await bus.kv(SCHEDULER_OWNERS.name)
     share = -(-SCHEDULER_PARTITIONS // replicas)
     while True:
         with contextlib.suppress(Exception):
@@ -152,7 +162,7 @@ async def latency(bus: Bus, agents: list[str], rate: int) -> dict[str, float]:
         if len(seen) == len(agents):
             done.set()
 
-    sub = await bus.nc.subscribe("agents.sched.activation.*.*", cb=on_request)
+    sub = await bus.nc.subscribe(ACTIVATION.pattern, cb=on_request)
     start = time.perf_counter()
     for index, agent in enumerate(agents):  # paced: notification i leaves at start + i / rate
         delay = start + index / rate - time.perf_counter()
@@ -251,16 +261,16 @@ async def _run(url: str, tmp: Path, *, replicas: int) -> dict[str, Any]:
         await asyncio.wait_for(partitions_shared(bus, replicas), 60)
         cpu_before = sum(map(cpu_s, pids))
         started = time.perf_counter()
-        await inject(bus.nc, bus.js, "NOTIFICATIONS", items)
+        await inject(bus.nc, bus.js, NOTIFICATIONS.name, items)
         published = time.perf_counter()
         await asyncio.wait_for(scheduler_drained(bus, len(items)), 120)
         elapsed = time.perf_counter() - started
         result["scheduler_cpu_ms_per_notification"] = round(
             (sum(map(cpu_s, pids)) - cpu_before) * 1000 / len(items), 3)
         result |= {"notifications": len(items), "agents": AGENTS,
-                   "activation_requests": (await bus.js.stream_info("ACTIVATIONS")).state.messages,
+                   "activation_requests": (await bus.js.stream_info(ACTIVATIONS.name)).state.messages,
                    "agent_state_writes": (await bus.js.stream_info("KV_agent-state")).state.last_seq,
-                   "dead_lettered": (await bus.js.stream_info("DLQ")).state.messages,
+                   "dead_lettered": (await bus.js.stream_info(DLQ.name)).state.messages,
                    "publish_s": round(published - started, 3), "through_scheduler_s": round(elapsed, 3),
                    "through_scheduler_per_s": round(len(items) / elapsed)}
         if deployed:

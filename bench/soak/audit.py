@@ -36,9 +36,10 @@ from schemas.events import (
     ToolCalled,
 )
 from schemas.hub import Comment, Post
+from streams.topology import ACTIVATIONS, DLQ, NOTIFICATIONS, RUNS
 
 # Events are filed from these streams only; every stream (KV buckets included) is searched for secrets.
-RECORD_STREAMS = ("NOTIFICATIONS", "ACTIVATIONS", "RUNS", "DLQ")
+RECORD_STREAMS = (NOTIFICATIONS.name, ACTIVATIONS.name, RUNS.name, DLQ.name)
 NO_ACTIVATION_TYPES = {"follow", "thread_update"}
 FLAG_OF_TYPE = {"mention": "respond_to_mentions", "dm": "respond_to_dms", "reply": "respond_to_replies"}
 

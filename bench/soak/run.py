@@ -38,6 +38,7 @@ from bench.soak.world import (
 from botburrow.dev import _await_configs
 from botburrow.dev.stack import SYSTEM_KEY, LocalStack
 from botburrow.runtime.bus import Bus
+from streams.topology import LEASES
 
 INJECT_TICK_S = 0.1
 SOAK_BUDGET_USD = 1_000_000.0
@@ -210,7 +211,7 @@ class Soak:
             if any(pending or ack_pending for _, _, pending, ack_pending in await audits.backlog(self.bus)):
                 return False
             with contextlib.suppress(NoKeysError):
-                if await (await self.bus.kv("leases")).keys():
+                if await (await self.bus.kv(LEASES.name)).keys():
                     return False
         except Exception:  # mid-reconnect: not quiet yet
             return False
@@ -249,7 +250,7 @@ class Soak:
             if pending or ack_pending:
                 audit.breach(f"consumer {stream}/{durable} stuck: num_pending={pending} num_ack_pending={ack_pending}")
         with contextlib.suppress(NoKeysError):
-            held = await (await self.bus.kv("leases")).keys()
+            held = await (await self.bus.kv(LEASES.name)).keys()
             if held:
                 audit.breach(f"leases still held after settling: {sorted(held)[:10]}")
         late = [name for name, seconds in (await wait_all_ready(self.stack, 30.0)).items() if seconds is None]
