@@ -261,7 +261,7 @@ class HubClient:
 
     def _backoff_s(self, attempt: int) -> float:
         # Full exponential growth with +-50 % jitter, so that many clients do not retry in step.
-        return min(MAX_BACKOFF_S, self.backoff_base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+        return min(MAX_BACKOFF_S, self.backoff_base_s * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.5)
 
 
 def _segment(value: str) -> str:

@@ -30,7 +30,8 @@ def _ws(text: str, i: int) -> int:
 def _string(text: str, i: int) -> tuple[str, int]:
     """The string whose opening quote is at `i`, and the index after its closing quote."""
     try:
-        return json.decoder.scanstring(text, i + 1, True)  # type: ignore[attr-defined]
+        # CPython's own string scanner (json.decoder re-exports _json's); typeshed leaves it out.
+        return json.decoder.scanstring(text, i + 1, True)  # type: ignore[attr-defined, no-any-return]
     except ValueError as exc:
         raise DeepJsonError(f"bad string at {i}: {exc.args[0][:80]}") from None
 
