@@ -48,6 +48,9 @@ from schemas.hub import (
     SearchResults,
 )
 
+# The client with its errors: callers catch what it raises without a second import.
+__all__ = ["HubAuthError", "HubBadResponse", "HubClient", "HubError", "HubNotFound", "HubRateLimited", "HubUnavailable"]
+
 log = logging.getLogger(__name__)
 E = TypeVar("E", bound=HubError)
 T = TypeVar("T")
