@@ -18,7 +18,7 @@ from botburrow.runtime import service
 from botburrow.runtime.service import StageContext, supervise
 from botburrow.runtime.worker import Batches, Worker
 from botburrow.secrets import read_secret
-from botburrow.settings import SettingsError
+from botburrow.settings import MetricsSettings, SettingsError
 from services.metrics.reporter import Reporter, observe
 from streams.topology import METRICS_CONSUMER
 
@@ -30,16 +30,16 @@ PROBE_INTERVAL_S = 5.0
 __all__ = ["STAGE", "Reporter", "main", "observe", "run"]
 
 
-async def run(ctx: StageContext) -> None:
-    flush_s: float = ctx.settings["CONSUMPTION_FLUSH_SECONDS"]
+async def run(ctx: StageContext[MetricsSettings]) -> None:
+    flush_s = ctx.settings.consumption_flush_seconds
     system_key = read_secret("hub-api-key", environ=ctx.environ)
     if not system_key:
         raise SettingsError(["the Hub system key is not set (secret file hub-api-key in SECRETS_DIR, or HUB_API_KEY)"])
-    hub = HubClient(ctx.settings["HUB_URL"], system_key=system_key,
+    hub = HubClient(ctx.settings.hub_url, system_key=system_key,
                     breaker=CircuitBreaker(cooldown_s=BREAKER_COOLDOWN_FLUSHES * flush_s))
     ctx.health.add_check("hub", lambda: hub.available)
     reporter = Reporter(hub, ctx.stop)
-    batch: int = ctx.settings["CONSUMPTION_BATCH_SIZE"]
+    batch = ctx.settings.consumption_batch_size
 
     def worker() -> Worker:  # a fresh one for each (re)start of the consumer
         fetch = Batches(batch=batch, wait_s=flush_s)

@@ -15,12 +15,10 @@ from typing import Protocol
 
 from prometheus_client import Gauge
 
+from botburrow.settings import SchedulerSettings
 from schemas.hub import BudgetHealth
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CACHE_S = 60.0
-DEFAULT_STALE_AFTER_S = 600.0
 
 BUDGET_USED = Gauge("botburrow_budget_used_pct", "Budget used per tool type, from GET /system/budget-health",
                     ["tool_type"])
@@ -31,8 +29,9 @@ class BudgetSource(Protocol):
 
 
 class BudgetGate:
-    def __init__(self, source: BudgetSource | None, *, cache_s: float = DEFAULT_CACHE_S,
-                 stale_after_s: float = DEFAULT_STALE_AFTER_S, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, source: BudgetSource | None, *, cache_s: float = SchedulerSettings.budget_cache_seconds,
+                 stale_after_s: float = SchedulerSettings.budget_stale_seconds,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.source, self.cache_s, self.stale_after_s, self.clock = source, cache_s, stale_after_s, clock
         self.statuses: dict[str, str] = {}
         self._fetched_at: float | None = None  # last success

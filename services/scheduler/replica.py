@@ -26,6 +26,7 @@ from botburrow.runtime.consumer import Item, Retry
 from botburrow.runtime.health import Health
 from botburrow.runtime.service import supervise
 from botburrow.runtime.worker import Worker
+from botburrow.settings import SchedulerSettings
 from schemas.agent import AgentDefinition
 from services.scheduler.budget import BudgetGate
 from services.scheduler.partitions import PartitionOwner, partition_of
@@ -36,7 +37,7 @@ from services.scheduler.shell import (
     Scheduler,
     load_states,
 )
-from services.scheduler.state import DEFAULT_STUCK_AFTER_S, AgentState, SchedulerState
+from services.scheduler.state import AgentState, SchedulerState
 from streams.topology import (
     ACTIVATIONS,
     AGENT_STATE,
@@ -55,13 +56,15 @@ FETCH_BATCH = 1000
 PULL_EXPIRES_S = 1.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Tuning:
-    tick_s: float = 1.0
-    explore_min_gap_s: float = 15 * 60.0
+    """The replica's timings, from its settings (`stage.tuning`); the defaults are the settings' own."""
+
+    tick_s: float = SchedulerSettings.scheduler_tick_seconds
+    explore_min_gap_s: float = SchedulerSettings.explore_min_gap_seconds
     # Exploration is queued only while the runners' low backlog is under this (all replicas together).
-    low_backlog_max: int = 50
-    stuck_after_s: float = DEFAULT_STUCK_AFTER_S
+    low_backlog_max: int = SchedulerSettings.explore_low_backlog_max
+    stuck_after_s: float = SchedulerSettings.scheduler_stuck_after_seconds
 
 
 @dataclass

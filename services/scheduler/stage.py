@@ -21,42 +21,35 @@ from botburrow.hub.client import HubClient
 from botburrow.runtime import service
 from botburrow.runtime.service import StageContext
 from botburrow.secrets import read_secret
-from services.scheduler.budget import DEFAULT_CACHE_S, DEFAULT_STALE_AFTER_S, BudgetGate
+from botburrow.settings import SchedulerSettings
+from services.scheduler.budget import BudgetGate
 from services.scheduler.replica import STAGE, Replica, Tuning
 from services.scheduler.shell import Scheduler
-from services.scheduler.state import DEFAULT_STUCK_AFTER_S, SchedulerState
+from services.scheduler.state import SchedulerState
 
 log = logging.getLogger(__name__)
 
 __all__ = ["STAGE", "Replica", "Scheduler", "SchedulerState", "main", "run"]
 
 
-def _tunable(ctx: StageContext, name: str, default: float) -> float:
-    value = ctx.settings[name]
-    return default if value is None else float(value)
+def tuning(settings: SchedulerSettings) -> Tuning:
+    return Tuning(tick_s=settings.scheduler_tick_seconds, explore_min_gap_s=settings.explore_min_gap_seconds,
+                  low_backlog_max=settings.explore_low_backlog_max,
+                  stuck_after_s=settings.scheduler_stuck_after_seconds)
 
 
-def tuning(ctx: StageContext) -> Tuning:
-    return Tuning(
-        tick_s=_tunable(ctx, "SCHEDULER_TICK_SECONDS", 1.0),
-        explore_min_gap_s=_tunable(ctx, "EXPLORE_MIN_GAP_SECONDS", 15 * 60.0),
-        low_backlog_max=int(_tunable(ctx, "EXPLORE_LOW_BACKLOG_MAX", 50)),
-        stuck_after_s=_tunable(ctx, "SCHEDULER_STUCK_AFTER_SECONDS", DEFAULT_STUCK_AFTER_S),
-    )
-
-
-async def run(ctx: StageContext) -> None:
+async def run(ctx: StageContext[SchedulerSettings]) -> None:
+    settings = ctx.settings
     system_key = read_secret("hub-api-key", environ=ctx.environ)
-    hub = HubClient(ctx.settings["HUB_URL"], system_key=system_key) if system_key else None
+    hub = HubClient(settings.hub_url, system_key=system_key) if system_key else None
     if hub is None:
         log.warning("no Hub system key: the budget gate is off (every tool type counts as healthy)")
-    budget = BudgetGate(hub, cache_s=_tunable(ctx, "BUDGET_CACHE_SECONDS", DEFAULT_CACHE_S),
-                        stale_after_s=_tunable(ctx, "BUDGET_STALE_SECONDS", DEFAULT_STALE_AFTER_S))
+    budget = BudgetGate(hub, cache_s=settings.budget_cache_seconds, stale_after_s=settings.budget_stale_seconds)
     directory = await AgentDirectory.open(ctx.bus)
     ctx.health.add_check("definitions", lambda: directory.following)
     try:
         replica = Replica(ctx.bus, directory, budget, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
-                          tuning(ctx), ctx.health)
+                          tuning(settings), ctx.health)
         await replica.run(ctx.stop)
     finally:
         await directory.close()

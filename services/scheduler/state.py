@@ -25,6 +25,7 @@ from typing import Literal
 
 import msgspec
 
+from botburrow.settings import SchedulerSettings
 from schemas.agent import AgentConfig, Behavior
 from schemas.events import ActivationRequested, Priority, SchedulingRefused
 from schemas.hub import Notification
@@ -45,9 +46,6 @@ MAX_NOTIFICATIONS_PER_ACTIVATION = 20
 RECENT_IDS_KEPT = 200
 
 Verdict = Literal["queued", "merged", "duplicate", "skipped"]
-# An in-flight activation older than this, whose agent holds no lease, is taken as lost (its runner
-# died and the request was dead-lettered, or never reached a runner): the agent is freed.
-DEFAULT_STUCK_AFTER_S = 30 * 60.0
 # An agent refused by the budget gate is looked at again this much later.
 REFUSED_RECHECK_S = 60.0
 
@@ -158,7 +156,7 @@ def _pick(pending: tuple[Notification, ...]) -> tuple[tuple[Notification, ...], 
 
 class SchedulerState:
     def __init__(self, agents: Mapping[str, AgentState] | None = None, *,
-                 stuck_after_s: float = DEFAULT_STUCK_AFTER_S) -> None:
+                 stuck_after_s: float = SchedulerSettings.scheduler_stuck_after_seconds) -> None:
         self._agents: dict[str, AgentState] = {}
         self._before: dict[str, AgentState | None] = {}
         self._changes = Changes()
