@@ -30,10 +30,12 @@ from botburrow.doubles.scripted_llm import ScriptedLLM
 from botburrow.hub import HubClient
 from botburrow.runtime.bus import Bus
 from botburrow.settings import BY_NAME
+from botburrow.tools import tools_dir
 from schemas.agent import AgentDefinition
 from schemas.events import ActivationMetrics, ActivationRequested
 from services.runner import sandbox
-from services.runner.activation import Activation, Deps, Limits
+from services.runner.activation import Activation, Deps
+from services.runner.config import RunnerConfig, SandboxConfig
 from services.runner.executors import (
     Completed,
     DirectRunner,
@@ -46,6 +48,7 @@ from services.runner.executors.process import runner_for
 from services.runner.gateway import ModelGateway
 from services.runner.mcp.catalog import Catalog
 from services.runner.mcptools import McpToolsets
+from services.runner.modelaccess import ModelAccess
 from services.runner.pricing import PriceTable
 from services.runner.runlog import RunLog
 from services.runner.sandbox.docker import DockerSandbox
@@ -195,11 +198,14 @@ class CliRig:
 
     async def activate(self, agent: str, note: Any, *, timeout_s: float = 120, max_tokens: int = 200_000,
                        thinkers: Mapping[str, Any] | None = None) -> tuple[ActivationMetrics, list[Any]]:
+        # The runner's config, as its stage builds it from these settings.
+        config = RunnerConfig(timeout_s=timeout_s, max_tokens=max_tokens, tools_dir=tools_dir(self.environ),
+                              access=ModelAccess(base_url_override=self.environ["MODEL_BASE_URL_OVERRIDE"]),
+                              search_path=self.environ["PATH"])
         deps = Deps(bus=self.bus, hub=self.client, definitions=self.definitions, keys=self.keys,
-                    prices=PriceTable.load(None), environ=self.environ,
-                    limits=Limits(timeout_s=timeout_s, max_tokens=max_tokens), runner_id="test-runner",
+                    prices=PriceTable.load(None), config=config, secrets=self.environ, runner_id="test-runner",
                     toolsets=self.toolsets,
-                    thinkers=thinkers or cli_thinkers(self.environ, gateway=self.gateway, runner=self.runner))
+                    thinkers=thinkers or cli_thinkers(SandboxConfig(), gateway=self.gateway, runner=self.runner))
         request = ActivationRequested(activation_id=f"act-{uuid.uuid4().hex[:10]}", agent=agent,
                                       kind="notification", priority="high", notifications=[note])
         metrics = await Activation(deps, request, RunLog(self.bus, request, 1, uuid.uuid4().hex)).run()
@@ -230,7 +236,7 @@ def gone(pid: int) -> bool:
 
 
 def needs(binary: str) -> None:
-    if find_binary(binary, os.environ) is None:
+    if find_binary(binary, tools_dir(), os.environ.get("PATH")) is None:
         pytest.skip(f"{binary} is not installed (./setup.sh installs it under tools/)")
 
 
@@ -397,7 +403,7 @@ async def test_goose_without_its_mcp_server_fails_with_the_reason(cli_rig: CliRi
     needs("goose")
     cli_rig.add_agent("unlucky", "goose", "unlucky-model", facts=False)
     cli_rig.llm.set_script([{"text": "I had no tools."}], key="unlucky-model")
-    thinkers = cli_thinkers(cli_rig.environ, gateway=cli_rig.gateway, runner=cli_rig.runner, mcp=BrokenRelay())
+    thinkers = cli_thinkers(SandboxConfig(), gateway=cli_rig.gateway, runner=cli_rig.runner, mcp=BrokenRelay())
     metrics, _ = await cli_rig.activate("unlucky", cli_rig.hub.mention("unlucky", "hello"), thinkers=thinkers)
     assert metrics.outcome == "failed"
     assert metrics.error.startswith("goose: MCP server 'broken' did not start: "), metrics.error
@@ -455,7 +461,7 @@ async def test_in_a_sandbox(cli_rig: CliRig, agent_type: str, backend: Any) -> N
 
 
 def test_sandbox_backend_docker_gets_a_docker_sandbox_runner() -> None:
-    runner = runner_for({"SANDBOX_BACKEND": "docker", "DOCKER_HOST": "unix:///nowhere/docker.sock"})
+    runner = runner_for(SandboxConfig(backend="docker", docker_host="unix:///nowhere/docker.sock"))
     assert isinstance(runner, SandboxRunner) and isinstance(runner.sandbox, DockerSandbox)
     assert runner.sandbox.image == BY_NAME["SANDBOX_IMAGE"].default
     assert runner.sandbox.docker_host == "unix:///nowhere/docker.sock"
@@ -466,7 +472,7 @@ async def test_sandbox_memory_mb_bounds_a_cli_sandbox(tmp_path: Path) -> None:
     hog = [sys.executable, "-c", "b = bytearray(300 << 20); print('allocated')"]
     outcomes = {}
     for memory_mb in ("128", "1024"):
-        runner = runner_for({"SANDBOX_BACKEND": "bwrap", "SANDBOX_MEMORY_MB": memory_mb})
+        runner = runner_for(SandboxConfig(backend="bwrap", memory_mb=int(memory_mb)))
         try:
             done = await runner.run(hog, env={"PATH": os.environ["PATH"]}, cwd=tmp_path, timeout_s=60,
                                     binds=[Path(sys.prefix), Path(sys.base_prefix)])

@@ -15,8 +15,8 @@ from botburrow.doubles.scripted_llm import ScriptedLLM
 from schemas.agent import Brain
 from services.runner.executors.claude import ClaudeCode
 from services.runner.gateway import ModelGateway
-from services.runner.loop import LoopLimits, LoopResult, ToolOutcome
-from services.runner.modelaccess import ModelAccessRefused
+from services.runner.loop import Budget, ToolOutcome
+from services.runner.modelaccess import ModelAccess, ModelAccessRefused
 from services.runner.transcript import ModelReply, ToolCall
 
 REAL_KEY = "sk-real-upstream-key-0123456789"
@@ -50,8 +50,13 @@ async def gateway() -> AsyncIterator[ModelGateway]:
         await gw.stop()
 
 
-def limits(max_tokens: int = 100_000, timeout_s: float = 60) -> LoopLimits:
-    return LoopLimits(max_iterations=10, max_tokens=max_tokens, deadline=time.monotonic() + timeout_s)
+def limits(max_tokens: int = 100_000, timeout_s: float = 60, spent: int = 0) -> Budget:
+    return Budget(max_iterations=10, max_tokens=max_tokens, deadline=time.monotonic() + timeout_s, input_tokens=spent)
+
+
+def access(env: dict[str, str]) -> dict[str, Any]:
+    """The session's model access: the operator's settings (here, the override) and where keys are read."""
+    return {"access": ModelAccess(base_url_override=env.get("MODEL_BASE_URL_OVERRIDE", "")), "secret_env": env}
 
 
 def environ(llm: ScriptedLLM) -> dict[str, str]:
@@ -68,9 +73,9 @@ async def test_anthropic_stream_and_json_pass_through_with_usage(gateway: ModelG
                                                                                "output_tokens": 7}},
         {"text": "done here", "usage": {"input_tokens": 20, "output_tokens": 3}},
     ])
-    recorder, totals = Recorder(), LoopResult(text="")
-    async with gateway.session(activation_id="a1", brain=brain(), environ=environ(llm), recorder=recorder,
-                               totals=totals, limits=limits()) as session:
+    recorder, totals = Recorder(), limits()
+    async with gateway.session(activation_id="a1", brain=brain(), **access(environ(llm)), recorder=recorder,
+                               budget=totals) as session:
         client = anthropic.AsyncAnthropic(base_url=session.base_url, api_key=session.token, max_retries=0)
         async with client.messages.stream(model="gw-model", max_tokens=100, messages=[
                 {"role": "user", "content": "hi"}]) as stream:
@@ -95,9 +100,9 @@ async def test_anthropic_stream_and_json_pass_through_with_usage(gateway: ModelG
 
 async def test_openai_stream_usage_chunk_and_models(gateway: ModelGateway, llm: ScriptedLLM) -> None:
     llm.set_script([{"text": "streamed answer", "usage": {"input_tokens": 5, "output_tokens": 4}}])
-    recorder, totals = Recorder(), LoopResult(text="")
-    async with gateway.session(activation_id="a2", brain=brain("openai"), environ=environ(llm), recorder=recorder,
-                               totals=totals, limits=limits()) as session, httpx.AsyncClient() as http:
+    recorder, totals = Recorder(), limits()
+    async with gateway.session(activation_id="a2", brain=brain("openai"), **access(environ(llm)), recorder=recorder,
+                               budget=totals) as session, httpx.AsyncClient() as http:
         models = (await http.get(f"{session.base_url}/v1/models")).json()
         body = {"model": "gw-model", "stream": True, "stream_options": {"include_usage": True},
                 "messages": [{"role": "user", "content": "hi"}]}
@@ -114,11 +119,11 @@ async def test_openai_stream_usage_chunk_and_models(gateway: ModelGateway, llm: 
 
 
 async def test_only_live_tokens_pass(gateway: ModelGateway, llm: ScriptedLLM) -> None:
-    recorder, totals = Recorder(), LoopResult(text="")
+    recorder, totals = Recorder(), limits()
     body = {"model": "gw-model", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
     async with httpx.AsyncClient() as http:
-        async with gateway.session(activation_id="a3", brain=brain(), environ=environ(llm), recorder=recorder,
-                                   totals=totals, limits=limits()) as session:
+        async with gateway.session(activation_id="a3", brain=brain(), **access(environ(llm)), recorder=recorder,
+                                   budget=totals) as session:
             wrong = await http.post(f"{gateway.url}/v1/messages", json=body, headers={"x-api-key": REAL_KEY})
             tagged_wrong = await http.post(f"{gateway.url}/nope/v1/messages", json=body)
         expired = await http.post(f"{session.base_url}/v1/messages", json=body,
@@ -129,18 +134,18 @@ async def test_only_live_tokens_pass(gateway: ModelGateway, llm: ScriptedLLM) ->
 
 async def test_token_budget_and_deadline_refuse_further_calls(gateway: ModelGateway, llm: ScriptedLLM) -> None:
     llm.set_script([{"text": "big", "usage": {"input_tokens": 80, "output_tokens": 40}}])
-    recorder, totals = Recorder(), LoopResult(text="")
+    recorder, totals = Recorder(), limits(max_tokens=100)
     body = {"model": "gw-model", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
     async with httpx.AsyncClient() as http:
-        async with gateway.session(activation_id="a4", brain=brain(), environ=environ(llm), recorder=recorder,
-                                   totals=totals, limits=limits(max_tokens=100)) as session:
+        async with gateway.session(activation_id="a4", brain=brain(), **access(environ(llm)), recorder=recorder,
+                                   budget=totals) as session:
             first = await http.post(f"{session.base_url}/v1/messages", json=body,
                                     headers={"x-api-key": session.token})
             assert session.exceeded.is_set() and session.reason == "max_tokens"
             second = await http.post(f"{session.base_url}/v1/messages", json=body,
                                      headers={"x-api-key": session.token})
-        async with gateway.session(activation_id="a5", brain=brain(), environ=environ(llm), recorder=recorder,
-                                   totals=LoopResult(text=""), limits=limits(timeout_s=0)) as late:
+        async with gateway.session(activation_id="a5", brain=brain(), **access(environ(llm)), recorder=recorder,
+                                   budget=limits(timeout_s=0)) as late:
             third = await http.post(f"{late.base_url}/v1/messages", json=body, headers={"x-api-key": late.token})
     assert first.status_code == 200 and second.status_code == 400 and "max_tokens" in second.text
     assert third.status_code == 400 and late.reason == "timeout"
@@ -157,9 +162,9 @@ async def test_only_the_configured_model_and_the_clis_housekeeping_models_pass(
     """A CLI (or whatever runs in the sandbox) asking for another model gets a provider-shaped refusal."""
     llm.set_script([{"text": "main"}, {"text": "title"}, {"text": "oai"}])
     (small, *_) = ClaudeCode.housekeeping_models
-    recorder, totals = Recorder(), LoopResult(text="")
-    async with gateway.session(activation_id="m1", brain=brain(), environ=environ(llm), recorder=recorder,
-                               totals=totals, limits=limits(),
+    recorder, totals = Recorder(), limits()
+    async with gateway.session(activation_id="m1", brain=brain(), **access(environ(llm)), recorder=recorder,
+                               budget=totals,
                                housekeeping_models=ClaudeCode.housekeeping_models) as session:
         client = anthropic.AsyncAnthropic(base_url=session.base_url, api_key=session.token, max_retries=0)
         user = [{"role": "user", "content": "hi"}]
@@ -202,10 +207,10 @@ async def _sent(gateway: ModelGateway, llm: ScriptedLLM, brain_: Brain, body: di
                 budget: int = 100_000, spent: int = 0) -> dict[str, Any]:
     """The body the upstream received for `body` sent through a session of `brain_`."""
     llm.set_script([{"text": "ok"}])
-    totals = LoopResult(text="", input_tokens=spent)
+    totals = limits(max_tokens=budget, spent=spent)
     path = "messages" if brain_.provider == "anthropic" else "chat/completions"
-    async with gateway.session(activation_id="c", brain=brain_, environ=environ(llm), recorder=Recorder(),
-                               totals=totals, limits=limits(max_tokens=budget)) as session, httpx.AsyncClient() as http:
+    async with gateway.session(activation_id="c", brain=brain_, **access(environ(llm)), recorder=Recorder(),
+                               budget=totals) as session, httpx.AsyncClient() as http:
         response = await http.post(f"{session.base_url}/v1/{path}", headers={"x-api-key": session.token},
                                    json={"model": "gw-model", "messages": [{"role": "user", "content": "hi"}], **body})
     assert response.status_code == 200, response.text
@@ -251,7 +256,7 @@ async def test_a_config_naming_the_hub_key_gets_no_session(gateway: ModelGateway
     hostile = Brain(model="gw-model", provider="openai", api_base=f"{llm.url}/v1", api_key_env="HUB_API_KEY")
     planted = {**environ(llm), "MODEL_BASE_URL_OVERRIDE": "", "HUB_API_KEY": "hub-system-key-planted-0123"}
     with pytest.raises(ModelAccessRefused, match="HUB_API_KEY is not a model key"):
-        async with gateway.session(activation_id="h", brain=hostile, environ=planted, recorder=Recorder(),
-                                   totals=LoopResult(text=""), limits=limits()):
+        async with gateway.session(activation_id="h", brain=hostile, **access(planted), recorder=Recorder(),
+                                   budget=limits()):
             raise AssertionError("no session for it")
     assert llm.requests == []

@@ -31,9 +31,11 @@ from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import StageContext, run_stage
 from botburrow.secrets import AgentKeys
 from schemas.events import ActivationRequested
-from services.runner.activation import Deps, Limits
+from services.runner.activation import Deps
+from services.runner.config import RunnerConfig
 from services.runner.mcp.catalog import Catalog
 from services.runner.mcptools import McpToolsets
+from services.runner.modelaccess import ModelAccess
 from services.runner.pricing import PriceTable
 from services.runner.stage import Runner
 from streams import subjects
@@ -96,8 +98,9 @@ class McpRig:
             directory = await AgentDirectory.open(ctx.bus)
             toolsets = McpToolsets(ctx.environ, github_host=github_host, catalog=catalog)
             deps = Deps(bus=ctx.bus, hub=hub, definitions=directory, keys=AgentKeys(ctx.environ),
-                        prices=PriceTable.load(None), environ=ctx.environ,
-                        limits=Limits(timeout_s=60, max_tokens=200_000), runner_id=f"{socket.gethostname()}-t",
+                        prices=PriceTable.load(None), secrets=ctx.environ,
+                        config=RunnerConfig(timeout_s=60, access=ModelAccess(base_url_override=self.llm.url)),
+                        runner_id=f"{socket.gethostname()}-t",
                         grants=resolver, toolsets=toolsets)
             try:
                 await Runner(ctx, deps).run()

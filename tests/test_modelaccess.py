@@ -10,10 +10,19 @@ import pytest
 from botburrow.definitions.parse import parse_agent
 from botburrow.settings import SettingsError, load
 from schemas.agent import Brain
-from services.runner.modelaccess import ModelAccessRefused, base_allowed, check, resolve
+from services.runner.modelaccess import Endpoint, ModelAccess, ModelAccessRefused, base_allowed
 
 PUBLISHED = Path(__file__).parent / "data" / "published-agent-definitions" / "agents"
 DEFAULT_BASES = ("https://api.anthropic.com", "https://api.openai.com/v1")
+
+
+def check(brain: Brain, environ: dict[str, str]) -> None:
+    """`brain` checked against the runner's settings in `environ` (secrets read from it too)."""
+    ModelAccess.from_settings(load("runner", {**environ, "HUB_URL": "http://hub"})).check(brain)
+
+
+def resolve(brain: Brain, environ: dict[str, str]) -> Endpoint:
+    return ModelAccess.from_settings(load("runner", {**environ, "HUB_URL": "http://hub"})).resolve(brain, environ)
 
 
 def published() -> list[tuple[str, Brain]]:

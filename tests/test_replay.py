@@ -25,6 +25,7 @@ from schemas.events import (
     ToolCalled,
     ToolCallRecord,
 )
+from schemas.hub import Author, Notification
 from streams import subjects
 from tests.fixtures.runner import Rig, agent_yaml
 
@@ -205,7 +206,10 @@ async def test_truncated_log_and_older_schema_are_messages(bus: Bus, capsys: pyt
 async def test_offline_reports_other_arguments_in_a_recording(bus: Bus, capsys: pytest.CaptureFixture[str]) -> None:
     """A recording whose tool event ran other arguments than the model asked for (e.g. a CLI executor's)."""
     common = {"activation_id": "act-args", "agent": "nobody", "at": "2026-01-01T00:00:00.000Z"}
-    request = {"activation_id": "act-args", "agent": "nobody", "kind": "notification", "priority": "high"}
+    # The mention the recorded run answered (offline runs the activation, which asks the model only for one).
+    mention = Notification(id="n1", type="mention", post_id="p1", from_=Author(name="someone"))
+    request = {"activation_id": "act-args", "agent": "nobody", "kind": "notification", "priority": "high",
+               "notifications": [mention]}
     started = RunStarted(**common, kind="notification", priority="high", tool_type="native", model="m",
                          request=ActivationRequested(**request))
     call = ToolCallRecord(id="c1", name="hub__search", arguments={"query": "cats"})

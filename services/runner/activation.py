@@ -9,38 +9,40 @@ redelivered activation never posts the same reply twice.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+
+import msgspec
 
 from botburrow.grants import holds_all
 from botburrow.hub.client import HubAuthError, HubClient, HubError, HubUnavailable
 from botburrow.hub.errors import HubBadResponse
 from botburrow.runtime.consumer import Retry
 from botburrow.secrets import redact
-from botburrow.settings import load as load_settings
 from schemas.agent import AgentDefinition, SkillDefinition
 from schemas.events import ActivationMetrics, ActivationRequested
-from schemas.hub import Notification, Post
+from schemas.hub import Notification
 from services.runner import context, modelaccess
-from services.runner.loop import LoopFailed, LoopLimits, LoopResult
-from services.runner.posting import (
-    Poster,
-    PostResult,
-    Target,
-    interval_wait_s,
-    reply_key,
-)
+from services.runner.config import RunnerConfig
+from services.runner.hubreads import HubThreads
+from services.runner.loop import Budget, LoopFailed
+from services.runner.posting import AgentPosters, PostResult, Target, interval_wait_s, reply_key
 from services.runner.pricing import PriceTable
-from services.runner.runlog import RunLog, now_rfc3339
+from services.runner.runlog import now_rfc3339
 from services.runner.seams import (
     AllowWhatConfigsAsk,
+    EventLog,
     ExecutorUnavailable,
     GrantResolver,
+    HubReads,
     HubToolsOnly,
+    ModelGate,
     NativeThinker,
+    Posters,
+    Posting,
     Thinker,
     ThinkRequest,
     ToolContext,
@@ -50,10 +52,26 @@ from services.runner.transcript import ModelError
 
 log = logging.getLogger(__name__)
 
-EXPLORATION_MIN_AGE_S = 300
-EXPLORATION_CANDIDATES = 10
 HUB_OUTAGE_RETRY_S = 15.0
 NATS_TIMEOUT_RETRY_S = 5.0
+
+
+class Outcome(enum.StrEnum):
+    """How an activation ended (the `outcome` of its ActivationMetrics)."""
+
+    POSTED = "posted"  # an answer is on the Hub (posted now, earlier, or through a tool)
+    SKIPPED = "skipped"  # nothing to answer, or the model chose not to (SKIP)
+    LIMITED = "limited"  # a posting limit held the answer back
+    FAILED = "failed"
+
+
+class Ending(msgspec.Struct, frozen=True, kw_only=True):
+    """An activation's end: its outcome, why (the failure, the limit or the skip), and, when the request can
+    never succeed as it is, the reason the stage dead-letters it with."""
+
+    outcome: Outcome
+    reason: str | None = None
+    dead_letter: str | None = None
 
 
 class ActivationFailed(Exception):
@@ -62,37 +80,36 @@ class ActivationFailed(Exception):
         self.reason, self.dead_letter = reason, dead_letter
 
 
-@dataclass(frozen=True)
-class Limits:
-    timeout_s: float
-    max_tokens: int
-
-
 @dataclass
 class Deps:
-    """What every activation of one runner process shares."""
+    """What every activation of one runner process shares: the runner's config and the seams. The seams
+    left None are the runner's own, built from the others (`reads`: the Hub; `posters`: the Hub and the
+    bus; `gate`: the config's model access)."""
 
     bus: object
-    hub: HubClient
+    hub: HubClient | None
     definitions: object  # AgentDirectory: get(name), skills()
     keys: object  # AgentKeys: get(name)
     prices: PriceTable
-    environ: Mapping[str, str]
-    limits: Limits
+    config: RunnerConfig
+    secrets: Mapping[str, str]  # where secrets are read (botburrow.secrets), never settings
     runner_id: str
     grants: GrantResolver = field(default_factory=AllowWhatConfigsAsk)
     toolsets: ToolsetFactory = field(default_factory=HubToolsOnly)
     thinkers: Mapping[str, Thinker] = field(default_factory=lambda: {"native": NativeThinker()})
-    # Hub content bounds and the thread-wide reply cap: from the runner's settings in `environ` unless given.
-    input_bounds: context.InputBounds | None = None
-    thread_agent_replies_max: int | None = None
+    gate: ModelGate | None = None
+    reads: HubReads | None = None
+    posters: Posters | None = None
 
     def __post_init__(self) -> None:
-        if self.input_bounds is None or self.thread_agent_replies_max is None:
-            settings = load_settings("runner", self.environ, required=False)
-            self.input_bounds = self.input_bounds or context.InputBounds.from_settings(settings)
-            if self.thread_agent_replies_max is None:
-                self.thread_agent_replies_max = settings["THREAD_AGENT_REPLIES_MAX"]
+        self.gate = self.gate or self.config.access
+        if self.reads is None:
+            assert self.hub is not None
+            self.reads = HubThreads(self.hub, self.config.input_bounds)
+        if self.posters is None:
+            assert self.hub is not None
+            self.posters = AgentPosters(self.bus, self.hub, thread_replies_max=self.config.thread_agent_replies_max,
+                                        input_bounds=self.config.input_bounds)
 
 
 def answerable(definition: AgentDefinition, notification: Notification) -> bool:
@@ -109,55 +126,66 @@ def target_for(notification: Notification) -> Target:
 
 
 class Activation:
-    def __init__(self, deps: Deps, request: ActivationRequested, runlog: RunLog) -> None:
+    def __init__(self, deps: Deps, request: ActivationRequested, runlog: EventLog) -> None:
         self.deps, self.request, self.log = deps, request, runlog
-        self.totals = LoopResult(text="")
         self.started_s = time.monotonic()
         self.started_at = now_rfc3339()
-        # Set when the request can never succeed as it is: the stage copies it to the DLQ.
-        self.dead_letter: str | None = None
-        # Why nothing was posted (a limit), for the end event's `error` field of a `limited` outcome.
-        self.limited_reason: str | None = None
+        # Turns are the definition's (set once it is known); tokens and the deadline are the runner's.
+        self.budget = Budget(max_iterations=0, max_tokens=deps.config.max_tokens,
+                             deadline=self.started_s + deps.config.timeout_s)
+        self.ending = Ending(outcome=Outcome.FAILED)
+        self.answer = ""  # the final answer the thinking gave (empty: none)
         self._deadline: asyncio.Timeout | None = None
+        self._limited: str | None = None  # why nothing was posted (a limit), for a `limited` ending
         self.grants: set[str] = set()  # after the cluster policy, resolved once by `_preflight`
-        self.skip_reason: str | None = None  # why a `skipped` activation made no model call
+
+    @property
+    def dead_letter(self) -> str | None:
+        """Set when the request can never succeed as it is: the stage copies it to the DLQ."""
+        return self.ending.dead_letter
 
     async def run(self) -> ActivationMetrics:
         definition = self.deps.definitions.get(self.request.agent)
         tool_type = definition.config.type if definition else "unknown"
         model = definition.config.brain.model if definition else "unknown"
-        outcome, error = "failed", None
+        self.ending = await self._ended(definition, tool_type, model)
+        metrics = self._metrics(tool_type, model, self.ending)
+        await self.log.finished(metrics)
+        return metrics
+
+    async def _ended(self, definition: AgentDefinition | None, tool_type: str, model: str) -> Ending:
+        failed = Outcome.FAILED
         try:
-            outcome = await self._run(definition, tool_type, model)
+            return await self._run(definition, tool_type, model)
         except ActivationFailed as exc:
-            error = exc.reason
-            self.dead_letter = exc.reason if exc.dead_letter else None
+            return Ending(outcome=failed, reason=exc.reason, dead_letter=exc.reason if exc.dead_letter else None)
         except ExecutorUnavailable as exc:
-            error = self.dead_letter = exc.reason
+            return Ending(outcome=failed, reason=exc.reason, dead_letter=exc.reason)
         except LoopFailed as exc:
-            error = exc.reason
+            return Ending(outcome=failed, reason=exc.reason)
         except TimeoutError:
             if self._deadline is None or not self._deadline.expired():
                 # Not our deadline: a NATS call timed out (a server restart). Hand the request back.
                 raise Retry(NATS_TIMEOUT_RETRY_S, "nats timeout") from None
-            error = "timeout"
+            return Ending(outcome=failed, reason="timeout")
         except HubAuthError as exc:
-            error = f"hub refused the agent's key ({exc.status})"
+            return Ending(outcome=failed, reason=f"hub refused the agent's key ({exc.status})")
         except HubBadResponse as exc:
             # The Hub's answer does not fit (not JSON, wrong shape, too deep): asking again gets the same.
-            error = self.dead_letter = redact(f"malformed Hub answer: {exc.message}")
+            reason = redact(f"malformed Hub answer: {exc.message}")
+            return Ending(outcome=failed, reason=reason, dead_letter=reason)
         except RecursionError:
-            error = self.dead_letter = "input nested too deep to process"
+            return Ending(outcome=failed, reason="input nested too deep to process",
+                          dead_letter="input nested too deep to process")
         except HubUnavailable:
             raise Retry(HUB_OUTAGE_RETRY_S, "hub unavailable") from None
         except (HubError, ModelError) as exc:
-            error = redact(str(exc))
-        metrics = self._metrics(tool_type, model, outcome if error is None else "failed",
-                                error or (self.limited_reason if outcome == "limited" else self.skip_reason))
-        await self.log.finished(metrics)
-        return metrics
+            return Ending(outcome=failed, reason=redact(str(exc)))
 
-    async def _run(self, definition: AgentDefinition | None, tool_type: str, model: str) -> str:
+    def _done(self, outcome: Outcome) -> Ending:
+        return Ending(outcome=outcome, reason=self._limited if outcome is Outcome.LIMITED else None)
+
+    async def _run(self, definition: AgentDefinition | None, tool_type: str, model: str) -> Ending:
         await self.log.started(tool_type, model, self.deps.runner_id)
         if definition is None:
             raise ActivationFailed(f"unknown agent {self.request.agent!r}", dead_letter=True)
@@ -168,18 +196,17 @@ class Activation:
         if not key:
             raise ActivationFailed(f"no Hub key for agent {definition.name!r}", dead_letter=True)
         if (skip := self._preflight(definition)) is not None:
-            self.skip_reason = skip
             log.info("activation skipped", extra={"activation_id": self.request.activation_id, "reason": skip})
-            return "skipped"
-        poster = Poster(self.deps.bus, self.deps.hub, definition.name, key, definition.config.behavior.limits,
-                        thread_replies_max=self.deps.thread_agent_replies_max or 0,
-                        input_bounds=self.deps.input_bounds)
-        deadline_s = self.started_s + self.deps.limits.timeout_s
-        self._deadline = asyncio.timeout_at(asyncio.get_running_loop().time() + self.deps.limits.timeout_s)
+            return Ending(outcome=Outcome.SKIPPED, reason=skip)
+        assert self.deps.posters is not None
+        poster = self.deps.posters.for_agent(definition, key)
+        self.budget.max_iterations = definition.config.behavior.max_iterations
+        timeout_s = self.deps.config.timeout_s
+        self._deadline = asyncio.timeout_at(asyncio.get_running_loop().time() + timeout_s)
         async with self._deadline:
             if self.request.kind == "exploration":
-                return await self._explore(definition, key, poster, deadline_s)
-            return await self._answer(definition, key, poster, deadline_s)
+                return self._done(await self._explore(definition, key, poster))
+            return self._done(await self._answer(definition, key, poster))
 
     def _preflight(self, definition: AgentDefinition) -> str | None:
         """Before any Hub read or model call. The answer is a write: an agent without `hub:write` (after the
@@ -189,17 +216,14 @@ class Activation:
         if not holds_all(self.grants, "hub", "write"):
             return "hub:write is missing: the agent may not post its answer, so it is not asked for one"
         try:
-            modelaccess.check(definition.config.brain, self.deps.environ)
+            assert self.deps.gate is not None
+            self.deps.gate.check(definition.config.brain)
         except modelaccess.ModelAccessRefused as exc:
             raise ActivationFailed(str(exc)) from None
         return None
 
-    def _loop_limits(self, definition: AgentDefinition, deadline_s: float) -> LoopLimits:
-        return LoopLimits(max_iterations=definition.config.behavior.max_iterations,
-                          max_tokens=self.deps.limits.max_tokens, deadline=deadline_s)
-
-    async def _think(self, definition: AgentDefinition, key: str, poster: Poster, task: str,
-                     community: str | None, deadline_s: float) -> tuple[str, ToolContext]:
+    async def _think(self, definition: AgentDefinition, key: str, poster: Posting, task: str,
+                     community: str | None) -> ToolContext:
         grants = self.grants
         skills: Mapping[str, SkillDefinition] = self.deps.definitions.skills()
         chosen = context.select_skills(definition, skills, grants, task, community)
@@ -208,15 +232,14 @@ class Activation:
                             recorder=self.log, skills=chosen)
         thinker = self.deps.thinkers[definition.config.type]
         async with self.deps.toolsets.open(tools) as toolbox:
-            text = await thinker.think(ThinkRequest(
+            self.answer = await thinker.think(ThinkRequest(
                 definition=definition, system=context.system_prompt(definition, chosen), task=task,
-                toolbox=toolbox, limits=self._loop_limits(definition, deadline_s), recorder=self.log,
-                totals=self.totals, environ=self.deps.environ, activation_id=self.request.activation_id,
-                tools=tools))
-        return text, tools
+                toolbox=toolbox, budget=self.budget, recorder=self.log, config=self.deps.config,
+                secrets=self.deps.secrets, activation_id=self.request.activation_id, tools=tools))
+        return tools
 
-    async def _answer(self, definition: AgentDefinition, key: str, poster: Poster, deadline_s: float) -> str:
-        todo = [n for n in self.request.notifications if answerable(definition, n)]
+    async def _open_items(self, todo: list[Notification], poster: Posting) -> list[Notification]:
+        """The notifications not answered yet (a redelivery may find some answered)."""
         open_items = []
         for n in todo:
             if not await poster.already_posted(reply_key(self.request.activation_id, n.id)):
@@ -229,8 +252,13 @@ class Activation:
             target = target_for(n)
             await self.log.posted(notification_id=n.id, target=target.kind, post_id=target.post_id,
                                   parent_id=target.parent_id, dm_id=target.dm_id, already_posted=True)
+        return open_items
+
+    async def _answer(self, definition: AgentDefinition, key: str, poster: Posting) -> Outcome:
+        todo = [n for n in self.request.notifications if answerable(definition, n)]
+        open_items = await self._open_items(todo, poster)
         if not open_items:
-            return "posted" if todo else "skipped"
+            return Outcome.POSTED if todo else Outcome.SKIPPED
         usage, limits = await poster.usage(), definition.config.behavior.limits
         wait_s = interval_wait_s(usage, limits, time.time())
         if wait_s > 0:
@@ -239,42 +267,36 @@ class Activation:
         refusals = {n.id: await poster.refusal(usage, target_for(n)) for n in open_items}
         open_items = [n for n in open_items if refusals[n.id] is None]
         if not open_items:
-            self.limited_reason = next(r for r in refusals.values() if r)
-            log.info("reply limited", extra={"activation_id": self.request.activation_id,
-                                             "reason": self.limited_reason})
-            return "limited"
+            self._limited = next(r for r in refusals.values() if r)
+            log.info("reply limited", extra={"activation_id": self.request.activation_id, "reason": self._limited})
+            return Outcome.LIMITED
         cuts = context.Cuts()
-        threads = [await self._thread(key, n, cuts) for n in open_items]
+        assert self.deps.reads is not None
+        threads = [await self.deps.reads.thread(key, n, cuts) for n in open_items]
         task = context.notification_task([(n, text) for n, (text, _) in zip(open_items, threads, strict=True)],
-                                         self.deps.input_bounds, cuts)
+                                         self.deps.config.input_bounds, cuts)
         if cuts:
             log.info("hub content cut", extra={"activation_id": self.request.activation_id, **cuts.as_log()})
         community = next((c for _, c in threads if c), None)
-        text, tools = await self._think(definition, key, poster, task, community, deadline_s)
+        tools = await self._think(definition, key, poster, task, community)
+        text = self.answer.strip()
         if not text or text.upper() == "SKIP":
-            return "skipped"
+            return Outcome.SKIPPED
         results = [await self._post(poster, n, text, tools) for n in open_items]
         if any(r.outcome in ("posted", "already_posted") for r in results):
-            return "posted"
-        return "limited" if any(r.outcome == "limited" for r in results) else "skipped"
+            return Outcome.POSTED
+        return Outcome.LIMITED if any(r.outcome == "limited" for r in results) else Outcome.SKIPPED
 
-    async def _thread(self, key: str, notification: Notification,
-                      cuts: context.Cuts) -> tuple[str | None, str | None]:
-        if not notification.post_id:
-            return None, None
-        post = await self.deps.hub.get_post(key, notification.post_id)
-        comments = await self.deps.hub.get_comments(key, post.id)
-        return context.render_thread(post, comments, self.deps.input_bounds, cuts), post.submolt
-
-    async def _post(self, poster: Poster, notification: Notification, text: str, tools: ToolContext) -> PostResult:
+    async def _post(self, poster: Posting, notification: Notification, text: str, tools: ToolContext) -> PostResult:
         target = target_for(notification)
         if target.kind == "comment" and (target.post_id, target.parent_id) in tools.commented:
+            # Answered through a tool already: nothing more is posted there.
             await self.log.posted(notification_id=notification.id, target="comment", post_id=target.post_id,
                                   parent_id=target.parent_id, already_posted=True)
             return PostResult("already_posted")
         result = await poster.publish(reply_key(self.request.activation_id, notification.id), target, text)
         if result.outcome == "limited":
-            self.limited_reason = self.limited_reason or result.reason
+            self._limited = self._limited or result.reason
             log.info("reply limited", extra={"activation_id": self.request.activation_id, "reason": result.reason})
             return result
         await self.log.posted(notification_id=notification.id, target=target.kind, post_id=target.post_id,
@@ -282,49 +304,32 @@ class Activation:
                               already_posted=result.outcome == "already_posted")
         return result
 
-    async def _candidates(self, definition: AgentDefinition, key: str) -> list[Post]:
-        now_s = time.time()
-        seen: dict[str, Post] = {}
-        for community in definition.config.interests.communities:
-            for post in await self.deps.hub.list_posts(key, community.removeprefix("m/"), "new", 25):
-                if post.author_name == definition.name or post.id in seen:
-                    continue
-                if _age_s(post.created_at, now_s) < EXPLORATION_MIN_AGE_S:
-                    continue
-                seen[post.id] = post
-        return list(seen.values())[:EXPLORATION_CANDIDATES]
-
-    async def _explore(self, definition: AgentDefinition, key: str, poster: Poster, deadline_s: float) -> str:
-        candidates = await self._candidates(definition, key)
+    async def _explore(self, definition: AgentDefinition, key: str, poster: Posting) -> Outcome:
+        assert self.deps.reads is not None
+        candidates = await self.deps.reads.candidates(definition, key)
         if not candidates:
-            return "skipped"
+            return Outcome.SKIPPED
         task = context.exploration_task(definition, candidates)
-        text, _ = await self._think(definition, key, poster, task, candidates[0].submolt, deadline_s)
-        first, _, body = text.partition("\n")
+        await self._think(definition, key, poster, task, candidates[0].submolt)
+        first, _, body = self.answer.partition("\n")
         chosen = next((p for p in candidates if first.strip().upper() == f"POST {p.id}".upper()), None)
         if chosen is None or not body.strip():
-            return "skipped"
+            return Outcome.SKIPPED
         result = await poster.publish(f"{reply_key(self.request.activation_id, 'explore')}",
                                       Target("comment", post_id=chosen.id), body.strip())
         if result.outcome == "limited":
-            self.limited_reason = result.reason
-            return "limited"
+            self._limited = result.reason
+            return Outcome.LIMITED
         await self.log.posted(target="comment", post_id=chosen.id, hub_id=result.hub_id,
                               already_posted=result.outcome == "already_posted")
-        return "posted"
+        return Outcome.POSTED
 
-    def _metrics(self, tool_type: str, model: str, outcome: str, error: str | None) -> ActivationMetrics:
+    def _metrics(self, tool_type: str, model: str, ending: Ending) -> ActivationMetrics:
+        spent = self.budget
         return ActivationMetrics(
             activation_id=self.request.activation_id, agent_id=self.request.agent, tool_type=tool_type,
             model=model, task_type=self.request.kind, task_priority=self.request.priority,
-            tokens_input=self.totals.input_tokens, tokens_output=self.totals.output_tokens,
-            estimated_cost_usd=self.deps.prices.cost_usd(model, self.totals.input_tokens, self.totals.output_tokens),
-            duration_seconds=round(time.monotonic() - self.started_s, 3), iterations=self.totals.iterations,
-            outcome=outcome, error=error, started_at=self.started_at, ended_at=now_rfc3339())
-
-
-def _age_s(created_at: str, now_s: float) -> float:
-    try:
-        return now_s - datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return float("inf")
+            tokens_input=spent.input_tokens, tokens_output=spent.output_tokens,
+            estimated_cost_usd=self.deps.prices.cost_usd(model, spent.input_tokens, spent.output_tokens),
+            duration_seconds=round(time.monotonic() - self.started_s, 3), iterations=spent.iterations,
+            outcome=ending.outcome.value, error=ending.reason, started_at=self.started_at, ended_at=now_rfc3339())

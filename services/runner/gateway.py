@@ -37,8 +37,8 @@ from starlette.routing import Route
 from botburrow.runtime.http import RunningServer, serve
 from botburrow.secrets import redact
 from schemas.agent import Brain
-from services.runner import modelaccess
-from services.runner.loop import LoopLimits, LoopResult, Recorder
+from services.runner.loop import Budget, Recorder
+from services.runner.modelaccess import ModelAccess
 from services.runner.transcript import ModelReply, ToolCall, parse_arguments
 
 log = logging.getLogger(__name__)
@@ -58,27 +58,27 @@ class Upstream:
     key: str | None
 
 
-def upstreams_for(brain: Brain, environ: Mapping[str, str]) -> dict[str, Upstream]:
-    """Upstreams per wire protocol, by the one resolution (modelaccess.resolve): a key or endpoint the
+def upstreams_for(brain: Brain, access: ModelAccess, secret_env: Mapping[str, str]) -> dict[str, Upstream]:
+    """Upstreams per wire protocol, by the one resolution (ModelAccess.resolve): a key or endpoint the
     operator does not allow raises ModelAccessRefused before any secret is read."""
     out = {}
     for protocol in ("anthropic", "openai"):
-        endpoint = modelaccess.resolve(brain, environ, protocol)
+        endpoint = access.resolve(brain, secret_env, protocol)
         out[protocol] = Upstream(endpoint.base_url.removesuffix("/v1"), endpoint.key)
     return out
 
 
 @dataclass
 class GatewaySession:
-    """One activation's access: its token, limits, recorder and running totals."""
+    """One activation's access: its token, recorder and budget (shared with the activation: what the CLI
+    spends through the gateway is charged to it, and its token limit and deadline refuse calls)."""
 
     token: str
     activation_id: str
     model: str
     upstreams: dict[str, Upstream]
     recorder: Recorder
-    totals: LoopResult
-    limits: LoopLimits
+    budget: Budget
     # The models this activation may call: its config's, plus its CLI's own housekeeping models.
     models: frozenset[str] = frozenset()
     max_output_tokens: int | None = None  # the config's brain.max_tokens
@@ -90,18 +90,11 @@ class GatewaySession:
     last_text: str = ""  # the last answer's text (for CLIs whose own output is not structured)
 
     def refuse_reason(self) -> str | None:
-        if time.monotonic() >= self.limits.deadline:
-            return "timeout"
-        if self.remaining_tokens() < 0:
-            return "max_tokens"
-        return None
-
-    def remaining_tokens(self) -> int:
-        return self.limits.max_tokens - (self.totals.input_tokens + self.totals.output_tokens)
+        return self.budget.spent()
 
     def output_cap(self) -> int:
         """The most output tokens one call may ask for: the config's max_tokens and what the budget has left."""
-        remaining = max(1, self.remaining_tokens())
+        remaining = max(1, self.budget.remaining_tokens())
         return remaining if self.max_output_tokens is None else min(self.max_output_tokens, remaining)
 
     def fail(self, reason: str) -> None:
@@ -146,16 +139,16 @@ class ModelGateway:
         return self._server.url
 
     @contextlib.asynccontextmanager
-    async def session(self, *, activation_id: str, brain: Brain, environ: Mapping[str, str], recorder: Recorder,
-                      totals: LoopResult, limits: LoopLimits,
+    async def session(self, *, activation_id: str, brain: Brain, access: ModelAccess, secret_env: Mapping[str, str],
+                      recorder: Recorder, budget: Budget,
                       housekeeping_models: Iterable[str] = ()) -> AsyncIterator[GatewaySession]:
         """A live token for the block's duration; afterwards every request with it is refused. The session
         calls only `brain.model` and the CLI's `housekeeping_models` (listed per executor)."""
-        upstreams = upstreams_for(brain, environ)  # refuses a key or endpoint the operator does not allow
+        upstreams = upstreams_for(brain, access, secret_env)  # refuses a key or endpoint the operator does not allow
         await self.start()
         token = "bbgw-" + secrets.token_urlsafe(24)
         session = GatewaySession(token=token, activation_id=activation_id, model=brain.model,
-                                 upstreams=upstreams, recorder=recorder, totals=totals, limits=limits,
+                                 upstreams=upstreams, recorder=recorder, budget=budget,
                                  models=frozenset({brain.model, *housekeeping_models}),
                                  max_output_tokens=brain.max_tokens, base_url=f"{self.url}/{token}")
         self._sessions[token] = session
@@ -248,15 +241,12 @@ class ModelGateway:
         reply = meter.reply(session.model)
         session.turns += 1
         session.last_text = reply.text
-        totals = session.totals
-        totals.iterations += 1
-        totals.input_tokens += reply.input_tokens
-        totals.output_tokens += reply.output_tokens
+        session.budget.charge(reply)
         try:
             await session.recorder.llm(session.turns, reply, duration_ms, provider)
         except Exception:  # the CLI's answer is already on its way; a lost event must not break it
             log.exception("recording an llm event failed", extra={"activation_id": session.activation_id})
-        if totals.input_tokens + totals.output_tokens > session.limits.max_tokens:
+        if session.budget.remaining_tokens() < 0:
             session.fail("max_tokens")
 
 

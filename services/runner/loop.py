@@ -2,7 +2,8 @@
 
     call model -> (no tool calls) done
                -> run each tool call, answer each with its result -> call model again
-    stop at max_iterations (fail), the token budget (fail), or the deadline (the caller's timeout)
+    stop at max_iterations (fail), the token budget (fail), or the deadline: one `Budget`, which the
+    model gateway charges too
 
 Model errors that may pass (429, 529, 5xx, connection) are retried with backoff as long as the
 activation's deadline allows. Every model turn and tool call is recorded through `Recorder`.
@@ -61,32 +62,48 @@ class Recorder(Protocol):
 
 
 @dataclass
-class LoopResult:
-    text: str
-    iterations: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
+class Budget:
+    """One activation's budget and what it spent: turns, tokens (input and output of every turn together) and
+    a deadline. The native loop and the model gateway (the CLIs) both charge it: the token limit is here."""
 
-
-@dataclass(frozen=True)
-class LoopLimits:
     max_iterations: int
     max_tokens: int
     deadline: float  # time.monotonic() value
     call_timeout_s: float = 120.0
+    iterations: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def charge(self, reply: ModelReply) -> None:
+        """One answered model call: a turn and its tokens."""
+        self.iterations += 1
+        self.input_tokens += reply.input_tokens
+        self.output_tokens += reply.output_tokens
+
+    def remaining_tokens(self) -> int:
+        return self.max_tokens - (self.input_tokens + self.output_tokens)
+
+    def remaining_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def spent(self) -> str | None:
+        """Why no further model call may be made ("timeout", "max_tokens"), or None."""
+        if self.remaining_s() <= 0:
+            return "timeout"
+        return "max_tokens" if self.remaining_tokens() < 0 else None
 
 
 async def _call_model(model: Model, system: str, transcript: list[Entry], tools: list[ToolSpec],
-                      limits: LoopLimits) -> ModelReply:
+                      budget: Budget) -> ModelReply:
     # Retry as long as the activation's deadline allows: an overloaded model is the common case, and
     # giving up after a fixed count fails activations that a short wait would have saved.
     for attempt in itertools.count(1):
-        remaining_s = limits.deadline - time.monotonic()
+        remaining_s = budget.remaining_s()
         if remaining_s <= 0:
             raise LoopFailed("timeout")
         try:
             return await asyncio.wait_for(model.complete(system, transcript, tools),
-                                          min(limits.call_timeout_s, remaining_s))
+                                          min(budget.call_timeout_s, remaining_s))
         except TimeoutError:
             error = ModelError("model call timed out", retry_after_s=0.5)
         except ModelError as exc:
@@ -94,7 +111,7 @@ async def _call_model(model: Model, system: str, transcript: list[Entry], tools:
         if error.retry_after_s is None:
             raise LoopFailed(f"model error: {error}")
         backoff_s = min(MAX_BACKOFF_S, max(error.retry_after_s, 0.25 * 2 ** (attempt - 1))) * random.uniform(1.0, 1.25)
-        if time.monotonic() + backoff_s >= limits.deadline:
+        if backoff_s >= budget.remaining_s():
             raise LoopFailed(f"timeout (last model error: {error})")
         await asyncio.sleep(backoff_s)
     raise AssertionError("unreachable")
@@ -112,23 +129,20 @@ async def _run_tool(call: ToolCall, toolbox: Toolbox, known: set[str]) -> ToolOu
         return ToolOutcome(f"{call.name} failed: {type(exc).__name__}: {exc}", is_error=True)
 
 
-async def run_loop(model: Model, system: str, transcript: list[Entry], toolbox: Toolbox, limits: LoopLimits,
-                   recorder: Recorder, result: LoopResult) -> LoopResult:
-    """Run to a final answer; `result` holds the running totals, so they survive a LoopFailed."""
+async def run_loop(model: Model, system: str, transcript: list[Entry], toolbox: Toolbox, budget: Budget,
+                   recorder: Recorder) -> str:
+    """Run to a final answer (returned); `budget` holds what was spent, so it survives a LoopFailed."""
     tools = toolbox.specs()
     known = {tool.name for tool in tools}
-    for turn in range(1, limits.max_iterations + 1):
+    for turn in range(1, budget.max_iterations + 1):
         started = time.monotonic()
-        reply = await _call_model(model, system, transcript, tools, limits)
-        result.iterations = turn
-        result.input_tokens += reply.input_tokens
-        result.output_tokens += reply.output_tokens
+        reply = await _call_model(model, system, transcript, tools, budget)
+        budget.charge(reply)
         await recorder.llm(turn, reply, (time.monotonic() - started) * 1000, model.provider)
-        if result.input_tokens + result.output_tokens > limits.max_tokens:
+        if budget.remaining_tokens() < 0:
             raise LoopFailed("max_tokens")
         if not reply.tool_calls:
-            result.text = reply.text
-            return result
+            return reply.text
         transcript.append(AssistantTurn(reply.text, reply.tool_calls))
         answers = []
         for call in reply.tool_calls:

@@ -37,7 +37,7 @@ from mcp.client.stdio import stdio_client
 from prometheus_client import Counter
 
 from schemas.agent import SkillDefinition
-from services.runner.executors.process import sandbox_for
+from services.runner.config import SandboxConfig
 from services.runner.hubtools import HubTools
 from services.runner.loop import ToolOutcome
 from services.runner.mcp.catalog import Catalog
@@ -227,19 +227,22 @@ class McpToolsets:
     """`ToolsetFactory` for the runner: the granted servers of each activation, fresh or reused
     (see ServerPool). Call `aclose()` when the runner stops."""
 
-    def __init__(self, environ: Mapping[str, str], *, node_modules: Path = NODE_MODULES,
+    def __init__(self, secret_env: Mapping[str, str], *, node_modules: Path = NODE_MODULES,
                  github_host: str | None = None, start_timeout_s: float = 30.0, call_timeout_s: float = 60.0,
                  reuse_idle_s: float = REUSE_IDLE_S,
                  skills: Callable[[], Mapping[str, SkillDefinition]] | None = None,
-                 catalog: Catalog | None = None, sandbox: Sandbox | None = None) -> None:
-        """`environ` holds the servers' secrets and the SANDBOX_* settings (sandbox_for) unless `sandbox`
-        is given; `catalog` is the operator's (default: the built-in servers only)."""
-        self.environ, self.node_modules, self.github_host = environ, node_modules, github_host
+                 catalog: Catalog | None = None, sandbox: Sandbox | None = None,
+                 sandbox_config: SandboxConfig | None = None) -> None:
+        """`secret_env` is where the servers' secrets are read (nothing else); the servers run in `sandbox`, else in
+        one of `sandbox_config`'s backend (default bwrap), opened when first needed and closed by `aclose`;
+        `catalog` is the operator's (default: the built-in servers only)."""
+        self.secret_env, self.node_modules, self.github_host = secret_env, node_modules, github_host
         self.catalog = catalog or Catalog()
         self.start_timeout_s, self.call_timeout_s = start_timeout_s, call_timeout_s
         self.skills = skills  # e.g. AgentDirectory.skills: for a skill's `mcp.server`, see _skills
         self.pool = ServerPool(reuse_idle_s)
         self._sandbox: Sandbox | None = sandbox
+        self.sandbox_config = sandbox_config or SandboxConfig()
         self._own_sandbox = sandbox is None
         self._root: Path | None = None
 
@@ -257,9 +260,9 @@ class McpToolsets:
         return self._root / token(agent)
 
     def sandbox(self) -> Sandbox:
-        """The one backend of this runner's MCP servers and shell tools (SANDBOX_BACKEND, sandbox_for)."""
+        """The one backend of this runner's MCP servers and shell tools (SandboxConfig.open)."""
         if self._sandbox is None:
-            self._sandbox = sandbox_for(self.environ)
+            self._sandbox = self.sandbox_config.open()
         return self._sandbox
 
     async def _start(self, launches: list[Launch], errlog: Any, ctx: ToolContext) -> dict[str, ServerHost]:
@@ -302,7 +305,7 @@ class McpToolsets:
         errlog = await asyncio.to_thread(open, scratch / "servers.stderr", "w")
         try:
             await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
-            planner = Planner(self.environ, await self._homes(ctx.definition.name), workspace, self.node_modules,
+            planner = Planner(self.secret_env, await self._homes(ctx.definition.name), workspace, self.node_modules,
                               github_host=self.github_host, catalog=self.catalog)
             launches = await asyncio.to_thread(planner.plan, ctx.definition, ctx.grants, self._skills(ctx))
             hosts = await self._start(launches, errlog, ctx) if launches else {}

@@ -10,15 +10,19 @@ any secret is read:
   endpoints), `ANTHROPIC_BASE_URL` or, in local mode, `MODEL_BASE_URL_OVERRIDE` (which then replaces
   every config's `api_base`, so a config naming another server sends nothing there).
 
-`resolve` is the one resolution of base URL and key, used by the native loop (providers.model_for) and
-the model gateway (the CLIs); `check` is the same test without reading a secret (the runner's preflight).
+`ModelAccess.resolve` is the one resolution of base URL and key, used by the native loop
+(providers.model_for) and the model gateway (the CLIs); `check` is the same test without reading a secret
+(the runner's preflight). The operator's lists come in a `ModelAccess` built once from the settings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
+
+import msgspec
 
 from botburrow.secrets import env_name_to_secret, read_secret
 from botburrow.settings import BY_NAME, NEVER_MODEL_KEYS
@@ -37,12 +41,6 @@ class Endpoint:
     protocol: str  # "anthropic" (Messages) or "openai" (Chat Completions)
     base_url: str  # anthropic: without /v1; openai: as configured (usually ending in /v1)
     key: str | None
-
-
-def _setting(environ: Mapping[str, str], name: str) -> object:
-    setting = BY_NAME[name]
-    raw = environ.get(name, "").strip() or setting.default or ""
-    return setting.parse(raw)
 
 
 def _origin(url: str) -> tuple[str, str, int | None, str] | None:
@@ -69,65 +67,68 @@ def base_allowed(url: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
-def _override(environ: Mapping[str, str]) -> str:
-    return environ.get("MODEL_BASE_URL_OVERRIDE", "").strip().rstrip("/")
+class ModelAccess(msgspec.Struct, frozen=True, kw_only=True):
+    """The operator's model settings (built once from the runner's settings): which key variables a config
+    may name, which endpoints it may reach; `check` and `resolve` apply them to one brain."""
 
+    key_envs: frozenset[str] = BY_NAME["MODEL_KEY_ENVS"].parse(BY_NAME["MODEL_KEY_ENVS"].default or "")
+    api_bases: tuple[str, ...] = BY_NAME["MODEL_API_BASES"].parse(BY_NAME["MODEL_API_BASES"].default or "")
+    anthropic_base_url: str = ""  # ANTHROPIC_BASE_URL
+    base_url_override: str = ""  # MODEL_BASE_URL_OVERRIDE (local mode and tests)
 
-def _base(brain: Brain, environ: Mapping[str, str], protocol: str) -> str:
-    override = _override(environ)
-    if protocol == "anthropic":
-        own = brain.api_base if brain.provider == "anthropic" else None
-        base = override or own or environ.get("ANTHROPIC_BASE_URL", "").strip() or ANTHROPIC_DEFAULT_URL
-        return base.rstrip("/").removesuffix("/v1")
-    if override:
-        return f"{override}/v1"
-    return (brain.api_base or "").rstrip("/") if brain.provider != "anthropic" else ""
+    @classmethod
+    def from_settings(cls, settings: Any) -> ModelAccess:
+        return cls(key_envs=settings["MODEL_KEY_ENVS"], api_bases=settings["MODEL_API_BASES"],
+                   anthropic_base_url=(settings["ANTHROPIC_BASE_URL"] or "").strip(),
+                   base_url_override=(settings["MODEL_BASE_URL_OVERRIDE"] or "").strip().rstrip("/"))
 
+    def _base(self, brain: Brain, protocol: str) -> str:
+        override = self.base_url_override
+        if protocol == "anthropic":
+            own = brain.api_base if brain.provider == "anthropic" else None
+            base = override or own or self.anthropic_base_url or ANTHROPIC_DEFAULT_URL
+            return base.rstrip("/").removesuffix("/v1")
+        if override:
+            return f"{override}/v1"
+        return (brain.api_base or "").rstrip("/") if brain.provider != "anthropic" else ""
 
-def _refuse_key_env(brain: Brain, environ: Mapping[str, str]) -> None:
-    name = brain.api_key_env
-    if name is None:
-        return
-    allowed = _setting(environ, "MODEL_KEY_ENVS")
-    assert isinstance(allowed, frozenset)
-    if name in NEVER_MODEL_KEYS or name not in allowed:
-        raise ModelAccessRefused(f"brain.api_key_env {name} is not a model key: the operator allows "
-                                 f"{', '.join(sorted(allowed))} (MODEL_KEY_ENVS)")
+    def _refuse_key_env(self, brain: Brain) -> None:
+        name = brain.api_key_env
+        if name is not None and (name in NEVER_MODEL_KEYS or name not in self.key_envs):
+            raise ModelAccessRefused(f"brain.api_key_env {name} is not a model key: the operator allows "
+                                     f"{', '.join(sorted(self.key_envs))} (MODEL_KEY_ENVS)")
 
+    def _refuse_base(self, base: str) -> None:
+        operator = tuple(u for u in (self.anthropic_base_url, self.base_url_override) if u)
+        if not base_allowed(base, self.api_bases + operator):
+            raise ModelAccessRefused(f"brain.api_base {base} is not an allowed model endpoint: the operator "
+                                     f"allows {', '.join(self.api_bases + operator)} (MODEL_API_BASES)")
 
-def _refuse_base(base: str, environ: Mapping[str, str]) -> None:
-    listed = _setting(environ, "MODEL_API_BASES")
-    assert isinstance(listed, tuple)
-    operator = tuple(u for u in (environ.get("ANTHROPIC_BASE_URL", "").strip(), _override(environ)) if u)
-    if not base_allowed(base, listed + operator):
-        raise ModelAccessRefused(f"brain.api_base {base} is not an allowed model endpoint: the operator allows "
-                                 f"{', '.join(listed + operator)} (MODEL_API_BASES)")
+    def check(self, brain: Brain) -> None:
+        """Raise ModelAccessRefused if the brain names a key or endpoint the operator does not allow."""
+        self._refuse_key_env(brain)
+        base = self._base(brain, own_protocol(brain))
+        if not base:
+            raise ModelAccessRefused(f"provider {brain.provider} needs brain.api_base (an OpenAI-compatible "
+                                     "endpoint)")
+        self._refuse_base(base)
+
+    def resolve(self, brain: Brain, secrets: Mapping[str, str], protocol: str | None = None) -> Endpoint:
+        """The endpoint and key for `protocol` (default: the brain's own), checked first; `base_url` is empty
+        when the brain has no endpoint for that protocol (an anthropic brain has none for openai). The key
+        is read (a secret, from `secrets`) only after the checks."""
+        protocol = protocol or own_protocol(brain)
+        self._refuse_key_env(brain)
+        base = self._base(brain, protocol)
+        if not base:
+            return Endpoint(protocol, "", None)
+        self._refuse_base(base)
+        local = LOCAL_KEY if self.base_url_override else None
+        if protocol == "anthropic":
+            return Endpoint(protocol, base, read_secret("anthropic-api-key", environ=secrets) or local)
+        env_name = brain.api_key_env or DEFAULT_KEY_ENV
+        return Endpoint(protocol, base, read_secret(env_name_to_secret(env_name), env_name, environ=secrets) or local)
 
 
 def own_protocol(brain: Brain) -> str:
     return "anthropic" if brain.provider == "anthropic" else "openai"
-
-
-def check(brain: Brain, environ: Mapping[str, str]) -> None:
-    """Raise ModelAccessRefused if the brain names a key or endpoint the operator does not allow."""
-    _refuse_key_env(brain, environ)
-    base = _base(brain, environ, own_protocol(brain))
-    if not base:
-        raise ModelAccessRefused(f"provider {brain.provider} needs brain.api_base (an OpenAI-compatible endpoint)")
-    _refuse_base(base, environ)
-
-
-def resolve(brain: Brain, environ: Mapping[str, str], protocol: str | None = None) -> Endpoint:
-    """The endpoint and key for `protocol` (default: the brain's own), checked first; `base_url` is empty
-    when the brain has no endpoint for that protocol (an anthropic brain has none for openai)."""
-    protocol = protocol or own_protocol(brain)
-    _refuse_key_env(brain, environ)
-    base = _base(brain, environ, protocol)
-    if not base:
-        return Endpoint(protocol, "", None)
-    _refuse_base(base, environ)
-    local = LOCAL_KEY if _override(environ) else None
-    if protocol == "anthropic":
-        return Endpoint(protocol, base, read_secret("anthropic-api-key", environ=environ) or local)
-    env_name = brain.api_key_env or DEFAULT_KEY_ENV
-    return Endpoint(protocol, base, read_secret(env_name_to_secret(env_name), env_name, environ=environ) or local)

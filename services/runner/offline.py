@@ -1,9 +1,9 @@
-"""Offline re-runs of a recorded activation: the native loop against the recorded model answers.
+"""Offline re-runs of a recorded activation: `Activation` itself, driven through recorded seams.
 
 Nothing leaves the process: the seams of `recorded` (the model answers with the recorded `llm` events,
-tools with the recorded results, Hub writes are captured) are plugged into the real `run_loop`, and
-the final answer is captured where the activation would post it. The re-run then lines up with the
-recording step by step; the first difference is the divergence.
+tools with the recorded results, Hub writes and final answers are captured) are plugged into the
+real `Activation`, which decides as it does live what is answered, where, and how it ends. The re-run
+then lines up with the recording step by step; the first difference is the divergence.
 
 What offline can and cannot show (the report repeats it): the answers are the recorded ones, so
 with the same definition a re-run follows the recording unless the code or the definition changed
@@ -16,32 +16,40 @@ new prompt needs a live re-run.
 from __future__ import annotations
 
 import difflib
-import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.agent import AgentDefinition, SkillDefinition
+from botburrow.grants import holds_all
+from schemas.agent import AgentDefinition, Brain, SkillDefinition
 from schemas.events import ActivationRequested, ToolCalled
 from services.runner import context
-from services.runner.activation import answerable, target_for
+from services.runner.activation import Activation, Deps, Ending, Outcome
+from services.runner.config import RunnerConfig
 from services.runner.hubtools import HubTools
-from services.runner.loop import LoopFailed, LoopLimits, LoopResult, ToolOutcome, run_loop
+from services.runner.loop import ToolOutcome
+from services.runner.pricing import PriceTable
 from services.runner.recorded import (
     CapturedWrite,
+    CapturingPoster,
     CollectingRecorder,
     Divergence,
     Progress,
+    RecordedDirectory,
+    RecordedHubReads,
     RecordedModel,
-    RecordedToolbox,
+    RecordedModels,
+    RecordedToolsets,
     Recording,
     canonical,
     short,
+    stand_in,
 )
-from services.runner.seams import AllowWhatConfigsAsk, GrantResolver
-from services.runner.transcript import ToolCall, ToolSpec, UserText
+from services.runner.seams import AllowWhatConfigsAsk, GrantResolver, NativeThinker
+from services.runner.transcript import ToolCall, ToolSpec
 
+OFFLINE_TIMEOUT_S = 300.0
 ALIASES = {"brave-search": "brave"}
 
 
@@ -173,38 +181,37 @@ def _compare(report: OfflineReport, recording: Recording, recorder: CollectingRe
                                              short(final)))
 
 
-def _final_writes(request: ActivationRequested, definition: AgentDefinition | None, text: str,
-                  toolbox: RecordedToolbox) -> list[CapturedWrite]:
-    if not text or text.upper() == "SKIP":
-        return []
-    if request.kind == "exploration":
-        first, _, body = text.partition("\n")
-        chosen = first.strip()[5:].strip() if first.strip().upper().startswith("POST ") else ""
-        return [CapturedWrite("final answer", f"comment on post {chosen}", body.strip())] if chosen and body.strip() \
-            else []
-    writes = []
-    for n in request.notifications:
-        if definition is not None and not answerable(definition, n):
-            continue
-        target = target_for(n)
-        if target.kind == "comment" and (target.post_id, target.parent_id) in toolbox.commented:
-            continue  # answered through a tool already: live, nothing more is posted there
-        where = f"dm {target.dm_id}" if target.kind == "dm" else f"comment on post {target.post_id}" + (
-            f" / comment {target.parent_id}" if target.parent_id else "")
-        writes.append(CapturedWrite("final answer", where, text))
-    return writes
+class _OfflineKeys:
+    def get(self, name: str) -> str:
+        return "offline"  # no Hub is reached with it
 
 
-def _outcome(request: ActivationRequested, text: str, finals: list[CapturedWrite], toolbox: RecordedToolbox) -> str:
-    """As the live activation decides it: a thread answered through a tool counts as posted."""
-    if not text or text.upper() == "SKIP":
-        return "skipped"
-    answered = any(target_for(n).kind == "comment" and (target_for(n).post_id, target_for(n).parent_id)
-                   in toolbox.commented for n in request.notifications) and request.kind == "notification"
-    return "posted" if finals or answered else "skipped"
+class _NothingSent:
+    """`ModelGate`: the recorded answers are played, no model is called, so no key or endpoint is checked."""
+
+    def check(self, brain: Brain) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class _WritesCaptured:
+    """`GrantResolver`: the definition's grants, plus `hub:write` for the preflight only. Live, an agent
+    without it is skipped before any model call; offline it follows the recording (its Hub writes are
+    captured), so the report shows where along it the definition refuses. The tools it is offered are
+    still those of its own grants (`setup_for`)."""
+
+    grants: GrantResolver
+
+    def resolve(self, definition: AgentDefinition) -> set[str]:
+        return self.grants.resolve(definition) | {"hub:write"}
+
+
+def _rerun_outcome(ending: Ending) -> str:
+    return ending.outcome.value + (f" ({ending.reason})" if ending.reason else "")
 
 
 def _compare_outcome(report: OfflineReport, recording: Recording, finals: list[CapturedWrite]) -> None:
+    """The activation's ending and its posts against the recorded ones."""
     recorded = recording.end.metrics.outcome if recording.end else None
     if recorded == "limited":
         report.notes.append("the recorded run was held back by a posting limit; limits are not applied offline")
@@ -265,6 +272,22 @@ def _honesty_notes(report: OfflineReport, recording: Recording, model: RecordedM
                             "aged out): its outcome is unknown")
 
 
+async def _activate(recording: Recording, definition: AgentDefinition, skills: Mapping[str, SkillDefinition],
+                    setup: Setup, grants: GrantResolver, model: RecordedModel,
+                    max_tokens: int) -> tuple[Activation, CollectingRecorder, RecordedToolsets, CapturingPoster]:
+    """The recorded request, run by `Activation` through recorded seams."""
+    toolsets = RecordedToolsets(setup.specs, setup.write_tools, recording.tools)
+    poster, recorder = CapturingPoster(), CollectingRecorder()
+    deps = Deps(bus=None, hub=None, definitions=RecordedDirectory(definition, skills), keys=_OfflineKeys(),
+                prices=PriceTable.load(None), config=RunnerConfig(timeout_s=OFFLINE_TIMEOUT_S, max_tokens=max_tokens),
+                secrets={}, runner_id="offline", grants=_WritesCaptured(grants), toolsets=toolsets,
+                thinkers={definition.config.type: NativeThinker(RecordedModels(model))}, gate=_NothingSent(),
+                reads=RecordedHubReads(recording), posters=poster)
+    activation = Activation(deps, recording.request, recorder)
+    await activation.run()
+    return activation, recorder, toolsets, poster
+
+
 async def rerun_offline(recording: Recording, definition: AgentDefinition | None,
                         skills: Mapping[str, SkillDefinition], *, baseline: AgentDefinition | None = None,
                         shadow: bool = False, grants: GrantResolver | None = None, max_tokens: int = 200_000,
@@ -283,23 +306,17 @@ async def rerun_offline(recording: Recording, definition: AgentDefinition | None
     if shadow:
         report.definition_changes = compare_setups(setup_for(baseline, skills, recording, task, grants), setup)
     model = RecordedModel(recording, progress)
-    toolbox = RecordedToolbox(setup.specs, setup.write_tools, recording.tools)
-    recorder = CollectingRecorder()
-    totals = LoopResult(text="")
-    limits = LoopLimits(max_iterations=setup.max_iterations, max_tokens=max_tokens,
-                        deadline=time.monotonic() + 300)
-    final: str | None = None
-    try:
-        await run_loop(model, setup.system, [UserText(task)], toolbox, limits, recorder, totals)
-        final = totals.text.strip()
-        finals = _final_writes(request, definition, final, toolbox)
-        report.rerun_outcome = _outcome(request, final, finals, toolbox)
-    except LoopFailed as exc:
-        finals = []
-        report.rerun_outcome = f"failed ({exc.reason})"
-    report.captured = toolbox.captured + finals
+    agent = definition or stand_in(recording)
+    activation, recorder, toolsets, poster = await _activate(recording, agent, skills, setup, grants, model,
+                                                             max_tokens)
+    report.rerun_outcome = _rerun_outcome(activation.ending)
+    report.captured = toolsets.captured + poster.captured
+    final = activation.answer.strip() if activation.ending.outcome is not Outcome.FAILED else None
     _compare(report, recording, recorder, final)
-    _compare_outcome(report, recording, finals)
+    _compare_outcome(report, recording, poster.captured)
     _honesty_notes(report, recording, model, shadow)
+    if definition is not None and not holds_all(grants.resolve(definition), "hub", "write"):
+        report.notes.append("the definition lacks hub:write: live, it would be skipped before any model call; "
+                            "offline follows the recording to show where it refuses")
     report.followed = not report.divergences
     return report

@@ -29,7 +29,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from botburrow.hub.client import HubClient, HubError
 from botburrow.runtime.bus import Bus
 from botburrow.secrets import redact
-from schemas.agent import Limits
+from schemas.agent import AgentDefinition, Limits
 from schemas.hub import Comment
 from streams.subjects import token
 from streams.topology import LIMITS, REPLIES
@@ -293,6 +293,20 @@ class Poster:
             return post.id
         comment = await self.hub.create_comment(self.key, target.post_id or "", text, target.parent_id)
         return comment.id
+
+
+@dataclass(frozen=True)
+class AgentPosters:
+    """`Posters` of a runner: one `Poster` per activation, as the agent, with the runner's thread-wide cap."""
+
+    bus: Bus
+    hub: HubClient
+    thread_replies_max: int = 0
+    input_bounds: object = None
+
+    def for_agent(self, definition: AgentDefinition, key: str) -> Poster:
+        return Poster(self.bus, self.hub, definition.name, key, definition.config.behavior.limits,
+                      thread_replies_max=self.thread_replies_max, input_bounds=self.input_bounds)
 
 
 def _add(usage: Usage, target: Target, n: int) -> None:

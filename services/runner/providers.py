@@ -18,6 +18,7 @@ import httpx
 from botburrow.secrets import env_name_to_secret, redact
 from schemas.agent import Brain
 from services.runner import modelaccess
+from services.runner.modelaccess import ModelAccess
 from services.runner.transcript import (
     AssistantTurn,
     Entry,
@@ -169,10 +170,11 @@ class OpenAIModel:
                           output_tokens=int(usage.get("completion_tokens", 0)), model=data.get("model", self.model))
 
 
-def model_for(brain: Brain, environ: Mapping[str, str], *, timeout_s: float) -> AnthropicModel | OpenAIModel:
+def model_for(brain: Brain, access: ModelAccess, secrets: Mapping[str, str], *,
+              timeout_s: float) -> AnthropicModel | OpenAIModel:
     """Build the model client for an agent's brain (contract §4), its endpoint and key within the operator's
-    lists (modelaccess.resolve: ModelAccessRefused, a ModelError, before any secret is read)."""
-    endpoint = modelaccess.resolve(brain, environ)
+    lists (ModelAccess.resolve: ModelAccessRefused, a ModelError, before any secret is read)."""
+    endpoint = access.resolve(brain, secrets)
     if endpoint.protocol == "anthropic":
         if endpoint.key is None:
             raise ModelError("no Anthropic key: set secret anthropic-api-key or ANTHROPIC_API_KEY")

@@ -1,21 +1,30 @@
 """A recorded activation and the seams that play it back (used by `offline`): nothing leaves the process.
 
 `Recording` is one delivery of an activation as its run events tell it (`recording_from` picks it and
-checks it is whole). `RecordedModel` answers each model turn with the recorded `llm` event, in order;
-`RecordedToolbox` serves tool calls from the recorded `tool` events and captures every Hub write
-instead of sending it; `CollectingRecorder` keeps the re-run's own turns and calls in memory.
+checks it is whole). The seams `Activation` is driven through, recorded:
+
+- `RecordedModels` / `RecordedModel`: each model turn answered with the recorded `llm` event, in order;
+- `RecordedToolsets` / `RecordedToolbox`: tool calls served from the recorded `tool` events, every Hub
+  write captured instead of sent;
+- `RecordedHubReads`: the Hub content read before thinking (threads were not recorded: none);
+- `CapturingPoster`: the final answers captured where the activation posts them, no limit applied;
+- `CollectingRecorder`: the re-run's own turns and calls, kept in memory;
+- `stand_in`: a definition for an agent that is gone, from what the recording shows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from schemas.agent import AgentConfig, AgentDefinition, Behavior, Brain, Capabilities, SkillDefinition
 from schemas.events import (
+    ActivationMetrics,
     ActivationRequested,
     LlmTurn,
     Posted,
@@ -24,7 +33,11 @@ from schemas.events import (
     RunStarted,
     ToolCalled,
 )
+from schemas.hub import Notification, Post
+from services.runner.context import Cuts
 from services.runner.loop import ToolOutcome
+from services.runner.posting import PostResult, Target, Usage
+from services.runner.seams import ThinkRequest, ToolContext
 from services.runner.transcript import Entry, ModelError, ModelReply, ToolCall, ToolResults, ToolSpec
 
 Progress = Callable[[str], None]
@@ -119,6 +132,9 @@ class RecordedModel:
         return ModelReply(text=turn.text, tool_calls=calls, stop_reason=turn.stop_reason,
                           input_tokens=turn.input_tokens, output_tokens=turn.output_tokens, model=turn.model)
 
+    async def aclose(self) -> None:
+        return None
+
     def _check_fed(self, index: int, transcript: list[Entry]) -> None:
         last = transcript[-1] if transcript else None
         if index == 0 or not isinstance(last, ToolResults):
@@ -137,12 +153,14 @@ class RecordedModel:
 class RecordedToolbox:
     """`Toolbox` serving recorded results; Hub writes are captured, never sent."""
 
-    def __init__(self, specs: list[ToolSpec], write_tools: set[str], recorded: list[ToolCalled]) -> None:
+    def __init__(self, specs: list[ToolSpec], write_tools: set[str], recorded: list[ToolCalled], *,
+                 commented: set[tuple[str, str | None]] | None = None,
+                 captured: list[CapturedWrite] | None = None) -> None:
         self._specs, self.write_tools = specs, write_tools
         self._unused = list(recorded)
-        self.captured: list[CapturedWrite] = []
-        # Threads answered through a tool: the final answer is not posted there again (as live).
-        self.commented: set[tuple[str, str | None]] = set()
+        self.captured: list[CapturedWrite] = [] if captured is None else captured
+        # Threads answered through a tool (the activation's ToolContext.commented): it posts no answer there.
+        self.commented: set[tuple[str, str | None]] = set() if commented is None else commented
 
     def specs(self) -> list[ToolSpec]:
         return list(self._specs)
@@ -178,17 +196,125 @@ class RecordedToolbox:
 
 
 class CollectingRecorder:
-    """`Recorder` keeping the re-run's own turns and tool calls in memory."""
+    """`EventLog` keeping the re-run's own turns, tool calls and ending in memory."""
+
+    attempt = 1
 
     def __init__(self) -> None:
         self.turns: list[tuple[int, ModelReply]] = []
         self.tools: list[tuple[int, ToolCall, ToolOutcome]] = []
+        self.metrics: ActivationMetrics | None = None
+
+    async def started(self, tool_type: str, model: str, runner: str) -> None:
+        return None
+
+    async def posted(self, **fields: Any) -> None:
+        return None
+
+    async def finished(self, metrics: ActivationMetrics) -> None:
+        self.metrics = metrics
 
     async def llm(self, turn: int, reply: ModelReply, duration_ms: float, provider: str) -> None:
         self.turns.append((turn, reply))
 
     async def tool(self, turn: int, call: ToolCall, outcome: ToolOutcome, duration_ms: float) -> None:
         self.tools.append((turn, call, outcome))
+
+
+class RecordedModels:
+    """`Models`: the recorded model, whatever the brain."""
+
+    def __init__(self, model: RecordedModel) -> None:
+        self.model = model
+
+    async def open(self, request: ThinkRequest) -> RecordedModel:
+        return self.model
+
+
+@dataclass
+class RecordedToolsets:
+    """`ToolsetFactory`: the tools `specs` (what the definition offers), played from the recording."""
+
+    specs: list[ToolSpec]
+    write_tools: set[str]
+    recorded: list[ToolCalled]
+    captured: list[CapturedWrite] = field(default_factory=list)  # the Hub writes of every toolbox opened
+
+    @contextlib.asynccontextmanager
+    async def open(self, ctx: ToolContext) -> AsyncIterator[RecordedToolbox]:
+        yield RecordedToolbox(self.specs, self.write_tools, self.recorded, commented=ctx.commented,
+                              captured=self.captured)
+
+
+class RecordedHubReads:
+    """`HubReads` from a recording. The threads the model saw were not recorded: none is shown. Nor were an
+    exploration's candidates: they are the posts the recording answered or its model turns named."""
+
+    def __init__(self, recording: Recording) -> None:
+        named = [t.text.partition("\n")[0].strip()[5:].strip() for t in recording.turns
+                 if t.text.strip().upper().startswith("POST ")]
+        ids = [p.post_id for p in recording.posted if p.post_id] + [n for n in named if n]
+        self.posts = [Post(id=i) for i in dict.fromkeys(ids)]
+
+    async def thread(self, key: str, notification: Notification, cuts: Cuts) -> tuple[str | None, str | None]:
+        return None, None
+
+    async def candidates(self, definition: AgentDefinition, key: str) -> list[Post]:
+        return list(self.posts)
+
+
+def _where(target: Target) -> str:
+    if target.kind == "dm":
+        return f"dm {target.dm_id}"
+    return f"comment on post {target.post_id}" + (f" / comment {target.parent_id}" if target.parent_id else "")
+
+
+class CapturingPoster:
+    """`Posters` and `Posting`: every answer captured (never sent), no limit applied, nothing posted before."""
+
+    def __init__(self) -> None:
+        self.captured: list[CapturedWrite] = []
+
+    def for_agent(self, definition: AgentDefinition, key: str) -> CapturingPoster:
+        return self
+
+    async def already_posted(self, idempotency_key: str) -> bool:
+        return False
+
+    async def usage(self) -> Usage:
+        return Usage()
+
+    async def refusal(self, usage: Usage, target: Target) -> str | None:
+        return None
+
+    async def publish(self, idempotency_key: str, target: Target, text: str) -> PostResult:
+        self.captured.append(CapturedWrite("final answer", _where(target), text))
+        return PostResult("posted", hub_id="offline")
+
+
+@dataclass(frozen=True)
+class RecordedDirectory:
+    """The definitions an offline re-run sees: one agent and the skills."""
+
+    definition: AgentDefinition
+    skill_set: Mapping[str, SkillDefinition]
+
+    def get(self, name: str) -> AgentDefinition | None:
+        return self.definition if name == self.definition.name else None
+
+    def skills(self) -> Mapping[str, SkillDefinition]:
+        return self.skill_set
+
+
+def stand_in(recording: Recording) -> AgentDefinition:
+    """A definition for an agent no longer defined: the recorded model, Hub grants, as many turns as recorded."""
+    first = recording.turns[0] if recording.turns else None
+    provider = first.provider if first is not None and first.provider in ("anthropic", "openai") else "anthropic"
+    brain = Brain(model=first.model if first is not None else "unknown", provider=provider)  # type: ignore[arg-type]
+    config = AgentConfig(name=recording.request.agent, type="native", brain=brain,
+                         capabilities=Capabilities(grants=["hub:read", "hub:write"]),
+                         behavior=Behavior(max_iterations=max(len(recording.turns), 1)))
+    return AgentDefinition(name=recording.request.agent, hash="", config=config, system_prompt="")
 
 
 class RecordingError(Exception):

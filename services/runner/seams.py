@@ -1,11 +1,15 @@
-"""The three places an activation is extended, each a small protocol with a default:
+"""The places an activation is extended, each a small protocol with the runner's default beside it.
+`Activation` is driven only through these; an offline re-run plugs in recorded ones (`recorded`):
 
 - `GrantResolver`: which of a config's grants the agent holds (the cluster policy, contract §3);
-- `ToolsetFactory`: the tools an activation may call (Hub tools; MCP servers later), opened and
-  closed around the thinking;
-- `Thinker`: how an executor type turns a prompt into a final answer (the native loop; the CLIs).
-
-`Activation` (posting, limits, the event log) stays the same whatever is plugged in.
+- `ModelGate`: whether a config's model key and endpoint are allowed (modelaccess.ModelAccess);
+- `HubReads`: the Hub content an activation reads before thinking (the threads, exploration candidates);
+- `ToolsetFactory`: the tools an activation may call (Hub tools, MCP servers), opened and closed around
+  the thinking;
+- `Thinker`: how an executor type turns a prompt into a final answer (the native loop over a `Models`
+  seam; the CLIs);
+- `Posters`: posting as the agent (posting.Poster: once, within its limits);
+- `EventLog`: the activation's run events (runlog.RunLog).
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol
+from typing import Any, Protocol
 
-from schemas.agent import AgentDefinition, SkillDefinition
-from services.runner.loop import LoopLimits, LoopResult, Recorder, Toolbox, run_loop
-from services.runner.transcript import UserText
+from schemas.agent import AgentDefinition, Brain, SkillDefinition
+from schemas.events import ActivationMetrics
+from schemas.hub import Notification, Post
+from services.runner.config import RunnerConfig
+from services.runner.context import Cuts
+from services.runner.loop import Budget, Recorder, Toolbox, run_loop
+from services.runner.posting import PostResult, Target, Usage
+from services.runner.transcript import Model, UserText
 
 
 class ExecutorUnavailable(Exception):
@@ -61,6 +70,47 @@ class ToolContext:
     commented: set[tuple[str, str | None]] = field(default_factory=set)
 
 
+class ModelGate(Protocol):
+    def check(self, brain: Brain) -> None:
+        """Raise modelaccess.ModelAccessRefused for a key or endpoint the operator does not allow."""
+
+
+class HubReads(Protocol):
+    async def thread(self, key: str, notification: Notification, cuts: Cuts) -> tuple[str | None, str | None]:
+        """The notification's thread as the model is shown it, and its community (None, None: no thread)."""
+
+    async def candidates(self, definition: AgentDefinition, key: str) -> list[Post]:
+        """The posts an exploration may answer."""
+
+
+class Posting(Protocol):
+    """What an activation asks of posting (posting.Poster)."""
+
+    async def already_posted(self, idempotency_key: str) -> bool: ...
+
+    async def usage(self) -> Usage: ...
+
+    async def refusal(self, usage: Usage, target: Target) -> str | None: ...
+
+    async def publish(self, idempotency_key: str, target: Target, text: str) -> PostResult: ...
+
+
+class Posters(Protocol):
+    def for_agent(self, definition: AgentDefinition, key: str) -> Posting: ...
+
+
+class EventLog(Recorder, Protocol):
+    """The activation's run events (runlog.RunLog); `attempt` is the request's delivery count."""
+
+    attempt: int
+
+    async def started(self, tool_type: str, model: str, runner: str) -> None: ...
+
+    async def posted(self, **fields: Any) -> None: ...
+
+    async def finished(self, metrics: ActivationMetrics) -> None: ...
+
+
 class ToolsetFactory(Protocol):
     def open(self, ctx: ToolContext) -> contextlib.AbstractAsyncContextManager[Toolbox]: ...
 
@@ -71,10 +121,10 @@ class ThinkRequest:
     system: str
     task: str
     toolbox: Toolbox
-    limits: LoopLimits
+    budget: Budget  # the activation's: whatever thinks charges it
     recorder: Recorder
-    totals: LoopResult
-    environ: Mapping[str, str]
+    config: RunnerConfig
+    secrets: Mapping[str, str]  # where model keys are read (botburrow.secrets), nothing else
     activation_id: str
     tools: ToolContext
 
@@ -91,17 +141,34 @@ async def load_providers() -> ModuleType:
     return await asyncio.to_thread(importlib.import_module, "services.runner.providers")
 
 
+class Models(Protocol):
+    async def open(self, request: ThinkRequest) -> Model:
+        """The model client for the request's brain; the caller closes it (`aclose`)."""
+
+
+class ProviderModels:
+    """The runner's models: the providers' adapters, endpoint and key by the one resolution (ModelAccess)."""
+
+    async def open(self, request: ThinkRequest) -> Model:
+        providers = await load_providers()
+        return providers.model_for(request.definition.config.brain, request.config.access, request.secrets,
+                                   timeout_s=120)
+
+
 class NativeThinker:
-    """`type: native`: the agent loop against the model API (contract §4)."""
+    """`type: native`: the agent loop against the model (contract §4)."""
+
+    def __init__(self, models: Models | None = None) -> None:
+        self.models = models or ProviderModels()
 
     async def think(self, request: ThinkRequest) -> str:
-        model = (await load_providers()).model_for(request.definition.config.brain, request.environ, timeout_s=120)
+        model = await self.models.open(request)
         try:
-            await run_loop(model, request.system, [UserText(request.task)], request.toolbox, request.limits,
-                           request.recorder, request.totals)
+            text = await run_loop(model, request.system, [UserText(request.task)], request.toolbox, request.budget,
+                                  request.recorder)
         finally:
             await model.aclose()  # one client per activation: close its connections with it
-        return request.totals.text.strip()
+        return text.strip()
 
 
 class HubToolsOnly:

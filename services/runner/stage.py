@@ -35,8 +35,10 @@ from botburrow.runtime.consumer import DeadLetters, Item, Retry, Settler
 from botburrow.runtime.service import StageContext, supervise
 from botburrow.runtime.worker import PriorityRounds, Worker
 from botburrow.secrets import AgentKeys, read_secret
+from botburrow.tools import tools_dir
 from schemas.events import ActivationMetrics, ActivationRequested
-from services.runner.activation import Activation, Deps, Limits
+from services.runner.activation import Activation, Deps
+from services.runner.config import RunnerConfig
 from services.runner.executors import cli_thinkers
 from services.runner.executors.process import keep_sweeping, runner_for, sweep_once
 from services.runner.gateway import ModelGateway
@@ -223,41 +225,39 @@ async def run(ctx: StageContext) -> None:
     directory = await AgentDirectory.open(ctx.bus)
     ctx.health.add_check("definitions", lambda: directory.following)
     gateway = ModelGateway()  # CLI executors reach the model only through it (contract §4)
-    sandbox_environ = {**ctx.environ, "SANDBOX_BACKEND": ctx.settings["SANDBOX_BACKEND"],
-                       "SANDBOX_MEMORY_MB": str(ctx.settings["SANDBOX_MEMORY_MB"]),
-                       "SANDBOX_WORKSPACE_MB": str(ctx.settings["SANDBOX_WORKSPACE_MB"])}
-    processes = runner_for(sandbox_environ)
+    # The one place the runner's settings are read; below this, only secrets come from the environment.
+    config = RunnerConfig.from_settings(ctx.settings, tools_dir=tools_dir(ctx.environ),
+                                        search_path=ctx.environ.get("PATH", ""))
+    sandbox = config.sandbox.open()
+    processes = runner_for(config.sandbox, sandbox)
     # MCP servers and shell tools share the CLIs' sandbox backend (one set of workspace mounts).
     toolsets = McpToolsets(
         ctx.environ, github_host=ctx.settings["GITHUB_HOST"], skills=directory.skills,
         start_timeout_s=ctx.settings["MCP_START_TIMEOUT_SECONDS"],
         call_timeout_s=ctx.settings["MCP_CALL_TIMEOUT_SECONDS"], reuse_idle_s=ctx.settings["MCP_REUSE_IDLE_SECONDS"],
-        catalog=Catalog.load(ctx.settings["MCP_CATALOG_FILE"]), sandbox=getattr(processes, "sandbox", None))
+        catalog=Catalog.load(ctx.settings["MCP_CATALOG_FILE"]), sandbox=sandbox)
     deps = Deps(
         bus=ctx.bus, hub=hub, definitions=directory, keys=AgentKeys(ctx.environ),
-        prices=PriceTable.load(ctx.settings["PRICE_TABLE_FILE"]), environ=ctx.environ,
-        limits=Limits(timeout_s=ctx.settings["ACTIVATION_TIMEOUT_SECONDS"],
-                      max_tokens=ctx.settings["ACTIVATION_MAX_TOKENS"]),
+        prices=PriceTable.load(ctx.settings["PRICE_TABLE_FILE"]), config=config, secrets=ctx.environ,
         runner_id=f"{socket.gethostname()}-{os.getpid()}",
         grants=PolicyGrantResolver.from_settings(ctx.settings["GRANT_POLICY_FILE"]),
         toolsets=toolsets,
-        thinkers={"native": NativeThinker(), **cli_thinkers(sandbox_environ, gateway=gateway, runner=processes)},
+        thinkers={"native": NativeThinker(), **cli_thinkers(config.sandbox, gateway=gateway, runner=processes)},
     )
     ctx.health.add_check("hub", lambda: hub.available)
     runner = Runner(ctx, deps)
     probing = asyncio.create_task(supervise(ctx.health, "hub-probe", lambda: keep_probing(hub, ctx.stop), ctx.stop))
     sweeping = asyncio.create_task(supervise(ctx.health, "sandbox-sweep", lambda: keep_sweeping(
-        processes, ctx.stop, activation_timeout_s=deps.limits.timeout_s), ctx.stop))
+        processes, ctx.stop, activation_timeout_s=config.timeout_s), ctx.stop))
     try:
         # Before taking work (so before ready): a crashed runner's sandboxes must not outlive its replacement.
-        await sweep_once(processes, activation_timeout_s=deps.limits.timeout_s)
+        await sweep_once(processes, activation_timeout_s=config.timeout_s)
         await runner.run()
     finally:
         probing.cancel()
         sweeping.cancel()
         warming.cancel()  # a thread cannot be stopped: this only drops the wait for it
-        if (sandbox := getattr(processes, "sandbox", None)) is not None:
-            await sandbox.close()
+        await sandbox.close()
         await toolsets.aclose()
         await gateway.stop()
         await directory.close()

@@ -1,6 +1,6 @@
 """The coding-agent CLI executors (contract §4): `claude-code`, `goose`, `aider`, `opencode`, `custom`.
 
-`cli_thinkers(environ)` returns one `Thinker` per executor type, sharing one runner-side model gateway;
+`cli_thinkers(sandbox)` returns one `Thinker` per executor type, sharing one runner-side model gateway;
 the runner registers them next to `native` in `Deps.thinkers`.
 
 - `base`: what every CLI executor shares: the job, the MCP wiring seam, the run, the verdict
@@ -12,8 +12,7 @@ the runner registers them next to `native` in `Deps.thinkers`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
+from services.runner.config import SandboxConfig
 from services.runner.executors.aider import Aider
 from services.runner.executors.base import CliThinker, Flavor, McpEntry, McpWiring, ToolboxRelay, find_binary
 from services.runner.executors.claude import ClaudeCode
@@ -34,11 +33,11 @@ __all__ = ["CliThinker", "Completed", "DirectRunner", "McpEntry", "McpWiring", "
            "ToolboxRelay", "cli_thinkers", "find_binary"]
 
 
-def cli_thinkers(environ: Mapping[str, str], *, gateway: ModelGateway | None = None,
+def cli_thinkers(sandbox: SandboxConfig, *, gateway: ModelGateway | None = None,
                  runner: ProcessRunner | None = None, mcp: McpWiring | None = None) -> dict[str, Thinker]:
     """One thinker per CLI executor type; the gateway starts with the first activation that needs it.
-    The process runner follows SANDBOX_BACKEND unless one is given (tests)."""
+    The process runner is `sandbox`'s backend unless one is given."""
     gateway = gateway or ModelGateway()
-    runner = runner or runner_for(environ)
+    runner = runner or runner_for(sandbox)
     flavors: list[Flavor] = [ClaudeCode(), Goose(), Aider(), OpenCode(), Custom()]
     return {f.name: CliThinker(f, gateway, runner=runner, mcp=mcp) for f in flavors}

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from botburrow.secrets import redact
-from botburrow.tools import tools_dir
 from services.runner.executors.process import Completed, DirectRunner, ProcessRunner
 from services.runner.gateway import GatewaySession, ModelGateway
 from services.runner.loop import LoopFailed, ToolOutcome
@@ -152,14 +151,14 @@ class Flavor(Protocol):
     def parse(self, job: CliJob, done: Completed) -> Parsed: ...
 
 
-def find_binary(name: str, environ: Mapping[str, str]) -> str | None:
-    """A CLI from the pinned tools (`BOTBURROW_TOOLS_DIR`, laid out by setup.sh), else the runner's PATH."""
-    tools = tools_dir(environ)
+def find_binary(name: str, tools: Path, search_path: str | None) -> str | None:
+    """A CLI from the pinned tools (`tools`: BOTBURROW_TOOLS_DIR, laid out by setup.sh), else on `search_path`
+    (the runner's PATH)."""
     for candidate in (tools / "node_modules" / ".bin" / name, tools / name / "bin" / name,
                       tools / "node_modules" / "@aaif" / "goose-binary-linux-x64" / "bin" / name):
         if candidate.is_file():
             return str(candidate)
-    return shutil.which(name, path=environ.get("PATH"))
+    return shutil.which(name, path=search_path)
 
 
 def interpreter(program: str, search_path: str) -> Path | None:
@@ -199,7 +198,7 @@ def reads(job: CliJob) -> list[Path]:
     socket directory,
     and the folders of a custom command and its args as the definition names them (never paths from
     the task text)."""
-    paths = [job.run_dir, Path(job.binary).resolve().parent, tools_dir(job.request.environ), *_python_reads(),
+    paths = [job.run_dir, Path(job.binary).resolve().parent, job.request.config.tools_dir, *_python_reads(),
              CA_CERTS_DIR]
     executor = job.request.definition.config.executor
     named = [executor.command, *executor.args] if executor is not None else []
@@ -223,7 +222,9 @@ class CliThinker:
 
     def _prepare(self, request: ThinkRequest) -> tuple[str | None, Path, Path]:
         locate = getattr(self.flavor, "locate", None)  # `custom` takes its command from the definition
-        binary = self.binary or (locate(request) if locate else find_binary(self.flavor.binary_name, request.environ))
+        config = request.config
+        binary = self.binary or (locate(request) if locate else
+                                 find_binary(self.flavor.binary_name, config.tools_dir, config.search_path or None))
         run_dir = Path(tempfile.mkdtemp(prefix=f"bb-{self.flavor.name}-"))
         # Traversable, not listable: a docker sandbox's user may differ from ours and must read its configs.
         run_dir.chmod(0o711)
@@ -235,7 +236,7 @@ class CliThinker:
 
     async def think(self, request: ThinkRequest) -> str:
         name = self.flavor.name
-        timeout_s = request.limits.deadline - time.monotonic()
+        timeout_s = request.budget.remaining_s()
         if timeout_s <= 0:
             raise LoopFailed("timeout")
         binary, run_dir, workspace = await asyncio.to_thread(self._prepare, request)
@@ -245,8 +246,8 @@ class CliThinker:
                     f"executor {name!r} is not available: CLI {self.flavor.binary_name!r} is not installed here")
             async with self.mcp.open(request) as entries, self.gateway.session(
                     activation_id=request.activation_id, brain=request.definition.config.brain,
-                    environ=request.environ, recorder=request.recorder, totals=request.totals,
-                    limits=request.limits, housekeeping_models=self.flavor.housekeeping_models) as session:
+                    access=request.config.access, secret_env=request.secrets, recorder=request.recorder,
+                    budget=request.budget, housekeeping_models=self.flavor.housekeeping_models) as session:
                 job = CliJob(request=request, gateway=session, mcp=entries, binary=binary, run_dir=run_dir,
                              home=run_dir / "home", workspace=workspace, timeout_s=timeout_s)
                 invocation = await asyncio.to_thread(self.flavor.invocation, job)  # writes its config files

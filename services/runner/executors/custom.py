@@ -32,7 +32,7 @@ class Custom:
             return None
         if "/" in executor.command:
             return executor.command if Path(executor.command).is_file() else None
-        return shutil.which(executor.command, path=request.environ.get("PATH"))
+        return shutil.which(executor.command, path=request.config.search_path or None)
 
     def invocation(self, job: CliJob) -> Invocation:
         executor = job.request.definition.config.executor

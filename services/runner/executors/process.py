@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import msgspec
 
 from botburrow.settings import BY_NAME
+from services.runner.config import SandboxConfig
 
 log = logging.getLogger(__name__)
 
@@ -202,27 +203,12 @@ def _outermost(paths: Sequence[Path]) -> list[Path]:
     return kept
 
 
-def runner_for(environ: Mapping[str, str]) -> ProcessRunner:
-    """The process runner SANDBOX_BACKEND asks for (contract §7; default bwrap), SANDBOX_MEMORY_MB per
-    sandbox (ours: the contract names no such setting). The docker backend runs
-    SANDBOX_IMAGE (in production the runner image itself, so the runner's paths exist in it) on the
+def runner_for(config: SandboxConfig, sandbox: Any = None) -> ProcessRunner:
+    """The process runner of the CLIs (contract §7): `sandbox`, else the backend `config` names (default
+    bwrap), with SANDBOX_MEMORY_MB per sandbox (ours: the contract names no such setting). The docker backend
+    runs SANDBOX_IMAGE (in production the runner image itself, so the runner's paths exist in it) on the
     engine at DOCKER_HOST, with the runner's toolchain shown read-only at its own paths as with bwrap."""
-    memory_bytes = int(environ["SANDBOX_MEMORY_MB"]) << 20 if environ.get("SANDBOX_MEMORY_MB") else CLI_MEMORY_BYTES
-    return SandboxRunner(sandbox_for(environ), memory_bytes=memory_bytes)
-
-
-def sandbox_for(environ: Mapping[str, str]) -> Any:
-    """The `services.runner.sandbox` backend SANDBOX_BACKEND names, with SANDBOX_WORKSPACE_MB as each
-    workspace's total size (the one place these settings become a backend: CLIs, shell tools, MCP)."""
-    from services.runner import sandbox
-
-    backend = environ.get("SANDBOX_BACKEND") or "bwrap"
-    workspace_mb = int(environ.get("SANDBOX_WORKSPACE_MB") or BY_NAME["SANDBOX_WORKSPACE_MB"].default)
-    if backend == "docker":
-        image = environ.get("SANDBOX_IMAGE") or BY_NAME["SANDBOX_IMAGE"].default
-        return sandbox.create("docker", docker_host=environ.get("DOCKER_HOST") or None, image=image,
-                              workspace_bytes=workspace_mb << 20)
-    return sandbox.create(backend, workspace_bytes=workspace_mb << 20)
+    return SandboxRunner(sandbox or config.open(), memory_bytes=config.memory_mb << 20)
 
 
 async def sweep_once(runner: ProcessRunner, *, activation_timeout_s: float) -> int:
