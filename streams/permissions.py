@@ -38,6 +38,7 @@ from streams.topology import (
     NOTIFICATIONS,
     RUNS,
     STREAMS,
+    kv_stream,
 )
 
 ACCOUNT = "BOTBURROW"
@@ -62,10 +63,6 @@ def inbox_prefix(url: str) -> str:
     """`_INBOX_<user>` when the (first) server URL names a user, else nats-py's default `_INBOX`."""
     user = urlsplit(url.split(",")[0].strip()).username
     return f"{INBOX_PREFIX}_{user}" if user else INBOX_PREFIX
-
-
-def kv_stream(bucket: str) -> str:
-    return f"KV_{bucket}"
 
 
 def consumer_stage(durable: str) -> str:

@@ -109,8 +109,12 @@ class BucketSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def stream(self) -> str:
-        """The stream that holds the bucket."""
-        return f"KV_{self.name}"
+        return kv_stream(self.name)
+
+
+def kv_stream(bucket: str) -> str:
+    """The stream that holds a KV bucket (nats' naming)."""
+    return f"KV_{bucket}"
 
 
 # Runner consumers: an activation holds its message for as long as it runs, heartbeating with
