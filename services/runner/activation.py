@@ -20,6 +20,7 @@ import msgspec
 from botburrow.grants import holds_all
 from botburrow.hub.client import HubAuthError, HubClient, HubError, HubUnavailable
 from botburrow.hub.errors import HubBadResponse
+from botburrow.runtime.bus import Bus
 from botburrow.runtime.consumer import Retry
 from botburrow.secrets import redact
 from schemas.agent import AgentDefinition, SkillDefinition
@@ -34,11 +35,13 @@ from services.runner.pricing import PriceTable
 from services.runner.runlog import now_rfc3339
 from services.runner.seams import (
     AllowWhatConfigsAsk,
+    Directory,
     EventLog,
     ExecutorUnavailable,
     GrantResolver,
     HubReads,
     HubToolsOnly,
+    Keys,
     ModelGate,
     NativeThinker,
     Posters,
@@ -86,10 +89,10 @@ class Deps:
     left None are the runner's own, built from the others (`reads`: the Hub; `posters`: the Hub and the
     bus; `gate`: the config's model access)."""
 
-    bus: object
+    bus: Bus | None  # None offline: nothing is published
     hub: HubClient | None
-    definitions: object  # AgentDirectory: get(name), skills()
-    keys: object  # AgentKeys: get(name)
+    definitions: Directory
+    keys: Keys
     prices: PriceTable
     config: RunnerConfig
     secrets: Mapping[str, str]  # where secrets are read (botburrow.secrets), never settings
@@ -107,7 +110,7 @@ class Deps:
             assert self.hub is not None
             self.reads = HubThreads(self.hub, self.config.input_bounds)
         if self.posters is None:
-            assert self.hub is not None
+            assert self.bus is not None and self.hub is not None
             self.posters = AgentPosters(self.bus, self.hub, thread_replies_max=self.config.thread_agent_replies_max,
                                         input_bounds=self.config.input_bounds)
 

@@ -16,7 +16,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -24,9 +24,12 @@ from botburrow.hub.client import HubClient
 from schemas.hub import Post
 from services.runner.context import NAME_MAX_CHARS, Cuts, InputBounds, clip, kept_comments
 from services.runner.loop import ToolOutcome, dumps
-from services.runner.posting import Poster, Target
+from services.runner.posting import Target
 from services.runner.transcript import ToolSpec
 from streams.subjects import token
+
+if TYPE_CHECKING:
+    from services.runner.seams import Posting
 
 SERVER = "hub"
 LIST_MAX_ITEMS = 25  # posts, agents or communities in one list answer, whatever `limit` the model asks
@@ -54,7 +57,7 @@ def bare_community(name: str) -> str:
 class HubTools:
     """Hub tools for one activation of one agent."""
 
-    def __init__(self, hub: HubClient, key: str, grants: set[str], poster: Poster, activation_id: str,
+    def __init__(self, hub: HubClient, key: str, grants: set[str], poster: Posting, activation_id: str,
                  commented: set[tuple[str, str | None]] | None = None, bounds: InputBounds | None = None) -> None:
         self.hub, self.key, self.grants, self.poster = hub, key, grants, poster
         # The activation's bounds travel with its Poster (whoever builds the tools passes both).

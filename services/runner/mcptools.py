@@ -150,8 +150,8 @@ class McpToolbox:
         """Start (once) the endpoint for sandboxed CLIs; returns its Unix socket path."""
         if self._endpoint is None:
             hosts = dict(self.hosts)
-            if self.hub is not None:
-                hub_host = ServerHost("hub", lambda: Client(build_hub_server(self.hub, self.grants)), lambda _: True)
+            if (hub := self.hub) is not None:
+                hub_host = ServerHost("hub", lambda: Client(build_hub_server(hub, self.grants)), lambda _: True)
                 await hub_host.start(10.0)
                 hosts["hub"] = hub_host
             self._endpoint = RelayEndpoint(hosts, self.scratch / "relay" / "mcp.sock", self._count)
@@ -311,6 +311,7 @@ class McpToolsets:
             hosts = await self._start(launches, errlog, ctx) if launches else {}
             hub = None
             if holds(ctx.grants, "hub", "read") or holds(ctx.grants, "hub", "write"):
+                assert ctx.hub is not None
                 hub = HubTools(ctx.hub, ctx.agent_key, ctx.grants, ctx.poster, ctx.activation_id, ctx.commented)
             box = McpToolbox(ctx.definition.name, hub, hosts, scratch, ctx.grants, self._shell(ctx, workspace))
             yield box

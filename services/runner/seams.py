@@ -23,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
+from botburrow.hub.client import HubClient
 from schemas.agent import AgentDefinition, Brain, SkillDefinition
 from schemas.events import ActivationMetrics
 from schemas.hub import Notification, Post
@@ -42,6 +43,20 @@ class ExecutorUnavailable(Exception):
         self.reason = reason
 
 
+class Directory(Protocol):
+    """The definitions an activation reads (botburrow.definitions.AgentDirectory)."""
+
+    def get(self, name: str) -> AgentDefinition | None: ...
+
+    def skills(self) -> Mapping[str, SkillDefinition]: ...
+
+
+class Keys(Protocol):
+    """The agents' Hub keys (botburrow.secrets.AgentKeys)."""
+
+    def get(self, name: str) -> str | None: ...
+
+
 class GrantResolver(Protocol):
     def resolve(self, definition: AgentDefinition) -> set[str]: ...
 
@@ -59,8 +74,8 @@ class ToolContext:
     agent_key: str
     grants: set[str]
     activation_id: str
-    poster: object  # posting.Poster
-    hub: object  # HubClient
+    poster: Posting
+    hub: HubClient | None  # None offline: no Hub is reached
     workspace: Path | None = None
     recorder: Recorder | None = None
     # The skills chosen for this activation (a skill may bring its own MCP server).
@@ -151,8 +166,9 @@ class ProviderModels:
 
     async def open(self, request: ThinkRequest) -> Model:
         providers = await load_providers()
-        return providers.model_for(request.definition.config.brain, request.config.access, request.secrets,
-                                   timeout_s=120)
+        model: Model = providers.model_for(request.definition.config.brain, request.config.access, request.secrets,
+                                           timeout_s=120)
+        return model
 
 
 class NativeThinker:
@@ -178,4 +194,5 @@ class HubToolsOnly:
     async def open(self, ctx: ToolContext) -> AsyncIterator[Toolbox]:
         from services.runner.hubtools import HubTools
 
+        assert ctx.hub is not None
         yield HubTools(ctx.hub, ctx.agent_key, ctx.grants, ctx.poster, ctx.activation_id, ctx.commented)

@@ -23,7 +23,6 @@ from typing import Any, Protocol
 
 import msgspec
 
-from botburrow.settings import BY_NAME
 from services.runner.config import SandboxConfig
 
 log = logging.getLogger(__name__)
@@ -107,7 +106,7 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
 #: A CLI sandbox holds the CLI, its MCP relays and the loopback forwarder. OpenCode (a Bun binary) with two
 #: relays was OOM-killed at 512 MiB and then hung until the deadline (hence SANDBOX_MEMORY_MB's default of
 #: 2048); with 1 CPU the relays' start-up (~1.7 s each, idle) pushes against Goose's extension start-up window.
-CLI_MEMORY_BYTES = int(BY_NAME["SANDBOX_MEMORY_MB"].default) << 20
+CLI_MEMORY_BYTES = SandboxConfig().memory_mb << 20
 CLI_CPUS = 2.0
 
 
