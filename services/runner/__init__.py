@@ -2,10 +2,15 @@
 (`mcp.relay`) starts in a sandbox with the standard library only.
 
 - `stage`: `run(ctx)` and `main()`: the consumer loop (priorities, slots, leases, heartbeats, drain)
-- `activation`: one activation, from claim to completion
-- `seams`: the three places an activation is extended (thinker, toolsets, poster)
+- `config`: `RunnerConfig`, the runner's settings read once in `run()` (model access, sandbox, bounds)
+- `activation`: one activation, from claim to completion, ending in a typed `Ending`: the only
+  implementation of what an activation does
+- `seams`: the places an activation is extended (grants, model gate, Hub reads, toolsets, thinker, posters,
+  event log), each a protocol with the runner's default
+- `hubreads`: the Hub content an activation reads before thinking (threads, exploration candidates)
 - `context`: what the model is told: the system prompt with skills, and the task
-- `loop`: the native agent loop, over a neutral `transcript`
+- `loop`: the native agent loop, over a neutral `transcript`; the activation's `Budget` (turns, tokens,
+  deadline), which the gateway charges too
 - `transcript`: a provider-neutral conversation, and the model seam the loop talks to
 - `providers`: the model adapters (Anthropic Messages, OpenAI-compatible Chat Completions)
 - `modelaccess`: where an agent's model calls go and which key they carry
@@ -18,7 +23,7 @@
 - `lease`: the agent's lease in the `leases` bucket
 - `runlog`: the activation's event log on `agents.run.<agent>.<id>.<event>`
 - `recorded`: a recorded activation and the seams that play it back
-- `offline`: offline re-runs of a recorded activation
+- `offline`: offline and shadow re-runs: `Activation` with recorded seams, compared with the recording
 - `executors/`: the coding-agent CLI executors (claude-code, goose, aider, opencode, custom)
 - `mcp/`: MCP for agents: the operator's catalog, the servers, the filtering proxy, the relay
 - `sandbox/`: run one command in a throw-away sandbox (bwrap, docker, none)
