@@ -1,8 +1,11 @@
-"""One activation, from claim to completion (contract §4), for the `native` executor.
+"""One activation, from claim to completion (contract §4): the only implementation of what an activation
+does (which notifications it answers, where, whether SKIP or a tool's comment already answered, how it
+ends), whatever executor thinks and whether it runs live or offline (offline.py plugs recorded seams in).
 
-`Activation.run` always ends in exactly one `completed` or `failed` event carrying the
-ActivationMetrics, except when it raises `Retry` (a deferral or a Hub outage: the request is
-redelivered and the next attempt writes the ending). Posting goes through `Poster`, so a
+`Activation` reaches the world only through `Deps` and its seams (seams.py). `run` always ends in exactly
+one `completed` or `failed` event carrying the ActivationMetrics, and sets `ending` (a typed `Ending`),
+except when it raises `Retry` (a deferral or a Hub outage: the request is redelivered and the next
+attempt writes the ending). Posting goes through the `Posters` seam (posting.Poster live), so a
 redelivered activation never posts the same reply twice.
 """
 

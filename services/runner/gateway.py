@@ -13,7 +13,7 @@ activation's deadline or token budget and calls of any model but the config's `b
 CLI's own housekeeping models (listed per executor), clamps `max_tokens` to the config's and to the
 budget left, and records every answered call as an `llm` run event with the
 provider's usage (from the JSON body, or the SSE `message_start`/`message_delta` and `include_usage`
-chunks), adding it to the activation's totals.
+chunks), charging it to the activation's `Budget` (the one the native loop charges).
 """
 
 from __future__ import annotations
