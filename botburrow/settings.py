@@ -131,13 +131,6 @@ def _metrics_port(default: int) -> Any:
 class Connection:
     """What every process that talks to NATS reads: the stages and `botburrow streams apply`."""
 
-    def __getitem__(self, name: str) -> Any:
-        """Transitional, for code not yet moved to attributes: `settings["RUNNER_CONCURRENCY"]` is
-        `settings.runner_concurrency`. Use the attribute (typed); this goes once nothing calls it."""
-        if name.lower() not in {item.name for item in dataclasses.fields(self)}:
-            raise KeyError(f"{name} is not a setting of {type(self).__name__} (botburrow.settings)")
-        return getattr(self, name.lower())
-
     nats_url: str = setting("NATS server(s), comma-separated", "nats://127.0.0.1:4222")
     nats_creds: str | None = setting("NATS credentials file")
     runner_ack_wait_seconds: float = setting(

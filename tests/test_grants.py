@@ -21,7 +21,7 @@ from botburrow.grants import (
     matches,
     parse,
 )
-from botburrow.settings import SettingsError, load
+from botburrow.settings import RunnerSettings, SettingsError, load
 from services.runner.mcp.servers import Planner, holds
 
 
@@ -212,4 +212,5 @@ def test_a_policy_file_with_a_malformed_grant_stops_the_runner_at_start(tmp_path
         load("runner", {"HUB_URL": "http://hub", "GRANT_POLICY_FILE": str(path)})
     assert "default.denied_grants[0]: malformed grant 'github:write:org/*'" in str(caught.value)
     path.write_text(POLICY)
-    assert load("runner", {"HUB_URL": "http://hub", "GRANT_POLICY_FILE": str(path)})["GRANT_POLICY_FILE"] == str(path)
+    settings = load(RunnerSettings, {"HUB_URL": "http://hub", "GRANT_POLICY_FILE": str(path)})
+    assert settings.grant_policy_file == str(path)

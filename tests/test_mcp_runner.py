@@ -94,7 +94,7 @@ class McpRig:
         resolver = PolicyGrantResolver(GrantPolicy.parse(policy) if policy else None)
 
         async def body(ctx: StageContext) -> None:
-            hub = HubClient(ctx.settings["HUB_URL"], system_key=ctx.environ["HUB_API_KEY"])
+            hub = HubClient(ctx.settings.hub_url, system_key=ctx.environ["HUB_API_KEY"])
             directory = await AgentDirectory.open(ctx.bus)
             toolsets = McpToolsets(ctx.environ, github_host=github_host, catalog=catalog)
             deps = Deps(bus=ctx.bus, hub=hub, definitions=directory, keys=AgentKeys(ctx.environ),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from botburrow.definitions.parse import parse_agent
-from botburrow.settings import SettingsError, load
+from botburrow.settings import RunnerSettings, SettingsError, load
 from schemas.agent import Brain
 from services.runner.modelaccess import Endpoint, ModelAccess, ModelAccessRefused, base_allowed
 
@@ -18,11 +18,11 @@ DEFAULT_BASES = ("https://api.anthropic.com", "https://api.openai.com/v1")
 
 def check(brain: Brain, environ: dict[str, str]) -> None:
     """`brain` checked against the runner's settings in `environ` (secrets read from it too)."""
-    ModelAccess.from_settings(load("runner", {**environ, "HUB_URL": "http://hub"})).check(brain)
+    ModelAccess.from_settings(load(RunnerSettings, {**environ, "HUB_URL": "http://hub"})).check(brain)
 
 
 def resolve(brain: Brain, environ: dict[str, str]) -> Endpoint:
-    return ModelAccess.from_settings(load("runner", {**environ, "HUB_URL": "http://hub"})).resolve(brain, environ)
+    return ModelAccess.from_settings(load(RunnerSettings, {**environ, "HUB_URL": "http://hub"})).resolve(brain, environ)
 
 
 def published() -> list[tuple[str, Brain]]:
@@ -76,7 +76,7 @@ def test_never_a_credential_of_the_product_whatever_the_operator_lists(key_env: 
     with pytest.raises(ModelAccessRefused, match=f"{key_env} is not a model key"):
         resolve(brain, {**environ, "MODEL_KEY_ENVS": "OPENAI_API_KEY"})
     with pytest.raises(SettingsError, match=f"{key_env} is not a model key"):
-        load("runner", {**environ, "HUB_URL": "http://hub"})
+        load(RunnerSettings, {**environ, "HUB_URL": "http://hub"})
 
 
 def test_the_operator_can_add_a_model_key_and_an_endpoint() -> None:
@@ -90,9 +90,9 @@ def test_the_operator_can_add_a_model_key_and_an_endpoint() -> None:
         check(brain, environ)
     environ["MODEL_API_BASES"] = "https://llm.internal.example/v1"
     assert resolve(brain, environ).key == "gsk-operator-0123456789"
-    settings = load("runner", {**environ, "HUB_URL": "http://hub"})
-    assert settings["MODEL_API_BASES"] == ("https://llm.internal.example/v1",)
-    assert settings["MODEL_KEY_ENVS"] == frozenset({"OPENAI_API_KEY", "GROQ_API_KEY"})
+    settings = load(RunnerSettings, {**environ, "HUB_URL": "http://hub"})
+    assert settings.model_api_bases == ("https://llm.internal.example/v1",)
+    assert settings.model_key_envs == frozenset({"OPENAI_API_KEY", "GROQ_API_KEY"})
 
 
 def test_local_mode_sends_everything_to_the_override_and_anthropic_base_url_is_the_operators() -> None:

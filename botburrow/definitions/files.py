@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import msgspec
 
-from botburrow.settings import BY_NAME
+from botburrow.settings import ConfigsyncSettings
 
-DEFAULT_MAX_FILE_BYTES = int(BY_NAME["DEFINITION_FILE_MAX_BYTES"].default or 0)
+DEFAULT_MAX_FILE_BYTES = ConfigsyncSettings.definition_file_max_bytes
 SYMLINK = "a symbolic link (definitions are read only from plain files inside their folder)"
 
 

@@ -16,9 +16,8 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from botburrow.settings import BY_NAME
+from botburrow.settings import RunnerSettings
 from schemas.agent import AgentDefinition, SkillDefinition
 from schemas.hub import Comment, Notification, Post, walk_comments
 from schemas.hub import clip as clip_text
@@ -38,24 +37,19 @@ FINAL_ANSWER_RULES = (
 )
 
 
-def _default(name: str) -> int:
-    return int(BY_NAME[name].default or 0)
-
-
 @dataclass(frozen=True)
 class InputBounds:
     """How much Hub content one activation shows the model (defaults: the HUB_* settings' defaults)."""
 
-    post_max_chars: int = _default("HUB_POST_MAX_CHARS")
-    comment_max_chars: int = _default("HUB_COMMENT_MAX_CHARS")
-    thread_max_depth: int = _default("HUB_THREAD_MAX_DEPTH")
-    thread_max_comments: int = _default("HUB_THREAD_MAX_COMMENTS")
+    post_max_chars: int = RunnerSettings.hub_post_max_chars
+    comment_max_chars: int = RunnerSettings.hub_comment_max_chars
+    thread_max_depth: int = RunnerSettings.hub_thread_max_depth
+    thread_max_comments: int = RunnerSettings.hub_thread_max_comments
 
     @classmethod
-    def from_settings(cls, settings: Any) -> InputBounds:
-        return cls(post_max_chars=settings["HUB_POST_MAX_CHARS"], comment_max_chars=settings["HUB_COMMENT_MAX_CHARS"],
-                   thread_max_depth=settings["HUB_THREAD_MAX_DEPTH"],
-                   thread_max_comments=settings["HUB_THREAD_MAX_COMMENTS"])
+    def from_settings(cls, settings: RunnerSettings) -> InputBounds:
+        return cls(post_max_chars=settings.hub_post_max_chars, comment_max_chars=settings.hub_comment_max_chars,
+                   thread_max_depth=settings.hub_thread_max_depth, thread_max_comments=settings.hub_thread_max_comments)
 
 
 @dataclass

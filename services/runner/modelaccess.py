@@ -19,13 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
 from botburrow.secrets import env_name_to_secret, read_secret
-from botburrow.settings import BY_NAME, NEVER_MODEL_KEYS
+from botburrow.settings import NEVER_MODEL_KEYS, RunnerSettings
 from schemas.agent import Brain
 from services.runner.transcript import ANTHROPIC_DEFAULT_URL, LOCAL_KEY, ModelError
 
@@ -71,16 +70,16 @@ class ModelAccess(msgspec.Struct, frozen=True, kw_only=True):
     """The operator's model settings (built once from the runner's settings): which key variables a config
     may name, which endpoints it may reach; `check` and `resolve` apply them to one brain."""
 
-    key_envs: frozenset[str] = BY_NAME["MODEL_KEY_ENVS"].parse(BY_NAME["MODEL_KEY_ENVS"].default or "")
-    api_bases: tuple[str, ...] = BY_NAME["MODEL_API_BASES"].parse(BY_NAME["MODEL_API_BASES"].default or "")
+    key_envs: frozenset[str] = RunnerSettings.model_key_envs  # MODEL_KEY_ENVS
+    api_bases: tuple[str, ...] = RunnerSettings.model_api_bases  # MODEL_API_BASES
     anthropic_base_url: str = ""  # ANTHROPIC_BASE_URL
     base_url_override: str = ""  # MODEL_BASE_URL_OVERRIDE (local mode and tests)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> ModelAccess:
-        return cls(key_envs=settings["MODEL_KEY_ENVS"], api_bases=settings["MODEL_API_BASES"],
-                   anthropic_base_url=(settings["ANTHROPIC_BASE_URL"] or "").strip(),
-                   base_url_override=(settings["MODEL_BASE_URL_OVERRIDE"] or "").strip().rstrip("/"))
+    def from_settings(cls, settings: RunnerSettings) -> ModelAccess:
+        return cls(key_envs=settings.model_key_envs, api_bases=settings.model_api_bases,
+                   anthropic_base_url=(settings.anthropic_base_url or "").strip(),
+                   base_url_override=(settings.model_base_url_override or "").strip().rstrip("/"))
 
     def _base(self, brain: Brain, protocol: str) -> str:
         override = self.base_url_override

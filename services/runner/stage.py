@@ -35,6 +35,7 @@ from botburrow.runtime.consumer import DeadLetters, Item, Retry, Settler
 from botburrow.runtime.service import StageContext, supervise
 from botburrow.runtime.worker import PriorityRounds, Worker
 from botburrow.secrets import AgentKeys, read_secret
+from botburrow.settings import RunnerSettings
 from botburrow.tools import tools_dir
 from schemas.events import ActivationMetrics, ActivationRequested
 from services.runner.activation import Activation, Deps
@@ -96,7 +97,7 @@ class Runner:
     priority rounds, fills the concurrency slots, settles each request and drains on SIGTERM; here each
     request holds its agent's lease and heartbeats its message while its activation runs."""
 
-    def __init__(self, ctx: StageContext, deps: Deps) -> None:
+    def __init__(self, ctx: StageContext[RunnerSettings], deps: Deps) -> None:
         self.ctx, self.deps = ctx, deps
         self.timing = Timing(ack_wait_s=RUNNER_ACK_WAIT_S, lease_ttl_s=LEASE_TTL_S)
         # Acks are confirmed: a lost one re-runs a whole activation (its earlier end is found then, at a cost).
@@ -104,8 +105,8 @@ class Runner:
                           confirm_acks=True, last_words=self.give_up)
         fetch = PriorityRounds(low_share=LOW_SHARE, busy_wait_s=BUSY_FETCH_S, idle_wait_s=IDLE_FETCH_S)
         self.worker = Worker(ctx.bus, STAGE, list(RUNNER_CONSUMERS.values()), fetch, settler,
-                             concurrency=ctx.settings["RUNNER_CONCURRENCY"],
-                             grace_s=ctx.settings["RUNNER_GRACE_SECONDS"])
+                             concurrency=ctx.settings.runner_concurrency,
+                             grace_s=ctx.settings.runner_grace_seconds)
 
     @property
     def taking_work(self) -> bool:
@@ -213,14 +214,14 @@ class Runner:
         return True
 
 
-async def run(ctx: StageContext) -> None:
+async def run(ctx: StageContext[RunnerSettings]) -> None:
     # Not ready until the fetch loop runs: checked from the start, or /readyz says 200 (only `nats` is
     # checked yet) while the runner still loads its directory and sweeps leftover sandboxes.
     runner: Runner | None = None
     ctx.health.add_check("taking_work", lambda: runner is not None and runner.taking_work)
     warming = asyncio.create_task(load_providers())  # not awaited: readiness does not wait for it
     # A short breaker cool-down: a Hub blip must not idle every runner for the default 30 s.
-    hub = HubClient(ctx.settings["HUB_URL"], system_key=read_secret("hub-api-key", environ=ctx.environ),
+    hub = HubClient(ctx.settings.hub_url, system_key=read_secret("hub-api-key", environ=ctx.environ),
                     breaker=CircuitBreaker(cooldown_s=HUB_BREAKER_COOLDOWN_S))
     directory = await AgentDirectory.open(ctx.bus)
     ctx.health.add_check("definitions", lambda: directory.following)
@@ -232,15 +233,15 @@ async def run(ctx: StageContext) -> None:
     processes = runner_for(config.sandbox, sandbox)
     # MCP servers and shell tools share the CLIs' sandbox backend (one set of workspace mounts).
     toolsets = McpToolsets(
-        ctx.environ, github_host=ctx.settings["GITHUB_HOST"], skills=directory.skills,
-        start_timeout_s=ctx.settings["MCP_START_TIMEOUT_SECONDS"],
-        call_timeout_s=ctx.settings["MCP_CALL_TIMEOUT_SECONDS"], reuse_idle_s=ctx.settings["MCP_REUSE_IDLE_SECONDS"],
-        catalog=Catalog.load(ctx.settings["MCP_CATALOG_FILE"]), sandbox=sandbox)
+        ctx.environ, github_host=ctx.settings.github_host, skills=directory.skills,
+        start_timeout_s=ctx.settings.mcp_start_timeout_seconds,
+        call_timeout_s=ctx.settings.mcp_call_timeout_seconds, reuse_idle_s=ctx.settings.mcp_reuse_idle_seconds,
+        catalog=Catalog.load(ctx.settings.mcp_catalog_file), sandbox=sandbox)
     deps = Deps(
         bus=ctx.bus, hub=hub, definitions=directory, keys=AgentKeys(ctx.environ),
-        prices=PriceTable.load(ctx.settings["PRICE_TABLE_FILE"]), config=config, secrets=ctx.environ,
+        prices=PriceTable.load(ctx.settings.price_table_file), config=config, secrets=ctx.environ,
         runner_id=f"{socket.gethostname()}-{os.getpid()}",
-        grants=PolicyGrantResolver.from_settings(ctx.settings["GRANT_POLICY_FILE"]),
+        grants=PolicyGrantResolver.from_settings(ctx.settings.grant_policy_file),
         toolsets=toolsets,
         thinkers={"native": NativeThinker(), **cli_thinkers(config.sandbox, gateway=gateway, runner=processes)},
     )
