@@ -265,6 +265,7 @@ STAGE_SETTINGS: dict[str, type[StageSettings]] = {
     "ingest": IngestSettings, "scheduler": SchedulerSettings, "runner": RunnerSettings,
     "metrics": MetricsSettings, "configsync": ConfigsyncSettings,
 }
+assert tuple(STAGE_SETTINGS) == STAGES, "every stage has its settings struct, in STAGES' order"
 S = TypeVar("S", bound=Connection)
 
 
@@ -276,16 +277,14 @@ def settings_of(stage: str) -> type[StageSettings]:
 
 
 @overload
-def load(kind: type[S], environ: Mapping[str, str] | None = None, *, required: bool = True) -> S: ...
+def load(kind: type[S], environ: Mapping[str, str] | None = None) -> S: ...
 @overload
-def load(kind: str, environ: Mapping[str, str] | None = None, *, required: bool = True) -> Connection: ...
+def load(kind: str, environ: Mapping[str, str] | None = None) -> Connection: ...
 
 
-def load(kind: type[Connection] | str, environ: Mapping[str, str] | None = None, *,
-         required: bool = True) -> Connection:
-    """Read the settings `kind` (a struct, or a stage's name) holds; raise SettingsError naming every
-    missing or invalid one. `required=False` (tools that read a stage's settings) leaves a missing
-    required setting None."""
+def load(kind: type[Connection] | str, environ: Mapping[str, str] | None = None) -> Connection:
+    """Read the settings `kind` (a struct, a stage's name, or `cli`) holds; raise SettingsError naming
+    every missing or invalid one."""
     if isinstance(kind, str):
         kind = CliSettings if kind == "cli" else settings_of(kind)
     env = os.environ if environ is None else environ
@@ -296,10 +295,7 @@ def load(kind: type[Connection] | str, environ: Mapping[str, str] | None = None,
         raw = env.get(name, "").strip()
         if not raw:
             if meta["required"]:
-                if required:
-                    problems.append(f"{name} is not set ({meta['doc']})")
-                else:
-                    values[item.name] = None
+                problems.append(f"{name} is not set ({meta['doc']})")
             continue  # the field's default
         try:
             values[item.name] = meta["parse"](raw)
