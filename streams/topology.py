@@ -61,6 +61,7 @@ RUN_EVENT = SubjectSpec(pattern="agents.run.*.*.*", schema=RunEvent,
 CONFIG_AGENT = SubjectSpec(pattern="agents.config.agent.*", schema=ConfigChanged, names=(("name", 3),))
 CONFIG_SKILL = SubjectSpec(pattern="agents.config.skill.*", schema=ConfigChanged, names=(("name", 3),))
 DEAD_LETTER = SubjectSpec(pattern="agents.dlq.*", schema=DeadLetter, names=(("stage", 2),))
+# Refusal events: contract §5 names no scheduler event subject; this one is ours.
 DECISION = SubjectSpec(pattern="agents.sched.decision.*", schema=SchedulingRefused, names=(("agent", 3),))
 # One schema per subject: every message on a stream's subjects matches exactly one of these.
 SUBJECTS = (NOTIFICATION, ACTIVATION, RUN_EVENT, CONFIG_AGENT, CONFIG_SKILL, DEAD_LETTER, DECISION)
@@ -170,6 +171,7 @@ ACTIVATIONS = StreamSpec(name="ACTIVATIONS", subjects=[ACTIVATION.pattern], max_
                          max_bytes=1 << 30, description="Activation requests by priority")
 RUNS = StreamSpec(name="RUNS", subjects=[RUN_EVENT.pattern], max_age_s=30 * DAY_S, max_bytes=4 << 30,
                   description="Run events: the full record of every activation")
+# CONFIG_AGENT and CONFIG_SKILL.
 CONFIG = StreamSpec(name="CONFIG", subjects=["agents.config.*.*"], max_age_s=30 * DAY_S, max_bytes=256 << 20,
                     description="Agent and skill definition changes")
 SCHEDULER = StreamSpec(
