@@ -33,7 +33,7 @@ from services.runner import context, modelaccess
 from services.runner.config import RunnerConfig
 from services.runner.hubreads import HubThreads
 from services.runner.loop import Budget, LoopFailed
-from services.runner.posting import AgentPosters, PostResult, Target, interval_wait_s, reply_key
+from services.runner.posting import AgentPosters, PostOutcome, PostResult, Target, interval_wait_s, reply_key
 from services.runner.pricing import PriceTable
 from services.runner.runlog import now_rfc3339
 from services.runner.seams import (
@@ -289,9 +289,9 @@ class Activation:
         if not text or text.upper() == "SKIP":
             return Outcome.SKIPPED
         results = [await self._post(poster, n, text, tools) for n in open_items]
-        if any(r.outcome in ("posted", "already_posted") for r in results):
+        if any(r.outcome in (PostOutcome.POSTED, PostOutcome.ALREADY_POSTED) for r in results):
             return Outcome.POSTED
-        return Outcome.LIMITED if any(r.outcome == "limited" for r in results) else Outcome.SKIPPED
+        return Outcome.LIMITED if any(r.outcome is PostOutcome.LIMITED for r in results) else Outcome.SKIPPED
 
     async def _post(self, poster: Posting, notification: Notification, text: str, tools: ToolContext) -> PostResult:
         target = target_for(notification)
@@ -299,15 +299,15 @@ class Activation:
             # Answered through a tool already: nothing more is posted there.
             await self.log.posted(notification_id=notification.id, target="comment", post_id=target.post_id,
                                   parent_id=target.parent_id, already_posted=True)
-            return PostResult("already_posted")
+            return PostResult(PostOutcome.ALREADY_POSTED)
         result = await poster.publish(reply_key(self.request.activation_id, notification.id), target, text)
-        if result.outcome == "limited":
+        if result.outcome is PostOutcome.LIMITED:
             self._limited = self._limited or result.reason
             log.info("reply limited", extra={"activation_id": self.request.activation_id, "reason": result.reason})
             return result
         await self.log.posted(notification_id=notification.id, target=target.kind, post_id=target.post_id,
                               parent_id=target.parent_id, dm_id=target.dm_id, hub_id=result.hub_id,
-                              already_posted=result.outcome == "already_posted")
+                              already_posted=result.outcome is PostOutcome.ALREADY_POSTED)
         return result
 
     async def _explore(self, definition: AgentDefinition, key: str, poster: Posting) -> Outcome:
@@ -323,11 +323,11 @@ class Activation:
             return Outcome.SKIPPED
         result = await poster.publish(f"{reply_key(self.request.activation_id, 'explore')}",
                                       Target("comment", post_id=chosen.id), body.strip())
-        if result.outcome == "limited":
+        if result.outcome is PostOutcome.LIMITED:
             self._limited = result.reason
             return Outcome.LIMITED
         await self.log.posted(target="comment", post_id=chosen.id, hub_id=result.hub_id,
-                              already_posted=result.outcome == "already_posted")
+                              already_posted=result.outcome is PostOutcome.ALREADY_POSTED)
         return Outcome.POSTED
 
     def _metrics(self, tool_type: str, model: str, ending: Ending) -> ActivationMetrics:

@@ -24,7 +24,7 @@ from botburrow.hub.client import HubClient
 from schemas.hub import Post
 from services.runner.context import NAME_MAX_CHARS, Cuts, InputBounds, clip, kept_comments
 from services.runner.loop import ToolOutcome, dumps
-from services.runner.posting import Target
+from services.runner.posting import PostOutcome, Target
 from services.runner.transcript import ToolSpec
 from streams.subjects import token
 
@@ -153,7 +153,7 @@ class HubTools:
         digest = hashlib.sha256(f"{post_id}|{parent_id}|{content}".encode()).hexdigest()[:16]
         result = await self.poster.publish(f"{token(self.activation_id)}.tool-{digest}",
                                            Target("comment", post_id=post_id, parent_id=parent_id), content)
-        if result.outcome == "limited":
+        if result.outcome is PostOutcome.LIMITED:
             return f"not posted: {result.reason}"
         self.commented.add((post_id, parent_id))
         return {"comment_id": result.hub_id, "status": result.outcome}
@@ -164,7 +164,7 @@ class HubTools:
         digest = hashlib.sha256(f"{community}|{title}|{content}".encode()).hexdigest()[:16]
         result = await self.poster.publish(f"{token(self.activation_id)}.post-{digest}",
                                            Target("post", submolt=community, title=title), content)
-        if result.outcome == "limited":
+        if result.outcome is PostOutcome.LIMITED:
             return f"not posted: {result.reason}"
         return {"post_id": result.hub_id, "status": result.outcome}
 

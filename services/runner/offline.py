@@ -210,16 +210,17 @@ def _rerun_outcome(ending: Ending) -> str:
     return ending.outcome.value + (f" ({ending.reason})" if ending.reason else "")
 
 
-def _compare_outcome(report: OfflineReport, recording: Recording, finals: list[CapturedWrite]) -> None:
+def _compare_outcome(report: OfflineReport, recording: Recording, ending: Ending,
+                     finals: list[CapturedWrite]) -> None:
     """The activation's ending and its posts against the recorded ones."""
     recorded = recording.end.metrics.outcome if recording.end else None
-    if recorded == "limited":
+    if recorded == Outcome.LIMITED:
         report.notes.append("the recorded run was held back by a posting limit; limits are not applied offline")
-    elif recorded is not None and recorded != report.rerun_outcome.split(" ")[0]:
+    elif recorded is not None and recorded != ending.outcome:
         report.divergences.append(Divergence("outcome", "outcome", recording.outcome, report.rerun_outcome))
     sent = [p for p in recording.posted if not p.already_posted]
-    if recorded in ("posted", "skipped") and len(sent) != len(finals) and not any(p.already_posted for p in
-                                                                                   recording.posted):
+    if recorded in (Outcome.POSTED, Outcome.SKIPPED) and len(sent) != len(finals) \
+            and not any(p.already_posted for p in recording.posted):
         report.divergences.append(Divergence("posting", "posts", f"{len(sent)} reply(ies) posted",
                                              f"{len(finals)} reply(ies) would be posted"))
 
@@ -313,7 +314,7 @@ async def rerun_offline(recording: Recording, definition: AgentDefinition | None
     report.captured = toolsets.captured + poster.captured
     final = activation.answer.strip() if activation.ending.outcome is not Outcome.FAILED else None
     _compare(report, recording, recorder, final)
-    _compare_outcome(report, recording, poster.captured)
+    _compare_outcome(report, recording, activation.ending, poster.captured)
     _honesty_notes(report, recording, model, shadow)
     if definition is not None and not holds_all(grants.resolve(definition), "hub", "write"):
         report.notes.append("the definition lacks hub:write: live, it would be skipped before any model call; "

@@ -18,6 +18,7 @@ then against the thread; if the thread refuses it, the agent's count is given ba
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,9 +86,15 @@ class Target:
     title: str | None = None
 
 
+class PostOutcome(enum.StrEnum):
+    POSTED = "posted"
+    ALREADY_POSTED = "already_posted"  # by an earlier attempt (its marker says so, or the Hub shows it)
+    LIMITED = "limited"  # a limit refused it; `reason` says which
+
+
 @dataclass(frozen=True)
 class PostResult:
-    outcome: Literal["posted", "already_posted", "limited"]
+    outcome: PostOutcome
     hub_id: str | None = None
     reason: str | None = None
 
@@ -253,18 +260,18 @@ class Poster:
         marker = await self._marker(idempotency_key)
         counted_at_s = previous_post_at_s = 0.0
         if marker and marker.state == "posted":
-            return PostResult("already_posted", marker.hub_id)
+            return PostResult(PostOutcome.ALREADY_POSTED, marker.hub_id)
         if marker and marker.state == "pending":
             found = await self._find_existing(marker)
             if found or marker.target == "dm":
                 await kv.put(idempotency_key, msgspec.json.encode(msgspec.structs.replace(
                     marker, state="posted", hub_id=found)))
-                return PostResult("already_posted", found)
+                return PostResult(PostOutcome.ALREADY_POSTED, found)
             text = marker.content  # post what was decided before the crash, not a new answer
         else:
             reason, counted_at_s, previous_post_at_s = await self._reserve(target)
             if reason:
-                return PostResult("limited", reason=reason)
+                return PostResult(PostOutcome.LIMITED, reason=reason)
         pending = ReplyMarker(state="pending", content=text, target="dm" if target.kind == "dm" else "comment",
                               post_id=target.post_id, parent_id=target.parent_id, dm_id=target.dm_id)
         await kv.put(idempotency_key, msgspec.json.encode(pending))
@@ -281,7 +288,7 @@ class Poster:
             raise
         await kv.put(idempotency_key, msgspec.json.encode(msgspec.structs.replace(pending, state="posted",
                                                                                    hub_id=hub_id)))
-        return PostResult("posted", hub_id)
+        return PostResult(PostOutcome.POSTED, hub_id)
 
     async def _send(self, target: Target, text: str) -> str | None:
         if target.kind == "dm":

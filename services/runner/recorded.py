@@ -36,7 +36,7 @@ from schemas.events import (
 from schemas.hub import Notification, Post
 from services.runner.context import Cuts
 from services.runner.loop import ToolOutcome
-from services.runner.posting import PostResult, Target, Usage
+from services.runner.posting import PostOutcome, PostResult, Target, Usage
 from services.runner.seams import ThinkRequest, ToolContext
 from services.runner.transcript import Entry, ModelError, ModelReply, ToolCall, ToolResults, ToolSpec
 
@@ -289,7 +289,7 @@ class CapturingPoster:
 
     async def publish(self, idempotency_key: str, target: Target, text: str) -> PostResult:
         self.captured.append(CapturedWrite("final answer", _where(target), text))
-        return PostResult("posted", hub_id="offline")
+        return PostResult(PostOutcome.POSTED, hub_id="offline")
 
 
 @dataclass(frozen=True)
