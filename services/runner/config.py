@@ -12,11 +12,16 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from botburrow.settings import RunnerSettings
+from botburrow.tools import tools_dir
 from services.runner.context import InputBounds
 from services.runner.modelaccess import ModelAccess
 
 if TYPE_CHECKING:
     from services.runner.sandbox import Sandbox
+
+
+#: The repository's own tools/ (BOTBURROW_TOOLS_DIR unset), read from no environment.
+DEFAULT_TOOLS_DIR = tools_dir({})
 
 
 class SandboxConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,11 +62,13 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
     access: ModelAccess = msgspec.field(default_factory=ModelAccess)  # MODEL_*, ANTHROPIC_BASE_URL
     sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
     # Where the CLIs are found: the pinned tools (BOTBURROW_TOOLS_DIR), then this PATH.
-    tools_dir: Path = Path(__file__).resolve().parents[2] / "tools"
+    tools_dir: Path = DEFAULT_TOOLS_DIR
     search_path: str = ""
 
     @classmethod
-    def from_settings(cls, settings: RunnerSettings, *, tools_dir: Path, search_path: str) -> RunnerConfig:
+    def from_settings(cls, settings: RunnerSettings, *, search_path: str) -> RunnerConfig:
+        """`search_path`: the runner's PATH (not a setting: where its CLIs are found when not pinned)."""
+        tools_dir = Path(settings.botburrow_tools_dir) if settings.botburrow_tools_dir else DEFAULT_TOOLS_DIR
         return cls(timeout_s=settings.activation_timeout_seconds, max_tokens=settings.activation_max_tokens,
                    input_bounds=InputBounds.from_settings(settings),
                    thread_agent_replies_max=settings.thread_agent_replies_max,

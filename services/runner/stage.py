@@ -36,7 +36,6 @@ from botburrow.runtime.service import StageContext, supervise
 from botburrow.runtime.worker import PriorityRounds, Worker
 from botburrow.secrets import AgentKeys, read_secret
 from botburrow.settings import RunnerSettings
-from botburrow.tools import tools_dir
 from schemas.events import ActivationMetrics, ActivationRequested
 from services.runner.activation import Activation, Deps
 from services.runner.config import RunnerConfig
@@ -227,13 +226,13 @@ async def run(ctx: StageContext[RunnerSettings]) -> None:
     ctx.health.add_check("definitions", lambda: directory.following)
     gateway = ModelGateway()  # CLI executors reach the model only through it (contract §4)
     # The one place the runner's settings are read; below this, only secrets come from the environment.
-    config = RunnerConfig.from_settings(ctx.settings, tools_dir=tools_dir(ctx.environ),
-                                        search_path=ctx.environ.get("PATH", ""))
+    config = RunnerConfig.from_settings(ctx.settings, search_path=ctx.environ.get("PATH", ""))
     sandbox = config.sandbox.open()
     processes = runner_for(config.sandbox, sandbox)
     # MCP servers and shell tools share the CLIs' sandbox backend (one set of workspace mounts).
     toolsets = McpToolsets(
-        ctx.environ, github_host=ctx.settings.github_host, skills=directory.skills,
+        ctx.environ, node_modules=config.tools_dir / "node_modules", github_host=ctx.settings.github_host,
+        skills=directory.skills,
         start_timeout_s=ctx.settings.mcp_start_timeout_seconds,
         call_timeout_s=ctx.settings.mcp_call_timeout_seconds, reuse_idle_s=ctx.settings.mcp_reuse_idle_seconds,
         catalog=Catalog.load(ctx.settings.mcp_catalog_file), sandbox=sandbox)

@@ -36,7 +36,7 @@ from services.runner.mcp.catalog import ALIASES, BUILTINS, Catalog, CatalogEntry
 log = logging.getLogger(__name__)
 
 # tools/node_modules (installed by ./setup.sh from tools/package.json; BOTBURROW_TOOLS_DIR moves it).
-NODE_MODULES = tools_dir() / "node_modules"
+NODE_MODULES = tools_dir({}) / "node_modules"  # the default; the runner passes its BOTBURROW_TOOLS_DIR's
 BRAVE_ENTRY = "@brave/brave-search-mcp-server/dist/index.js"
 FILESYSTEM_ENTRY = "@modelcontextprotocol/server-filesystem/dist/index.js"
 BUILTIN = tuple(BUILTINS)
