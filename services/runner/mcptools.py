@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -277,7 +278,7 @@ class McpToolsets:
             else:
                 assert sandbox is not None
                 label = f"{ctx.activation_id}-mcp-{x.name}"
-                fresh[x.name] = ServerHost(x.name, lambda x=x, label=label: _connect(sandbox, x, label, errlog),
+                fresh[x.name] = ServerHost(x.name, functools.partial(_connect, sandbox, x, label, errlog),
                                            x.allows, self.call_timeout_s)
         started_s = time.monotonic()
         results = await asyncio.gather(*(h.start(self.start_timeout_s) for h in fresh.values()),
@@ -311,7 +312,7 @@ class McpToolsets:
             hosts = await self._start(launches, errlog, ctx) if launches else {}
             hub = None
             if holds(ctx.grants, "hub", "read") or holds(ctx.grants, "hub", "write"):
-                assert ctx.hub is not None
+                assert ctx.hub is not None and ctx.poster is not None
                 hub = HubTools(ctx.hub, ctx.agent_key, ctx.grants, ctx.poster, ctx.activation_id, ctx.commented)
             box = McpToolbox(ctx.definition.name, hub, hosts, scratch, ctx.grants, self._shell(ctx, workspace))
             yield box

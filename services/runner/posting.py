@@ -150,7 +150,7 @@ class Poster:
             key = key_at(now_s)
             try:
                 entry = await kv.get(key)
-                value, revision = msgspec.json.decode(entry.value, type=kind), entry.revision
+                value, revision = msgspec.json.decode(entry.value or b"", type=kind), entry.revision
             except KeyNotFoundError:
                 value, revision = kind(), None
             reason = change(value, now_s)

@@ -74,7 +74,7 @@ class ToolContext:
     agent_key: str
     grants: set[str]
     activation_id: str
-    poster: Posting
+    poster: Posting | None  # None where no Hub tool is offered (an MCP-only context: benchmarks, tests)
     hub: HubClient | None  # None offline: no Hub is reached
     workspace: Path | None = None
     recorder: Recorder | None = None
@@ -194,5 +194,5 @@ class HubToolsOnly:
     async def open(self, ctx: ToolContext) -> AsyncIterator[Toolbox]:
         from services.runner.hubtools import HubTools
 
-        assert ctx.hub is not None
+        assert ctx.hub is not None and ctx.poster is not None
         yield HubTools(ctx.hub, ctx.agent_key, ctx.grants, ctx.poster, ctx.activation_id, ctx.commented)
