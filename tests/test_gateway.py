@@ -76,7 +76,8 @@ async def test_anthropic_stream_and_json_pass_through_with_usage(gateway: ModelG
     recorder, totals = Recorder(), limits()
     async with gateway.session(activation_id="a1", brain=brain(), **access(environ(llm)), recorder=recorder,
                                budget=totals) as session:
-        client = anthropic.AsyncAnthropic(base_url=session.base_url, api_key=session.token, max_retries=0)
+        # Any: the SDK's message-param and content-block unions are beside the point of a gateway test.
+        client: Any = anthropic.AsyncAnthropic(base_url=session.base_url, api_key=session.token, max_retries=0)
         async with client.messages.stream(model="gw-model", max_tokens=100, messages=[
                 {"role": "user", "content": "hi"}]) as stream:
             first = await stream.get_final_message()
@@ -166,7 +167,8 @@ async def test_only_the_configured_model_and_the_clis_housekeeping_models_pass(
     async with gateway.session(activation_id="m1", brain=brain(), **access(environ(llm)), recorder=recorder,
                                budget=totals,
                                housekeeping_models=ClaudeCode.housekeeping_models) as session:
-        client = anthropic.AsyncAnthropic(base_url=session.base_url, api_key=session.token, max_retries=0)
+        # Any: the SDK's message-param and content-block unions are beside the point of a gateway test.
+        client: Any = anthropic.AsyncAnthropic(base_url=session.base_url, api_key=session.token, max_retries=0)
         user = [{"role": "user", "content": "hi"}]
         main = await client.messages.create(model="gw-model", max_tokens=100, messages=user)
         title = await client.messages.create(model=small, max_tokens=100, messages=user)
@@ -190,7 +192,8 @@ async def test_only_the_configured_model_and_the_clis_housekeeping_models_pass(
                                      json={**chat, "model": "gw-model"})
     assert (main.content[0].text, title.content[0].text) == ("main", "title")
     assert refused.value.status_code == 400
-    assert refused.value.body["error"] == {"type": "invalid_request_error", "message":
+    refused_body: Any = refused.value.body  # the JSON the gateway answered (the SDK types it `object`)
+    assert refused_body["error"] == {"type": "invalid_request_error", "message":
         "model 'claude-opus-4-1-20250805' is not allowed for this activation "
         f"(allowed: {', '.join(sorted({'gw-model', *ClaudeCode.housekeeping_models}))})"}
     assert oai_refused.status_code == 400 and "'gpt-4.1' is not allowed" in oai_refused.json()["error"]["message"]
@@ -217,7 +220,7 @@ async def _sent(gateway: ModelGateway, llm: ScriptedLLM, brain_: Brain, body: di
     return llm.requests[-1].body
 
 
-THINKING = {"type": "enabled", "budget_tokens": 31999}
+THINKING: dict[str, Any] = {"type": "enabled", "budget_tokens": 31999}
 
 
 @pytest.mark.parametrize(("config_max", "budget", "spent", "asked", "sent_max", "sent_thinking"), [
