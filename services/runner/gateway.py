@@ -246,7 +246,7 @@ class ModelGateway:
             await session.recorder.llm(session.turns, reply, duration_ms, provider)
         except Exception:  # the CLI's answer is already on its way; a lost event must not break it
             log.exception("recording an llm event failed", extra={"activation_id": session.activation_id})
-        if session.budget.remaining_tokens() < 0:
+        if session.budget.over_tokens():
             session.fail("max_tokens")
 
 

@@ -83,6 +83,10 @@ class Budget:
     def remaining_tokens(self) -> int:
         return self.max_tokens - (self.input_tokens + self.output_tokens)
 
+    def over_tokens(self) -> bool:
+        """More tokens spent than the limit allows: the activation fails with "max_tokens"."""
+        return self.remaining_tokens() < 0
+
     def remaining_s(self) -> float:
         return self.deadline - time.monotonic()
 
@@ -90,7 +94,7 @@ class Budget:
         """Why no further model call may be made ("timeout", "max_tokens"), or None."""
         if self.remaining_s() <= 0:
             return "timeout"
-        return "max_tokens" if self.remaining_tokens() < 0 else None
+        return "max_tokens" if self.over_tokens() else None
 
 
 async def _call_model(model: Model, system: str, transcript: list[Entry], tools: list[ToolSpec],
@@ -139,7 +143,7 @@ async def run_loop(model: Model, system: str, transcript: list[Entry], toolbox: 
         reply = await _call_model(model, system, transcript, tools, budget)
         budget.charge(reply)
         await recorder.llm(turn, reply, (time.monotonic() - started) * 1000, model.provider)
-        if budget.remaining_tokens() < 0:
+        if budget.over_tokens():
             raise LoopFailed("max_tokens")
         if not reply.tool_calls:
             return reply.text
