@@ -375,6 +375,7 @@ async def test_claude_code_api_error_fails_the_activation(cli_rig: CliRig) -> No
     cli_rig.llm.set_script([{"error": {"status": 401, "message": "key rejected upstream"}}], key="unlucky-model")
     metrics, _ = await cli_rig.activate("unlucky", cli_rig.hub.mention("unlucky", "hello"), timeout_s=60)
     # Claude Code retries even a 401 (then meets the end of the script): it fails on an API error either way.
+    assert metrics.error is not None, metrics.outcome
     assert metrics.outcome == "failed" and metrics.error.startswith("claude-code: "), metrics.error
     assert "API Error" in metrics.error
 
@@ -385,6 +386,7 @@ async def test_goose_server_error_with_exit_zero_still_fails(cli_rig: CliRig) ->
     cli_rig.llm.set_script([{"error": {"status": 500, "message": "upstream broke"}}], key="unlucky-model")
     metrics, _ = await cli_rig.activate("unlucky", cli_rig.hub.mention("unlucky", "hello"), timeout_s=60)
     # Goose exits 0 here, with the error as its answer text and no tokens.
+    assert metrics.error is not None, metrics.outcome
     assert metrics.outcome == "failed" and metrics.error.startswith("goose: Ran into this error"), metrics.error
     assert "500" in metrics.error and "bbgw-" not in metrics.error
 
@@ -406,6 +408,7 @@ async def test_goose_without_its_mcp_server_fails_with_the_reason(cli_rig: CliRi
     thinkers = cli_thinkers(SandboxConfig(), gateway=cli_rig.gateway, runner=cli_rig.runner, mcp=BrokenRelay())
     metrics, _ = await cli_rig.activate("unlucky", cli_rig.hub.mention("unlucky", "hello"), thinkers=thinkers)
     assert metrics.outcome == "failed"
+    assert metrics.error is not None
     assert metrics.error.startswith("goose: MCP server 'broken' did not start: "), metrics.error
 
 

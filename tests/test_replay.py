@@ -153,6 +153,7 @@ async def test_rerun_publishes_the_request_again_with_replay_of(rig: Rig, capsys
 
     (msg,) = [m for m in await read_all(rig.bus, "ACTIVATIONS", "agents.sched.activation.>")
               if m.headers and m.headers.get("Replay-Of")]
+    assert msg.headers is not None
     assert msg.headers["Replay-Of"] == activation_id and msg.headers["Nats-Msg-Id"] == f"act:{new_id}"
     assert "Second time around." in [c.content for c in rig.hub.comments_on(note.post_id)]
 
@@ -205,11 +206,11 @@ async def test_truncated_log_and_older_schema_are_messages(bus: Bus, capsys: pyt
 
 async def test_offline_reports_other_arguments_in_a_recording(bus: Bus, capsys: pytest.CaptureFixture[str]) -> None:
     """A recording whose tool event ran other arguments than the model asked for (e.g. a CLI executor's)."""
-    common = {"activation_id": "act-args", "agent": "nobody", "at": "2026-01-01T00:00:00.000Z"}
+    common: dict[str, Any] = {"activation_id": "act-args", "agent": "nobody", "at": "2026-01-01T00:00:00.000Z"}
     # The mention the recorded run answered (offline runs the activation, which asks the model only for one).
     mention = Notification(id="n1", type="mention", post_id="p1", from_=Author(name="someone"))
-    request = {"activation_id": "act-args", "agent": "nobody", "kind": "notification", "priority": "high",
-               "notifications": [mention]}
+    request: dict[str, Any] = {"activation_id": "act-args", "agent": "nobody", "kind": "notification",
+                               "priority": "high", "notifications": [mention]}
     started = RunStarted(**common, kind="notification", priority="high", tool_type="native", model="m",
                          request=ActivationRequested(**request))
     call = ToolCallRecord(id="c1", name="hub__search", arguments={"query": "cats"})
@@ -273,7 +274,7 @@ async def test_a_redriven_request_is_told_apart_by_its_delivery(bus: Bus, capsys
     """A redrive re-publishes the same activation id, so its events start at attempt 1 again; the runner's
     msg ids (`run:<id>:<stream seq>.<attempt>:...`) tell the two deliveries apart."""
     request = ActivationRequested(activation_id="act-redriven", agent="nobody", kind="exploration", priority="low")
-    common = {"activation_id": "act-redriven", "agent": "nobody", "at": "2026-01-01T00:00:00.000Z"}
+    common: dict[str, Any] = {"activation_id": "act-redriven", "agent": "nobody", "at": "2026-01-01T00:00:00.000Z"}
     for delivery, text in (("10.1", "SKIP"), ("20.1", "POST p-1\nSecond delivery.")):
         for name, event in (("started", RunStarted(**common, kind="exploration", priority="low", tool_type="native",
                                                    model="m", request=request)),

@@ -209,7 +209,7 @@ async def test_a_config_naming_the_hub_key_as_its_model_key_fails_and_sends_it_n
         await rig.add_agent("thief", brain=hostile_brain(f"{attacker.url}/v1", "HUB_API_KEY"))
         note = rig.hub.mention("thief", "hello")
         rig.llm.set_script([{"text": "Got it."}])
-        await rig.start(**({} if local_mode else {"MODEL_BASE_URL_OVERRIDE": ""}))
+        await rig.start(key_overrides=None, **({} if local_mode else {"MODEL_BASE_URL_OVERRIDE": ""}))
         _, end, events = await rig.activate("thief", [note])
 
         assert end == "failed" and kinds(events) == ["RunStarted", "RunFailed"]

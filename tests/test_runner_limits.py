@@ -21,7 +21,7 @@ from botburrow.definitions import bucket
 from botburrow.definitions.parse import parse_agent
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import run_stage
-from schemas.events import ActivationRequested, RunStarted
+from schemas.events import ActivationRequested, Priority, RunStarted
 from schemas.hub import Notification
 from services.runner.posting import Usage
 from services.runner.stage import LOW_SHARE
@@ -80,7 +80,7 @@ class Ends:
                 await self.changed.wait()
 
 
-async def publish(bus: Bus, agent: str, note: Notification, priority: str = "high") -> str:
+async def publish(bus: Bus, agent: str, note: Notification, priority: Priority = "high") -> str:
     activation_id = f"act-{uuid.uuid4().hex[:10]}"
     request = ActivationRequested(activation_id=activation_id, agent=agent, kind="notification",
                                   priority=priority, notifications=[note])
@@ -100,6 +100,7 @@ async def outcomes(bus: Bus, activation_ids: list[str]) -> tuple[list[str], set[
 
 async def usage_of(bus: Bus, agent: str) -> Usage:
     entry = await (await bus.kv("limits")).get(f"{subjects.token(agent)}.{time.strftime('%Y%m%d', time.gmtime())}")
+    assert entry.value is not None
     return msgspec.json.decode(entry.value, type=Usage)
 
 
@@ -216,6 +217,7 @@ async def test_the_thread_wide_cap_lets_exactly_its_number_through_when_agents_r
     assert all("THREAD_AGENT_REPLIES_MAX (3) reached" in (r.reason or "") for r in results if r.outcome == "limited")
     assert len(hub_emulator.comments_on(post.id)) == 3
     entry = await (await bus.kv("limits")).get(thread_key(post.id))
+    assert entry.value is not None
     assert msgspec.json.decode(entry.value, type=ThreadReplies).agent_replies == 3
     # A refused agent's own count was given back: the thread refused it, not its limits.
     refused = [p for p, r in zip(posters, results, strict=True) if r.outcome == "limited"]

@@ -11,7 +11,7 @@ import pytest
 from botburrow.cli.ops import load_run
 from botburrow.runtime.bus import Bus
 from schemas.codec import decode_subject
-from schemas.events import ActivationMetrics, ActivationRequested
+from schemas.events import ActivationMetrics, ActivationRequested, Outcome
 from services.runner.runlog import RunLog, now_rfc3339
 from streams.apply import ensure
 from streams.topology import MAX_DELIVERIES
@@ -30,7 +30,7 @@ async def all_handled(bus: Bus) -> None:
     await until(acknowledged, WAIT_S, "every activation request acknowledged")
 
 
-def ended(request: ActivationRequested, outcome: str) -> ActivationMetrics:
+def ended(request: ActivationRequested, outcome: Outcome) -> ActivationMetrics:
     return ActivationMetrics(
         activation_id=request.activation_id, agent_id=request.agent, tool_type="native", model="m",
         task_type=request.kind, task_priority=request.priority, outcome=outcome,
@@ -43,7 +43,7 @@ def ended(request: ActivationRequested, outcome: str) -> ActivationMetrics:
     ("failed", 1),
 ])
 async def test_a_redelivery_of_an_ended_activation_is_acknowledged_without_a_second_end(
-        rig: Rig, outcome: str, deliveries_before: int) -> None:
+        rig: Rig, outcome: Outcome, deliveries_before: int) -> None:
     await rig.add_agent("echo")
     note = rig.hub.mention("echo", "hello?")
     rig.llm.set_script([{"text": "Answered twice."}])

@@ -202,7 +202,7 @@ def _outermost(paths: Sequence[Path]) -> list[Path]:
     return kept
 
 
-def runner_for(config: SandboxConfig, sandbox: Any = None) -> ProcessRunner:
+def runner_for(config: SandboxConfig, sandbox: Any = None) -> SandboxRunner:
     """The process runner of the CLIs (contract §7): `sandbox`, else the backend `config` names (default
     bwrap), with SANDBOX_MEMORY_MB per sandbox (ours: the contract names no such setting). The docker backend
     runs SANDBOX_IMAGE (in production the runner image itself, so the runner's paths exist in it) on the
