@@ -12,10 +12,11 @@ default:
 setup:
     ./setup.sh
 
-# the whole test suite: the import layers and ruff, then fast tests, then the slow ones
+# the whole test suite: the import layers, ruff and mypy, then fast tests, then the slow ones
 test *args:
     {{venv}}/lint-imports
     {{venv}}/ruff check .
+    {{venv}}/mypy
     {{venv}}/pytest -m "not slow" {{args}}
     {{venv}}/pytest -m slow {{args}} || [ $? -eq 5 ]  # 5: no slow test selected
 
@@ -31,10 +32,11 @@ fuzz *args:
 dev *args:
     {{venv}}/botburrow dev {{args}}
 
-# ruff over the whole tree, and the import layers (ARCHITECTURE.md)
+# ruff over the whole tree, the import layers (ARCHITECTURE.md) and the types (mypy, pyproject.toml)
 lint:
     {{venv}}/ruff check .
     {{venv}}/lint-imports
+    {{venv}}/mypy
 
 # regenerate the committed JSON Schemas from the structs
 schemas:
