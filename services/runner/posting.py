@@ -32,6 +32,7 @@ from botburrow.runtime.bus import Bus
 from botburrow.secrets import redact
 from schemas.agent import AgentDefinition, Limits
 from schemas.hub import Comment
+from services.runner.context import InputBounds
 from streams.subjects import token
 from streams.topology import LIMITS, REPLIES
 
@@ -118,7 +119,7 @@ def interval_wait_s(usage: Usage, limits: Limits, now_s: float) -> float:
 
 class Poster:
     def __init__(self, bus: Bus, hub: HubClient, agent: str, agent_key: str, limits: Limits, *,
-                 thread_replies_max: int = 0, input_bounds: object = None) -> None:
+                 thread_replies_max: int = 0, input_bounds: InputBounds | None = None) -> None:
         self.bus, self.hub, self.agent, self.key, self.limits = bus, hub, agent, agent_key, limits
         self.thread_replies_max = thread_replies_max  # 0: no thread-wide cap
         # The activation's context.InputBounds, for the Hub tools that post through this Poster.
@@ -309,7 +310,7 @@ class AgentPosters:
     bus: Bus
     hub: HubClient
     thread_replies_max: int = 0
-    input_bounds: object = None
+    input_bounds: InputBounds | None = None
 
     def for_agent(self, definition: AgentDefinition, key: str) -> Poster:
         return Poster(self.bus, self.hub, definition.name, key, definition.config.behavior.limits,
