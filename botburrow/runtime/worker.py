@@ -3,9 +3,11 @@
 One loop, top to bottom: while a concurrency slot is free, fetch at most what the free slots can take
 (through the stage's fetch strategy), and start one job per `batch_size` messages; each job is
 settled by the one settle rule (`consumer.Settler`: done, retry, dead letter, crash). When `stop` is
-set the worker takes nothing new: what a fetch still brings is handed back at once (so another
-worker has it without waiting out ack_wait), and the running jobs get `grace_s` to finish before they
-are cancelled (which hands their messages back too).
+set the worker takes nothing new: what a fetch still brings is held until nothing more can arrive,
+then handed back (so another worker has it without waiting out ack_wait; handed back earlier, it
+came straight back into the same open pull request, each time a delivery, until it was dead-lettered
+as over-delivered), and the running jobs get `grace_s` to finish before they are cancelled (which
+hands their messages back too).
 
 Fetch strategies (`Fetch`): `Batches` (one durable, plain batches: metrics), `PriorityRounds` (durables
 in priority order: the runner), and the scheduler's partition reader (`services.scheduler.puller`).
@@ -87,14 +89,15 @@ class Worker:
         try:
             self.running = True
             try:
-                await self._loop(stop, until_idle)
+                leftover = await self._loop(stop, until_idle)
             finally:
                 self.running = False  # not ready once the loop ended, however it ended
-            await self._drain()
+            await self._drain(leftover)
         finally:
             await self.fetch.close()
 
-    async def _loop(self, stop: asyncio.Event, until_idle: bool) -> None:
+    async def _loop(self, stop: asyncio.Event, until_idle: bool) -> list[Msg]:
+        """Fetch and start jobs until stopped (or idle); returns what a fetch brought after the stop."""
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
@@ -104,14 +107,14 @@ class Worker:
                     continue
                 msgs = await self._fetch(free * self.batch_size, stop)
                 if stop.is_set():  # stopped during the fetch: not ours to start
-                    await _hand_back(msgs)
-                    return
+                    return msgs
                 if not msgs and until_idle and not self.active and await self._idle():
-                    return
+                    return []
                 for first in range(0, len(msgs), self.batch_size):
                     self._start(msgs[first:first + self.batch_size])
         finally:
             stopping.cancel()
+        return []
 
     async def _fetch(self, room: int, stop: asyncio.Event) -> list[Msg]:
         try:
@@ -134,11 +137,13 @@ class Worker:
                 return False
         return True
 
-    async def _drain(self) -> None:
-        """Hand back what is still on its way, then let the running jobs finish within the grace period."""
+    async def _drain(self, leftover: list[Msg]) -> None:
+        """Hand back what is still on its way (once nothing more can arrive), then let the running jobs
+        finish within the grace period."""
         self.fetch.stop()
         while not self.fetch.drained:
-            await _hand_back(await self._fetch(self.concurrency * self.batch_size, asyncio.Event()))
+            leftover += await self._fetch(self.concurrency * self.batch_size, asyncio.Event())
+        await _hand_back(leftover)
         if not self.active:
             return
         log.info("draining", extra={"stage": self.stage, "active": len(self.active), "grace_s": self.grace_s})
