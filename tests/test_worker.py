@@ -3,6 +3,7 @@ no sleeps: it returns once the consumer has nothing pending or unacknowledged an
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 
@@ -14,9 +15,12 @@ from botburrow.runtime.bus import Bus
 from botburrow.runtime.consumer import DeadLetters, Item, Retry, Settler
 from botburrow.runtime.worker import Batches, PriorityRounds, Worker
 from schemas.events import DeadLetter
+from services.scheduler.puller import PartitionFetch
 from streams import subjects
-from streams.topology import MAX_DELIVERIES, ConsumerSpec
-from tests.test_scheduler import note, publish_notification
+from streams.topology import MAX_DELIVERIES, SCHEDULER_CONSUMERS, ConsumerSpec, scheduler_durable
+from tests.fixtures.wait import until
+from tests.test_scheduler import WAIT_S, note, publish_notification
+from tests.test_scheduler_puller import AGENTS, PARTITION, sourced
 
 STAGE = "worker-test"
 
@@ -90,3 +94,41 @@ async def test_priority_rounds_take_the_highest_first_and_the_lowest_every_nth_r
 
     # Round 0 lets the lowest go first; rounds 1 and 2 take the highest; round 3 the lowest again.
     assert order == ["lo", "hi", "hi", "lo", "hi"]
+
+
+async def test_a_stopped_partition_worker_hands_back_what_is_in_transit_once(bus: Bus) -> None:
+    # Stopped with its pull request open: what that request still brings is handed back once the request
+    # has ended. Handed back at once, it came straight back into the open request (a delivery each time)
+    # until the server dropped it past max_deliver, and the partition's next owner never saw it.
+    stop, started = asyncio.Event(), asyncio.Event()
+    agents = AGENTS[:6]
+
+    async def hold_until_stopped(items: list[Item]) -> None:
+        started.set()
+        await stop.wait()
+
+    async def delivered(count: int) -> bool:
+        info = await bus.js.consumer_info(SCHEDULER_CONSUMERS[PARTITION].stream, scheduler_durable(PARTITION))
+        return info.num_ack_pending >= count
+
+    for agent in agents[:3]:
+        await publish_notification(bus, agent, note(f"first-{agent}"))
+    await sourced(bus, 3)
+    fetch = PartitionFetch(bus.nc, batch=100, expires_s=1.0, owned=lambda: True)
+    consumers = [SCHEDULER_CONSUMERS[PARTITION]]
+    running = asyncio.create_task(Worker.of(bus, STAGE, consumers, fetch, hold_until_stopped, batch_size=100).run(stop))
+    await asyncio.wait_for(started.wait(), WAIT_S)
+    for agent in agents[3:]:  # on their way to the open request while the first job runs
+        await publish_notification(bus, agent, note(f"second-{agent}"))
+    await until(lambda: delivered(6), WAIT_S, "the second three delivered into the open request")
+    stop.set()
+    await asyncio.wait_for(running, WAIT_S)
+
+    deliveries: dict[str, int] = {}
+
+    async def record(items: list[Item]) -> None:
+        deliveries.update((item.payload.notification.id, item.deliveries) for item in items)
+
+    successor = PartitionFetch(bus.nc, batch=100, expires_s=0.2, owned=lambda: True)
+    await Worker.of(bus, STAGE, consumers, successor, record, batch_size=100).run_until_idle()
+    assert deliveries == {f"second-{agent}": 2 for agent in agents[3:]}
