@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -46,7 +46,10 @@ def injected_response(fault: Fault) -> Response:
 
 
 async def read_json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:  # the caller died mid-request (a killed runner): nothing to answer
+        raise HubFault(499, "client closed the request", "CLIENT_CLOSED") from None
     try:
         body = msgspec.json.decode(raw) if raw else {}
     except msgspec.DecodeError:
