@@ -96,6 +96,10 @@ class Soak:
         write_definitions(self.definitions, self.regular)
         env = self.secrets.write(work_dir / "secrets")
         env.update({"RUNNER_CONCURRENCY": str(config.runner_concurrency), "ACTIVATION_TIMEOUT_SECONDS": "120",
+                    # The soak's notifications share a small pool of threads; like the per-agent limits in
+                    # its definitions, the thread-wide cap on agent replies is lifted (tests/test_agent_rings.py
+                    # holds it), or every busy thread would stop being answered after 20 agent replies.
+                    "THREAD_AGENT_REPLIES_MAX": "0",
                     # configsync re-reads and re-parses every definition each poll (4.4 CPU s per pass at
                     # 1,000 agents): at the dev default of 2 s it would take a third of this machine.
                     "CONFIG_POLL_SECONDS": str(max(2, config.agents // 100))})
