@@ -1,12 +1,16 @@
 """Create (and with `update=True`, reconcile) every stream, consumer and bucket of the topology.
 
 Stages call `ensure(js)` at start-up: it creates what is missing and leaves existing objects alone.
-Only `botburrow streams apply` passes `update=True` and changes existing ones (contract §5).
+Only `botburrow streams apply` passes `update=True` and changes existing ones (contract §5), saying
+for each what changed (`replicas 1 -> 3`) or `unchanged`. Replicas (`STREAM_REPLICAS`) reach every
+stream and bucket; consumers are created without their own count, so they follow their stream's: one
+apply moves an R1 topology to R3 in place, the servers copying what each stream holds to the new peers.
 """
 
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import msgspec
 from nats.js import JetStreamContext
@@ -88,23 +92,54 @@ def bucket_config(spec: BucketSpec, replicas: int) -> KeyValueConfig:
     )
 
 
-def _verb(exists: bool, update: bool) -> str:
-    if not exists:
-        return "created"
-    return "updated" if update else "exists"
+async def _ensure_consumer(js: JetStreamContext, consumer: ConsumerSpec, update: bool) -> str:
+    name = f"consumer {consumer.stream}/{consumer.durable}"
+    try:
+        old = (await js.consumer_info(consumer.stream, consumer.durable)).config
+    except NotFoundError:
+        await js.add_consumer(consumer.stream, consumer_config(consumer))
+        return f"{name}: created"
+    if not update:
+        return f"{name}: exists"
+    # add_consumer with an existing durable name updates its mutable settings.
+    config = consumer_config(consumer)
+    await js.add_consumer(consumer.stream, config)
+    return f"{name}: {changes(old, config, CONSUMER_FIELDS)}"
 
 
-async def _update_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -> None:
+# What `streams apply` reports as changed, per kind of object (fields of nats-py's config classes).
+STREAM_FIELDS = ("num_replicas", "subjects", "max_age", "max_bytes", "duplicate_window", "description")
+CONSUMER_FIELDS = ("ack_wait", "max_deliver", "max_ack_pending", "filter_subject", "filter_subjects", "description")
+
+
+def changes(old: object, new: object, fields: tuple[str, ...]) -> str:
+    """`replicas 1 -> 3, max_age 0 -> 604800` for the fields that differ ('unchanged' when none do).
+    The server reports 0 and None alike for unset numbers, and an empty list for no list."""
+    def norm(value: object) -> object:
+        return None if value in (0, None, [], "") else value
+
+    diffs = [f"{name.removeprefix('num_')} {norm(getattr(old, name, None))} -> {norm(getattr(new, name, None))}"
+             for name in fields if norm(getattr(old, name, None)) != norm(getattr(new, name, None))]
+    return ", ".join(diffs) or "unchanged"
+
+
+async def _update_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -> str:
     # nats-py's create_key_value only adds (an existing bucket with other settings is error 10058):
     # a bucket is the stream KV_<name>, so change that stream's settings directly.
     config = (await js.stream_info(spec.stream)).config
+    before = SimpleNamespace(**{f: getattr(config, f, None) for f in _BUCKET_FIELDS})
     config.max_age = spec.ttl_s or 0
     if config.max_age and config.duplicate_window and config.duplicate_window > config.max_age:
         config.duplicate_window = config.max_age  # the server refuses a window longer than the TTL
     config.max_msgs_per_subject = spec.history
     config.num_replicas = replicas
     config.description = spec.description or None
+    after = SimpleNamespace(**{f: getattr(config, f, None) for f in _BUCKET_FIELDS})
     await js.update_stream(config)
+    return changes(before, after, _BUCKET_FIELDS)
+
+
+_BUCKET_FIELDS = ("num_replicas", "max_age", "max_msgs_per_subject", "description")
 
 
 def with_runner_ack_wait(runner_ack_wait_s: float) -> tuple[list[ConsumerSpec], list[BucketSpec]]:
@@ -124,26 +159,18 @@ async def ensure(js: JetStreamContext, *, update: bool = False, replicas: int = 
     for spec in STREAMS:
         config = stream_config(spec, replicas)
         try:
-            await js.stream_info(spec.name)
+            old = (await js.stream_info(spec.name)).config
         except NotFoundError:
             await js.add_stream(config)
             done.append(f"stream {spec.name}: created")
             continue
         if update:
             await js.update_stream(config)
-            done.append(f"stream {spec.name}: updated")
+            done.append(f"stream {spec.name}: {changes(old, config, STREAM_FIELDS)}")
         else:
             done.append(f"stream {spec.name}: exists")
     for consumer in consumers:
-        exists = True
-        try:
-            await js.consumer_info(consumer.stream, consumer.durable)
-        except NotFoundError:
-            exists = False
-        if not exists or update:
-            # add_consumer with an existing durable name updates its mutable settings.
-            await js.add_consumer(consumer.stream, consumer_config(consumer))
-        done.append(f"consumer {consumer.stream}/{consumer.durable}: {_verb(exists, update)}")
+        done.append(await _ensure_consumer(js, consumer, update))
     for bucket in buckets:
         try:
             await js.key_value(bucket.name)
@@ -152,9 +179,11 @@ async def ensure(js: JetStreamContext, *, update: bool = False, replicas: int = 
             exists = False
         if not exists:
             await js.create_key_value(bucket_config(bucket, replicas))
+            done.append(f"bucket {bucket.name}: created")
         elif update:
-            await _update_bucket(js, bucket, replicas)
-        done.append(f"bucket {bucket.name}: {_verb(exists, update)}")
+            done.append(f"bucket {bucket.name}: {await _update_bucket(js, bucket, replicas)}")
+        else:
+            done.append(f"bucket {bucket.name}: exists")
     for line in done:
         log.debug("topology", extra={"detail": line})
     return done

@@ -4,6 +4,11 @@ Used by `botburrow dev` and by the tests: `-p -1 -m -1` lets the server choose f
 `--ports_file_dir` tells us which, so there is no port race. Stopped by PID. `write_credentials`
 makes a config with a user per stage (streams.permissions) and fresh passwords, which
 `botburrow dev` starts the server with.
+
+`start_cluster` starts N servers clustered on loopback (`botburrow dev --cluster 3`, `just soak
+--cluster`, tests/test_cluster.py), each with its own store; a node can be killed and started again
+on its store and ports (`Cluster.kill`, `Cluster.restart`). Routes must name each other's ports
+before any starts, so these ports are picked up front (the only place here with a short race).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -118,3 +124,152 @@ async def start_async(work_dir: Path, *, store_dir: Path | None = None, jetstrea
                       config_file: Path | None = None) -> NatsServer:
     return await asyncio.to_thread(start, work_dir, store_dir=store_dir, jetstream=jetstream,
                                    config_file=config_file)
+
+
+CLUSTER_NAME = "botburrow"
+
+
+@dataclass
+class ClusterNode:
+    """One server of a cluster: its name, ports, own store and config (kept, so it restarts as itself)."""
+
+    name: str
+    client_port: int
+    cluster_port: int
+    monitor_port: int
+    work_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.client_port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.work_dir / "store"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class Cluster:
+    """N nats-servers routed to each other on loopback, JetStream on each (its own store)."""
+
+    nodes: list[ClusterNode]
+    config_extra: dict[str, object]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """Every node, comma-separated: what NATS_URL takes for a cluster."""
+        return ",".join(self.urls)
+
+    def node(self, name: str) -> ClusterNode:
+        return next(node for node in self.nodes if node.name == name)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Stop one node (SIGKILL: a crash) and wait until it is gone."""
+        node = self.node(name)
+        if node.process is not None and node.process.poll() is None:
+            node.process.send_signal(sig)
+            node.process.wait()
+
+    def restart(self, name: str, timeout_s: float = 15.0) -> None:
+        """Start a stopped node again on its own store and ports (its config is unchanged)."""
+        _launch(self.node(name), timeout_s)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        for node in self.nodes:
+            if node.process is not None and node.process.poll() is None:
+                node.process.send_signal(signal.SIGTERM)
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            try:
+                node.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free now (held open together, so the kernel cannot repeat one)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def node_config(node: ClusterNode, peers: list[ClusterNode], extra: dict[str, object]) -> dict[str, object]:
+    """A node's nats-server config (JSON is valid nats.conf): loopback, its store, routes to every peer."""
+    return {
+        "server_name": node.name, "host": "127.0.0.1", "port": node.client_port,
+        "http": f"127.0.0.1:{node.monitor_port}",
+        "jetstream": {"store_dir": str(node.store_dir)},
+        "cluster": {"name": CLUSTER_NAME, "listen": f"127.0.0.1:{node.cluster_port}",
+                    "routes": [f"nats-route://127.0.0.1:{p.cluster_port}" for p in peers if p is not node]},
+        **extra,
+    }
+
+
+def start_cluster(work_dir: Path, size: int = 3, *, credentials: Credentials | None = None,
+                  timeout_s: float = 30.0) -> Cluster:
+    """Start `size` clustered servers (with the users of `credentials`, if given) and wait until each
+    listens; the JetStream meta group elects its leader shortly after (`wait_for_meta_leader`)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ports = free_ports(3 * size)
+    nodes = [ClusterNode(f"n{i + 1}", ports[3 * i], ports[3 * i + 1], ports[3 * i + 2], work_dir / f"n{i + 1}")
+             for i in range(size)]
+    extra: dict[str, object] = {}
+    if credentials is not None:
+        extra = json.loads(credentials.config_file.read_text())
+    cluster = Cluster(nodes, extra)
+    try:
+        for node in nodes:
+            node.work_dir.mkdir(parents=True, exist_ok=True)
+            config = node.work_dir / "nats.conf"
+            fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the passwords
+            with os.fdopen(fd, "w") as out:
+                json.dump(node_config(node, nodes, extra), out, indent=1)
+            _launch(node, timeout_s, wait=False)
+        for node in nodes:
+            _wait_listening(node, timeout_s)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _launch(node: ClusterNode, timeout_s: float, *, wait: bool = True) -> None:
+    with open(node.work_dir / "nats-server.log", "ab") as log:
+        node.process = subprocess.Popen([find_binary(), "-c", str(node.work_dir / "nats.conf")],
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    if wait:
+        _wait_listening(node, timeout_s)
+
+
+def _wait_listening(node: ClusterNode, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert node.process is not None
+        if node.process.poll() is not None:
+            raise RuntimeError(f"nats-server {node.name} exited with {node.process.returncode}; "
+                               f"see {node.work_dir / 'nats-server.log'}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", node.client_port)) == 0:
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nats-server {node.name} did not listen on {node.client_port} within {timeout_s}s")
