@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,7 @@ import httpx
 import nats.errors
 import pytest
 
+from botburrow.dev.stack import start_nats_on_port
 from botburrow.runtime import natsserver
 from botburrow.runtime.service import StageContext, run_stage
 from tests.fixtures.wait import until
@@ -97,3 +102,87 @@ async def test_a_body_that_fails_otherwise_ends_the_stage(nats_url: str) -> None
     with pytest.raises(RuntimeError, match="a bug"):  # `main` then exits non-zero: its supervisor restarts it
         await asyncio.wait_for(run_stage("ingest", body, environ={
             "NATS_URL": nats_url, "HUB_URL": "http://127.0.0.1:9", "METRICS_PORT": "0"}), WAIT_S)
+
+
+async def _stage_process(nats_url: str) -> asyncio.subprocess.Process:
+    """A real stage process (ingest: no Hub needed to start), configured only through its environment."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NATS_URL": nats_url, "HUB_URL": "http://127.0.0.1:9",
+           "METRICS_PORT": "0", "PYTHONUNBUFFERED": "1"}
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "botburrow", "ingest", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+def _problems(stderr: bytes) -> list[str]:
+    """The stage's log lines above info: what it said went wrong."""
+    lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    return [line["event"] for line in lines if line["level"] not in ("info", "debug")]
+
+
+@pytest.mark.parametrize("url", ["garbage", "http://127.0.0.1:4222", "nats://user:hunter2@127.0.0.1:notaport"])
+async def test_a_stage_exits_at_once_on_a_malformed_nats_url_naming_it_once(url: str) -> None:
+    process = await _stage_process(url)
+    _, stderr = await asyncio.wait_for(process.communicate(), WAIT_S)
+    assert process.returncode == 1
+    problems = _problems(stderr)
+    assert len(problems) == 1 and problems[0].startswith("NATS_URL: ") and "not a NATS server URL" in problems[0]
+    assert "hunter2" not in stderr.decode()
+
+
+@pytest.mark.slow
+async def test_a_stage_gives_up_on_an_unreachable_nats_within_30_s_with_one_line() -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = await _stage_process(f"nats://user:hunter2@127.0.0.1:{port}")
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1
+    problems = _problems(stderr)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("NATS_URL: no server answered") and f"nats://127.0.0.1:{port}" in problems[0]
+    assert "ConnectionRefusedError" in problems[0] and "hunter2" not in stderr.decode()
+
+
+async def test_a_stage_is_not_ready_while_connecting_and_stops_while_connecting() -> None:
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    stage = asyncio.create_task(run_stage("ingest", _idle_body, environ={
+        "NATS_URL": "nats://127.0.0.1:1", "HUB_URL": "http://127.0.0.1:9", "METRICS_PORT": "0"},
+        stop=stop, on_ready_port=port.set_result))
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"http://127.0.0.1:{await asyncio.wait_for(port, WAIT_S)}/readyz")
+    assert response.status_code == 503 and response.json()["checks"]["nats"] is False
+    stop.set()
+    await asyncio.wait_for(stage, 5)  # not the 20 s the connection would still be tried
+
+
+async def _idle_body(ctx: StageContext) -> None:
+    ctx.health.add_check("own", lambda: True)
+    await ctx.stop.wait()
+
+
+async def test_a_lost_connection_is_reconnected_to_any_server_of_the_list(tmp_path: Path) -> None:
+    # The first server of the list never answers; the second goes away and comes back on its port: the
+    # stage says not ready meanwhile, then ready again, without restarting.
+    server = await natsserver.start_async(tmp_path / "nats")
+    url = f"nats://127.0.0.1:1,{server.url}"
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    stage = asyncio.create_task(run_stage("ingest", _idle_body, environ={
+        "NATS_URL": url, "HUB_URL": "http://127.0.0.1:9", "METRICS_PORT": "0"},
+        stop=stop, on_ready_port=port.set_result))
+    try:
+        readyz = f"http://127.0.0.1:{await asyncio.wait_for(port, WAIT_S)}/readyz"
+        async with httpx.AsyncClient() as http:
+            await _readyz(http, readyz, lambda a: a["status"] == 200)
+            server.process.kill()
+            await asyncio.to_thread(server.process.wait)
+            down = await _readyz(http, readyz, lambda a: a["status"] == 503)
+            assert down["checks"]["nats"] is False and not stage.done()
+            server = await asyncio.to_thread(start_nats_on_port, tmp_path / "nats", server.store_dir,
+                                             int(server.url.rsplit(":", 1)[1]))
+            up = await _readyz(http, readyz, lambda a: a["status"] == 200)
+            assert up["checks"] == {"nats": True, "streams": True, "body": True, "own": True}
+    finally:
+        stop.set()
+        await asyncio.wait_for(stage, WAIT_S)
+        await asyncio.to_thread(server.stop)

@@ -78,6 +78,8 @@ class LocalStack:
     runners: int = 1
     schedulers: int = 1
     poll_interval_s: float = 1.0
+    # nats-servers: 0 or 1, one embedded server; 3, a cluster on loopback with R3 streams (`dev --cluster 3`).
+    cluster: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
     # How long each stage may take to report ready at start (a thousand agents on a small machine: more).
     ready_timeout_s: float = READY_TIMEOUT_S
@@ -90,6 +92,7 @@ class LocalStack:
     _nats: natsserver.NatsServer | None = None
     # Set when the stack runs its own nats-server: every user's password and the server's config file.
     _credentials: natsserver.Credentials | None = None
+    nats_cluster: natsserver.Cluster | None = None
 
     @classmethod
     def in_temp_dir(cls, **kwargs: object) -> LocalStack:
@@ -122,20 +125,33 @@ class LocalStack:
     async def _start_nats(self) -> None:
         """The embedded server, with a user per stage; the topology made as `streams-apply` before any stage."""
         self._credentials = natsserver.write_credentials(self.work_dir / "nats")
-        self._nats = await natsserver.start_async(self.work_dir / "nats", config_file=self._credentials.config_file)
-        self.nats_url = self._credentials.url(self._nats.url, permissions.OPERATOR)
-        self.progress(f"nats-server: started at {self._nats.url} with a user per stage "
-                      f"(store in {self._nats.store_dir})")
+        if self.cluster > 1:
+            self.nats_cluster = await asyncio.to_thread(natsserver.start_cluster, self.work_dir / "nats", self.cluster,
+                                                        credentials=self._credentials)
+            self.progress(f"nats-server: a cluster of {self.cluster} at {self.nats_cluster.url} with a user per "
+                          f"stage (stores in {self.work_dir / 'nats'}/n*/store)")
+        else:
+            self._nats = await natsserver.start_async(self.work_dir / "nats",
+                                                      config_file=self._credentials.config_file)
+            self.progress(f"nats-server: started at {self._nats.url} with a user per stage "
+                          f"(store in {self._nats.store_dir})")
+        self.nats_url = self.stage_nats_url(permissions.OPERATOR)
         ack_wait_s = float(self.extra_env.get("RUNNER_ACK_WAIT_SECONDS", RUNNER_ACK_WAIT_S))
-        bus = await Bus.connect(self._credentials.url(self._nats.url, permissions.TOPOLOGY), name="botburrow-dev-apply")
+        bus = await Bus.connect(self.stage_nats_url(permissions.TOPOLOGY), name="botburrow-dev-apply")
         try:
-            await ensure(bus.js, runner_ack_wait_s=ack_wait_s)
+            # A cluster answers JetStream calls once its meta group has a leader (a few seconds).
+            await natsserver.jetstream_ready(bus.js, timeout_s=self.ready_timeout_s)
+            await ensure(bus.js, runner_ack_wait_s=ack_wait_s, replicas=min(3, max(1, self.cluster)))
         finally:
             await bus.close()
 
     def stage_nats_url(self, stage: str | None) -> str:
         """The stage's own user on the embedded server; else (an external server) the one URL."""
-        if self._credentials is None or self._nats is None or stage not in permissions.USERS:
+        if self._credentials is None or stage not in permissions.USERS:
+            return self.nats_url
+        if self.nats_cluster is not None:
+            return ",".join(self._credentials.url(url, stage) for url in self.nats_cluster.urls)
+        if self._nats is None:
             return self.nats_url
         return self._credentials.url(self._nats.url, stage)
 
@@ -223,7 +239,7 @@ class LocalStack:
         await asyncio.sleep(down_s)
         port = int(old.url.rsplit(":", 1)[1])
         config_file = self._credentials.config_file if self._credentials else None
-        self._nats = await asyncio.to_thread(_start_nats_on_port, self.work_dir / "nats", old.store_dir, port,
+        self._nats = await asyncio.to_thread(start_nats_on_port, self.work_dir / "nats", old.store_dir, port,
                                              config_file)
 
     async def stop(self) -> None:
@@ -234,9 +250,11 @@ class LocalStack:
             await self.hub.stop()
         if self._nats:
             await asyncio.to_thread(self._nats.stop)
+        if self.nats_cluster:
+            await asyncio.to_thread(self.nats_cluster.stop)
 
 
-def _start_nats_on_port(work_dir: Path, store_dir: Path, port: int, config_file: Path | None = None,
+def start_nats_on_port(work_dir: Path, store_dir: Path, port: int, config_file: Path | None = None,
                         timeout_s: float = 15.0) -> natsserver.NatsServer:
     """`natsserver.start` with a fixed client port (a restart must keep the URL the stages know) and the
     same users."""

@@ -3,6 +3,10 @@
 `Bus.publish` encodes a msgspec struct, sets `Nats-Msg-Id` (deterministic, for dedup), `Event-Type`
 and `Trace-Id`, and retries the transient failures JetStream has (no responders during a leader
 election, a timeout right after a reconnect).
+
+`Bus.connect` fails fast at start: a malformed `NATS_URL` at once, servers that do not answer within
+`START_CONNECT_S`; either way `NatsUnavailable` carries the one line to print (credentials dropped).
+Once connected, a lost connection is reconnected forever, to any server of the list.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import msgspec
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -22,11 +26,40 @@ from nats.js.api import PubAck
 from nats.js.errors import NoStreamResponseError
 from nats.js.kv import KeyValue
 
+from botburrow.secrets import redact, without_credentials
 from schemas.codec import encode
 from streams.permissions import inbox_prefix
 
 log = logging.getLogger(__name__)
 PUBLISH_ATTEMPTS = 4
+# At start, how long the servers of NATS_URL may take to answer: a process still waiting after this
+# says so and exits (its supervisor starts it again), well inside the 30 s a newcomer waits.
+START_CONNECT_S = 20.0
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+class NatsUnavailable(ConnectionError):
+    """NATS_URL is malformed, or none of its servers answered at start; the message is one printable line."""
+
+
+def servers_of(url: str) -> list[str]:
+    """The servers of a comma-separated NATS_URL; NatsUnavailable naming the setting if one is not a URL."""
+    servers = [server.strip() for server in url.split(",") if server.strip()]
+    bad = [server for server in servers if not _is_nats_url(server)]
+    if not servers or bad:
+        shown = without_credentials(", ".join(bad) if bad else url)
+        raise NatsUnavailable(f"NATS_URL: {shown!r} is not a NATS server URL; want nats://host:port "
+                              f"(or {', '.join(s + '://' for s in NATS_SCHEMES[1:])}), several comma-separated")
+    return servers
+
+
+def _is_nats_url(server: str) -> bool:
+    try:
+        parts = urlsplit(server)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in NATS_SCHEMES and bool(parts.hostname)
 
 
 def event_type(payload: msgspec.Struct) -> str:
@@ -39,32 +72,53 @@ class Bus:
     def __init__(self, nc: NatsClient, js: JetStreamContext) -> None:
         self.nc, self.js = nc, js
         self._buckets: dict[str, KeyValue] = {}
+        self._closing = asyncio.Event()
 
     @classmethod
-    async def connect(cls, url: str, *, name: str, creds: str | None = None, connect_timeout_s: float = 5.0) -> Bus:
+    async def connect(cls, url: str, *, name: str, creds: str | None = None, connect_timeout_s: int = 5,
+                      give_up_s: float = START_CONNECT_S) -> Bus:
+        """Connect to any server of `url`, trying them in turn for up to `give_up_s` (NatsUnavailable
+        after that, or at once if `url` is malformed); reconnects forever once connected."""
+        servers = servers_of(url)
+        tried: list[str] = []  # why each attempt failed, for the one line; no log line per attempt
+        nc = NatsClient()
+        # Set once connected (before, failures are only collected), and when closing on purpose (no news).
+        up, closing = asyncio.Event(), asyncio.Event()
+
         async def on_error(exc: Exception) -> None:
-            log.warning("nats error", extra={"error": repr(exc)})
+            if up.is_set():
+                log.warning("nats error", extra={"error": repr(exc)})
+            else:
+                tried.append(f"{type(exc).__name__}: {exc}".strip().rstrip(":"))
 
         async def on_disconnect() -> None:
-            log.warning("nats disconnected")
+            if up.is_set() and not closing.is_set():
+                log.warning("nats disconnected")
 
         async def on_reconnect() -> None:
             log.info("nats reconnected")
 
-        nc = await nats.connect(
-            servers=[server.strip() for server in url.split(",")],
-            name=name,
-            user_credentials=creds,
-            connect_timeout=connect_timeout_s,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-            # A user's replies come to its own inboxes, the only ones its NATS permissions let it read.
-            inbox_prefix=inbox_prefix(url),
-        )
-        return cls(nc, nc.jetstream())
+        try:
+            # max_reconnect_attempts=-1 makes nats-py's first connect try forever too: the bound is ours.
+            await asyncio.wait_for(nc.connect(
+                servers=servers, name=name, user_credentials=creds, connect_timeout=connect_timeout_s,
+                max_reconnect_attempts=-1, reconnect_time_wait=1, error_cb=on_error,
+                disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
+                # A user's replies come to its own inboxes, the only ones its NATS permissions let it read.
+                inbox_prefix=inbox_prefix(url),
+            ), give_up_s)
+        except BaseException as exc:  # a timeout, a cancellation (a stop while connecting): nothing left open
+            await nc.close()
+            if isinstance(exc, TimeoutError):
+                last = f"; last error: {redact(tried[-1])}" if tried else ""
+                raise NatsUnavailable(f"NATS_URL: no server answered within {give_up_s:.0f} s "
+                                      f"(tried {without_credentials(','.join(servers))}, {len(tried)} attempt(s)"
+                                      f"{last}); is nats-server running there?") from None
+            raise
+        up.set()
+        bus = cls(nc, nc.jetstream())
+        bus._closing = closing
+        return bus
 
     async def kv(self, bucket: str) -> KeyValue:
         if bucket not in self._buckets:
@@ -107,6 +161,7 @@ class Bus:
         return await self.js.publish_async(subject, data, headers=all_headers)
 
     async def close(self) -> None:
+        self._closing.set()
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()

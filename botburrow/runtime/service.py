@@ -1,9 +1,11 @@
 """How a stage process starts, runs and stops.
 
 `run_stage` reads the stage's settings (naming every bad one), serves health and metrics at once (not
-ready yet), connects to NATS (retrying until it answers), creates any missing stream, consumer or
-bucket, then runs the stage's body until `stop` is set. `main` adds JSON logs and SIGTERM/SIGINT
-handling for a real process; tests call `run_stage` in-process with their own `stop` event.
+ready: no NATS yet), connects to NATS (giving up after `bus.START_CONNECT_S`, at once on a malformed
+NATS_URL: `NatsUnavailable`, one line), creates any missing stream, consumer or bucket, then runs the
+stage's body until `stop` is set. Once connected, a lost connection is reconnected (not ready meanwhile).
+`main` adds JSON logs and SIGTERM/SIGINT handling for a real process (a stop while connecting too);
+tests call `run_stage` in-process with their own `stop` event.
 
 No silent stall: a body that ends by NATS trouble makes the stage not ready and is started again; by
 anything else it ends the process (non-zero). A body's other long-lived tasks (a consumer, a poll
@@ -21,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -30,7 +33,7 @@ import nats.js.errors
 from prometheus_client import Counter
 
 from botburrow import logs
-from botburrow.runtime.bus import Bus
+from botburrow.runtime.bus import Bus, NatsUnavailable
 from botburrow.runtime.health import Health
 from botburrow.runtime.http import RunningServer
 from botburrow.secrets import remember_all
@@ -38,7 +41,6 @@ from botburrow.settings import StageSettings, load, settings_of
 from streams.apply import ensure
 
 log = logging.getLogger(__name__)
-NATS_RETRY_S = 1.0
 # A supervised task that died is started again after this, doubling up to the maximum; the delay starts
 # over once a run lasted RESTART_RESET_S.
 RESTART_BACKOFF_S = 1.0
@@ -76,15 +78,20 @@ NATS_TRANSIENT: tuple[type[BaseException], ...] = (
 
 
 async def connect_until_stopped(url: str, name: str, creds: str | None, stop: asyncio.Event) -> Bus | None:
-    """Connect to NATS, retrying every second until it answers or `stop` is set."""
-    while not stop.is_set():
-        try:
-            return await Bus.connect(url, name=name, creds=creds, connect_timeout_s=2)
-        except Exception as exc:  # nats raises several unrelated types for "not there yet"
-            log.warning("nats not reachable, retrying", extra={"error": type(exc).__name__})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), NATS_RETRY_S)
-    return None
+    """Connect to NATS (`Bus.connect`: NatsUnavailable if none answers in time); None if `stop` is set first."""
+    connecting = asyncio.ensure_future(Bus.connect(url, name=name, creds=creds, connect_timeout_s=2))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not connecting.done():
+            connecting.cancel()  # Bus.connect closes what it opened
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+    if connecting.cancelled():
+        return None
+    return connecting.result()
 
 
 async def supervise(health: Health, name: str, task: Callable[[], Awaitable[None]], stop: asyncio.Event, *,
@@ -187,23 +194,25 @@ async def run_stage(
     remember_all(env)
     stop = stop or asyncio.Event()
     health = Health(name)
+    bus: Bus | None = None
+    # Not ready until each holds: a stage that never reached NATS said 200 (no check registered yet).
+    health.add_check("nats", lambda: bus is not None and bus.nc.is_connected)
+    # Without this one /readyz said 200 while `ensure` made streams, before a runner had swept the
+    # sandboxes its dead predecessor left.
+    streams_made, running = asyncio.Event(), asyncio.Event()
+    health.add_check("streams", streams_made.is_set)
+    # False until the body runs, and while a body that NATS interrupted waits to start again: its own
+    # checks may still say ready then (a runner's `taking_work` from before), yet nothing runs.
+    health.add_check("body", running.is_set)
     server: RunningServer = await health.serve(settings.metrics_port, host=settings.metrics_host)
     if on_ready_port:
         on_ready_port(server.port)
     log.info("stage starting", extra={"stage": name, "metrics_port": server.port})
-    bus = await connect_until_stopped(settings.nats_url, f"botburrow-{name}-{socket.gethostname()}",
-                                      settings.nats_creds, stop)
     try:
+        bus = await connect_until_stopped(settings.nats_url, f"botburrow-{name}-{socket.gethostname()}",
+                                          settings.nats_creds, stop)
         if bus is None:
             return
-        health.add_check("nats", lambda: bus.nc.is_connected)
-        # Until the body runs, none of its own checks exist: without this one /readyz said 200 while
-        # `ensure` made streams, before a runner had swept the sandboxes its dead predecessor left.
-        streams_made, running = asyncio.Event(), asyncio.Event()
-        health.add_check("streams", streams_made.is_set)
-        # False until the body runs, and while a body that NATS interrupted waits to start again: its own
-        # checks may still say ready then (a runner's `taking_work` from before), yet nothing runs.
-        health.add_check("body", running.is_set)
         ctx = StageContext(name, settings, bus, health, stop, env, server.port)
         await _run_body_until_stopped(ctx, body, streams_made, running)
     finally:
@@ -227,4 +236,8 @@ def main(name: str, body: StageBody) -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_stage(name, body, stop=stop)
 
-    asyncio.run(runner())
+    try:
+        asyncio.run(runner())
+    except NatsUnavailable as exc:
+        log.critical(str(exc), extra={"stage": name})  # the one line: the setting, what was tried
+        sys.exit(1)
