@@ -70,8 +70,8 @@ async def _demo(stack: LocalStack, bus: Bus) -> None:
     say(f"demo: the whole run: botburrow show {activation_id}   (with NATS_URL={stack.nats_url})")
 
 
-async def run(demo: bool, runners: int) -> int:
-    stack = LocalStack.in_temp_dir(runners=runners, progress=say)
+async def run(demo: bool, runners: int, cluster: int = 0) -> int:
+    stack = LocalStack.in_temp_dir(runners=runners, cluster=cluster, progress=say)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -106,12 +106,12 @@ async def _print_event(msg) -> None:
     print(pretty(msg.subject, msg.data), flush=True)
 
 
-def main(demo: bool = True, runners: int = 1) -> int:
+def main(demo: bool = True, runners: int = 1, cluster: int = 0) -> int:
     # The stages log to their own files; this terminal shows progress and events only.
     for package in ("botburrow", "schemas", "streams", "services"):
         logging.getLogger(package).setLevel(logging.ERROR)
     try:
-        return asyncio.run(run(demo, runners))
+        return asyncio.run(run(demo, runners, cluster))
     except KeyboardInterrupt:
         return 130
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from nats.js import JetStreamContext
+
 from streams import permissions
 
 
@@ -273,3 +275,16 @@ def _wait_listening(node: ClusterNode, timeout_s: float) -> None:
                 return
         time.sleep(0.02)
     raise RuntimeError(f"nats-server {node.name} did not listen on {node.client_port} within {timeout_s}s")
+
+
+async def jetstream_ready(js: JetStreamContext, *, timeout_s: float = 30.0) -> None:
+    """Wait until JetStream answers (a new cluster: once its meta group has elected a leader)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await js.account_info()
+            return
+        except Exception:  # no responders, 503, a timeout: not elected yet
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
