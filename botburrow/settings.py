@@ -92,6 +92,20 @@ def _model_key_envs(raw: str) -> frozenset[str]:
     return names
 
 
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError("must be true or false")
+    return value in ("true", "1", "yes")
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    if bad := [n for n in names if not n.replace("_", "").replace("-", "").isalnum()]:
+        raise ValueError(f"not names: {', '.join(bad)}")
+    return names
+
+
 def _url_list(raw: str) -> tuple[str, ...]:
     urls = tuple(u.strip().rstrip("/") for u in raw.split(",") if u.strip())
     if bad := [u for u in urls if not u.startswith(("http://", "https://"))]:
@@ -168,6 +182,19 @@ class TokenLimit:
 class IngestSettings(StageSettings, HubReader, AgentKeysReader):
     metrics_port: int = _metrics_port(9101)
     poll_interval_seconds: float = setting("Hub notification polling interval", "30", _positive_float)
+    ingest_mode: str = setting("ingest: `notifications` (poll the Hub's), `feed` (derive them from posts and "
+                               "comments) or `auto` (notifications when the Hub serves them)", "auto",
+                               _choice("auto", "notifications", "feed"))
+    hub_capabilities_probe_seconds: float = setting("ingest: how often the Hub's capabilities are probed again",
+                                                    "300", _positive_float)
+    feed_threads_newest: int = setting("ingest, feed mode: the newest posts whose comments are read (1..100)",
+                                       "50", _bounded_int(1, 100))
+    feed_comment_reads_per_round: int = setting("ingest, feed mode: comment trees read per round at most", "4",
+                                                _bounded_int(1, 100))
+    feed_submolts: tuple[str, ...] = setting("ingest, feed mode: submolts listed besides all posts "
+                                             "(comma-separated)", "", _names)
+    hub_webhooks: bool = setting("ingest: accept the Hub's signed inbox pings on POST /hooks/inbox/<agent> "
+                                 "(secret SECRETS_DIR/webhook-<agent>)", "false", _flag)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -217,7 +217,11 @@ REPLIES = BucketSpec(name="replies", writer="runner", ttl_s=30 * DAY_S,
                      description="A marker per posted reply, keyed by activation and notification")
 CONFIGS = BucketSpec(name="configs", writer="configsync",
                      description="Parsed agent and skill definitions by content hash, plus name pointers")
-BUCKETS = [AGENT_STATE, SCHEDULER_OWNERS, LEASES, LIMITS, REPLIES, CONFIGS]
+# Feed-derived ingestion (Hubs without notifications): which posts and comments were turned into
+# notifications, the threads each agent watches, each agent's Hub name. Idle threads expire.
+INGEST_FEED = BucketSpec(name="ingest-feed", writer="ingest", ttl_s=30 * DAY_S,
+                         description="Feed ingestion: thread.<post> (what was read), watch.<agent>, name.<agent>")
+BUCKETS = [AGENT_STATE, SCHEDULER_OWNERS, LEASES, LIMITS, REPLIES, CONFIGS, INGEST_FEED]
 
 
 def stream(name: str) -> StreamSpec:

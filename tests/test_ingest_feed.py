@@ -1,0 +1,173 @@
+"""Feed-derived ingestion: mentions, replies and comments derived from posts and comment trees, on a real
+nats-server and the Hub emulator; never twice, whatever restarts, replicas or re-reads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+
+from botburrow.doubles.hub_emulator import HubEmulator
+from botburrow.hub.client import HubClient
+from botburrow.runtime.bus import Bus
+from schemas.codec import decode_subject
+from schemas.events import NotificationReceived
+from services.ingest.derive import Identities
+from services.ingest.feed import FeedIngest, FeedReport
+from services.ingest.feedstate import FeedState
+from streams.topology import INGEST_FEED
+from tests.test_ingest import keys_lookup, stream_messages
+
+
+@pytest.fixture
+async def feed_bus(bus: Bus) -> Bus:
+    """The bus, with the feed's bucket emptied (the shared fixture recreates the streams only)."""
+    kv = await bus.kv(INGEST_FEED.name)
+    await kv.purge_deletes(olderthan=-1)
+    for key in await _keys(kv):
+        await kv.purge(key)
+    return bus
+
+
+async def _keys(kv: object) -> list[str]:
+    try:
+        return list(await kv.keys())  # type: ignore[attr-defined]
+    except Exception:  # nats-py raises NoKeysError on an empty bucket
+        return []
+
+
+@pytest.fixture
+async def client(hub_emulator: HubEmulator) -> AsyncIterator[HubClient]:
+    hub = HubClient(hub_emulator.url, backoff_base_s=0.01)
+    try:
+        yield hub
+    finally:
+        await hub.aclose()
+
+
+async def feed(bus: Bus, hub: HubClient, keys: dict[str, str], **options: int) -> FeedIngest:
+    return FeedIngest(hub, bus, await FeedState.open(bus), keys_lookup(keys), **options)  # type: ignore[arg-type]
+
+
+async def settle(ingest: FeedIngest, agents: list[str], rounds: int = 10) -> list[FeedReport]:
+    """Rounds until one reads nothing new and publishes nothing (the feed is caught up)."""
+    reports = []
+    for _ in range(rounds):
+        report = await ingest.round(agents)
+        reports.append(report)
+        assert report.stopped is None
+        if not report.total_published and not ingest._changed:
+            return reports
+    raise AssertionError(f"not caught up after {rounds} rounds: {reports}")
+
+
+async def derived(bus: Bus) -> set[tuple[str, str, str]]:
+    """(agent, type, post or comment id) of every notification on NOTIFICATIONS."""
+    found = set()
+    for _, event in await stream_messages(bus):
+        n = event.notification
+        found.add((event.agent, n.type, n.comment_id or n.post_id or ""))
+    return found
+
+
+async def test_mentions_replies_and_comments_are_derived_once(feed_bus: Bus, hub_emulator: HubEmulator,
+                                                              client: HubClient) -> None:
+    keys = {"ann": hub_emulator.add_agent("ann"), "bob": hub_emulator.add_agent("bob")}
+    asked = hub_emulator.add_post("Question", "hey @ann, and @anna and mail@bob.com are not you")
+    titled = hub_emulator.add_post("@BOB: look at this link", "")
+    own = hub_emulator.add_post("Ann's notes", "I am @ann", author="ann")
+    on_own = hub_emulator.add_comment(own.id, "nice notes", notify=False)
+    under = hub_emulator.add_comment(own.id, "agreed", parent_id=on_own.id, notify=False)
+    ann_says = hub_emulator.add_comment(asked.id, "my answer", author="ann", notify=False)
+    replied = hub_emulator.add_comment(asked.id, "thanks!", parent_id=ann_says.id, notify=False)
+    bob_names = hub_emulator.add_comment(asked.id, "@ann see @bob", author="bob", parent_id=ann_says.id,
+                                         notify=False)
+    ingest = await feed(feed_bus, client, keys)
+
+    await settle(ingest, ["ann", "bob"])
+    expected = {("ann", "mention", asked.id), ("bob", "mention", titled.id), ("ann", "comment", on_own.id),
+                ("ann", "reply", replied.id), ("ann", "mention", bob_names.id)}
+    assert await derived(feed_bus) == expected  # not: `under` (a reply between others), own items, @anna
+    assert under.id not in {i for _, _, i in expected}
+    [(headers, event)] = [(h, e) for h, e in await stream_messages(feed_bus) if e.notification.post_id == titled.id]
+    assert headers["Nats-Msg-Id"] == f"ntf:{event.notification.id}" and event.notification.content.startswith("@BOB")
+
+    # Later news in a watched thread (ann wrote in it) and a new post: only those, once.
+    again = hub_emulator.add_comment(asked.id, "one more thing", parent_id=ann_says.id, notify=False)
+    newer = hub_emulator.add_post("hi", "ping @bob")
+    await settle(ingest, ["ann", "bob"])
+    assert await derived(feed_bus) == expected | {("ann", "reply", again.id), ("bob", "mention", newer.id)}
+    assert (await feed_bus.js.stream_info("NOTIFICATIONS")).state.messages == len(expected) + 2
+
+
+async def test_a_hub_name_with_underscores_maps_to_the_config_name(feed_bus: Bus, hub_emulator: HubEmulator,
+                                                                    client: HubClient) -> None:
+    keys = {"sprint-helper": hub_emulator.add_agent("sprint_helper")}
+    post = hub_emulator.add_post("standup", "@Sprint_Helper what is left? (not @sprint-helper, not @sprint)")
+    ingest = await feed(feed_bus, client, keys)
+    await settle(ingest, ["sprint-helper"])
+    assert await derived(feed_bus) == {("sprint-helper", "mention", post.id)}
+    assert await (await FeedState.open(feed_bus)).hub_name("sprint-helper") == "sprint_helper"
+
+
+def test_mentions_match_names_on_a_word_boundary_case_insensitively() -> None:
+    ids = Identities({"ann": "ann", "bob-1": "bob_1"})
+    assert ids.named_in("@ANN, @Bob_1!") == ["ann", "bob-1"]
+    assert ids.named_in("x@ann @annie @ann_x @ann-bot @@ann e@bob_1") == []
+    assert ids.named_in("(@ann) @ann- @ann.") == ["ann"]
+
+
+async def test_two_replicas_and_a_restart_never_emit_twice(feed_bus: Bus, nats_url: str, hub_emulator: HubEmulator,
+                                                           client: HubClient) -> None:
+    keys = {name: hub_emulator.add_agent(name) for name in ("ann", "bob", "cid")}
+    ann_post = hub_emulator.add_post("ann asks", "anyone?", author="ann")
+    for i in range(12):
+        post = hub_emulator.add_post(f"post {i}", f"@{'abc'[i % 3]}nn? @bob @cid" if i % 2 else "quiet")
+        hub_emulator.add_comment(post.id, f"@ann comment {i}", notify=False)
+        hub_emulator.add_comment(ann_post.id, f"answer {i}", notify=False)
+    other_bus = await Bus.connect(nats_url, name="second-ingest")
+    try:
+        first, second = await feed(feed_bus, client, keys), await feed(other_bus, client, keys)
+        agents = list(keys)
+        await asyncio.gather(settle(first, agents), settle(second, agents))
+        emitted = await derived(feed_bus)
+        assert len(emitted) == (await feed_bus.js.stream_info("NOTIFICATIONS")).state.messages
+        assert ("ann", "comment", hub_emulator.comments_on(ann_post.id)[-1].id) in emitted
+
+        restarted = await feed(feed_bus, client, keys)  # a new process: only KV remembers
+        reports = await settle(restarted, agents)
+        assert sum(r.total_published for r in reports) == 0
+        assert (await feed_bus.js.stream_info("NOTIFICATIONS")).state.messages == len(emitted)
+    finally:
+        await other_bus.close()
+
+
+async def test_a_round_makes_a_bounded_number_of_requests(feed_bus: Bus, hub_emulator: HubEmulator,
+                                                          client: HubClient) -> None:
+    keys = {"ann": hub_emulator.add_agent("ann")}
+    posts = [hub_emulator.add_post(f"post {i}", "text") for i in range(30)]
+    for post in posts:
+        hub_emulator.add_comment(post.id, "@ann look", notify=False)
+    ingest = await feed(feed_bus, client, keys, reads_per_round=3)
+    before = len(hub_emulator.requests.records)
+    first = await ingest.round(["ann"])
+    assert first.requests == len(hub_emulator.requests.records) - before == 1 + 1 + 3  # me, listing, 3 trees
+    rounds = [first]
+    while ingest._changed:
+        before = len(hub_emulator.requests.records)
+        rounds.append(await ingest.round(["ann"]))
+        assert rounds[-1].requests == len(hub_emulator.requests.records) - before <= 1 + 3
+    assert len(rounds) == 10 and sum(r.total_published for r in rounds) == 30
+
+
+async def test_hostile_text_is_cut_before_it_is_published(feed_bus: Bus, hub_emulator: HubEmulator,
+                                                          client: HubClient) -> None:
+    keys = {"ann": hub_emulator.add_agent("ann")}
+    post = hub_emulator.add_post("t", "@ann " + "\x01" * 9_000)
+    await settle(await feed(feed_bus, client, keys), ["ann"])
+    [(_, event)] = await stream_messages(feed_bus)
+    assert event.notification.post_id == post.id and len(event.notification.content) < 4100
+    decode_subject("agents.ingest.notification.ann", msgspec.json.encode(event))
+    assert isinstance(event, NotificationReceived)
