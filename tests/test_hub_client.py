@@ -16,6 +16,7 @@ from botburrow.hub import (
     CircuitBreaker,
     HubAuthError,
     HubClient,
+    HubEndpointMissing,
     HubError,
     HubNotFound,
     HubRateLimited,
@@ -148,18 +149,38 @@ async def test_5xx_retried_then_success(hub_emulator: HubEmulator, hub_client: H
     assert [r.status for r in hub_emulator.requests.matching("/api/v1/notifications")] == [503, 503, 200]
 
 
-async def test_5xx_exhausted_raises_unavailable(hub_emulator: HubEmulator) -> None:
+async def test_503_exhausted_raises_unavailable(hub_emulator: HubEmulator) -> None:
     key = hub_emulator.add_agent("helper", key=AGENT_KEY)
-    hub_emulator.set_fault(status=500, error_shape="detail")
+    hub_emulator.set_fault(status=503, error_shape="detail")
     client = client_for(hub_emulator, max_attempts=3)
     try:
         with pytest.raises(HubUnavailable) as caught:
             await client.me(key)
     finally:
         await client.aclose()
-    assert caught.value.status == 500 and "injected fault" in caught.value.message
+    assert caught.value.status == 503 and "injected fault" in caught.value.message
     assert len(hub_emulator.requests.matching()) == 3
     assert not client.available
+    assert client.breaker.failures("overloaded") == 3
+
+
+async def test_a_500_fails_that_request_once_and_leaves_the_breaker_closed(hub_emulator: HubEmulator) -> None:
+    """Moltbook answers 500 to a malformed id: that request fails, at once; the next call goes through."""
+    key = hub_emulator.add_agent("helper", key=AGENT_KEY)
+    post = hub_emulator.add_post("thread", "body")
+    client = client_for(hub_emulator, breaker=CircuitBreaker(threshold=1, cooldown_s=30))
+    try:
+        hub_emulator.set_fault(status=500, count=3, path_prefix="/api/v1/posts/not-a-uuid")
+        for _ in range(3):
+            with pytest.raises(HubUnavailable) as caught:
+                await client.get_post(key, "not-a-uuid")
+            assert (caught.value.status, caught.value.code) == (500, "SERVER_ERROR")
+        assert len(hub_emulator.requests.matching("/api/v1/posts/not-a-uuid")) == 3  # once each, no retry
+        assert client.breaker.state == "closed"  # a threshold of 1 would have opened on any counted failure
+        assert (await client.get_post(key, post.id)).id == post.id
+        assert client.available
+    finally:
+        await client.aclose()
 
 
 async def test_429_waits_retry_after(hub_emulator: HubEmulator, hub_client: HubClient) -> None:
@@ -240,6 +261,96 @@ async def test_circuit_breaker_opens_and_recovers(hub_emulator: HubEmulator) -> 
         await client.aclose()
 
 
+async def test_the_breaker_counts_each_failure_class_and_says_which_opened_it(hub_emulator: HubEmulator) -> None:
+    key = hub_emulator.add_agent("helper", key=AGENT_KEY)
+    clock = FakeClock()
+    client = client_for(hub_emulator, max_attempts=1, timeout_s=0.2,
+                        breaker=CircuitBreaker(threshold=2, cooldown_s=30, clock=clock))
+    try:
+        hub_emulator.set_fault(status=503, count=1)
+        with pytest.raises(HubUnavailable):
+            await client.me(key)
+        hub_emulator.set_fault(latency_ms=1000, count=1)
+        with pytest.raises(HubUnavailable):
+            await client.me(key)
+        # One 503 and one timeout: two classes, one failure each, below the threshold of 2.
+        assert client.breaker.state == "closed"
+        assert (client.breaker.failures("overloaded"), client.breaker.failures("timeout")) == (1, 1)
+        hub_emulator.set_fault(latency_ms=1000, count=1)
+        with pytest.raises(HubUnavailable):
+            await client.me(key)
+        assert client.breaker.state == "open" and client.breaker.opened_by == "timeout"
+        with pytest.raises(HubUnavailable) as open_:
+            await client.me(key)
+        assert open_.value.code == "CIRCUIT_OPEN" and "timeout" in open_.value.message
+    finally:
+        await client.aclose()
+
+
+def test_one_breaker_per_hub_origin() -> None:
+    from botburrow.hub.breaker import breaker_for
+
+    first = breaker_for("http://hub-a.test:1/", cooldown_s=5)
+    assert breaker_for("http://hub-a.test:1") is first and first.cooldown_s == 5
+    assert breaker_for("http://hub-b.test:1") is not first
+
+
+async def test_a_route_the_hub_does_not_serve_is_endpoint_missing_not_retried(hub_emulator: HubEmulator) -> None:
+    """Starlette's plain-text 404 for an unknown route, Moltbook's envelope, a 405: a missing capability."""
+    key = hub_emulator.add_agent("helper", key=AGENT_KEY)
+    client = client_for(hub_emulator, breaker=CircuitBreaker(threshold=1, cooldown_s=30))
+    try:
+        with pytest.raises(HubEndpointMissing) as missing:
+            await client._call("GET", "/no/such/route", key)
+        assert missing.value.code == "ENDPOINT_NOT_FOUND" and missing.value.status == 404
+        assert not isinstance(missing.value, HubNotFound)
+        with pytest.raises(HubNotFound) as resource:  # a resource's 404 stays HubNotFound
+            await client.get_post(key, "post_nope")
+        assert not isinstance(resource.value, HubEndpointMissing)
+        assert client.breaker.state == "closed" and client.available
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(("status", "body"), [
+    (404, b'{"success":false,"error":"Endpoint not found","hint":"GET /api/v1/notifications does not exist."}'),
+    (404, b'{"detail":"Not Found"}'),
+    (404, b"<html>Cannot GET /api/v1/notifications</html>"),
+    (405, b'{"detail":"Method Not Allowed"}'),
+])
+async def test_endpoint_missing_shapes(status: int, body: bytes) -> None:
+    calls: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(status, content=body)
+
+    client = HubClient("http://hub.test", transport=httpx.MockTransport(handle))
+    try:
+        with pytest.raises(HubEndpointMissing):
+            await client.unread_notifications(AGENT_KEY)
+    finally:
+        await client.aclose()
+    assert calls == ["/api/v1/notifications"]
+
+
+async def test_system_calls_without_a_system_key_say_so_only_when_made(hub_emulator: HubEmulator) -> None:
+    key = hub_emulator.add_agent("helper", key=AGENT_KEY)
+    client = client_for_no_system_key(hub_emulator)
+    try:
+        assert (await client.me(key)).name == "helper"  # agent calls need no system key
+        with pytest.raises(HubAuthError) as caught:
+            await client.budget_health()
+        assert caught.value.code == "NO_SYSTEM_KEY" and "HUB_API_KEY" in caught.value.message
+        assert hub_emulator.requests.matching("/api/v1/system") == []
+    finally:
+        await client.aclose()
+
+
+def client_for_no_system_key(emulator: HubEmulator) -> HubClient:
+    return HubClient(emulator.url, backoff_base_s=0.01)
+
+
 async def test_unreachable_hub() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -251,6 +362,7 @@ async def test_unreachable_hub() -> None:
             await client.me(AGENT_KEY)
         assert caught.value.code == "UNREACHABLE" and AGENT_KEY not in str(caught.value)
         assert not client.available
+        assert client.breaker.failures("unreachable") == 2 and client.breaker.failures("timeout") == 0
     finally:
         await client.aclose()
 
@@ -294,7 +406,6 @@ def deep_chain_json(levels: int) -> bytes:
 MALFORMED = {
     "not JSON": (b"<html>502 from a proxy, said with a 200</html>", "answer is not JSON"),
     "wrong shape": (b'{"success": true, "comments": "none today"}', "expected a list under one of"),
-    "null where a string belongs": (b'{"comments": [{"id": "c1", "content": null}]}', "Expected `str`, got `null`"),
     # 12,000 levels of brackets: past what even the client's stack-free decoder takes (10,000).
     "nested too deep": (deep_chain_json(6_000), "answer nested too deep to decode"),
 }

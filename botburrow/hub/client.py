@@ -1,10 +1,19 @@
 """The Botburrow Hub client (contract §1): one method per call of the table, on one shared httpx client.
 
 Every agent-scoped method takes that agent's key first; system calls use the system key given at
-construction. Failures become `HubError`s: 401/403 `HubAuthError` (never retried), 404 `HubNotFound`,
-429 waited out (`Retry-After`, capped) then `HubRateLimited`, 5xx/timeouts/connection errors retried
-with jittered exponential backoff then `HubUnavailable`. A circuit breaker per client fails calls at
-once while the Hub is down.
+construction. Failures become `HubError`s: 401/403 `HubAuthError` (never retried), a route the Hub
+does not serve `HubEndpointMissing` (never retried: a capability that is absent), a resource's 404
+`HubNotFound`, 429 waited out (`Retry-After`, capped) then `HubRateLimited`; connection errors,
+timeouts, 502, 503 and 504 retried with jittered exponential backoff then `HubUnavailable`. A 500 (or
+another 5xx) fails that request only, at once, with code `SERVER_ERROR`: Moltbook answers 500 to a
+malformed id, and retrying it would only hammer the Hub and open the breaker (contract §1, departure).
+A circuit breaker per Hub (`breaker.breaker_for`) fails calls at once while the Hub is down; what
+opens it is `breaker`'s rule.
+
+With a `budget` (`budget.RequestBudget`), every request first waits for the Hub's shared request budget
+(at most `budget_wait_s`, else `HubRateLimited` with code `BUDGET_SPENT` and the delay); a 429's
+`Retry-After` and a read's `X-RateLimit-Limit` are told to it, so every process honours them. A
+`background` client (ingest) spends only what foreground clients leave.
 
 Departure from "timeouts are retried": a write (post, comment, DM) whose request was sent but whose
 answer never came is not re-sent, since the Hub may have done it; it raises `HubUnavailable` with
@@ -28,10 +37,12 @@ import httpx
 import msgspec
 
 from botburrow.hub import decode, deepjson
-from botburrow.hub.breaker import CircuitBreaker
+from botburrow.hub.breaker import CircuitBreaker, FailureClass
+from botburrow.hub.budget import RequestBudget
 from botburrow.hub.errors import (
     HubAuthError,
     HubBadResponse,
+    HubEndpointMissing,
     HubError,
     HubNotFound,
     HubRateLimited,
@@ -49,7 +60,8 @@ from schemas.hub import (
 )
 
 # The client with its errors: callers catch what it raises without a second import.
-__all__ = ["HubAuthError", "HubBadResponse", "HubClient", "HubError", "HubNotFound", "HubRateLimited", "HubUnavailable"]
+__all__ = ["HubAuthError", "HubBadResponse", "HubClient", "HubEndpointMissing", "HubError", "HubNotFound",
+           "HubRateLimited", "HubUnavailable"]
 
 log = logging.getLogger(__name__)
 E = TypeVar("E", bound=HubError)
@@ -59,14 +71,17 @@ MAX_BACKOFF_S = 10.0
 _encoder = msgspec.json.Encoder()
 # Errors after which a request certainly did not reach the Hub's handler: safe to re-send any call.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Answers that say the Hub, not this request, is in trouble: retried, and counted by the breaker.
+_HUB_DOWN: dict[int, FailureClass] = {502: "unreachable", 503: "overloaded", 504: "timeout"}
 
 
 class _Retry(Exception):
     """One attempt failed in a way worth another attempt."""
 
-    def __init__(self, error: HubError, delay_s: float | None = None) -> None:
+    def __init__(self, error: HubError, delay_s: float | None = None, *, shared: bool = False) -> None:
         super().__init__(error.message)
-        self.error, self.delay_s = error, delay_s
+        # shared: the budget already holds this delay (a 429's Retry-After): its wait replaces ours.
+        self.error, self.delay_s, self.shared = error, delay_s, shared
 
 
 class HubClient:
@@ -81,6 +96,9 @@ class HubClient:
         timeout_s: float = 10.0,
         max_retry_after_s: float = 60.0,
         breaker: CircuitBreaker | None = None,
+        budget: RequestBudget | None = None,
+        background: bool = False,
+        budget_wait_s: float = 30.0,
     ) -> None:
         self.base_url = hub_url.rstrip("/") + "/api/v1"
         self._system_key = system_key
@@ -90,6 +108,8 @@ class HubClient:
         self.backoff_base_s = backoff_base_s
         self.max_retry_after_s = max_retry_after_s
         self.breaker = breaker or CircuitBreaker()
+        self.budget, self.background, self.budget_wait_s = budget, background, budget_wait_s
+        self._limit_told: int | None = None  # the last X-RateLimit-Limit told to the budget
         self._reached = False
         self._http = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout_s,
                                        headers={"Accept": "application/json"})
@@ -109,13 +129,13 @@ class HubClient:
         return self._reached and self.breaker.state != "open"
 
     async def probe(self) -> bool:
-        """One request without retries, to learn whether the Hub answers (any non-5xx answer counts)."""
+        """One request without retries, to learn whether the Hub answers (any answer but 502/503/504)."""
         try:
             response = await self._http.get("/agents/me")
         except httpx.HTTPError:
             self._reached = False
             return False
-        self._reached = response.status_code < 500
+        self._reached = response.status_code not in _HUB_DOWN
         return self._reached
 
     # --- agent-scoped calls ------------------------------------------------------------------
@@ -130,9 +150,12 @@ class HubClient:
         return await self._call_as(lambda body: decode.count(body, "marked", "count"), "POST",
                                    "/notifications/read", key, json={"notification_ids": list(ids)})
 
-    async def list_posts(self, key: str, submolt: str, sort: str = "new", limit: int = 25,
+    async def list_posts(self, key: str, submolt: str | None, sort: str = "new", limit: int = 25,
                          offset: int = 0) -> list[Post]:
-        params = {"submolt": decode.community(submolt), "sort": sort, "limit": limit, "offset": offset}
+        """A page of posts of one community, or of all (`submolt` None)."""
+        params: dict[str, Any] = {"sort": sort, "limit": limit, "offset": offset}
+        if submolt is not None:
+            params["submolt"] = decode.community(submolt)
         return await self._call_as(decode.posts, "GET", "/posts", key, params=params)
 
     async def get_post(self, key: str, post_id: str) -> Post:
@@ -178,7 +201,9 @@ class HubClient:
 
     def _need_system_key(self) -> str:
         if not self._system_key:
-            raise HubAuthError(0, "no system key configured for a /system call", "NO_SYSTEM_KEY")
+            # Only when a system call is made: a Hub without /system/* (Moltbook) needs no system key.
+            raise HubAuthError(0, "this call needs the Hub system key, and none is set (secret hub-api-key "
+                               "in SECRETS_DIR, or HUB_API_KEY)", "NO_SYSTEM_KEY")
         return self._system_key
 
     # --- transport ---------------------------------------------------------------------------
@@ -201,14 +226,19 @@ class HubClient:
         last: HubError | None = None
         for attempt in range(1, self.max_attempts + 1):
             if not self.breaker.allow():
-                raise HubUnavailable(0, f"{method} {path}: circuit open, Hub presumed down", "CIRCUIT_OPEN")
+                raise HubUnavailable(0, f"{method} {path}: circuit open, Hub presumed down "
+                                     f"({self.breaker.opened_by})", "CIRCUIT_OPEN")
+            if self.budget is not None:
+                await self._spend(key)
             try:
-                return await self._attempt(method, path, headers, params, json, content, write)
+                return await self._attempt(method, path, key, headers, params, json, content, write)
             except _Retry as retry:
                 last = retry.error
                 if attempt == self.max_attempts:
                     break
                 delay_s = retry.delay_s if retry.delay_s is not None else self._backoff_s(attempt)
+                if retry.shared:
+                    delay_s = 0.0  # the budget waits it out for every process (bounded by budget_wait_s)
                 log.warning("hub call retried", extra={"method": method, "path": path, "attempt": attempt,
                                                        "status": retry.error.status, "delay_s": round(delay_s, 3)})
                 await asyncio.sleep(delay_s)
@@ -218,14 +248,23 @@ class HubClient:
         raise HubUnavailable(last.status, f"{method} {path}: gave up after {self.max_attempts} attempts: "
                              f"{last.message}", last.code or "RETRIES_EXHAUSTED")
 
-    async def _attempt(self, method: str, path: str, headers: dict[str, str], params: dict[str, Any] | None,
-                       json: Any, content: bytes | None, write: bool) -> Any:
+    async def _spend(self, key: str) -> None:
+        """Wait for the shared budget; the breaker's half-open probe is handed back if it is spent."""
+        assert self.budget is not None
+        try:
+            await self.budget.acquire(key, background=self.background, max_wait_s=self.budget_wait_s)
+        except BaseException:
+            self.breaker.release()
+            raise
+
+    async def _attempt(self, method: str, path: str, key: str, headers: dict[str, str],
+                       params: dict[str, Any] | None, json: Any, content: bytes | None, write: bool) -> Any:
         try:
             response = await self._http.request(method, path, headers=headers, params=params,
                                                 json=json, content=content)
         except httpx.HTTPError as exc:
             self._reached = False
-            self.breaker.record_failure()
+            self.breaker.record_failure("timeout" if isinstance(exc, httpx.TimeoutException) else "unreachable")
             error = HubUnavailable(0, f"{method} {path}: {type(exc).__name__}", "UNREACHABLE")
             if write and not isinstance(exc, _NOT_SENT):
                 raise HubUnavailable(0, f"{method} {path}: {type(exc).__name__} after the request was "
@@ -235,24 +274,42 @@ class HubClient:
             # Cancelled mid-call: no outcome, so a half-open circuit may let another probe through.
             self.breaker.release()
             raise
+        await self._tell_budget(method, key, response)
         return self._handle(method, path, response)
+
+    async def _tell_budget(self, method: str, key: str, response: httpx.Response) -> None:
+        """A 429's Retry-After, and a read's X-RateLimit-Limit when it changed, to every process."""
+        if self.budget is None:
+            return
+        retry_after_s = _retry_after_s(response) if response.status_code == 429 else None
+        limit = _int_header(response, "X-RateLimit-Limit") if method == "GET" else None
+        if limit == self._limit_told:
+            limit = None
+        if limit is not None or retry_after_s is not None:
+            await self.budget.observe(key, limit=limit, retry_after_s=retry_after_s)
+            self._limit_told = limit or self._limit_told
 
     def _handle(self, method: str, path: str, response: httpx.Response) -> Any:
         status = response.status_code
-        self._reached = status < 500
-        if status >= 500:
-            self.breaker.record_failure()
+        self._reached = status not in _HUB_DOWN
+        if status in _HUB_DOWN:
+            self.breaker.record_failure(_HUB_DOWN[status])
             raise _Retry(_error(HubUnavailable, method, path, response))
-        self.breaker.record_success()
+        self.breaker.record_success()  # the Hub answered: even a 500 is this request's failure, not the Hub's
+        if status >= 500:
+            failed = _error(HubUnavailable, method, path, response)
+            raise HubUnavailable(status, failed.message, "SERVER_ERROR", failed.hint)
         if status == 429:
             error = _error(HubRateLimited, method, path, response)
             retry_after_s = _retry_after_s(response)
             error.retry_after_s = retry_after_s
             if retry_after_s is not None and retry_after_s > self.max_retry_after_s:
                 raise error
-            raise _Retry(error, delay_s=retry_after_s)
+            raise _Retry(error, delay_s=retry_after_s, shared=self.budget is not None and retry_after_s is not None)
         if status in (401, 403):
             raise _error(HubAuthError, method, path, response)
+        if _endpoint_missing(response):
+            raise _error(HubEndpointMissing, method, path, response)
         if status == 404:
             raise _error(HubNotFound, method, path, response)
         if status >= 400:
@@ -286,6 +343,32 @@ def _json(method: str, path: str, response: httpx.Response) -> Any:
     except deepjson.DeepJsonError as exc:
         raise HubBadResponse(f"{method} {path}: answer nested too deep to decode ({exc})", response.status_code,
                              "TOO_DEEP") from None
+
+
+def _endpoint_missing(response: httpx.Response) -> bool:
+    """A route the Hub does not serve: 405; a 404 that is not JSON (a framework's or a proxy's page); a
+    404 whose envelope says "Endpoint not found" (Moltbook) or is a framework's bare `{"detail": "Not
+    Found"}`. A resource's 404 names what is missing (`Post not found`, code NOT_FOUND)."""
+    if response.status_code == 405:
+        return True
+    if response.status_code != 404:
+        return False
+    try:
+        body = msgspec.json.decode(response.content) if response.content else None
+    except (msgspec.DecodeError, RecursionError):
+        return True
+    if not isinstance(body, dict):
+        return True
+    said = body.get("error") if "error" in body else body.get("detail")
+    return isinstance(said, str) and said.strip().lower() in ("endpoint not found", "not found")
+
+
+def _int_header(response: httpx.Response, name: str) -> int | None:
+    try:
+        value = int(response.headers.get(name, ""))
+    except ValueError:
+        return None
+    return value if value > 0 else None
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:

@@ -24,11 +24,23 @@ class HubAuthError(HubError):
 
 
 class HubNotFound(HubError):
-    """404."""
+    """404 for a resource (a post, a comment, an agent) on a route the Hub serves."""
+
+
+class HubEndpointMissing(HubError):
+    """The Hub does not serve this route at all: a 404 with its "Endpoint not found" envelope, or a
+    404/405 that is not JSON (a proxy's or a framework's page). A capability that is absent, not a
+    failure: never retried, never counted by the circuit breaker (see `capabilities`)."""
+
+    def __init__(self, status: int, message: str, code: str | None = "ENDPOINT_NOT_FOUND",
+                 hint: str | None = None) -> None:
+        super().__init__(status, message, code or "ENDPOINT_NOT_FOUND", hint)
 
 
 class HubRateLimited(HubError):
-    """429 that the client did not wait out: attempts exhausted, or `Retry-After` beyond the cap."""
+    """429 that the client did not wait out (attempts exhausted, or `Retry-After` beyond the cap), or a
+    request budget that stays spent beyond the client's wait (code `BUDGET_SPENT`). `retry_after_s`
+    says when to ask again."""
 
     def __init__(self, status: int, message: str, code: str | None = None, hint: str | None = None,
                  retry_after_s: float | None = None) -> None:
@@ -37,7 +49,8 @@ class HubRateLimited(HubError):
 
 
 class HubUnavailable(HubError):
-    """The circuit is open, retries are exhausted, or the outcome of a write is unknown."""
+    """The circuit is open, retries are exhausted, the outcome of a write is unknown, or the Hub
+    answered 500 to this one request (code `SERVER_ERROR`: not retried, see `client`)."""
 
 
 class HubBadResponse(HubError):
