@@ -1,4 +1,6 @@
-"""The Botburrow Hub API's shapes (contract §1). Unknown fields are ignored, as the Hub may add some."""
+"""The Botburrow Hub API's shapes (contract §1). Unknown fields are ignored, as the Hub may add some; a null
+where a field has a default takes the default, and one item that does not fit is dropped from its list
+(`botburrow.hub.decode`), so Moltbook's answers fit these structs too."""
 
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ class Notification(HubStruct, frozen=True, kw_only=True):
 class Post(HubStruct, frozen=True, kw_only=True):
     id: str
     title: str = ""
+    # "" for a link post (Moltbook sends `content: null` and the link in `url`).
     content: str = ""
+    url: str | None = None
     submolt: str = ""
     author_name: str = ""
     author_type: str | None = None

@@ -1,8 +1,17 @@
 """Decode Hub answers into the shared structs, tolerant of the Hub's variations (contract §1).
 
-Lists come wrapped in `posts`, `data`, `comments` or `notifications`; single objects in `post`,
-`comment` or `agent`, or flat. Moltbook writes a community as `{"name": ...}` or `m/<name>` and an
-author as `{"author": {"name", "type"}}`: both are normalised to the flat fields of the structs.
+Both the Botburrow and the Moltbook shapes are read. Lists come wrapped in `posts`, `data` (Moltbook's
+`{"success": true, "data": [...], "pagination": {...}}`), `comments` or `notifications`; single
+objects in `post`, `comment` or `agent`, or flat. A community is `{"name": ...}`, `m/<name>` or bare;
+an author is `{"author": {"name", "type"}}`, `"author": "<name>"` or flat `author_name`: all are
+normalised to the flat fields of the structs.
+
+Tolerant, item by item: a null where the struct has a default (`content: null` on a Moltbook link
+post, `description: null` on a profile) takes the default; a number sent as a string is read as a
+number; unknown fields are ignored; fields a create response leaves out (its author) keep their
+defaults. In a list, an item that still does not fit (no id, a string where an object belongs) is
+dropped with a warning and counted (`botburrow_hub_items_dropped_total{kind}`): one odd item never
+fails the page. A single answer that does not fit still fails its call.
 
 Comment trees are walked without recursion and cut at MAX_COMMENT_DEPTH levels (a cut comment says how
 many replies it lost in `replies_omitted`): a reply chain a thousand deep must neither overflow the
@@ -12,13 +21,18 @@ stack here nor reach the struct conversion, which recurses. An answer that does 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from functools import cache
 from typing import Any, TypeVar
 
 import msgspec
+from prometheus_client import Counter
 
 from botburrow.hub.errors import HubBadResponse
 from schemas.hub import (
     AgentProfile,
+    Author,
     BudgetHealth,
     Comment,
     Notification,
@@ -28,6 +42,9 @@ from schemas.hub import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+DROPPED = Counter("botburrow_hub_items_dropped_total", "Items of a Hub list answer that did not fit and were "
+                  "dropped (the rest of the page was kept)", ["kind"])
 # Levels of a comment tree kept (the runner shows fewer: HUB_THREAD_MAX_DEPTH). msgspec converts a
 # level with two nested calls, so 100 levels stay far inside Python's recursion limit.
 MAX_COMMENT_DEPTH = 100
@@ -46,19 +63,55 @@ def community(name: str) -> str:
     return name[2:] if name.startswith("m/") else name
 
 
+@cache
+def _not_nullable(kind: type[msgspec.Struct]) -> frozenset[str]:
+    """The wire names of a struct's fields that have a default and do not take None."""
+    names = set()
+    for f in msgspec.structs.fields(kind):
+        if not f.required and f.type is not Any and type(None) not in getattr(f.type, "__args__", ()):
+            names.add(f.encode_name)
+    return frozenset(names)
+
+
+def _without_nulls(obj: Any, kind: type[msgspec.Struct]) -> Any:
+    """A null where the struct has a default means "not given": the default holds."""
+    if not isinstance(obj, dict):
+        return obj
+    drop = _not_nullable(kind)
+    return {k: v for k, v in obj.items() if v is not None or k not in drop}
+
+
 def _convert(obj: Any, kind: type[T]) -> T:
     try:
-        return msgspec.convert(obj, kind)
+        return msgspec.convert(obj, kind, strict=False)
     except msgspec.ValidationError as exc:
         raise HubDecodeError(f"unexpected {kind.__name__} shape: {exc}") from None
 
 
+def _each(items: list[Any], kind: str, convert: Callable[[Any], T]) -> list[T]:
+    """Every item that fits; one that does not is dropped, logged and counted, never the page."""
+    kept: list[T] = []
+    for item in items:
+        try:
+            kept.append(convert(item))
+        except (HubDecodeError, RecursionError) as exc:
+            DROPPED.labels(kind=kind).inc()
+            item_id = item.get("id") if isinstance(item, dict) else None
+            log.warning("odd item in a Hub answer dropped", extra={
+                "kind": kind, "item_id": str(item_id)[:80] if item_id is not None else None,
+                "error": str(exc)[:300]})
+    return kept
+
+
 def _author_fields(raw: dict[str, Any]) -> None:
     author = raw.get("author")
+    if raw.get("author_name") is None:
+        raw.pop("author_name", None)  # null or absent: filled from `author` if it says, else the default
     if isinstance(author, dict):
-        raw.setdefault("author_name", author.get("name", ""))
-        if author.get("type") is not None:
-            raw.setdefault("author_type", author.get("type"))
+        if isinstance(author.get("name"), str):
+            raw.setdefault("author_name", author["name"])
+        if isinstance(author.get("type"), str):
+            raw.setdefault("author_type", author["type"])
     elif isinstance(author, str):
         raw.setdefault("author_name", author)
 
@@ -73,7 +126,7 @@ def _post_dict(raw: Any) -> Any:
     if isinstance(submolt, str):
         raw["submolt"] = community(submolt)
     _author_fields(raw)
-    return raw
+    return _without_nulls(raw, Post)
 
 
 def _comment_fields(raw: Any) -> Any:
@@ -81,7 +134,7 @@ def _comment_fields(raw: Any) -> Any:
         return raw
     raw = dict(raw)
     _author_fields(raw)
-    return raw
+    return _without_nulls(raw, Comment)
 
 
 def _count_tree(items: list[Any]) -> int:
@@ -107,7 +160,11 @@ def _comment_dict(raw: Any) -> Any:
         if depth + 1 >= MAX_COMMENT_DEPTH:
             node["replies"], node["replies_omitted"] = [], _count_tree(replies)
             continue
-        node["replies"] = [_comment_fields(r) for r in replies]
+        # A reply with no id cannot be answered or referred to: dropped (counted), its siblings kept.
+        fit = [r for r in replies if isinstance(r, dict) and isinstance(r.get("id"), str)]
+        if len(fit) < len(replies):
+            DROPPED.labels(kind="comment").inc(len(replies) - len(fit))
+        node["replies"] = [_comment_fields(r) for r in fit]
         stack.extend((r, depth + 1) for r in node["replies"] if isinstance(r, dict))
     return root
 
@@ -131,24 +188,40 @@ def _single(body: Any, key: str) -> Any:
     return body
 
 
+def _post(raw: Any) -> Post:
+    return _convert(_post_dict(raw), Post)
+
+
+def _comment(raw: Any) -> Comment:
+    return _convert(_comment_dict(raw), Comment)
+
+
+def _notification(raw: Any) -> Notification:
+    if isinstance(raw, dict):
+        raw = _without_nulls(raw, Notification)
+        if isinstance(raw.get("from"), dict):
+            raw["from"] = _without_nulls(raw["from"], Author)
+    return _convert(raw, Notification)
+
+
 def posts(body: Any) -> list[Post]:
-    return [_convert(_post_dict(p), Post) for p in _items(body, "posts")]
+    return _each(_items(body, "posts"), "post", _post)
 
 
 def post(body: Any) -> Post:
-    return _convert(_post_dict(_single(body, "post")), Post)
+    return _post(_single(body, "post"))
 
 
 def comments(body: Any) -> list[Comment]:
-    return [_convert(_comment_dict(c), Comment) for c in _items(body, "comments")]
+    return _each(_items(body, "comments"), "comment", _comment)
 
 
 def comment(body: Any) -> Comment:
-    return _convert(_comment_dict(_single(body, "comment")), Comment)
+    return _comment(_single(body, "comment"))
 
 
 def notification_page(body: Any) -> NotificationPage:
-    items = [_convert(n, Notification) for n in _items(body, "notifications")]
+    items = _each(_items(body, "notifications"), "notification", _notification)
     meta = body if isinstance(body, dict) else {}
     unread = meta.get("unread_count")
     if not isinstance(unread, int):
@@ -159,7 +232,7 @@ def notification_page(body: Any) -> NotificationPage:
 
 
 def profile(body: Any) -> AgentProfile:
-    return _convert(_single(body, "agent"), AgentProfile)
+    return _convert(_without_nulls(_single(body, "agent"), AgentProfile), AgentProfile)
 
 
 def search_results(body: Any) -> SearchResults:
@@ -167,7 +240,7 @@ def search_results(body: Any) -> SearchResults:
     found = posts(body) if isinstance(meta.get("posts") or meta.get("data"), list) else []
     return SearchResults(
         posts=found,
-        agents=[a for a in meta.get("agents") or [] if isinstance(a, dict)],
+        agents=[a for a in meta.get("agents") or [] if isinstance(a, dict)],  # kept raw: no struct to fit
         submolts=[s for s in meta.get("submolts") or [] if isinstance(s, dict)],
     )
 
