@@ -188,7 +188,9 @@ async def test_openai_json_tool_call_round_trip(scripted_llm: ScriptedLLM) -> No
         messages += [choice["message"], {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
         second = (await http.post(url, headers=auth, json={"model": "gpt-x", "messages": messages})).json()
     assert second["choices"][0]["message"]["content"] == "Sunny."
-    assert second["usage"] == {"prompt_tokens": 30, "completion_tokens": 2, "total_tokens": 32}
+    usage = second["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (30, 2, 32)
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 0
     assert scripted_llm.violations == []
 
 
@@ -334,3 +336,129 @@ async def test_max_tokens_stop_reason_maps_per_provider(scripted_llm: ScriptedLL
     )
     assert message.stop_reason == "max_tokens"
     assert payloads[-2]["choices"][0]["finish_reason"] == "length"
+
+
+# --- prompt caching (cache.py): Anthropic's explicit breakpoints, OpenAI's automatic prefixes ---------------
+
+LONG_SYSTEM = "You are a careful reviewer. " * 220  # ~6,000 characters: ~1,500 estimated tokens
+EPHEMERAL = {"type": "ephemeral"}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@pytest.fixture
+async def cached_llm() -> Any:
+    clock = FakeClock()
+    llm = ScriptedLLM(strict=False, clock=clock)
+    await llm.start()
+    try:
+        yield llm, clock
+    finally:
+        await llm.stop()
+
+
+def cached_request(text: str, system: str = LONG_SYSTEM, model: str = "claude-sonnet-4-20250514") -> dict[str, Any]:
+    return {"model": model, "max_tokens": 100,
+            "tools": [{**WEATHER_TOOL, "cache_control": EPHEMERAL}],
+            "system": [{"type": "text", "text": system, "cache_control": EPHEMERAL}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": text, "cache_control": EPHEMERAL}]}]}
+
+
+async def usage_of(url: str, body: dict[str, Any], stream: bool = False) -> tuple[int, int, int]:
+    """(input_tokens, cache_creation_input_tokens, cache_read_input_tokens) as the SDK reads them."""
+    sdk = client(url)
+    if stream:
+        async with sdk.messages.stream(**body) as events:
+            message = await events.get_final_message()
+    else:
+        message = await sdk.messages.create(**body)
+    usage = message.usage
+    return usage.input_tokens, usage.cache_creation_input_tokens or 0, usage.cache_read_input_tokens or 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_anthropic_caches_a_long_prefix_and_reads_it_back(cached_llm: Any, stream: bool) -> None:
+    llm, _ = cached_llm
+    first = await usage_of(llm.url, cached_request("first question"), stream)
+    second = await usage_of(llm.url, cached_request("a different question"), stream)
+    assert first[1] > 1024 and first[2] == 0  # the whole prefix (and the short conversation) written
+    # The second reads tools + system (written by the first's breakpoints) and writes its own conversation.
+    assert 1024 < second[2] < first[1] and 0 < second[1] < 50
+    assert 0 < second[0] and abs(second[0] - first[0]) <= 2  # the uncached rest: the JSON around the blocks
+
+
+async def test_anthropic_prefixes_below_the_minimum_are_not_cached(cached_llm: Any) -> None:
+    llm, _ = cached_llm
+    short = cached_request("hi", system="Be brief.")
+    assert (await usage_of(llm.url, short))[1:] == (0, 0)
+    assert (await usage_of(llm.url, short))[1:] == (0, 0)
+    # ~1,500 tokens: enough for a Sonnet-class model (1,024), not for a Haiku-class one (2,048).
+    haiku = cached_request("hi", model="claude-3-5-haiku-20241022")
+    assert (await usage_of(llm.url, haiku))[1:] == (0, 0)
+    assert (await usage_of(llm.url, haiku))[1:] == (0, 0)
+
+
+async def test_anthropic_ttl_is_five_minutes_refreshed_on_each_hit(cached_llm: Any) -> None:
+    llm, clock = cached_llm
+    body = cached_request("same")
+    written = (await usage_of(llm.url, body))[1]
+    for _ in range(3):  # each hit within 5 minutes keeps it alive 5 more minutes
+        clock.now_s += 290
+        assert (await usage_of(llm.url, body))[1:] == (0, written)
+    clock.now_s += 301
+    assert (await usage_of(llm.url, body))[1:] == (written, 0)  # expired: written again
+
+
+async def test_anthropic_longest_cached_prefix_wins(cached_llm: Any) -> None:
+    llm, _ = cached_llm
+    big_tools = [{"name": f"tool_{i}", "description": "Does a thing. " * 40, "input_schema": {"type": "object"}}
+                 for i in range(8)]
+    body = cached_request("q")
+    body["tools"] = [*big_tools[:-1], {**big_tools[-1], "cache_control": EPHEMERAL}]
+    first = await usage_of(llm.url, body)
+    tools_only = await usage_of(llm.url, {**body, "system": [{**body["system"][0], "text": "Another prompt. " * 400,
+                                                               "cache_control": EPHEMERAL}]})
+    everything = await usage_of(llm.url, body)
+    assert 1024 < tools_only[2] < everything[2] == first[1]  # the tools alone; then tools + system + question
+
+
+async def test_anthropic_more_than_four_breakpoints_is_a_400(scripted_llm: ScriptedLLM) -> None:
+    body = cached_request("q")
+    body["messages"][0]["content"] = [{"type": "text", "text": f"part {i}", "cache_control": EPHEMERAL}
+                                      for i in range(3)]
+    with pytest.raises(anthropic.BadRequestError, match="maximum of 4 blocks with cache_control"):
+        await client(scripted_llm.url).messages.create(**body)
+
+
+async def test_openai_caches_prefixes_automatically_in_128_token_steps(cached_llm: Any) -> None:
+    llm, clock = cached_llm
+    url, auth = f"{llm.url}/v1/chat/completions", {"authorization": "Bearer k"}
+    system = {"role": "system", "content": LONG_SYSTEM}
+
+    async def usage(question: str) -> dict[str, Any]:
+        body = {"model": "gpt-4o", "messages": [system, {"role": "user", "content": question}]}
+        async with httpx.AsyncClient() as http:
+            return (await http.post(url, headers=auth, json=body)).json()["usage"]
+
+    first = await usage("first")
+    assert first["prompt_tokens_details"]["cached_tokens"] == 0
+    second = await usage("second, longer question")
+    cached = second["prompt_tokens_details"]["cached_tokens"]
+    assert cached >= 1024 and (cached - 1024) % 128 == 0 and cached <= second["prompt_tokens"]
+    assert second["prompt_tokens"] - cached < 128 + 20  # only the tail past the last 128-token step is new
+    streamed = await openai_stream(llm.url, {"model": "gpt-4o", "stream": True, "stream_options": {
+        "include_usage": True}, "messages": [system, {"role": "user", "content": "third"}]})
+    assert streamed[-2]["usage"]["prompt_tokens_details"]["cached_tokens"] == cached
+    clock.now_s += 301
+    assert (await usage("fourth"))["prompt_tokens_details"]["cached_tokens"] == 0
+    short = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient() as http:
+        for _ in range(2):
+            assert (await http.post(url, headers=auth, json=short)).json()["usage"]["prompt_tokens_details"][
+                "cached_tokens"] == 0  # below 1,024 tokens: never cached

@@ -11,6 +11,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
+from botburrow.doubles.scripted_llm.cache import breakpoint_problem
 from botburrow.doubles.scripted_llm.script import Answer, chunks
 from botburrow.doubles.scripted_llm.wire import dumps, new_id, retry_headers, sse_response
 
@@ -60,7 +61,7 @@ def check_shape(body: dict[str, Any]) -> str | None:
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ("user", "assistant"):
             return f"messages.{index}.role: Input should be 'user' or 'assistant'"
-    return None
+    return breakpoint_problem(body)
 
 
 def check_sequence(messages: list[dict[str, Any]]) -> str | None:
@@ -125,8 +126,8 @@ def _usage(answer: Answer, output_tokens: int) -> dict[str, int]:
     return {
         "input_tokens": answer.input_tokens,
         "output_tokens": output_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": answer.cache_write_tokens,
+        "cache_read_input_tokens": answer.cache_read_tokens,
     }
 
 

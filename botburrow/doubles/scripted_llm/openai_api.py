@@ -114,11 +114,16 @@ def models(names: Sequence[str]) -> Response:
     return JSONResponse({"object": "list", "data": data, "has_more": False, "first_id": first, "last_id": last})
 
 
-def _usage(answer: Answer) -> dict[str, int]:
+def _usage(answer: Answer) -> dict[str, Any]:
+    # OpenAI's prompt_tokens include the cached ones (`prompt_tokens_details.cached_tokens`).
+    prompt_tokens = answer.input_tokens + answer.cache_write_tokens + answer.cache_read_tokens
     return {
-        "prompt_tokens": answer.input_tokens,
+        "prompt_tokens": prompt_tokens,
         "completion_tokens": answer.output_tokens,
-        "total_tokens": answer.input_tokens + answer.output_tokens,
+        "total_tokens": prompt_tokens + answer.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": answer.cache_read_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0,
+                                      "rejected_prediction_tokens": 0},
     }
 
 

@@ -22,8 +22,13 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A step's usage as scripted (the prompt cache's own counts are then not used): Anthropic's meaning,
+    `input_tokens` the uncached input; OpenAI's `prompt_tokens` is their sum."""
+
     input_tokens: int
     output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
 
 
 class StepError(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -58,8 +63,11 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     text: str
     tool_calls: tuple[ToolCall, ...]
     stop_reason: StopReason
-    input_tokens: int
+    input_tokens: int  # uncached (Anthropic's meaning); before the prompt cache is applied, the whole input
     output_tokens: int
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+    usage_scripted: bool = False  # the step set its usage: the prompt cache does not change it
 
 
 class RecordedRequest(msgspec.Struct, kw_only=True):
@@ -184,15 +192,16 @@ def output_tokens_of(text: str, tool_calls: Sequence[ToolCall]) -> int:
 def answer_for(step: Step, body: Mapping[str, Any]) -> Answer:
     stop: StopReason = step.stop_reason or ("tool_use" if step.tool_calls else "end_turn")
     if step.usage is not None:
-        input_tokens, output_tokens = step.usage.input_tokens, step.usage.output_tokens
-    else:
-        input_tokens, output_tokens = input_tokens_of(body), output_tokens_of(step.text, step.tool_calls)
+        usage = step.usage
+        return Answer(text=step.text, tool_calls=step.tool_calls, stop_reason=stop, input_tokens=usage.input_tokens,
+                      output_tokens=usage.output_tokens, cache_write_tokens=usage.cache_creation_input_tokens,
+                      cache_read_tokens=usage.cache_read_input_tokens, usage_scripted=True)
     return Answer(
         text=step.text,
         tool_calls=step.tool_calls,
         stop_reason=stop,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
+        input_tokens=input_tokens_of(body),
+        output_tokens=output_tokens_of(step.text, step.tool_calls),
     )
 
 

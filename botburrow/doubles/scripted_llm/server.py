@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from botburrow.doubles.scripted_llm import anthropic_api, openai_api
+from botburrow.doubles.scripted_llm.cache import Clock, PromptCache
 from botburrow.doubles.scripted_llm.script import (
     Answer,
     RecordedRequest,
@@ -61,6 +62,7 @@ class ScriptedLLM:
     api_key: if set, only this key is accepted (else any non-empty key).
     latency_s: (low, high): every model answer first waits a uniformly random time in that range, on
     top of a step's own `delay_s` (load and soak tests want a model that is not instant).
+    clock: the prompt cache's time (`cache.PromptCache`: 5-minute TTLs), so tests move it, not sleep.
     """
 
     def __init__(
@@ -71,8 +73,10 @@ class ScriptedLLM:
         api_key: str | None = None,
         models: Sequence[str] = DEFAULT_MODELS,
         latency_s: tuple[float, float] | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.strict = strict
+        self.cache = PromptCache(clock)
         self.latency_s = latency_s
         self.api_key = api_key
         self.models = list(models)
@@ -124,7 +128,8 @@ class ScriptedLLM:
         return self._scripts.remaining(key)
 
     def reset(self) -> None:
-        """Forget scripts, recorded requests and violations."""
+        """Forget scripts, recorded requests, violations and the prompt cache."""
+        self.cache.clear()
         self._scripts.clear()
         self.requests.clear()
         self.violations.clear()
@@ -200,7 +205,19 @@ class ScriptedLLM:
         answer = await self._scripted_answer(record, body, api)
         if isinstance(answer, Response):
             return answer
-        return api.render(answer, record.model or self.models[0], body, record.stream)
+        model = record.model or self.models[0]
+        return api.render(self._cached(api, model, body, answer), model, body, record.stream)
+
+    def _cached(self, api: ModuleType, model: str, body: dict[str, Any], answer: Answer) -> Answer:
+        """The answer's input split as the prompt cache serves this request (the cache is updated even
+        when the step scripted its usage, which is then reported as scripted)."""
+        usage = self.cache.anthropic(model, body) if api.NAME == "anthropic" else self.cache.openai(model, body)
+        if answer.usage_scripted:
+            return answer
+        read = min(usage.read_tokens, answer.input_tokens)
+        write = min(usage.write_tokens, answer.input_tokens - read)
+        return msgspec.structs.replace(answer, input_tokens=answer.input_tokens - read - write,
+                                       cache_write_tokens=write, cache_read_tokens=read)
 
     async def _scripted_answer(
         self, record: RecordedRequest, body: dict[str, Any], api: ModuleType
