@@ -55,6 +55,7 @@ class Admin:
             route("/faults", self.list_faults, "GET"),
             route("/faults", self.clear_faults, "DELETE"),
             route("/rate-limits", self.rate_limits),
+            route("/hooks", self.hooks),
             route("/budget", self.budget),
             route("/state", self.state, "GET"),
             route("/reset", self.reset),
@@ -90,8 +91,11 @@ class Admin:
             self.hub.world.author(_optional_str(body, "author") or "alice"),
             text_field(body, "submolt", required=False) or "general", text_field(body, "title"),
             text_field(body, "content", required=False), score=int(_number(body, "score", 0)),
-            age_s=_number(body, "age_s", 0.0), notify=bool(body.get("notify", True)))
-        return json_response({"success": True, "post": post}, 201)
+            age_s=_number(body, "age_s", 0.0), notify=bool(body.get("notify", True)), url=_optional_str(body, "url"))
+        made: dict[str, Any] = {"success": True, "post": post}
+        if post.id in self.hub.world.links:
+            made["url"] = self.hub.world.links[post.id]
+        return json_response(made, 201)
 
     async def create_comment(self, body: dict[str, Any]) -> Response:
         comment = self.hub.world.add_comment(
@@ -144,6 +148,19 @@ class Admin:
         self.hub.set_rate_limits(bool(body.get("enabled", True)), **overrides)
         return json_response({"success": True, "enabled": self.hub.limiter.enabled,
                               "limits": self.hub.limiter.limits})
+
+    async def hooks(self, body: dict[str, Any]) -> Response:
+        """`{"url": "<hook base>" | null, "secrets": {agent: secret} | null}`: inbox pings on or off; without
+        `secrets`, each agent's is read from the emulator's SECRETS_DIR (`webhook-<agent>`)."""
+        secrets = body.get("secrets")
+        if secrets is not None and not (isinstance(secrets, dict)
+                                        and all(isinstance(v, str) for v in secrets.values())):
+            raise HubFault(400, "secrets must be an object of agent -> secret", "VALIDATION_ERROR")
+        try:
+            self.hub.configure_pings(_optional_str(body, "url"), secrets)
+        except ValueError as exc:
+            raise HubFault(400, str(exc), "VALIDATION_ERROR") from None
+        return json_response({"success": True, "url": self.hub.pinger.hook_url if self.hub.pinger else None})
 
     async def budget(self, body: dict[str, Any]) -> Response:
         used_pct = body.get("used_pct")

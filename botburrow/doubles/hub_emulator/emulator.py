@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
 
 from botburrow.doubles.hub_emulator.admin import Admin
-from botburrow.doubles.hub_emulator.api import Api
-from botburrow.doubles.hub_emulator.guards import MOLTBOOK_LIMITS, Fault, Faults, RateLimiter, RequestLog
+from botburrow.doubles.hub_emulator.api import Api, json_response
+from botburrow.doubles.hub_emulator.guards import MOLTBOOK_LIMITS, Bucket, Fault, Faults, RateLimiter, RequestLog
+from botburrow.doubles.hub_emulator.moltbook import MoltbookApi
+from botburrow.doubles.hub_emulator.pings import InboxPinger, SecretSource
+from botburrow.doubles.hub_emulator.profiles import Profile, profile_named
 from botburrow.doubles.hub_emulator.state import DirectMessage, HubFault, ToolBudgetConfig, World, new_id
 from botburrow.runtime.http import RunningServer, serve
 from schemas.events import ActivationMetrics
@@ -21,16 +27,56 @@ DEFAULT_HUMAN = "alice"
 
 
 class HubEmulator:
-    def __init__(self, system_key: str = DEFAULT_SYSTEM_KEY, rate_limits: bool = False, *,
-                 auto_notify: bool = True, seed: int | None = None) -> None:
+    """The emulated Hub. `profile`: "botburrow" (contract §1, the default) or "moltbook" (profiles.py).
+    `rate_limits` None: the profile's default (on for moltbook); `limits` overrides buckets, e.g.
+    `{"requests": (5, 60.0)}`. `hook_url` and `webhook_secrets` turn on signed inbox pings (pings.py)."""
+
+    def __init__(self, system_key: str = DEFAULT_SYSTEM_KEY, rate_limits: bool | None = None, *,
+                 auto_notify: bool = True, seed: int | None = None, profile: str | Profile = "botburrow",
+                 limits: Mapping[Bucket, tuple[int, float]] | None = None, hook_url: str | None = None,
+                 webhook_secrets: SecretSource | None = None) -> None:
         self.system_key = system_key
-        self.world = World(auto_notify=auto_notify)
+        self.profile = profile if isinstance(profile, Profile) else profile_named(profile)
+        self.pinger: InboxPinger | None = None
+        self.world = self._new_world(auto_notify)
         self.faults = Faults(random.Random(seed))
-        self.limiter = RateLimiter(enabled=rate_limits)
+        self.limiter = RateLimiter(enabled=self.profile.rate_limits if rate_limits is None else rate_limits)
+        self.limiter.limits.update(limits or {})
         self.requests = RequestLog()
         self._server: RunningServer | None = None
-        self.app = Starlette(routes=[Mount("/api/v1", routes=Api(self).routes()),
-                                     Mount("/admin", routes=Admin(self).routes())])
+        if hook_url:
+            self.configure_pings(hook_url, webhook_secrets)
+        self.app = Starlette(routes=self._routes())
+
+    def _routes(self) -> list[BaseRoute]:
+        admin = Mount("/admin", routes=Admin(self).routes())
+        if self.profile.name != "moltbook":
+            return [Mount("/api/v1", routes=Api(self).routes()), admin]
+
+        async def root(request: Request) -> Response:
+            return json_response({"name": "Moltbook API", "version": "1.0.0", "profile": "hub emulator"})
+
+        async def not_found(request: Request) -> Response:
+            return json_response({"success": False, "error": "Endpoint not found", "hint": (
+                f"{request.method} {request.url.path} does not exist. Check the API documentation.")}, 404)
+
+        every = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+        return [Mount("/api/v1", routes=MoltbookApi(self).routes()), admin, Route("/", root, methods=["GET"]),
+                Route("/{path:path}", not_found, methods=every)]
+
+    def _new_world(self, auto_notify: bool) -> World:
+        world = World(auto_notify=auto_notify, profile=self.profile,
+                      on_notification=self.pinger.notify if self.pinger else None)
+        world.add_submolt("general", "General", "The default community")  # Moltbook's schema seeds it
+        return world
+
+    def configure_pings(self, hook_url: str | None, webhook_secrets: SecretSource | None = None) -> None:
+        """Send signed inbox pings to `<hook_url>/hooks/inbox/<agent>` (None: stop sending them).
+        Secrets: a name -> secret mapping, a function, or (None) SECRETS_DIR/webhook-<agent>."""
+        if hook_url and not self.profile.notifications:
+            raise ValueError(f"the {self.profile.name} profile has no notifications, so no inbox pings")
+        self.pinger = InboxPinger(hook_url, webhook_secrets) if hook_url else None
+        self.world.on_notification = self.pinger.notify if self.pinger else None
 
     # --- server -------------------------------------------------------------------------------
 
@@ -44,6 +90,8 @@ class HubEmulator:
         server, self._server = self._server, None
         if server is not None:
             await server.stop()
+        if self.pinger is not None:
+            await self.pinger.aclose()
 
     @property
     def url(self) -> str:
@@ -51,6 +99,11 @@ class HubEmulator:
         if self._server is None:
             raise RuntimeError("the emulator is not running")
         return self._server.url
+
+    @property
+    def api_url(self) -> str:
+        """Where the API lives (`<url>/api/v1`); HubClient takes this or `url` as HUB_URL."""
+        return f"{self.url}/api/v1"
 
     # --- seeding and inspection ---------------------------------------------------------------
 
@@ -62,9 +115,11 @@ class HubEmulator:
         return next(k for k, name in self.world.keys.items() if name == agent)
 
     def add_post(self, title: str, content: str = "", *, author: str = DEFAULT_HUMAN, submolt: str = "general",
-                 score: int = 0, age_s: float = 0.0) -> Post:
-        """A post by `author`: the agent of that name, else a human."""
-        return self.world.add_post(self.world.author(author), submolt, title, content, score=score, age_s=age_s)
+                 score: int = 0, age_s: float = 0.0, url: str | None = None) -> Post:
+        """A post by `author`: the agent of that name, else a human. With `url`, a link post (its
+        `content` is null in the moltbook profile; mentions in its title count)."""
+        return self.world.add_post(self.world.author(author), submolt, title, content, score=score, age_s=age_s,
+                                   url=url)
 
     def add_comment(self, post_id: str, content: str, *, author: str = DEFAULT_HUMAN,
                     parent_id: str | None = None, score: int = 0, notify: bool = True) -> Comment:
@@ -81,6 +136,7 @@ class HubEmulator:
                 sender: Author | str = DEFAULT_HUMAN) -> Notification:
         """A human comment mentioning `agent` (on a new post in m/general if no post is given), and the
         `mention` notification pointing at it."""
+        self._need_notifications("a mention notification")
         if agent not in self.world.agents:
             raise HubFault(404, f"no agent {agent!r}", "NOT_FOUND")
         author = self.world.author(sender) if isinstance(sender, str) else sender
@@ -94,12 +150,18 @@ class HubEmulator:
     def dm(self, agent: str, content: str, dm_id: str | None = None,
            sender: Author | str = DEFAULT_HUMAN) -> Notification:
         """A DM from a human to `agent` in conversation `dm_id` (a new one if not given), and its notification."""
+        self._need_notifications("a DM")
         author = self.world.author(sender) if isinstance(sender, str) else sender
         dm_id = dm_id or new_id("dm")
         note = self.world.add_notification(agent, "dm", sender=author, content=content, dm_id=dm_id)
         self.world.dms.append(DirectMessage(id=new_id("msg"), conversation_id=dm_id, sender=author.name,
                                             content=content, created_at=note.created_at))
         return note
+
+    def _need_notifications(self, what: str) -> None:
+        if not self.profile.notifications:
+            raise HubFault(400, f"the {self.profile.name} profile has no notifications or DMs, so no {what}; "
+                           "make the post or comment itself (it may name @agent)", "NO_NOTIFICATIONS")
 
     def comments_on(self, post_id: str | None) -> list[Comment]:
         """Every comment on the post, flat, in creation order (`replies` empty; `parent_id`, `depth` set).
@@ -149,11 +211,13 @@ class HubEmulator:
         self.world.budget[tool_type] = ToolBudgetConfig(limit_usd=limit_usd, used_pct=used_pct)
 
     def reset(self, keep_agents: bool = False) -> None:
-        agents, keys = self.world.agents, self.world.keys
-        self.world = World(auto_notify=self.world.auto_notify)
+        old = self.world
+        self.world = self._new_world(old.auto_notify)
+        self.world.on_notification = old.on_notification
         if keep_agents:
-            self.world.agents, self.world.keys = agents, keys
-            self.world.notifications = {name: [] for name in agents}
+            self.world.agents, self.world.keys = old.agents, old.keys
+            self.world.notifications = {name: [] for name in old.agents}
+            self.world.unclaimed, self.world.display_names = old.unclaimed, old.display_names
         self.faults.clear()
         self.limiter.reset()
         self.requests.records.clear()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import msgspec
+from starlette.requests import Request
 
 from botburrow.doubles.hub_emulator.state import HubFault
 
@@ -60,7 +61,8 @@ class Faults:
 
 
 Bucket = Literal["requests", "posts", "comments"]
-# Moltbook's limits per key: (how many, per how many seconds).
+# Moltbook's limits: (how many, per how many seconds); `requests` per client address there, per key in
+# the `botburrow` profile.
 MOLTBOOK_LIMITS: dict[Bucket, tuple[int, float]] = {
     "requests": (100, 60.0),
     "posts": (1, 1800.0),
@@ -97,6 +99,27 @@ class RateLimiter:
                            "X-RateLimit-Reset": str(math.ceil(time.time() + retry_after_s)),
                        })
 
+    def take(self, key: str, bucket: Bucket, message: str = "Rate limit exceeded") -> dict[str, str]:
+        """Moltbook's way: check and count in one step (a request let through counts even if its handler
+        then refuses it). Returns the X-RateLimit-* headers every answer carries; a refusal is Moltbook's
+        429, its body with `retryAfter` and `retryAfterMinutes`, and `Retry-After`."""
+        if not self.enabled:
+            return {}
+        limit, window_s = self.limits[bucket]
+        hits, now = self._window(key, bucket), self._clock()
+        allowed = len(hits) < limit
+        reset_in_s = hits[0] + window_s - now if hits else window_s
+        headers = {"X-RateLimit-Limit": str(limit),
+                   "X-RateLimit-Remaining": str(max(0, limit - len(hits) - (1 if allowed else 0))),
+                   "X-RateLimit-Reset": str(math.floor(time.time() + reset_in_s))}
+        if allowed:
+            hits.append(now)
+            return headers
+        retry_after_s = max(1, math.ceil(reset_in_s))
+        raise HubFault(429, message, "RATE_LIMITED", hint=f"Try again in {retry_after_s} seconds",
+                       headers={**headers, "Retry-After": str(retry_after_s)},
+                       extra={"retryAfter": retry_after_s, "retryAfterMinutes": math.ceil(retry_after_s / 60)})
+
     def hit(self, key: str, bucket: Bucket) -> None:
         if self.enabled:
             self._window(key, bucket).append(self._clock())
@@ -107,6 +130,15 @@ class RateLimiter:
         while hits and hits[0] <= horizon:
             hits.popleft()
         return hits
+
+
+def client_ip(request: Request) -> str:
+    """The caller's address as Moltbook sees it behind one proxy (Express `trust proxy` 1): the last
+    X-Forwarded-For entry, else the socket's peer. Lets a test be two hosts from one."""
+    forwarded = [part.strip() for part in request.headers.get("x-forwarded-for", "").split(",") if part.strip()]
+    if forwarded:
+        return forwarded[-1]
+    return request.client.host if request.client else "unknown"
 
 
 @dataclass

@@ -7,14 +7,14 @@ No I/O here: the HTTP layer (`app.py`) and the in-process helpers (`HubEmulator`
 from __future__ import annotations
 
 import re
-import secrets
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
+from botburrow.doubles.hub_emulator.profiles import BOTBURROW, Profile, new_id
 from schemas.events import ActivationMetrics
 from schemas.hub import Author, Comment, Notification, Post
 
@@ -27,20 +27,18 @@ _MENTION_RE = re.compile(r"@([A-Za-z0-9_-]+)")
 class HubFault(Exception):
     """A request the Hub refuses: becomes `{"success": false, "error", "code", "hint"}` with `status`."""
 
-    def __init__(self, status: int, error: str, code: str, hint: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, error: str, code: str | None, hint: str | None = None,
+                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
         super().__init__(error)
         self.status, self.error, self.code, self.hint = status, error, code, hint
         self.headers = headers or {}
+        # More fields of the error body (Moltbook's 429 adds `retryAfter` and `retryAfterMinutes`).
+        self.extra = extra or {}
 
 
 def now_iso(age_s: float = 0.0) -> str:
     moment = datetime.now(UTC) - timedelta(seconds=age_s)
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
 def community(name: str) -> str:
@@ -90,6 +88,15 @@ _RECOMMENDATION = {
 
 
 @dataclass
+class Submolt:
+    id: str
+    name: str
+    display_name: str
+    description: str
+    created_at: str
+
+
+@dataclass
 class World:
     agents: dict[str, Agent] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)  # key -> agent name
@@ -101,16 +108,32 @@ class World:
     consumption: list[ActivationMetrics] = field(default_factory=list)
     budget: dict[str, ToolBudgetConfig] = field(default_factory=dict)
     auto_notify: bool = True
+    profile: Profile = BOTBURROW
+    # Called with (agent, unread count) after each notification is stored (the emulator's inbox pings).
+    on_notification: Callable[[str, int], None] | None = None
+    # What only the `moltbook` profile shows: link posts' urls, communities, claims, display names,
+    # follows (follower, followed) and subscriptions (agent, submolt).
+    links: dict[str, str] = field(default_factory=dict)  # post id -> url
+    submolts: dict[str, Submolt] = field(default_factory=dict)
+    unclaimed: set[str] = field(default_factory=set)
+    display_names: dict[str, str] = field(default_factory=dict)
+    follows: set[tuple[str, str]] = field(default_factory=set)
+    subscriptions: set[tuple[str, str]] = field(default_factory=set)
+    votes: dict[tuple[str, str], int] = field(default_factory=dict)  # (agent, post or comment id) -> +1/-1
+    deleted_comments: set[str] = field(default_factory=set)
 
     # --- agents -------------------------------------------------------------------------------
 
     def add_agent(self, name: str, type: str = "native", key: str | None = None, description: str = "") -> str:
+        refused = self.profile.name_error(name) or (self.profile.key_error(key) if key else None)
+        if refused:
+            raise HubFault(400, refused, "BAD_REQUEST")
         if not name or name in self.agents:
             raise HubFault(409, f"agent {name!r} exists or has no name", "CONFLICT")
-        key = key or f"bb_{secrets.token_urlsafe(24)}"
+        key = key or self.profile.new_key()
         if key in self.keys:
             raise HubFault(409, "that key is taken", "CONFLICT")
-        self.agents[name] = Agent(id=new_id("agt"), name=name, type=type, description=description,
+        self.agents[name] = Agent(id=self.profile.new_id("agt"), name=name, type=type, description=description,
                                   created_at=now_iso())
         self.keys[key] = name
         self.notifications.setdefault(name, [])
@@ -130,16 +153,29 @@ class World:
     # --- posts and comments -------------------------------------------------------------------
 
     def add_post(self, author: Author, submolt: str, title: str, content: str, *, score: int = 0,
-                 age_s: float = 0.0, notify: bool = True) -> Post:
+                 age_s: float = 0.0, notify: bool = True, url: str | None = None) -> Post:
+        """A post; with `url`, a link post (Moltbook shows its `content` as null)."""
         if not 1 <= len(title) <= MAX_TITLE_CHARS:
             raise HubFault(400, f"title must be 1..{MAX_TITLE_CHARS} characters", "VALIDATION_ERROR")
-        post = Post(id=new_id("post"), title=title, content=content, submolt=community(submolt) or "general",
-                    author_name=author.name, author_type=author.type, score=score, created_at=now_iso(age_s))
+        post = Post(id=self.profile.new_id("post"), title=title, content=content,
+                    submolt=community(submolt) or "general", author_name=author.name, author_type=author.type,
+                    score=score, created_at=now_iso(age_s))
         self.posts[post.id] = post
         self.comments[post.id] = []
-        if notify and self.auto_notify:
-            self._notify_mentions(author, content, post.id, None, set())
+        self.add_submolt(post.submolt)
+        if url:
+            self.links[post.id] = url
+        if notify and self.auto_notify and self.profile.notifications:
+            self._notify_mentions(author, f"{title}\n{content}" if url else content, post.id, None, set())
         return post
+
+    def add_submolt(self, name: str, display_name: str = "", description: str = "") -> Submolt:
+        """The community `name`, created if new."""
+        if name not in self.submolts:
+            self.submolts[name] = Submolt(id=self.profile.new_id("sub"), name=name,
+                                          display_name=display_name or name.capitalize(),
+                                          description=description, created_at=now_iso())
+        return self.submolts[name]
 
     def post(self, post_id: str) -> Post:
         post = self.posts.get(post_id)
@@ -164,13 +200,13 @@ class World:
             parent = next((c for c in self.comments[post_id] if c.id == parent_id), None)
             if parent is None:
                 raise HubFault(404, "parent comment not found on this post", "NOT_FOUND")
-        comment = Comment(id=new_id("cmt"), content=content, parent_id=parent_id, author_name=author.name,
+        comment = Comment(id=self.profile.new_id("cmt"), content=content, parent_id=parent_id, author_name=author.name,
                           author_type=author.type, score=score, depth=parent.depth + 1 if parent else 0,
                           created_at=now_iso())
         self.comments[post_id].append(comment)
         self.comment_posts[comment.id] = post_id
         self.posts[post_id] = msgspec.structs.replace(post, comment_count=post.comment_count + 1)
-        if notify and self.auto_notify:
+        if notify and self.auto_notify and self.profile.notifications:
             self._notify_comment(author, post, parent, comment)
         return comment
 
@@ -197,11 +233,15 @@ class World:
     def add_notification(self, agent: str, type: str, *, sender: Author, content: str = "",
                          post_id: str | None = None, comment_id: str | None = None,
                          dm_id: str | None = None) -> Notification:
+        if not self.profile.notifications:
+            raise HubFault(400, f"the {self.profile.name} profile has no notifications", "NO_NOTIFICATIONS")
         if agent not in self.agents:
             raise HubFault(404, f"no agent {agent!r}", "NOT_FOUND")
         note = Notification(id=new_id("ntf"), type=type, post_id=post_id, comment_id=comment_id, dm_id=dm_id,
                             from_=sender, content=content, created_at=now_iso())
         self.notifications[agent].append(note)
+        if self.on_notification is not None:
+            self.on_notification(agent, sum(1 for n in self.notifications[agent] if not n.read))
         return note
 
     def mark_read(self, agent: str, ids: list[str]) -> int:
@@ -216,7 +256,7 @@ class World:
     def send_dm(self, sender: str, conversation_id: str, content: str) -> DirectMessage:
         if not content:
             raise HubFault(400, "content must not be empty", "VALIDATION_ERROR")
-        message = DirectMessage(id=new_id("msg"), conversation_id=conversation_id, sender=sender,
+        message = DirectMessage(id=self.profile.new_id("msg"), conversation_id=conversation_id, sender=sender,
                                 content=content, created_at=now_iso())
         self.dms.append(message)
         return message
