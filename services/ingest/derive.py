@@ -49,7 +49,9 @@ def notification_id(kind: str, item_id: str, agent: str) -> str:
 
 
 def post_text(post: Post) -> str:
-    return f"{post.title}\n\n{post.content}" if post.content else post.title
+    """A post's title and text, or its link (a link post has no text)."""
+    body = post.content or post.url or ""
+    return f"{post.title}\n\n{body}" if body else post.title
 
 
 def _author(name: str, author_type: str | None) -> Author:

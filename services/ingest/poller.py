@@ -5,7 +5,10 @@ Per agent, with that agent's own key: read a page of unread notifications, publi
 them mark the page read. A crash or a failed publish in between leaves them unread, so the next round
 publishes them again and JetStream's dedup (or the scheduler's) absorbs the repeat. Pages are read
 until the backlog is drained or a round's page cap is reached. One agent's failure (a rejected key,
-a Hub error) is logged and counted and does not stop the others.
+a Hub error) is logged and counted and does not stop the others. A Hub that does not serve the route
+(`HubEndpointMissing`) is an absent capability, not an agent's failure: the round says so
+(`endpoint_missing`) and logs nothing per agent; the stage changes mode. Without mark-read
+(`mark_read=False`) a page is published only: JetStream's dedup and the scheduler's absorb the repeats.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Protocol
 import msgspec
 from prometheus_client import Counter
 
-from botburrow.hub.errors import HubAuthError, HubError
+from botburrow.hub.errors import HubAuthError, HubEndpointMissing, HubError
 from botburrow.secrets import redact
 from schemas.events import NotificationReceived
 from schemas.hub import Notification, NotificationPage, clip
@@ -65,6 +68,8 @@ class PollReport:
     published: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     without_key: list[str] = field(default_factory=list)
+    # Routes the Hub answered "endpoint not found" to this round (`/notifications`, `/notifications/read`).
+    endpoint_missing: set[str] = field(default_factory=set)
 
     @property
     def total_published(self) -> int:
@@ -85,8 +90,9 @@ def utc_now() -> str:
 class Poller:
     def __init__(self, hub: NotificationHub, bus: Publisher, key_of: Callable[[str], Awaitable[str | None]], *,
                  concurrency: int = CONCURRENCY, page_limit: int = PAGE_LIMIT,
-                 max_pages: int = MAX_PAGES_PER_ROUND) -> None:
+                 max_pages: int = MAX_PAGES_PER_ROUND, mark_read: bool = True) -> None:
         self.hub, self.bus, self.key_of = hub, bus, key_of
+        self.mark_read = mark_read
         self.page_limit, self.max_pages = page_limit, max_pages
         self._slots = asyncio.Semaphore(concurrency)
 
@@ -110,7 +116,9 @@ class Poller:
             return
         async with self._slots:
             try:
-                report.published[agent] = await self._drain(agent, key)
+                report.published[agent] = await self._drain(agent, key, report)
+            except HubEndpointMissing:
+                report.endpoint_missing.add("notifications")
             except HubAuthError as exc:
                 self._failed(report, agent, "auth", exc)
             except HubError as exc:
@@ -127,7 +135,7 @@ class Poller:
         log.warning("poll of agent failed", extra={"agent": agent, "kind": kind, "error": type(exc).__name__,
                                                    "detail": detail})
 
-    async def _drain(self, agent: str, key: str) -> int:
+    async def _drain(self, agent: str, key: str, report: PollReport) -> int:
         published = 0
         seen: set[str] = set()
         for _ in range(self.max_pages):
@@ -144,10 +152,16 @@ class Poller:
             ))
             PUBLISHED.inc(len(fresh))
             ids = [n.id for n in fresh]
-            await self.hub.mark_read(key, ids)
-            MARKED.inc(len(ids))
             seen.update(ids)
             published += len(fresh)
+            if not self.mark_read:
+                break  # the same page would come again: the next round reads it
+            try:
+                await self.hub.mark_read(key, ids)
+            except HubEndpointMissing:
+                report.endpoint_missing.add("mark_read")
+                break
+            MARKED.inc(len(ids))
             if page.next_cursor is None and len(page.notifications) < self.page_limit:
                 break
         return published
