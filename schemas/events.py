@@ -79,8 +79,14 @@ class ActivationMetrics(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     task_type: str
     task_priority: str
+    # `tokens_input` is the uncached input, as the providers report it (Anthropic's `input_tokens`; OpenAI's
+    # `prompt_tokens` less its cached tokens). Beside it (added with defaults, EVOLUTION.md rule 1; older
+    # events read as 0): the input written to the provider's prompt cache and the input read from it.
     tokens_input: int = 0
     tokens_output: int = 0
+    tokens_cache_write: int = 0
+    tokens_cache_read: int = 0
+    # Each kind of token at its model's price (services/runner/prices.yaml): cache writes and reads included.
     estimated_cost_usd: float = 0.0
     duration_seconds: float = 0.0
     iterations: int = 0
@@ -134,8 +140,11 @@ class LlmTurn(RunEventBase, tag="llm", frozen=True, kw_only=True):
     model: str
     provider: str = "anthropic"
     stop_reason: str | None = None
-    input_tokens: int = 0
+    input_tokens: int = 0  # uncached input (see ActivationMetrics.tokens_input)
     output_tokens: int = 0
+    # Added with defaults (EVOLUTION.md rule 1): the turn's input written to and read from the prompt cache.
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
     duration_ms: float = 0.0
     text: str = ""
     tool_calls: list[ToolCallRecord] = msgspec.field(default_factory=list)

@@ -336,6 +336,8 @@ class Activation:
             activation_id=self.request.activation_id, agent_id=self.request.agent, tool_type=tool_type,
             model=model, task_type=self.request.kind, task_priority=self.request.priority,
             tokens_input=spent.input_tokens, tokens_output=spent.output_tokens,
-            estimated_cost_usd=self.deps.prices.cost_usd(model, spent.input_tokens, spent.output_tokens),
+            tokens_cache_write=spent.cache_write_tokens, tokens_cache_read=spent.cache_read_tokens,
+            estimated_cost_usd=self.deps.prices.cost_usd(model, spent.input_tokens, spent.output_tokens,
+                                                         spent.cache_write_tokens, spent.cache_read_tokens),
             duration_seconds=round(time.monotonic() - self.started_s, 3), iterations=spent.iterations,
             outcome=ending.outcome.value, error=ending.reason, started_at=self.started_at, ended_at=now_rfc3339())

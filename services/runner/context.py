@@ -89,7 +89,9 @@ def select_skills(definition: AgentDefinition, skills: Mapping[str, SkillDefinit
                   task_text: str, community: str | None) -> list[SkillDefinition]:
     wanted: list[str] = list(definition.config.capabilities.skills)
     community = normalise_community(community)
-    for name, candidate in skills.items():
+    # The config's skills in its order, then the triggered ones by name: the system prompt is part of the
+    # prompt's cached prefix, so the same skills must always come out in the same order.
+    for name, candidate in sorted(skills.items()):
         triggers = candidate.front_matter.triggers
         if any(_mentions_word(task_text, keyword) for keyword in triggers.keywords) or (
             community and community in {normalise_community(c) for c in triggers.communities}
@@ -111,6 +113,9 @@ def select_skills(definition: AgentDefinition, skills: Mapping[str, SkillDefinit
 
 
 def system_prompt(definition: AgentDefinition, skills: Iterable[SkillDefinition]) -> str:
+    """The stable part of the prompt, as the model is given it before the task: the agent's own prompt, then
+    its skills. No timestamps, ids or Hub content here: it must be byte-identical from one activation of
+    the agent to the next (the provider caches it; tests/test_caching.py holds it)."""
     parts = [definition.system_prompt.strip()]
     chosen = list(skills)
     if chosen:

@@ -14,6 +14,12 @@ CLI's own housekeeping models (listed per executor), clamps `max_tokens` to the 
 budget left, and records every answered call as an `llm` run event with the
 provider's usage (from the JSON body, or the SSE `message_start`/`message_delta` and `include_usage`
 chunks), charging it to the activation's `Budget` (the one the native loop charges).
+
+The CLIs' prompt caching passes through intact: a body's `cache_control` blocks are forwarded as they
+came (only `max_tokens`, `n` and `thinking` may be changed), with the `anthropic-beta` header, and the
+usage's cache fields are counted apart from the uncached input, as the native loop counts them
+(Anthropic's `cache_creation_input_tokens`/`cache_read_input_tokens`; OpenAI's
+`prompt_tokens_details.cached_tokens`, which its `prompt_tokens` include).
 """
 
 from __future__ import annotations
@@ -282,6 +288,11 @@ def enforce(session: GatewaySession, provider: str, api_path: str, raw: bytes) -
         return b"", "the request body cannot be re-encoded"
 
 
+def _count(value: object) -> int:
+    """A token count from a provider's usage; anything but a positive int is 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _int(value: object, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
@@ -327,7 +338,8 @@ class Meter:
         self.text: list[str] = []
         self.calls: dict[int, dict[str, Any]] = {}
         self.stop_reason: str | None = None
-        self.input_tokens = self.output_tokens = 0
+        self.input_tokens = self.output_tokens = 0  # input: uncached
+        self.cache_write_tokens = self.cache_read_tokens = 0
 
     def feed(self, chunk: bytes) -> None:
         self._buffer += chunk
@@ -374,20 +386,28 @@ class Meter:
             self._anthropic_usage(data.get("usage") or {})
 
     def _anthropic_usage(self, usage: dict[str, Any]) -> None:
-        # message_delta carries the final output count (and, on newer APIs, input counts again).
-        inputs = sum(int(usage.get(k) or 0) for k in
-                     ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
-        if inputs:
-            self.input_tokens = inputs
+        # message_delta carries the final output count (and, on newer APIs, the input counts again).
+        if any(usage.get(k) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")):
+            self.input_tokens = _count(usage.get("input_tokens"))
+            self.cache_write_tokens = _count(usage.get("cache_creation_input_tokens"))
+            self.cache_read_tokens = _count(usage.get("cache_read_input_tokens"))
         if usage.get("output_tokens") is not None:
-            self.output_tokens = int(usage["output_tokens"])
+            self.output_tokens = _count(usage["output_tokens"])
+
+    def _openai_usage(self, usage: dict[str, Any]) -> None:
+        # prompt_tokens include the cached ones: the uncached input is the rest.
+        details = usage.get("prompt_tokens_details")
+        prompt_tokens = _count(usage.get("prompt_tokens"))
+        self.cache_read_tokens = min(prompt_tokens, _count(details.get("cached_tokens"))
+                                     if isinstance(details, dict) else 0)
+        self.input_tokens = prompt_tokens - self.cache_read_tokens
+        self.output_tokens = _count(usage.get("completion_tokens"))
 
     def _openai_chunk(self, data: dict[str, Any]) -> None:
         self.model = data.get("model") or self.model
         usage = data.get("usage")
         if isinstance(usage, dict):
-            self.input_tokens = int(usage.get("prompt_tokens") or 0)
-            self.output_tokens = int(usage.get("completion_tokens") or 0)
+            self._openai_usage(usage)
         for choice in data.get("choices") or []:
             delta = choice.get("delta") or {}
             if delta.get("content"):
@@ -414,9 +434,8 @@ class Meter:
             self._anthropic_usage(data.get("usage") or {})
             return
         self.model = data.get("model") or self.model
-        usage = data.get("usage") or {}
-        self.input_tokens = int(usage.get("prompt_tokens") or 0)
-        self.output_tokens = int(usage.get("completion_tokens") or 0)
+        usage = data.get("usage")
+        self._openai_usage(usage if isinstance(usage, dict) else {})
         for choice in data.get("choices") or []:
             message = choice.get("message") or {}
             self.text.append(message.get("content") or "")
@@ -432,4 +451,5 @@ class Meter:
         calls = [ToolCall(c["id"], c["name"], parse_arguments(c["arguments"])) for _, c in sorted(self.calls.items())]
         return ModelReply(text="".join(self.text), tool_calls=calls, stop_reason=self.stop_reason,
                           input_tokens=self.input_tokens, output_tokens=self.output_tokens,
+                          cache_write_tokens=self.cache_write_tokens, cache_read_tokens=self.cache_read_tokens,
                           model=self.model or default_model)

@@ -71,17 +71,23 @@ class Budget:
     deadline: float  # time.monotonic() value
     call_timeout_s: float = 120.0
     iterations: int = 0
-    input_tokens: int = 0
+    input_tokens: int = 0  # uncached input
     output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
 
     def charge(self, reply: ModelReply) -> None:
         """One answered model call: a turn and its tokens."""
         self.iterations += 1
         self.input_tokens += reply.input_tokens
         self.output_tokens += reply.output_tokens
+        self.cache_write_tokens += reply.cache_write_tokens
+        self.cache_read_tokens += reply.cache_read_tokens
 
     def remaining_tokens(self) -> int:
-        return self.max_tokens - (self.input_tokens + self.output_tokens)
+        # The limit counts every token the model read, cached or not: caching lowers the bill, not the work.
+        spent = self.input_tokens + self.cache_write_tokens + self.cache_read_tokens + self.output_tokens
+        return self.max_tokens - spent
 
     def over_tokens(self) -> bool:
         """More tokens spent than the limit allows: the activation fails with "max_tokens"."""
@@ -135,8 +141,11 @@ async def _run_tool(call: ToolCall, toolbox: Toolbox, known: set[str]) -> ToolOu
 
 async def run_loop(model: Model, system: str, transcript: list[Entry], toolbox: Toolbox, budget: Budget,
                    recorder: Recorder) -> str:
-    """Run to a final answer (returned); `budget` holds what was spent, so it survives a LoopFailed."""
-    tools = toolbox.specs()
+    """Run to a final answer (returned); `budget` holds what was spent, so it survives a LoopFailed.
+
+    Each request is a stable prefix, the tools sorted by name and `system` (the same bytes from one
+    activation of an agent to the next, so the provider's prompt cache serves it), then the transcript."""
+    tools = sorted(toolbox.specs(), key=lambda spec: spec.name)
     known = {tool.name for tool in tools}
     for turn in range(1, budget.max_iterations + 1):
         started = time.monotonic()

@@ -2,6 +2,15 @@
 
 Each turns the neutral transcript into its provider's messages, makes one call without retrying
 (the agent loop owns retries, within the activation's deadline) and maps errors to `ModelError`.
+
+Prompt caching (issue 18). The loop hands over a stable prefix (the tools, sorted by name, and the system
+prompt with its skills: the same bytes from one activation of an agent to the next) and the variable
+transcript after it. Anthropic caches only up to the blocks marked `cache_control` (at most 4 a request):
+the last tool (the tool schemas alone, shared even when the skills differ), the system prompt, and the
+last block of the conversation (so each turn reads what the previous one wrote). OpenAI-compatible
+endpoints cache the longest prefix they saw on their own; the same order is what makes it hit. Usage
+is read as each provider reports it and normalised: `input_tokens` is the uncached input (Anthropic's
+`input_tokens` already is; OpenAI's `prompt_tokens` include `prompt_tokens_details.cached_tokens`).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from services.runner.transcript import (
 )
 
 DEFAULT_MAX_TOKENS = 4096
+EPHEMERAL = {"type": "ephemeral"}  # Anthropic's cache breakpoint: a 5-minute cache, refreshed on each hit
 RETRYABLE_STATUSES = {408, 409, 429, 500, 502, 503, 504, 529}
 
 
@@ -81,18 +91,27 @@ class AnthropicModel:
                 ]})
         return out
 
-    async def complete(self, system: str, transcript: list[Entry], tools: list[ToolSpec]) -> ModelReply:
+    def request(self, system: str, transcript: list[Entry], tools: list[ToolSpec]) -> dict[str, Any]:
+        """The Messages request, with its three cache breakpoints: tools, system, the conversation's end."""
+        messages = self.messages(transcript)
+        if messages and messages[-1]["content"]:
+            messages[-1]["content"][-1]["cache_control"] = EPHEMERAL
         request: dict[str, Any] = {
             "model": self.model,
             "max_tokens": self.brain.max_tokens or DEFAULT_MAX_TOKENS,
             # This SDK version no longer has a `temperature` parameter; the API still takes it.
             "extra_body": {"temperature": self.brain.temperature},
-            "system": system,
-            "messages": self.messages(transcript),
+            "system": [{"type": "text", "text": system, "cache_control": EPHEMERAL}] if system else [],
+            "messages": messages,
         }
         if tools:
             request["tools"] = [{"name": t.name, "description": t.description, "input_schema": t.input_schema}
                                 for t in tools]
+            request["tools"][-1]["cache_control"] = EPHEMERAL
+        return request
+
+    async def complete(self, system: str, transcript: list[Entry], tools: list[ToolSpec]) -> ModelReply:
+        request = self.request(system, transcript, tools)
         try:
             response = await self._client.messages.create(**request)
         except anthropic.APIStatusError as exc:
@@ -104,9 +123,11 @@ class AnthropicModel:
         text = "".join(block.text for block in response.content if block.type == "text")
         calls = [ToolCall(block.id, block.name, dict(block.input) if isinstance(block.input, dict) else {})
                  for block in response.content if block.type == "tool_use"]
+        usage = response.usage
         return ModelReply(text=text, tool_calls=calls, stop_reason=response.stop_reason,
-                          input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens,
-                          model=response.model or self.model)
+                          input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                          cache_write_tokens=usage.cache_creation_input_tokens or 0,
+                          cache_read_tokens=usage.cache_read_input_tokens or 0, model=response.model or self.model)
 
 
 class OpenAIModel:
@@ -164,10 +185,24 @@ class OpenAIModel:
         message = choice.get("message") or {}
         calls = [ToolCall(c.get("id", ""), c["function"]["name"], parse_arguments(c["function"].get("arguments")))
                  for c in message.get("tool_calls") or []]
-        usage = data.get("usage") or {}
+        prompt_tokens, cached_tokens, output_tokens = openai_usage(data.get("usage"))
         return ModelReply(text=message.get("content") or "", tool_calls=calls, stop_reason=choice.get("finish_reason"),
-                          input_tokens=int(usage.get("prompt_tokens", 0)),
-                          output_tokens=int(usage.get("completion_tokens", 0)), model=data.get("model", self.model))
+                          input_tokens=prompt_tokens - cached_tokens, cache_read_tokens=cached_tokens,
+                          output_tokens=output_tokens, model=data.get("model", self.model))
+
+
+def openai_usage(usage: Any) -> tuple[int, int, int]:
+    """(prompt_tokens, of which cached, completion_tokens) from an OpenAI `usage`; zeros where absent."""
+    if not isinstance(usage, dict):
+        return 0, 0, 0
+    details = usage.get("prompt_tokens_details")
+    prompt_tokens = _count(usage.get("prompt_tokens"))
+    cached = min(prompt_tokens, _count(details.get("cached_tokens"))) if isinstance(details, dict) else 0
+    return prompt_tokens, cached, _count(usage.get("completion_tokens"))
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def model_for(brain: Brain, access: ModelAccess, secrets: Mapping[str, str], *,

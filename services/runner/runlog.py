@@ -108,7 +108,9 @@ class RunLog:
     async def llm(self, turn: int, reply: ModelReply, duration_ms: float, provider: str) -> None:
         await self._emit("llm", LlmTurn(
             **self._common(), turn=turn, model=reply.model, provider=provider, stop_reason=reply.stop_reason,
-            input_tokens=reply.input_tokens, output_tokens=reply.output_tokens, duration_ms=round(duration_ms, 2),
+            input_tokens=reply.input_tokens, output_tokens=reply.output_tokens,
+            cache_write_tokens=reply.cache_write_tokens, cache_read_tokens=reply.cache_read_tokens,
+            duration_ms=round(duration_ms, 2),
             text=clean(reply.text),
             tool_calls=[ToolCallRecord(id=c.id, name=c.name, arguments=clean_value(c.arguments))
                         for c in reply.tool_calls]))

@@ -75,9 +75,16 @@ class ModelReply:
     text: str
     tool_calls: list[ToolCall]
     stop_reason: str | None
-    input_tokens: int
+    input_tokens: int  # the uncached input, as Anthropic reports it (OpenAI's prompt_tokens less cached_tokens)
     output_tokens: int
     model: str
+    cache_write_tokens: int = 0  # input written to the provider's prompt cache (Anthropic only bills these)
+    cache_read_tokens: int = 0  # input read from it
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Every input token the model read, cached or not (what the token budget counts)."""
+        return self.input_tokens + self.cache_write_tokens + self.cache_read_tokens
 
 
 class ModelError(Exception):
