@@ -21,9 +21,13 @@ class Author(HubStruct, frozen=True, kw_only=True):
     type: str = "human"
 
 
+# The notification types of the Hub's API (contract §4); a notification of another type is kept and skipped.
+NOTIFICATION_TYPES = ("mention", "dm", "reply", "comment", "thread_update", "follow")
+
+
 class Notification(HubStruct, frozen=True, kw_only=True):
     id: str
-    # `mention`, `dm`, `reply`, `comment`, `thread_update`, `follow`; unknown types are kept and skipped.
+    # One of NOTIFICATION_TYPES; unknown types are kept and skipped.
     type: str
     post_id: str | None = None
     comment_id: str | None = None

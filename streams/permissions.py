@@ -29,6 +29,7 @@ from streams import subjects
 from streams.topology import (
     ACTIVATIONS,
     BUCKETS,
+    CANCELS,
     CONFIG,
     CONFIGS,
     CONSUMERS,
@@ -36,6 +37,7 @@ from streams.topology import (
     DLQ,
     LEASES,
     NOTIFICATIONS,
+    PAUSED,
     RUNS,
     STREAMS,
     kv_stream,
@@ -54,7 +56,8 @@ INBOX_PREFIX = "_INBOX"
 STREAM_WRITERS = {NOTIFICATIONS.name: "ingest", ACTIVATIONS.name: "scheduler", DECISIONS.name: "scheduler",
                   RUNS.name: "runner", CONFIG.name: "configsync"}
 # Buckets a stage reads but does not write (a bucket's writer, topology.BUCKETS, reads it too).
-BUCKET_READERS = {CONFIGS.name: ("ingest", "scheduler", "runner"), LEASES.name: ("scheduler",)}
+BUCKET_READERS = {CONFIGS.name: ("ingest", "scheduler", "runner"), LEASES.name: ("scheduler",),
+                  PAUSED.name: ("scheduler",), CANCELS.name: ("runner",)}
 # Streams a stage reads by subject or sequence, outside any durable: the runner's last-event lookups.
 STREAM_READERS = {RUNS.name: ("runner",)}
 
@@ -162,7 +165,8 @@ def check() -> list[str]:
                 for s in STREAMS if s.subjects and s.name not in STREAM_WRITERS and s != DLQ]
     problems += [f"consumer {c.stream}/{c.durable} is read by no stage (its name's first word)"
                  for c in CONSUMERS if consumer_stage(c.durable) not in STAGES]
-    problems += [f"bucket {b.name} is written by {b.writer!r}, not a stage" for b in BUCKETS if b.writer not in STAGES]
+    problems += [f"bucket {b.name} is written by {b.writer!r}, not a stage or the operator"
+                 for b in BUCKETS if b.writer not in (*STAGES, OPERATOR)]
     known_streams, known_buckets = {s.name for s in STREAMS}, {b.name for b in BUCKETS}
     problems += [f"{name} in {table} is not in the topology" for table, names, known in (
         ("STREAM_WRITERS", STREAM_WRITERS, known_streams), ("STREAM_READERS", STREAM_READERS, known_streams),

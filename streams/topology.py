@@ -221,7 +221,12 @@ CONFIGS = BucketSpec(name="configs", writer="configsync",
 # notifications, the threads each agent watches, each agent's Hub name. Idle threads expire.
 INGEST_FEED = BucketSpec(name="ingest-feed", writer="ingest", ttl_s=30 * DAY_S,
                          description="Feed ingestion: thread.<post> (what was read), watch.<agent>, name.<agent>")
-BUCKETS = [AGENT_STATE, SCHEDULER_OWNERS, LEASES, LIMITS, REPLIES, CONFIGS, INGEST_FEED]
+# Written by the operator (`botburrow agent pause|resume`, `botburrow cancel`), read by one stage each.
+PAUSED = BucketSpec(name="paused", writer="operator",
+                    description="One key per paused agent: the scheduler activates none of them")
+CANCELS = BucketSpec(name="cancels", writer="operator", ttl_s=ACTIVATIONS.max_age_s,
+                     description="One key per cancelled activation: the runner stops it, or refuses it at start")
+BUCKETS = [AGENT_STATE, SCHEDULER_OWNERS, LEASES, LIMITS, REPLIES, CONFIGS, INGEST_FEED, PAUSED, CANCELS]
 
 
 def stream(name: str) -> StreamSpec:

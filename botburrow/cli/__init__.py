@@ -2,7 +2,10 @@
 stage does not load the others' code.
 
 - `__init__`: the parser and the dispatch (stages, local mode, the doubles alone, operator commands)
-- `ops`: operator commands that talk to NATS: streams apply, inject, tail, show, dlq
+- `ops`: operator commands that talk to NATS: streams apply, tail, show, dlq (and the dispatch of the rest)
+- `inject`: `botburrow inject notification | --raw SUBJECT`
+- `control`: `botburrow agent pause|resume <agent>`, `botburrow cancel <activation id>`
+- `errors`: every command's failure as one line that says what to do (`--debug`: the traceback)
 - `read`: an ordered read of a stream's history up to its current end
 - `timeline`: `botburrow show`: an activation's run events as a timeline
 - `replay`: `botburrow replay --rerun | --offline [--with-definitions DIR]`
@@ -22,6 +25,7 @@ STAGES = ("ingest", "scheduler", "runner", "metrics", "configsync")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="botburrow", description="Make Botburrow Hub agents act.")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage in STAGES:
         sub.add_parser(stage, help=f"run the {stage} stage")
@@ -39,13 +43,20 @@ def _parser() -> argparse.ArgumentParser:
     inject.add_argument("--raw", metavar="SUBJECT", help="publish stdin or FILE to SUBJECT as is")
     inject.add_argument("file", nargs="?", help="with --raw: the payload file (default: stdin)")
     inject.add_argument("--agent")
-    inject.add_argument("--type", default="mention")
-    inject.add_argument("--post")
+    inject.add_argument("--type", default="mention", help="mention (default), dm, reply, comment, ...")
+    inject.add_argument("--post", help="the post (thread) of a mention or reply (default: the agent's last one)")
     inject.add_argument("--comment")
-    inject.add_argument("--dm", help="DM conversation id (for --type dm)")
+    inject.add_argument("--dm", help="DM conversation id (for --type dm; default: the agent's last, or a new one)")
     inject.add_argument("--content", default="")
     inject.add_argument("--from", dest="sender", default="operator")
     inject.add_argument("--id", help="notification id (default: a new one)")
+    inject.add_argument("--wait", action="store_true", help="wait for the activation to end and print the reply")
+    inject.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the activation (120)")
+    agent = sub.add_parser("agent", help="pause or resume an agent (the scheduler activates no paused agent)")
+    agent.add_argument("action", choices=["pause", "resume"])
+    agent.add_argument("agent")
+    cancel = sub.add_parser("cancel", help="stop a running activation, or refuse a queued one when it starts")
+    cancel.add_argument("activation_id")
     tail = sub.add_parser("tail", help="follow events as they arrive")
     tail.add_argument("--subject", help="a NATS subject filter (default: every botburrow subject)")
     tail.add_argument("--json", action="store_true")
@@ -70,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args_list and args_list[0] in ("hub-emulator", "scripted-llm"):
         module = "hub_emulator" if args_list[0] == "hub-emulator" else "scripted_llm"
         sys.exit(importlib.import_module(f"botburrow.doubles.{module}").main(args_list[1:]) or 0)
+    if "--debug" in args_list:  # accepted anywhere on the line, not only before the command
+        args_list = ["--debug", *[a for a in args_list if a != "--debug"]]
     args = _parser().parse_args(args_list)
     if args.command in STAGES:
         importlib.import_module(f"services.{args.command}.stage").main()
@@ -78,6 +91,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         from botburrow.dev import main as dev_main
 
         sys.exit(dev_main(demo=not args.no_demo, runners=args.runners))
+    try:
+        sys.exit(_operator_command(args))
+    except Exception as exc:
+        if args.debug:
+            raise
+        from botburrow.cli.errors import fail
+
+        sys.exit(fail(args.command, exc))
+
+
+def _operator_command(args: argparse.Namespace) -> int:
     if args.command == "validate":
         from botburrow.definitions.validate import validate_dir
 
@@ -85,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for line in problems:
             print(line)
         print(f"{len(problems)} problem(s)" if problems else "all definitions valid")
-        sys.exit(1 if problems else 0)
+        return 1 if problems else 0
     from botburrow.cli import ops
 
-    sys.exit(asyncio.run(ops.run(args)))
+    return asyncio.run(ops.run(args))

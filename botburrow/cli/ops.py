@@ -11,8 +11,6 @@ import logging
 import signal
 import sys
 import uuid
-from datetime import UTC, datetime
-from pathlib import Path
 
 import msgspec
 from nats.errors import Error as NatsError
@@ -20,15 +18,15 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
-from botburrow.cli import letters
+from botburrow.cli import control, letters
+from botburrow.cli import inject as inject_cmd
 from botburrow.cli.read import read_all
 from botburrow.cli.timeline import render
 from botburrow.runtime.bus import Bus
 from botburrow.secrets import without_credentials
 from botburrow.settings import CliSettings, load
 from schemas.codec import DecodeError, decode_subject
-from schemas.events import DeadLetter, NotificationReceived
-from schemas.hub import Author, Notification
+from schemas.events import DeadLetter
 from streams import subjects
 from streams.apply import ensure
 from streams.topology import ALL_SUBJECTS, DEAD_LETTER, DLQ, RUN_EVENT, RUNS
@@ -49,7 +47,7 @@ async def run(args: argparse.Namespace) -> int:
     bus = await _connect()
     try:
         handler = {"streams": streams_apply, "inject": inject, "tail": tail, "show": show, "dlq": dlq,
-                   "replay": replay}[args.command]
+                   "replay": replay, "agent": control.agent, "cancel": control.cancel}[args.command]
         return await handler(bus, args)
     finally:
         # The command closing its own connection is no news: without this, every command ended with a
@@ -66,30 +64,11 @@ async def streams_apply(bus: Bus, args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_payload(path: str | None) -> bytes:
-    return Path(path).read_bytes() if path else sys.stdin.buffer.read()
-
-
 async def inject(bus: Bus, args: argparse.Namespace) -> int:
     await ensure(bus.js)
     if args.raw:
-        data = await asyncio.to_thread(_read_payload, args.file)
-        ack = await bus.publish(args.raw, data)
-        print(f"published {len(data)} bytes to {args.raw} (stream {ack.stream}, seq {ack.seq})")
-        return 0
-    if args.kind != "notification" or not args.agent:
-        raise SystemExit("usage: botburrow inject notification --agent A --type mention --post P --content TEXT")
-    notification = Notification(
-        id=args.id or f"ntf-{uuid.uuid4().hex[:12]}", type=args.type, post_id=args.post,
-        comment_id=args.comment, dm_id=args.dm,
-        from_=Author(id=args.sender, name=args.sender, type="human"), content=args.content,
-        created_at=datetime.now(UTC).isoformat())
-    payload = NotificationReceived(agent=args.agent, notification=notification,
-                                   received_at=datetime.now(UTC).isoformat())
-    ack = await bus.publish(subjects.notification(args.agent), payload, msg_id=f"ntf:{notification.id}")
-    print(f"notification {notification.id} for {args.agent} published (seq {ack.seq}"
-          f"{', duplicate' if ack.duplicate else ''})")
-    return 0
+        return await inject_cmd.raw(bus, args.raw, args.file)
+    return await inject_cmd.notification(bus, args)
 
 
 def pretty(subject: str, data: bytes) -> str:

@@ -94,6 +94,19 @@ async def connect_until_stopped(url: str, name: str, creds: str | None, stop: as
     return connecting.result()
 
 
+async def until_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:
+    """Await `work` until it ends (its exception raised) or `stop` is set (it is then cancelled): for a
+    watch loop under `supervise`, which waits for its task to end by itself."""
+    working, stopping = asyncio.ensure_future(work), asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({working, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in (working, stopping):
+            future.cancel()
+    if not stop.is_set():
+        working.result()
+
+
 async def supervise(health: Health, name: str, task: Callable[[], Awaitable[None]], stop: asyncio.Event, *,
                     backoff_s: float = RESTART_BACKOFF_S, max_backoff_s: float = RESTART_MAX_BACKOFF_S) -> None:
     """Run one of a stage's long-lived tasks until `stop` is set, starting it again whenever it ends.

@@ -30,6 +30,7 @@ from schemas.agent import AgentDefinition, SkillDefinition
 from schemas.events import ActivationMetrics, ActivationRequested
 from schemas.hub import Notification
 from services.runner import context, modelaccess
+from services.runner.cancel import Cancelled, Cancels
 from services.runner.config import RunnerConfig
 from services.runner.hubreads import HubThreads
 from services.runner.loop import Budget, LoopFailed
@@ -106,6 +107,7 @@ class Deps:
     gate: ModelGate | None = None
     reads: HubReads | None = None
     posters: Posters | None = None
+    cancels: Cancels = field(default_factory=Cancels)  # what the operator cancelled (`botburrow cancel`)
 
     def __post_init__(self) -> None:
         self.gate = self.gate or self.config.access
@@ -162,7 +164,10 @@ class Activation:
     async def _ended(self, definition: AgentDefinition | None, tool_type: str, model: str) -> Ending:
         failed = Outcome.FAILED
         try:
-            return await self._run(definition, tool_type, model)
+            async with self.deps.cancels.scope(self.request.activation_id):
+                return await self._run(definition, tool_type, model)
+        except Cancelled as exc:
+            return Ending(outcome=failed, reason=str(exc))
         except ActivationFailed as exc:
             return Ending(outcome=failed, reason=exc.reason, dead_letter=exc.reason if exc.dead_letter else None)
         except ExecutorUnavailable as exc:

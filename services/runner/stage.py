@@ -38,6 +38,7 @@ from botburrow.secrets import AgentKeys, read_secret
 from botburrow.settings import RunnerSettings
 from schemas.events import ActivationMetrics, ActivationRequested
 from services.runner.activation import Activation, Deps
+from services.runner.cancel import Cancels
 from services.runner.config import RunnerConfig
 from services.runner.executors import cli_thinkers
 from services.runner.executors.process import keep_sweeping, runner_for, sweep_once
@@ -243,10 +244,13 @@ async def run(ctx: StageContext[RunnerSettings]) -> None:
         grants=PolicyGrantResolver.from_settings(ctx.settings.grant_policy_file),
         toolsets=toolsets,
         thinkers={"native": NativeThinker(), **cli_thinkers(config.sandbox, gateway=gateway, runner=processes)},
+        cancels=Cancels(following=True),
     )
     ctx.health.add_check("hub", lambda: hub.available)
     runner = Runner(ctx, deps)
     probing = asyncio.create_task(supervise(ctx.health, "hub-probe", lambda: keep_probing(hub, ctx.stop), ctx.stop))
+    cancelling = asyncio.create_task(supervise(ctx.health, "cancels", lambda: deps.cancels.follow(ctx.bus, ctx.stop),
+                                               ctx.stop))
     sweeping = asyncio.create_task(supervise(ctx.health, "sandbox-sweep", lambda: keep_sweeping(
         processes, ctx.stop, activation_timeout_s=config.timeout_s), ctx.stop))
     try:
@@ -255,6 +259,7 @@ async def run(ctx: StageContext[RunnerSettings]) -> None:
         await runner.run()
     finally:
         probing.cancel()
+        cancelling.cancel()
         sweeping.cancel()
         warming.cancel()  # a thread cannot be stopped: this only drops the wait for it
         await sandbox.close()

@@ -30,6 +30,7 @@ from botburrow.settings import SchedulerSettings
 from schemas.agent import AgentDefinition
 from services.scheduler.budget import BudgetGate
 from services.scheduler.partitions import PartitionOwner, partition_of
+from services.scheduler.paused import PausedAgents
 from services.scheduler.puller import PartitionFetch
 from services.scheduler.shell import (
     IN_FLIGHT,
@@ -84,6 +85,7 @@ class Replica:
         self.owner: PartitionOwner | None = None
         self._kv: KeyValue | None = None
         self._leases: KeyValue | None = None
+        self.paused = PausedAgents()  # `botburrow agent pause`: shared by every partition's state
 
     async def run(self, stop: asyncio.Event) -> None:
         self._kv = await self.bus.kv(AGENT_STATE.name)
@@ -91,7 +93,8 @@ class Replica:
         self.owner = PartitionOwner(await self.bus.kv(SCHEDULER_OWNERS.name), self.replica_id,
                                     on_claim=self.claim, on_release=self.release)
         self.directory.add_listener(self.on_definition)
-        await asyncio.gather(self.owner.run(stop), self._ticks(stop))
+        await asyncio.gather(self.owner.run(stop), self._ticks(stop),
+                             supervise(self.health, "paused", lambda: self.paused.follow(self.bus, stop), stop))
 
     # --- partitions ----------------------------------------------------------------------------
 
@@ -130,6 +133,7 @@ class Replica:
                 await asyncio.sleep(1)
                 loading = asyncio.ensure_future(_load_grouped(kv, {p}))
         state = SchedulerState({s.agent: s for s in states}, stuck_after_s=self.tuning.stuck_after_s)
+        state.paused = self.paused
         scheduler = Scheduler(self.bus, self._kv, self.directory, state, budget=self.budget,
                               owner=functools.partial(self.owner.valid, p), min_gap_s=self.tuning.explore_min_gap_s)
         for name, definition in self.directory.agents().items():

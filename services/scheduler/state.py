@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -46,6 +46,7 @@ MAX_NOTIFICATIONS_PER_ACTIVATION = 20
 RECENT_IDS_KEPT = 200
 
 Verdict = Literal["queued", "merged", "duplicate", "skipped"]
+PAUSED_REASON = "paused"
 # An agent refused by the budget gate is looked at again this much later.
 REFUSED_RECHECK_S = 60.0
 
@@ -162,6 +163,8 @@ class SchedulerState:
         self._changes = Changes()
         self.stuck_after_s = stuck_after_s
         self.gate: Gate = _open_gate
+        # Agents an operator paused (`botburrow agent pause`): none of their work starts, reason `paused`.
+        self.paused: Container[str] = frozenset()
         # Exploration: the rules of agents with discovery on, and when each is next due.
         self._rules: dict[str, ExploreRule] = {}
         self._explore_due = DueQueue()
@@ -318,7 +321,7 @@ class SchedulerState:
         if due_s > now_s:  # a stale hint: the agent ran since it was queued
             self._explore_due.push(due_s, agent)
             return False
-        reason = self.gate(agent, "exploration", False)
+        reason = self._refusal(agent, "exploration")
         if reason is not None:
             self._refuse(agent, "exploration", reason, now)
             self._explore_due.push(now_s + REFUSED_RECHECK_S, agent)
@@ -348,7 +351,7 @@ class SchedulerState:
         for agent in list(self._before):
             state = self._agents[agent]
             if state.in_flight is None and state.pending:
-                reason = self.gate(agent, "notification", False)
+                reason = self._refusal(agent, "notification")
                 if reason is None:
                     self._blocked.discard(agent)
                     self._set(self._start(state, now))
@@ -357,6 +360,10 @@ class SchedulerState:
                     self._refuse(agent, "notification", reason, now)
         self._changes.agents = {agent: self._agents[agent] for agent in self._before}
         return self._changes
+
+    def _refusal(self, agent: str, kind: str) -> str | None:
+        """Why `agent`'s work of `kind` may not start now (paused, or the gate's reason), or None."""
+        return PAUSED_REASON if agent in self.paused else self.gate(agent, kind, False)
 
     def _refuse(self, agent: str, kind: str, reason: str, now: str) -> None:
         key = f"{kind}:{reason}"
