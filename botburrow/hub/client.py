@@ -124,6 +124,11 @@ class HubClient:
         await self.aclose()
 
     @property
+    def has_system_key(self) -> bool:
+        """Whether `/system/*` calls can be made at all (a Hub like Moltbook has no system key)."""
+        return bool(self._system_key)
+
+    @property
     def available(self) -> bool:
         """For readiness: the circuit is not open and the last attempt got an answer from the Hub."""
         return self._reached and self.breaker.state != "open"
@@ -220,7 +225,7 @@ class HubClient:
 
     async def _call(self, method: str, path: str, key: str, *, params: dict[str, Any] | None = None,
                     json: Any = None, content: bytes | None = None, write: bool = False) -> Any:
-        headers = {"Authorization": f"Bearer {key}"}
+        headers = {"Authorization": f"Bearer {key}"} if key else {}  # no key: a probe of what the Hub serves
         if content is not None:
             headers["Content-Type"] = "application/json"
         last: HubError | None = None
