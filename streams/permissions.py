@@ -35,6 +35,7 @@ from streams.topology import (
     CONSUMERS,
     DECISIONS,
     DLQ,
+    HUB_BUDGET,
     LEASES,
     NOTIFICATIONS,
     PAUSED,
@@ -58,6 +59,8 @@ STREAM_WRITERS = {NOTIFICATIONS.name: "ingest", ACTIVATIONS.name: "scheduler", D
 # Buckets a stage reads but does not write (a bucket's writer, topology.BUCKETS, reads it too).
 BUCKET_READERS = {CONFIGS.name: ("ingest", "scheduler", "runner"), LEASES.name: ("scheduler",),
                   PAUSED.name: ("scheduler",), CANCELS.name: ("runner",)}
+# Buckets written by more stages than their `writer`: the Hub's request budget, by every stage that calls it.
+BUCKET_WRITERS = {HUB_BUDGET.name: ("ingest", "scheduler", "runner", "metrics")}
 # Streams a stage reads by subject or sequence, outside any durable: the runner's last-event lookups.
 STREAM_READERS = {RUNS.name: ("runner",)}
 
@@ -98,7 +101,7 @@ def _watches(bucket: str) -> list[str]:
 
 
 def _buckets_read(stage: str) -> list[str]:
-    buckets = [b.name for b in BUCKETS if b.writer == stage]
+    buckets = [b.name for b in BUCKETS if b.writer == stage or stage in BUCKET_WRITERS.get(b.name, ())]
     return buckets + [name for name, readers in BUCKET_READERS.items() if stage in readers and name not in buckets]
 
 
@@ -109,7 +112,7 @@ def stage_publish(stage: str) -> list[str]:
     for c in CONSUMERS:
         if consumer_stage(c.durable) == stage:
             allow += [f"$JS.API.CONSUMER.MSG.NEXT.{c.stream}.{c.durable}", f"$JS.ACK.{c.stream}.{c.durable}.>"]
-    allow += [f"$KV.{b.name}.>" for b in BUCKETS if b.writer == stage]
+    allow += [f"$KV.{b.name}.>" for b in BUCKETS if b.writer == stage or stage in BUCKET_WRITERS.get(b.name, ())]
     for bucket in _buckets_read(stage):
         allow += _gets(kv_stream(bucket)) + _watches(bucket)
     for stream in [name for name, readers in STREAM_READERS.items() if stage in readers]:
@@ -170,7 +173,8 @@ def check() -> list[str]:
     known_streams, known_buckets = {s.name for s in STREAMS}, {b.name for b in BUCKETS}
     problems += [f"{name} in {table} is not in the topology" for table, names, known in (
         ("STREAM_WRITERS", STREAM_WRITERS, known_streams), ("STREAM_READERS", STREAM_READERS, known_streams),
-        ("BUCKET_READERS", BUCKET_READERS, known_buckets)) for name in names if name not in known]
+        ("BUCKET_READERS", BUCKET_READERS, known_buckets), ("BUCKET_WRITERS", BUCKET_WRITERS, known_buckets))
+        for name in names if name not in known]
     return problems
 
 

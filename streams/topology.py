@@ -5,7 +5,8 @@ through the handles it exports (`NOTIFICATION`, `RUNS`, `RUNNER_CONSUMERS["low"]
 never by a literal. Each subject names the schema its payloads carry (`schemas.codec` decodes by it).
 
 Every stream uses Limits retention, so it doubles as a replayable log; work is shared through
-durable pull consumers. Each KV bucket is written by exactly one stage (named in `writer`).
+durable pull consumers. Each KV bucket is written by one stage (named in `writer`), but
+`hub-budget`, which every stage calling the Hub writes (`permissions.BUCKET_WRITERS`).
 """
 
 from __future__ import annotations
@@ -226,7 +227,12 @@ PAUSED = BucketSpec(name="paused", writer="operator",
                     description="One key per paused agent: the scheduler activates none of them")
 CANCELS = BucketSpec(name="cancels", writer="operator", ttl_s=ACTIVATIONS.max_age_s,
                      description="One key per cancelled activation: the runner stops it, or refuses it at start")
-BUCKETS = [AGENT_STATE, SCHEDULER_OWNERS, LEASES, LIMITS, REPLIES, CONFIGS, INGEST_FEED, PAUSED, CANCELS]
+# One request budget per Hub (botburrow/hub/budget.py): written by every stage that calls the Hub
+# (permissions.BUCKET_WRITERS), not only its `writer`. An idle scope's record expires.
+HUB_BUDGET = BucketSpec(name="hub-budget", writer="ingest", ttl_s=DAY_S,
+                        description="Per Hub scope (its address, or an agent key's hash): the grants of the last "
+                                    "minute, Retry-After, the limit learnt")
+BUCKETS = [AGENT_STATE, SCHEDULER_OWNERS, LEASES, LIMITS, REPLIES, CONFIGS, HUB_BUDGET, INGEST_FEED, PAUSED, CANCELS]
 
 
 def stream(name: str) -> StreamSpec:

@@ -100,7 +100,9 @@ class HubClient:
         background: bool = False,
         budget_wait_s: float = 30.0,
     ) -> None:
-        self.base_url = hub_url.rstrip("/") + "/api/v1"
+        # HUB_URL is the origin or the API itself (`.../api/v1`, as Moltbook's docs give it): both work.
+        origin = hub_url.rstrip("/").removesuffix("/api/v1")
+        self.base_url = origin + "/api/v1"
         self._system_key = system_key
         if system_key:
             remember("hub-api-key", system_key)
