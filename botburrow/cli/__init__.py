@@ -20,6 +20,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from botburrow.dev import add_arguments as add_dev_arguments
+
 STAGES = ("ingest", "scheduler", "runner", "metrics", "configsync")
 
 
@@ -30,8 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     for stage in STAGES:
         sub.add_parser(stage, help=f"run the {stage} stage")
     dev = sub.add_parser("dev", help="everything on one machine: NATS, Hub emulator, scripted LLM, all stages")
-    dev.add_argument("--no-demo", action="store_true", help="do not send the demo mention")
-    dev.add_argument("--runners", type=int, default=1, help="runner processes to start")
+    add_dev_arguments(dev)  # its options live with it, in botburrow.dev
     sub.add_parser("hub-emulator", help="the Hub emulator alone", add_help=False)
     sub.add_parser("scripted-llm", help="the scripted LLM alone", add_help=False)
     streams = sub.add_parser("streams", help="JetStream topology")
@@ -88,9 +89,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         importlib.import_module(f"services.{args.command}.stage").main()
         return
     if args.command == "dev":
+        from botburrow.dev import DevOptions
         from botburrow.dev import main as dev_main
 
-        sys.exit(dev_main(demo=not args.no_demo, runners=args.runners))
+        sys.exit(dev_main(DevOptions.from_args(args)))
     try:
         sys.exit(_operator_command(args))
     except Exception as exc:

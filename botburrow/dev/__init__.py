@@ -1,120 +1,69 @@
 """Local mode: `botburrow dev` starts everything on one machine (contract §7) and sends a demo mention.
 
-`stack.LocalStack` does the starting and stopping (the end-to-end tests use it too); this module
-adds the terminal: progress while starting, the demo, then every run event as it happens.
+`stack.LocalStack` does the starting and stopping (the end-to-end tests use it too); `terminal` adds
+what a person sees: progress while starting, which agents loaded (and why any did not), the demo, then
+every run event as it happens, and a clean stop on Ctrl-C or SIGTERM in every state.
 
-- `__init__`: the terminal side of `botburrow dev` (`main`)
+- `__init__`: the options of `botburrow dev` (`add_arguments`, `DevOptions`) and `main`; light, since
+  the CLI's parser imports it. A new option is an argument here and a field of `DevOptions`.
+- `terminal`: the terminal side (`run`)
 - `stack`: `LocalStack`: nats-server, the Hub emulator, the scripted LLM and every stage as a process
 - `agents/`, `skills/`: the example definitions local mode publishes
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
-import signal
-import sys
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
-from botburrow.cli.ops import pretty
-from botburrow.dev.stack import LocalStack
-from botburrow.runtime.bus import Bus
-from streams import subjects
-from streams.topology import CONFIGS, RUN_EVENT
-
-DEMO_AGENT = "pirate-captain"
-DEMO_TEXT = "Ahoy! Where should a new crew member start learning to sail?"
-DEMO_TIMEOUT_S = 60.0
+if TYPE_CHECKING:
+    from botburrow.runtime.bus import Bus
 
 
-def say(line: str) -> None:
-    print(f"botburrow dev | {line}", flush=True)
+@dataclass(frozen=True, kw_only=True)
+class DevOptions:
+    demo: bool = True
+    runners: int = 1
+    cluster: int = 0  # N clustered nats-servers instead of one
+    agents: str | None = None  # a definitions directory or s3://bucket/prefix; None: AGENTS_SOURCE, else examples
+    model: str | None = None  # a real Anthropic or OpenAI-compatible endpoint instead of the scripted LLM
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DevOptions:
+        given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        return cls(**given, demo=not getattr(args, "no_demo", False))
 
 
-async def _await_configs(bus: Bus, names: list[str], timeout_s: float = 30.0) -> None:
-    kv = await bus.kv(CONFIGS.name)
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while asyncio.get_running_loop().time() < deadline:
-        try:
-            keys = set(await kv.keys())
-        except Exception:  # no keys yet
-            keys = set()
-        if all(f"agent.{name}" in keys for name in names):
-            return
-        await asyncio.sleep(0.2)
-    raise RuntimeError("configsync did not publish the example agents in time; see configsync.log")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-demo", action="store_true", help="do not send the demo mention")
+    parser.add_argument("--runners", type=int, default=1, help="runner processes to start")
+    parser.add_argument("--cluster", type=int, default=0, metavar="N",
+                        help="N clustered nats-servers on loopback (R3 streams when N >= 3) instead of one")
+    parser.add_argument("--agents", metavar="DIR|s3://BUCKET/PREFIX",
+                        help="your agent definitions (default: AGENTS_SOURCE, else the examples)")
+    parser.add_argument("--model", metavar="URL",
+                        help="a real Anthropic or OpenAI-compatible endpoint (e.g. https://api.anthropic.com) "
+                             "instead of the scripted LLM; the key comes from the environment (MODEL_KEY_ENVS)")
 
 
-async def _demo(stack: LocalStack, bus: Bus) -> None:
-    assert stack.hub is not None
-    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+def main(options: DevOptions | None = None, **given: object) -> int:
+    """`botburrow dev`: `options`, or its fields as keywords."""
+    from botburrow.dev.terminal import run
 
-    async def on_end(msg) -> None:
-        if not done.done():
-            done.set_result(msg.subject.split(".")[3])
-
-    sub = await bus.nc.subscribe(subjects.run_events(DEMO_AGENT, "completed"), cb=on_end)
-    failed = await bus.nc.subscribe(subjects.run_events(DEMO_AGENT, "failed"), cb=on_end)
-    notification = stack.hub.mention(DEMO_AGENT, DEMO_TEXT)
-    say(f"demo: alice mentions @{DEMO_AGENT} on post {notification.post_id}: {DEMO_TEXT!r}")
-    try:
-        activation_id = await asyncio.wait_for(done, DEMO_TIMEOUT_S)
-    except TimeoutError:
-        say("demo: no answer within 60 s; see the stage logs")
-        return
-    finally:
-        await sub.unsubscribe()
-        await failed.unsubscribe()
-    replies = [c for c in stack.hub.comments_on(notification.post_id or "") if c.author_name == DEMO_AGENT]
-    for comment in replies:
-        say(f"demo: {DEMO_AGENT} replied on post {notification.post_id}: {comment.content!r}")
-    say(f"demo: the whole run: botburrow show {activation_id}   (with NATS_URL={stack.nats_url})")
-
-
-async def run(demo: bool, runners: int, cluster: int = 0) -> int:
-    stack = LocalStack.in_temp_dir(runners=runners, cluster=cluster, progress=say)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    say(f"starting everything in {stack.work_dir}")
-    bus = None
-    try:
-        await stack.start()
-        bus = await Bus.connect(stack.nats_url, name="botburrow-dev")
-        await _await_configs(bus, stack.agent_names())
-        say("all stages ready")
-        if demo:
-            await _demo(stack, bus)
-        say(f"HUB_URL={stack.hub.url if stack.hub else ''} NATS_URL={stack.nats_url}; try: "
-            f"NATS_URL={stack.nats_url} botburrow inject notification --agent {DEMO_AGENT} --type mention "
-            "--content hi   (Ctrl-C stops everything)")
-        await bus.nc.subscribe(RUN_EVENT.pattern, cb=_print_event)
-        await stop.wait()
-        return 0
-    except RuntimeError as exc:
-        say(f"error: {exc}")
-        return 1
-    finally:
-        say("stopping")
-        if bus is not None:
-            await bus.close()
-        await stack.stop()
-        say("stopped")
-
-
-async def _print_event(msg) -> None:
-    print(pretty(msg.subject, msg.data), flush=True)
-
-
-def main(demo: bool = True, runners: int = 1, cluster: int = 0) -> int:
     # The stages log to their own files; this terminal shows progress and events only.
     for package in ("botburrow", "schemas", "streams", "services"):
         logging.getLogger(package).setLevel(logging.ERROR)
     try:
-        return asyncio.run(run(demo, runners, cluster))
+        return asyncio.run(run(options or DevOptions(**given)))  # type: ignore[arg-type]
     except KeyboardInterrupt:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+async def _await_configs(bus: Bus, names: list[str], timeout_s: float = 30.0) -> None:
+    """Until configsync has published `names` (the end-to-end tests and the soak wait on it too)."""
+    from botburrow.dev.stack import await_configs
+
+    await await_configs(bus, names, timeout_s)

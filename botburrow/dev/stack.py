@@ -7,11 +7,17 @@ a cluster. The Hub emulator and the scripted LLM run inside this process.
 The embedded nats-server requires a user and password: each stage connects as its own user, whose
 permissions cover only its subjects (streams.permissions), after `streams-apply` has made
 the topology; `nats_url` carries the operator's credentials (what `botburrow dev` prints).
+
+The agents come from `agents_source` (a directory or s3://, see `definitions`), loaded once at start to
+say which loaded; with `model_url` the runners call that endpoint, with the model keys of this
+environment, instead of the scripted LLM. Every process started is stopped with its process group
+(`processes`); `kill` is the at-once form.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -20,21 +26,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
+from botburrow.dev.definitions import EXAMPLES_DIR, SHOWN_AGENTS, Agents, StartError, load, source_of
+from botburrow.dev.processes import die_with_parent, kill_group, stop_group
 from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.doubles.scripted_llm import ScriptedLLM
 from botburrow.runtime import natsserver
-from botburrow.runtime.bus import Bus
+from botburrow.runtime.bus import Bus, servers_of
+from botburrow.settings import RunnerSettings
 from streams import permissions
 from streams.apply import ensure
-from streams.topology import RUNNER_ACK_WAIT_S
+from streams.topology import CONFIGS, RUNNER_ACK_WAIT_S
 
-EXAMPLES_DIR = Path(__file__).parent
+if TYPE_CHECKING:
+    from botburrow.dev import DevOptions
+
+__all__ = ["EXAMPLES_DIR", "LocalStack", "StartError", "await_configs", "free_port", "start_nats_on_port"]
 STAGE_ORDER = ("configsync", "ingest", "scheduler", "metrics", "runner")
 REPLICATED = ("runner", "scheduler")
 READY_TIMEOUT_S = 60.0
@@ -57,8 +70,10 @@ def free_port() -> int:
             return port
 
 
-# `botburrow dev` names every agent; a soak with 1,000 would flood the terminal.
-SHOWN_AGENTS = 8
+# The environment a runner passes on with --model: the model keys (MODEL_KEY_ENVS) and the lists.
+MODEL_SETTINGS = ("MODEL_KEY_ENVS", "MODEL_API_BASES")
+# With an s3:// source, what configsync needs to read it.
+S3_SETTINGS = ("R2_ENDPOINT", "R2_ACCESS_KEY", "R2_SECRET_KEY", "SECRETS_DIR")
 
 @dataclass
 class StageProcess:
@@ -71,7 +86,9 @@ class StageProcess:
 @dataclass
 class LocalStack:
     work_dir: Path
-    agents_source: Path = EXAMPLES_DIR
+    agents_source: Path | str = EXAMPLES_DIR  # a directory or s3://bucket/prefix
+    # A real model endpoint for every model call (`dev --model`); None: the scripted LLM.
+    model_url: str | None = None
     llm_strict: bool = False
     # (low, high) seconds of random latency on every model answer (soak tests); None: instant.
     llm_latency_s: tuple[float, float] | None = None
@@ -93,14 +110,36 @@ class LocalStack:
     # Set when the stack runs its own nats-server: every user's password and the server's config file.
     _credentials: natsserver.Credentials | None = None
     nats_cluster: natsserver.Cluster | None = None
+    agents: Agents | None = None  # what the source held at start
 
     @classmethod
     def in_temp_dir(cls, **kwargs: object) -> LocalStack:
         return cls(work_dir=Path(tempfile.mkdtemp(prefix="botburrow-dev-")), **kwargs)  # type: ignore[arg-type]
 
+    @classmethod
+    def for_dev(cls, options: DevOptions, progress: Callable[[str], None],
+                environ: Mapping[str, str] | None = None) -> LocalStack:
+        """The stack `botburrow dev` runs; StartError (one line) on an option or setting that cannot work."""
+        env = os.environ if environ is None else environ
+        if env.get("NATS_URL"):
+            servers_of(env["NATS_URL"])  # a malformed one is named now, not after the start-up
+        model_url = _model_url(options.model, env) if options.model else None
+        return cls.in_temp_dir(runners=options.runners, cluster=options.cluster, progress=progress,
+                               agents_source=source_of(options.agents, env), model_url=model_url)
+
     def agent_names(self) -> list[str]:
-        agents = self.agents_source / "agents"
+        """Every agent folder of a directory source (a broken one too); else the agents loaded."""
+        if isinstance(self.agents_source, str) and self.agents_source.startswith("s3://"):
+            return self.loaded_agents()
+        agents = Path(self.agents_source) / "agents"
         return sorted(p.name for p in agents.iterdir() if (p / "config.yaml").is_file())
+
+    def loaded_agents(self) -> list[str]:
+        return self.agents.loaded() if self.agents else self.agent_names()
+
+    def answering_agents(self) -> list[str]:
+        """The loaded agents that can answer a mention (the others are named with why by `agents.report`)."""
+        return self.agents.answering() if self.agents else self.agent_names()
 
     async def start_servers(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -109,15 +148,22 @@ class LocalStack:
             self.progress(f"nats-server: using NATS_URL={self.nats_url}")
         else:
             await self._start_nats()
+        self.agents = await load(str(self.agents_source), {**os.environ, **self.extra_env})
+        for line in self.agents.report():
+            self.progress(line)
         self.hub = HubEmulator(system_key=SYSTEM_KEY)
         await self.hub.start()
-        for name in self.agent_names():
+        for name in sorted(set(self.agent_names()) | set(self.agents.loaded())):
             self.agent_keys[name] = self.hub.add_agent(name, "native")
         names = list(self.agent_keys)
         shown = ", ".join(names[:SHOWN_AGENTS])
         if len(names) > SHOWN_AGENTS:
             shown += f" and {len(names) - SHOWN_AGENTS} more"
         self.progress(f"hub emulator: {self.hub.url} with {len(names)} agents: {shown}")
+        if self.model_url:
+            self.progress(f"model: every model call goes to {self.model_url}, with the keys of "
+                          f"{', '.join(sorted(_model_keys(os.environ)))}")
+            return
         self.llm = ScriptedLLM(strict=self.llm_strict, latency_s=self.llm_latency_s)
         await self.llm.start()
         self.progress(f"scripted LLM: {self.llm.url} ({'strict' if self.llm_strict else 'demo'} mode)")
@@ -156,7 +202,7 @@ class LocalStack:
         return self._credentials.url(self._nats.url, stage)
 
     def stage_env(self, port: int, stage: str | None = None) -> dict[str, str]:
-        assert self.hub is not None and self.llm is not None
+        assert self.hub is not None and (self.llm is not None or self.model_url)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", str(self.work_dir)),
@@ -165,7 +211,7 @@ class LocalStack:
             "HUB_API_KEY": SYSTEM_KEY,
             "AGENTS_SOURCE": str(self.agents_source),
             "BOTBURROW_AGENT_KEYS": json.dumps(self.agent_keys),
-            "MODEL_BASE_URL_OVERRIDE": self.llm.url,
+            "MODEL_BASE_URL_OVERRIDE": self.model_url or (self.llm.url if self.llm else ""),
             "POLL_INTERVAL_SECONDS": str(self.poll_interval_s),
             "CONFIG_POLL_SECONDS": "2",
             "CONSUMPTION_FLUSH_SECONDS": "0.5",
@@ -173,6 +219,10 @@ class LocalStack:
             "METRICS_PORT": str(port),
             "PYTHONUNBUFFERED": "1",
         }
+        passed = list(S3_SETTINGS) if str(self.agents_source).startswith("s3://") else []
+        if self.model_url:
+            passed += [*MODEL_SETTINGS, *_model_keys(os.environ)]
+        env.update({name: os.environ[name] for name in passed if os.environ.get(name)})
         env.update(self.extra_env)
         return env
 
@@ -182,7 +232,8 @@ class LocalStack:
         with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - opened once per stage, handed to the child
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "botburrow", name, env=self.stage_env(port, name),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+                preexec_fn=die_with_parent)
         # Replicated stages get their index in the name, so each of several is told apart (faults, readiness).
         stage = StageProcess(f"{name}-{index}" if name in REPLICATED else name, process, port, log_path)
         self.stages.append(stage)
@@ -193,14 +244,15 @@ class LocalStack:
         async with httpx.AsyncClient(timeout=1.0) as client:
             while time.monotonic() < deadline:
                 if stage.process.returncode is not None:
-                    raise RuntimeError(f"{stage.name} exited with {stage.process.returncode}; see {stage.log_path}")
+                    raise StartError(f"{stage.name} exited with {stage.process.returncode}"
+                                     f"{_last_problem(stage.log_path)}; see {stage.log_path}")
                 try:
                     if (await client.get(f"http://127.0.0.1:{stage.port}/readyz")).status_code == 200:
                         return
                 except httpx.HTTPError:
                     pass
                 await asyncio.sleep(0.1)
-        raise RuntimeError(f"{stage.name} not ready after {timeout_s:.0f}s; see {stage.log_path}")
+        raise StartError(f"{stage.name} not ready after {timeout_s:.0f}s; see {stage.log_path}")
 
     async def start_stages(self) -> None:
         replicas = {"runner": self.runners, "scheduler": self.schedulers}
@@ -220,13 +272,17 @@ class LocalStack:
         await self.start_stages()
 
     async def stop_stage(self, stage: StageProcess, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> None:
-        if stage.process.returncode is None:
-            stage.process.send_signal(sig)
-            try:
-                await asyncio.wait_for(stage.process.wait(), timeout_s)
-            except TimeoutError:
-                stage.process.kill()
-                await stage.process.wait()
+        """`sig` to the stage, SIGKILL to its process group after `timeout_s` or once it has ended."""
+        await stop_group(stage.process, sig, timeout_s)
+
+    def kill(self) -> None:
+        """Everything started, at once (SIGKILL to each process group): a second Ctrl-C."""
+        for stage in self.stages:
+            kill_group(stage.process.pid)
+        pids = [self._nats.process.pid] if self._nats else []
+        pids += [node.process.pid for node in self.nats_cluster.nodes if node.process] if self.nats_cluster else []
+        for pid in pids:
+            kill_group(pid)
 
     async def restart_nats(self, down_s: float = 0.0, sig: int = signal.SIGKILL) -> None:
         """Stop the embedded nats-server (SIGKILL by default, as a crash) and start it again on the same
@@ -273,3 +329,50 @@ def start_nats_on_port(work_dir: Path, store_dir: Path, port: int, config_file: 
         time.sleep(0.02)
     process.kill()
     raise RuntimeError(f"nats-server did not listen on {port} within {timeout_s}s")
+
+
+async def await_configs(bus: Bus, names: list[str], timeout_s: float = 30.0) -> None:
+    """Until configsync has published every agent of `names` to the `configs` bucket."""
+    kv = await bus.kv(CONFIGS.name)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            keys = set(await kv.keys())
+        except Exception:  # no keys yet
+            keys = set()
+        if all(f"agent.{name}" in keys for name in names):
+            return
+        await asyncio.sleep(0.2)
+    raise StartError("configsync did not publish the agents in time; see configsync.log")
+
+
+def _model_keys(environ: Mapping[str, str]) -> list[str]:
+    """The model key variables (MODEL_KEY_ENVS, else its default) set in `environ`."""
+    names = environ.get("MODEL_KEY_ENVS") or ",".join(RunnerSettings.model_key_envs)
+    return sorted(n.strip() for n in names.split(",") if n.strip() and environ.get(n.strip()))
+
+
+def _model_url(url: str, environ: Mapping[str, str]) -> str:
+    """`--model URL` checked: an http(s) base URL (a trailing /v1 dropped: the runner adds it for
+    OpenAI-compatible calls), with a model key in the environment."""
+    base = url.strip().rstrip("/").removesuffix("/v1")
+    if not base.startswith(("http://", "https://")):
+        raise StartError(f"--model {url}: not an http(s) URL such as https://api.anthropic.com")
+    if not _model_keys(environ):
+        raise StartError(f"--model {url}: no model key in the environment; set ANTHROPIC_API_KEY or "
+                         "OPENAI_API_KEY (or the variables MODEL_KEY_ENVS names)")
+    return base
+
+
+def _last_problem(log_path: Path) -> str:
+    """The last error a stage logged (one JSON line each), as `: <event>`; empty if none."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()[-50:]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        with contextlib.suppress(ValueError, AttributeError):
+            event = json.loads(line)
+            if event.get("level") in ("error", "critical"):
+                return f": {event.get('event')}"
+    return ""

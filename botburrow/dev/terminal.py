@@ -1,25 +1,24 @@
-"""Local mode: `botburrow dev` starts everything on one machine (contract §7) and sends a demo mention.
+"""The terminal side of `botburrow dev`: progress, the agents loaded, the demo, then every run event.
 
-`stack.LocalStack` does the starting and stopping (the end-to-end tests use it too); this module
-adds the terminal: progress while starting, the demo, then every run event as it happens.
-
-- `__init__`: the terminal side of `botburrow dev` (`main`)
-- `stack`: `LocalStack`: nats-server, the Hub emulator, the scripted LLM and every stage as a process
-- `agents/`, `skills/`: the example definitions local mode publishes
+Stopping: the first SIGINT or SIGTERM cancels whatever is under way (connecting, starting, the demo,
+waiting) and stops every process started, each in its own process group; a second one kills them all
+at once. A malformed or unreachable NATS_URL ends it non-zero with one line (`bus.NatsUnavailable`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import signal
-import sys
+
+from nats.aio.msg import Msg
 
 from botburrow.cli.ops import pretty
-from botburrow.dev.stack import LocalStack
-from botburrow.runtime.bus import Bus
+from botburrow.dev import DevOptions
+from botburrow.dev.stack import LocalStack, StartError, await_configs
+from botburrow.runtime.bus import Bus, NatsUnavailable
 from streams import subjects
-from streams.topology import CONFIGS, RUN_EVENT
+from streams.topology import RUN_EVENT
 
 DEMO_AGENT = "pirate-captain"
 DEMO_TEXT = "Ahoy! Where should a new crew member start learning to sail?"
@@ -30,71 +29,116 @@ def say(line: str) -> None:
     print(f"botburrow dev | {line}", flush=True)
 
 
-async def _await_configs(bus: Bus, names: list[str], timeout_s: float = 30.0) -> None:
-    kv = await bus.kv(CONFIGS.name)
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while asyncio.get_running_loop().time() < deadline:
-        try:
-            keys = set(await kv.keys())
-        except Exception:  # no keys yet
-            keys = set()
-        if all(f"agent.{name}" in keys for name in names):
-            return
-        await asyncio.sleep(0.2)
-    raise RuntimeError("configsync did not publish the example agents in time; see configsync.log")
+def _demo_agent(stack: LocalStack) -> str | None:
+    """The pirate if loaded, else the first agent that can answer."""
+    answering = stack.answering_agents()
+    return DEMO_AGENT if DEMO_AGENT in answering else next(iter(answering), None)
 
 
-async def _demo(stack: LocalStack, bus: Bus) -> None:
+async def _demo(stack: LocalStack, bus: Bus, agent: str) -> None:
     assert stack.hub is not None
     done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-    async def on_end(msg) -> None:
+    async def on_end(msg: Msg) -> None:
         if not done.done():
             done.set_result(msg.subject.split(".")[3])
 
-    sub = await bus.nc.subscribe(subjects.run_events(DEMO_AGENT, "completed"), cb=on_end)
-    failed = await bus.nc.subscribe(subjects.run_events(DEMO_AGENT, "failed"), cb=on_end)
-    notification = stack.hub.mention(DEMO_AGENT, DEMO_TEXT)
-    say(f"demo: alice mentions @{DEMO_AGENT} on post {notification.post_id}: {DEMO_TEXT!r}")
+    sub = await bus.nc.subscribe(subjects.run_events(agent, "completed"), cb=on_end)
+    failed = await bus.nc.subscribe(subjects.run_events(agent, "failed"), cb=on_end)
+    notification = stack.hub.mention(agent, DEMO_TEXT)
+    say(f"demo: alice mentions @{agent} on post {notification.post_id}: {DEMO_TEXT!r}")
     try:
         activation_id = await asyncio.wait_for(done, DEMO_TIMEOUT_S)
     except TimeoutError:
-        say("demo: no answer within 60 s; see the stage logs")
+        say(f"demo: no answer within {DEMO_TIMEOUT_S:.0f} s; see the stage logs in {stack.work_dir}")
         return
     finally:
         await sub.unsubscribe()
         await failed.unsubscribe()
-    replies = [c for c in stack.hub.comments_on(notification.post_id or "") if c.author_name == DEMO_AGENT]
+    replies = [c for c in stack.hub.comments_on(notification.post_id or "") if c.author_name == agent]
     for comment in replies:
-        say(f"demo: {DEMO_AGENT} replied on post {notification.post_id}: {comment.content!r}")
+        say(f"demo: {agent} replied on post {notification.post_id}: {comment.content!r}")
     say(f"demo: the whole run: botburrow show {activation_id}   (with NATS_URL={stack.nats_url})")
 
 
-async def run(demo: bool, runners: int, cluster: int = 0) -> int:
-    stack = LocalStack.in_temp_dir(runners=runners, cluster=cluster, progress=say)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    say(f"starting everything in {stack.work_dir}")
-    bus = None
+async def _start(stack: LocalStack) -> Bus:
+    """Start everything; the stages start while this process reaches NATS itself, so an unreachable
+    NATS_URL is named (NatsUnavailable) rather than a stage's exit."""
+    await stack.start_servers()
+    connecting = asyncio.ensure_future(Bus.connect(stack.nats_url, name="botburrow-dev", connect_timeout_s=2))
+    starting = asyncio.ensure_future(stack.start_stages())
     try:
-        await stack.start()
-        bus = await Bus.connect(stack.nats_url, name="botburrow-dev")
-        await _await_configs(bus, stack.agent_names())
+        await asyncio.wait({connecting, starting}, return_when=asyncio.FIRST_EXCEPTION)
+        if connecting.done() and connecting.exception() is not None:
+            await connecting  # NATS first: it is why a stage would have ended too
+        await starting
+        return await connecting
+    except BaseException:
+        for task in (starting, connecting):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                bus = await task
+                if isinstance(bus, Bus):
+                    await bus.close()
+        raise
+
+
+class _Signals:
+    """First SIGINT/SIGTERM: cancel what runs (its `finally` stops everything), or, if already stopping,
+    nothing more; the next one kills everything at once."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.stack, self.task, self.received, self.stopping = stack, task, 0, False
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.on_signal, sig)
+
+    def on_signal(self, sig: int) -> None:
+        self.received += 1
+        if self.received > 1:
+            say(f"{signal.Signals(sig).name} again: killing everything")
+            self.stack.kill()
+        elif self.stopping:
+            say(f"{signal.Signals(sig).name}: already stopping (again to kill at once)")
+        else:
+            say(f"{signal.Signals(sig).name}: stopping everything (again to kill at once)")
+            self.task.cancel()
+
+
+async def run(options: DevOptions) -> int:
+    try:
+        stack = LocalStack.for_dev(options, progress=say)
+    except (StartError, NatsUnavailable) as exc:
+        say(f"error: {exc}")
+        return 2
+    signals = _Signals(stack)
+    say(f"starting everything in {stack.work_dir}")
+    bus: Bus | None = None
+    ready = False
+    try:
+        bus = await _start(stack)
+        await await_configs(bus, sorted(stack.loaded_agents()))
         say("all stages ready")
-        if demo:
-            await _demo(stack, bus)
+        ready = True
+        agent = _demo_agent(stack)
+        if options.demo and agent:
+            await _demo(stack, bus, agent)
         say(f"HUB_URL={stack.hub.url if stack.hub else ''} NATS_URL={stack.nats_url}; try: "
-            f"NATS_URL={stack.nats_url} botburrow inject notification --agent {DEMO_AGENT} --type mention "
-            "--content hi   (Ctrl-C stops everything)")
+            f"NATS_URL={stack.nats_url} botburrow inject notification --agent {agent or DEMO_AGENT} "
+            "--type mention --content hi   (Ctrl-C stops everything)")
         await bus.nc.subscribe(RUN_EVENT.pattern, cb=_print_event)
-        await stop.wait()
+        await asyncio.Event().wait()  # until a signal cancels this task
         return 0
-    except RuntimeError as exc:
+    except asyncio.CancelledError:
+        signals.task.uncancel()  # the stop below must not be cancelled by the same request
+        return 0 if ready else 130
+    except (NatsUnavailable, StartError, RuntimeError) as exc:
         say(f"error: {exc}")
         return 1
     finally:
+        signals.stopping = True
         say("stopping")
         if bus is not None:
             await bus.close()
@@ -102,19 +146,5 @@ async def run(demo: bool, runners: int, cluster: int = 0) -> int:
         say("stopped")
 
 
-async def _print_event(msg) -> None:
+async def _print_event(msg: Msg) -> None:
     print(pretty(msg.subject, msg.data), flush=True)
-
-
-def main(demo: bool = True, runners: int = 1, cluster: int = 0) -> int:
-    # The stages log to their own files; this terminal shows progress and events only.
-    for package in ("botburrow", "schemas", "streams", "services"):
-        logging.getLogger(package).setLevel(logging.ERROR)
-    try:
-        return asyncio.run(run(demo, runners, cluster))
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

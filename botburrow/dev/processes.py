@@ -1,0 +1,43 @@
+"""The processes `botburrow dev` starts: each in its own process group, none outliving it.
+
+A stage runs in a session of its own (so a Ctrl-C on the terminal reaches `dev` only, which stops
+everything in order), asks Linux to send it SIGTERM if `dev` itself dies (PR_SET_PDEATHSIG: even a
+SIGKILL of `dev` leaves no orphan), and is stopped with its whole group, so whatever it started (a CLI,
+an MCP server) goes with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` of a child: SIGTERM when the thread that started it ends (Linux; elsewhere nothing)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal the process group `pid` leads (a child started with start_new_session), if any is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+async def stop_group(process: asyncio.subprocess.Process, sig: int, timeout_s: float) -> None:
+    """`sig` to the leader, which stops its own work in order; after `timeout_s`, or once it has ended,
+    SIGKILL to whatever of its group is left."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(sig)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), timeout_s)
+    kill_group(process.pid)
+    await process.wait()
