@@ -84,7 +84,7 @@ _BY_HUB: dict[str, CircuitBreaker] = {}
 def breaker_for(hub_url: str, *, cooldown_s: float = 30.0, threshold: int = 5) -> CircuitBreaker:
     """The process's one breaker for the Hub at `hub_url` (made on first use with these settings): every
     client of that Hub in the process sees it open and closed at once."""
-    origin = hub_url.rstrip("/")
+    origin = hub_url.rstrip("/").removesuffix("/api/v1")  # as HubClient reads HUB_URL
     if origin not in _BY_HUB:
         _BY_HUB[origin] = CircuitBreaker(threshold=threshold, cooldown_s=cooldown_s)
     return _BY_HUB[origin]

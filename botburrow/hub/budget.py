@@ -53,6 +53,8 @@ WINDOW_S = 60.0
 SKEW_MARGIN_S = 1.0
 BACKGROUND_RESERVE = 0.2
 CAS_ATTEMPTS = 16
+# Grants kept while no limit is known (a limit learnt later counts them; more than this is no limit we meet).
+UNCAPPED_LOG = 1000
 # After a lost race past CAS_ATTEMPTS, a short pause before reading again.
 CONTENDED_PAUSE_S = 0.05
 
@@ -97,9 +99,10 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True):
         if window.blocked_until_s > now_s:
             return Decision(granted=None, wait_s=window.blocked_until_s - now_s)
         limit = self.effective_limit(window)
-        if limit <= 0:
-            return Decision(granted=window, wait_s=0.0)  # no cap known: nothing to count
         span_s = self.window_s + self.skew_margin_s
+        if limit <= 0:  # no cap known yet: grant, but count, so that a limit learnt later starts true
+            recent = [t for t in window.granted_s if t > now_s - span_s][-UNCAPPED_LOG:]
+            return Decision(granted=msgspec.structs.replace(window, granted_s=[*recent, now_s]), wait_s=0.0)
         recent = [t for t in window.granted_s if t > now_s - span_s][-limit:]
         room = limit - (self.reserve(limit) if background else 0)
         if len(recent) < room:
@@ -115,7 +118,8 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True):
 
 def scope_of(hub_url: str, agent_key: str, per: Per) -> str:
     """The record's KV key: the Hub, and the agent key's hash when the Hub limits per key."""
-    hub = hashlib.sha256(hub_url.rstrip("/").encode()).hexdigest()[:12]
+    origin = hub_url.rstrip("/").removesuffix("/api/v1")  # as HubClient reads HUB_URL
+    hub = hashlib.sha256(origin.encode()).hexdigest()[:12]
     if per == "address":
         return f"{hub}.addr"
     return f"{hub}.key.{hashlib.sha256(agent_key.encode()).hexdigest()[:16]}"
@@ -172,8 +176,6 @@ class _Budget:
             decision = self.rule.decide(window, self._clock(), background=background)
             if decision.granted is None:
                 return decision.wait_s
-            if decision.granted is window and revision is not None:
-                return 0.0  # nothing counted (no cap known): no write
             if await self._store.write(scope, decision.granted, revision):
                 return 0.0
         return CONTENDED_PAUSE_S
