@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import msgspec
 
 from botburrow.grants import holds_all
+from botburrow.hub.capabilities import CapabilityTracker
 from botburrow.hub.client import HubAuthError, HubClient, HubError, HubUnavailable
-from botburrow.hub.errors import HubBadResponse
+from botburrow.hub.errors import HubBadResponse, HubEndpointMissing, HubRateLimited
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.consumer import Retry
 from botburrow.secrets import redact
@@ -33,6 +34,7 @@ from services.runner import context, modelaccess
 from services.runner.cancel import Cancelled, Cancels
 from services.runner.config import RunnerConfig
 from services.runner.hubreads import HubThreads
+from services.runner.identity import HubNames
 from services.runner.loop import Budget, LoopFailed
 from services.runner.posting import AgentPosters, PostOutcome, PostResult, Target, interval_wait_s, reply_key
 from services.runner.pricing import PriceTable
@@ -56,10 +58,14 @@ from services.runner.seams import (
     ToolsetFactory,
 )
 from services.runner.transcript import ModelError
+from streams.topology import MAX_DELIVERIES
 
 log = logging.getLogger(__name__)
 
 HUB_OUTAGE_RETRY_S = 15.0
+HUB_RATE_LIMITED_RETRY_S = 30.0  # a 429 without Retry-After
+HUB_SERVER_ERROR_RETRY_S = 1.0  # a 500 to one request: doubled at each delivery, up to HUB_OUTAGE_RETRY_S
+NO_DMS = "the Hub has no DMs (it does not serve the DM send route): the DM is not answered"
 NATS_TIMEOUT_RETRY_S = 5.0
 
 
@@ -108,21 +114,25 @@ class Deps:
     reads: HubReads | None = None
     posters: Posters | None = None
     cancels: Cancels = field(default_factory=Cancels)  # what the operator cancelled (`botburrow cancel`)
+    names: HubNames | None = None  # the agents' Hub names (None: built on `hub`)
+    capabilities: CapabilityTracker = field(default_factory=CapabilityTracker)  # write-only routes found absent
 
     def __post_init__(self) -> None:
         self.gate = self.gate or self.config.access
+        self.names = self.names or HubNames(self.hub)
         if self.reads is None:
             assert self.hub is not None
-            self.reads = HubThreads(self.hub, self.config.input_bounds)
+            self.reads = HubThreads(self.hub, self.config.input_bounds, self.names)
         if self.posters is None:
             assert self.bus is not None and self.hub is not None
             self.posters = AgentPosters(self.bus, self.hub, thread_replies_max=self.config.thread_agent_replies_max,
-                                        input_bounds=self.config.input_bounds)
+                                        input_bounds=self.config.input_bounds, names=self.names)
 
 
-def answerable(definition: AgentDefinition, notification: Notification) -> bool:
-    """False for notifications that get no model call: the agent's own, types its flags turn off."""
-    if notification.from_.name == definition.name:
+def answerable(definition: AgentDefinition, notification: Notification, hub_name: str | None = None) -> bool:
+    """False for notifications that get no model call: the agent's own (by its config or its Hub name),
+    types its flags turn off."""
+    if notification.from_.name in (definition.name, hub_name):
         return False
     return definition.config.behavior.answers(notification.type)
 
@@ -145,6 +155,7 @@ class Activation:
         self.answer = ""  # the final answer the thinking gave (empty: none)
         self._deadline: asyncio.Timeout | None = None
         self._limited: str | None = None  # why nothing was posted (a limit), for a `limited` ending
+        self._skipped: str | None = None  # why nothing was posted (the Hub lacks the route), for `skipped`
         self.grants: set[str] = set()  # after the cluster policy, resolved once by `_preflight`
 
     @property
@@ -188,13 +199,28 @@ class Activation:
         except RecursionError:
             return Ending(outcome=failed, reason="input nested too deep to process",
                           dead_letter="input nested too deep to process")
-        except HubUnavailable:
-            raise Retry(HUB_OUTAGE_RETRY_S, "hub unavailable") from None
+        except HubRateLimited as exc:
+            wait_s = HUB_RATE_LIMITED_RETRY_S if exc.retry_after_s is None else exc.retry_after_s
+            return self._retry_or_give_up(wait_s, f"hub rate limited: {exc}")
+        except HubUnavailable as exc:  # down, a 500 on one request, or a write's outcome unknown
+            # One request's 500 is no outage: tried again soon, later each time.
+            wait_s = (min(HUB_OUTAGE_RETRY_S, HUB_SERVER_ERROR_RETRY_S * 2 ** (self.log.attempt - 1))
+                      if exc.code == "SERVER_ERROR" else HUB_OUTAGE_RETRY_S)
+            return self._retry_or_give_up(wait_s, f"hub unavailable: {exc}")
         except (HubError, ModelError) as exc:
             return Ending(outcome=failed, reason=redact(str(exc)))
 
+    def _retry_or_give_up(self, delay_s: float, reason: str) -> Ending:
+        """`Retry` after `delay_s`; on the last delivery the request is dead-lettered with the reason
+        instead (the worker's own give-up would only say how many deliveries it took)."""
+        reason = redact(reason)[:500]
+        if self.log.attempt < MAX_DELIVERIES:
+            raise Retry(delay_s, reason)
+        return Ending(outcome=Outcome.FAILED, reason=reason, dead_letter=f"{reason} (delivery {self.log.attempt})")
+
     def _done(self, outcome: Outcome) -> Ending:
-        return Ending(outcome=outcome, reason=self._limited if outcome is Outcome.LIMITED else None)
+        reasons = {Outcome.LIMITED: self._limited, Outcome.SKIPPED: self._skipped}
+        return Ending(outcome=outcome, reason=reasons.get(outcome))
 
     async def _run(self, definition: AgentDefinition | None, tool_type: str, model: str) -> Ending:
         await self.log.started(tool_type, model, self.deps.runner_id)
@@ -266,7 +292,15 @@ class Activation:
         return open_items
 
     async def _answer(self, definition: AgentDefinition, key: str, poster: Posting) -> Outcome:
-        todo = [n for n in self.request.notifications if answerable(definition, n)]
+        assert self.deps.names is not None
+        hub_name = await self.deps.names.of(definition.name, key)
+        todo = [n for n in self.request.notifications if answerable(definition, n, hub_name)]
+        if any(n.type == "dm" for n in todo) and self.deps.capabilities.absent("dms"):
+            self._skipped = NO_DMS
+            log.info("DM skipped", extra={"activation_id": self.request.activation_id, "reason": NO_DMS})
+            todo = [n for n in todo if n.type != "dm"]
+            if not todo:
+                return Outcome.SKIPPED
         open_items = await self._open_items(todo, poster)
         if not open_items:
             return Outcome.POSTED if todo else Outcome.SKIPPED
@@ -305,7 +339,15 @@ class Activation:
             await self.log.posted(notification_id=notification.id, target="comment", post_id=target.post_id,
                                   parent_id=target.parent_id, already_posted=True)
             return PostResult(PostOutcome.ALREADY_POSTED)
-        result = await poster.publish(reply_key(self.request.activation_id, notification.id), target, text)
+        try:
+            result = await poster.publish(reply_key(self.request.activation_id, notification.id), target, text)
+        except HubEndpointMissing:
+            if target.kind != "dm":
+                raise
+            self.deps.capabilities.mark_absent("dms")
+            self._skipped = NO_DMS
+            log.info("DM skipped", extra={"activation_id": self.request.activation_id, "reason": NO_DMS})
+            return PostResult(PostOutcome.UNSUPPORTED, reason=NO_DMS)
         if result.outcome is PostOutcome.LIMITED:
             self._limited = self._limited or result.reason
             log.info("reply limited", extra={"activation_id": self.request.activation_id, "reason": result.reason})

@@ -10,6 +10,7 @@ from botburrow.hub.client import HubClient
 from schemas.agent import AgentDefinition
 from schemas.hub import Notification, Post
 from services.runner import context
+from services.runner.identity import HubNames
 
 EXPLORATION_MIN_AGE_S = 300
 EXPLORATION_CANDIDATES = 10
@@ -18,8 +19,9 @@ EXPLORATION_CANDIDATES = 10
 class HubThreads:
     """`HubReads` on the Hub, with the agent's key."""
 
-    def __init__(self, hub: HubClient, bounds: context.InputBounds) -> None:
+    def __init__(self, hub: HubClient, bounds: context.InputBounds, names: HubNames | None = None) -> None:
         self.hub, self.bounds = hub, bounds
+        self.names = names or HubNames(hub)
 
     async def thread(self, key: str, notification: Notification,
                      cuts: context.Cuts) -> tuple[str | None, str | None]:
@@ -36,7 +38,7 @@ class HubThreads:
         seen: dict[str, Post] = {}
         for community in definition.config.interests.communities:
             for post in await self.hub.list_posts(key, community.removeprefix("m/"), "new", 25):
-                if post.author_name == definition.name or post.id in seen:
+                if post.id in seen or await self.names.is_self(definition.name, key, post.author_name):
                     continue
                 if _age_s(post.created_at, now_s) < EXPLORATION_MIN_AGE_S:
                     continue

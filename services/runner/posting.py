@@ -33,6 +33,7 @@ from botburrow.secrets import redact
 from schemas.agent import AgentDefinition, Limits
 from schemas.hub import Comment
 from services.runner.context import InputBounds
+from services.runner.identity import HubNames
 from streams.subjects import token
 from streams.topology import LIMITS, REPLIES
 
@@ -91,6 +92,7 @@ class PostOutcome(enum.StrEnum):
     POSTED = "posted"
     ALREADY_POSTED = "already_posted"  # by an earlier attempt (its marker says so, or the Hub shows it)
     LIMITED = "limited"  # a limit refused it; `reason` says which
+    UNSUPPORTED = "unsupported"  # the Hub has no route for it (no DMs); `reason` says so
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,10 @@ def interval_wait_s(usage: Usage, limits: Limits, now_s: float) -> float:
 
 class Poster:
     def __init__(self, bus: Bus, hub: HubClient, agent: str, agent_key: str, limits: Limits, *,
-                 thread_replies_max: int = 0, input_bounds: InputBounds | None = None) -> None:
+                 thread_replies_max: int = 0, input_bounds: InputBounds | None = None,
+                 names: HubNames | None = None) -> None:
         self.bus, self.hub, self.agent, self.key, self.limits = bus, hub, agent, agent_key, limits
+        self.names = names or HubNames(hub)
         self.thread_replies_max = thread_replies_max  # 0: no thread-wide cap
         # The activation's context.InputBounds, for the Hub tools that post through this Poster.
         self.input_bounds = input_bounds
@@ -249,7 +253,8 @@ class Poster:
         stack: list[Comment] = list(comments)
         while stack:
             comment = stack.pop()
-            if comment.author_name == self.agent and comment.content == marker.content:
+            if comment.content == marker.content and await self.names.is_self(self.agent, self.key,
+                                                                              comment.author_name):
                 return comment.id
             stack.extend(comment.replies)
         return None
@@ -311,10 +316,11 @@ class AgentPosters:
     hub: HubClient
     thread_replies_max: int = 0
     input_bounds: InputBounds | None = None
+    names: HubNames | None = None  # the runner's one cache of Hub names
 
     def for_agent(self, definition: AgentDefinition, key: str) -> Poster:
         return Poster(self.bus, self.hub, definition.name, key, definition.config.behavior.limits,
-                      thread_replies_max=self.thread_replies_max, input_bounds=self.input_bounds)
+                      thread_replies_max=self.thread_replies_max, input_bounds=self.input_bounds, names=self.names)
 
 
 def _add(usage: Usage, target: Target, n: int) -> None:
