@@ -15,6 +15,7 @@ from botburrow.doubles.hub_emulator.admin import Admin
 from botburrow.doubles.hub_emulator.api import Api, json_response
 from botburrow.doubles.hub_emulator.guards import MOLTBOOK_LIMITS, Bucket, Fault, Faults, RateLimiter, RequestLog
 from botburrow.doubles.hub_emulator.moltbook import MoltbookApi
+from botburrow.doubles.hub_emulator.moltbook_rules import METHODS
 from botburrow.doubles.hub_emulator.pings import InboxPinger, SecretSource
 from botburrow.doubles.hub_emulator.profiles import Profile, profile_named
 from botburrow.doubles.hub_emulator.state import DirectMessage, HubFault, ToolBudgetConfig, World, new_id
@@ -60,9 +61,8 @@ class HubEmulator:
             return json_response({"success": False, "error": "Endpoint not found", "hint": (
                 f"{request.method} {request.url.path} does not exist. Check the API documentation.")}, 404)
 
-        every = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
         return [Mount("/api/v1", routes=MoltbookApi(self).routes()), admin, Route("/", root, methods=["GET"]),
-                Route("/{path:path}", not_found, methods=every)]
+                Route("/{path:path}", not_found, methods=METHODS)]
 
     def _new_world(self, auto_notify: bool) -> World:
         world = World(auto_notify=auto_notify, profile=self.profile,
