@@ -166,6 +166,11 @@ class StageSettings(Connection):
 @dataclass(frozen=True, kw_only=True)
 class HubReader:
     hub_url: str = setting("the Hub's origin, without /api/v1", parse=_url, required=True)
+    hub_profile: str = setting("the Hub's API: `auto` (detected), `botburrow`, or `moltbook` (100 requests a minute "
+                               "per client address, shared)", "auto", _choice("auto", "botburrow", "moltbook"))
+    hub_requests_per_minute: int = setting("requests a minute to the Hub, one budget shared by every stage and replica "
+                                           "(0: the profile's, else the Hub's X-RateLimit-Limit)", "0",
+                                           _bounded_int(0, 1_000_000))
 
 
 @dataclass(frozen=True, kw_only=True)
