@@ -42,9 +42,9 @@ lint:
 schemas:
     {{venv}}/python -m schemas.generate
 
-# benchmarks; results are written to bench/results/
-bench:
-    {{venv}}/python -m bench
+# benchmarks, all or the ones named (`just bench cost runner`); results are written to bench/results/
+bench *names:
+    {{venv}}/python -m bench {{names}}
 
 # build and smoke-check the runtime and sandbox images on a private Docker engine (no registry; root)
 images *args:
