@@ -100,6 +100,10 @@ class FeedIngest:
         self._read_at: dict[str, float] = {}  # post id -> when this process last read its comments
         self._rounds = 0
 
+    def agent_named(self, hub_name: str) -> str | None:
+        """The config name of the agent whose Hub name this is (as learned so far), else None."""
+        return next((agent for agent, name in self._names.items() if name.lower() == hub_name.lower()), None)
+
     async def round(self, agents: Iterable[str], urgent: Iterable[str] = ()) -> FeedReport:
         """One round (see the module's docstring); never raises for the Hub's or JetStream's trouble."""
         report = FeedReport()

@@ -1,9 +1,14 @@
-"""The ingest stage: every POLL_INTERVAL_SECONDS, each known agent's unread Hub notifications onto
-NOTIFICATIONS, marked read on the Hub only after JetStream acknowledged them (see `poller`).
+"""The ingest stage: every POLL_INTERVAL_SECONDS, each known agent's Hub news onto NOTIFICATIONS.
+
+The mode follows what the Hub serves (`mode`): its own notifications, polled and marked read after
+JetStream acknowledged them (`poller`), or, on a Hub without them (Moltbook), notifications derived from
+posts and comments (`feed`). With HUB_WEBHOOKS on, the Hub's signed inbox pings (`hooks`) wake ingest for
+that agent at once; pings that come while a round runs are coalesced into the next.
 
 The known agents are those in the `configs` bucket; an agent without a Hub key is skipped. The Hub
-being down does not stop the stage: it reports not ready (`/readyz` check `hub`) and recovers by
-itself on a later round.
+being down does not stop the stage: it reports not ready (`/readyz` check `hub`: the Hub answers) and
+recovers by itself on a later round. A route the Hub does not serve is a capability, shown under
+`details.hub`, never a failure.
 """
 
 from __future__ import annotations
@@ -11,14 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Iterable
 
 from botburrow.definitions.directory import AgentDirectory
 from botburrow.hub.breaker import CircuitBreaker
+from botburrow.hub.capabilities import detect_capabilities
 from botburrow.hub.client import HubClient
+from botburrow.hub.webhook import secret_name
 from botburrow.runtime import service
 from botburrow.runtime.service import StageContext
-from botburrow.secrets import AgentKeys
+from botburrow.secrets import AgentKeys, read_secret
 from botburrow.settings import IngestSettings
+from services.ingest.feed import FeedIngest
+from services.ingest.feedstate import FeedState
+from services.ingest.hooks import InboxHooks
+from services.ingest.mode import HubModes
 from services.ingest.poller import Poller, PollReport
 
 STAGE = "ingest"
@@ -30,12 +42,38 @@ log = logging.getLogger(__name__)
 
 
 def hub_client(hub_url: str, poll_interval_s: float) -> HubClient:
-    return HubClient(hub_url, breaker=CircuitBreaker(cooldown_s=min(MAX_BREAKER_COOLDOWN_S, poll_interval_s)))
+    # background: ingest spends only what the runners leave of a shared request budget.
+    return HubClient(hub_url, breaker=CircuitBreaker(cooldown_s=min(MAX_BREAKER_COOLDOWN_S, poll_interval_s)),
+                     background=True)
+
+
+class Wake:
+    """Agents whose Hub pinged, coalesced until the next push round takes them."""
+
+    def __init__(self) -> None:
+        self.pending: set[str] = set()
+        self._event = asyncio.Event()
+
+    def add(self, agent: str) -> None:
+        self.pending.add(agent)
+        self._event.set()
+
+    async def take(self, stop: asyncio.Event) -> set[str]:
+        """The agents pinged since the last take (waiting for one), or none once `stop` is set."""
+        pinged, stopped = asyncio.ensure_future(self._event.wait()), asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({pinged, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            pinged.cancel()
+            stopped.cancel()
+        self._event.clear()
+        agents, self.pending = self.pending, set()
+        return agents
 
 
 async def run(ctx: StageContext[IngestSettings]) -> None:
-    interval_s = ctx.settings.poll_interval_seconds
-    hub = hub_client(ctx.settings.hub_url, interval_s)
+    settings = ctx.settings
+    hub = hub_client(settings.hub_url, settings.poll_interval_seconds)
     ctx.health.add_check("hub", lambda: hub.available)
     keys = AgentKeys(ctx.environ)
 
@@ -43,24 +81,64 @@ async def run(ctx: StageContext[IngestSettings]) -> None:
         # Key files are read off the event loop (a mounted Kubernetes secret may be slow to read).
         return await asyncio.to_thread(keys.get, agent)
 
+    modes = HubModes(hub, detect_capabilities, configured=settings.ingest_mode, webhooks=settings.hub_webhooks,
+                     every_s=settings.hub_capabilities_probe_seconds)
+    ctx.health.add_detail("hub", modes.detail)
     poller = Poller(hub, ctx.bus, key_of)
+    feed = FeedIngest(hub, ctx.bus, await FeedState.open(ctx.bus), key_of, newest=settings.feed_threads_newest,
+                      reads_per_round=settings.feed_comment_reads_per_round, submolts=settings.feed_submolts)
     directory = await AgentDirectory.open(ctx.bus)
     ctx.health.add_check("definitions", lambda: directory.following)
+    wake, one_round_at_a_time = Wake(), asyncio.Lock()
+    if settings.hub_webhooks:
+        def resolve(name: str) -> str | None:
+            return name if directory.get(name) is not None else feed.agent_named(name)
+
+        ctx.health.add_route(InboxHooks(resolve, lambda a: read_secret(secret_name(a), environ=ctx.environ),
+                                        wake.add).route())
+
+    async def ingest(agents: list[str], urgent: Iterable[str] = ()) -> bool:
+        """One round in the current mode; whether it called the Hub (else a probe keeps /readyz true)."""
+        async with one_round_at_a_time:
+            await modes.refresh_if_due(await _any_key(agents, key_of))
+            if modes.mode == "notifications":
+                poller.mark_read = not modes.absent("mark_read")
+                report = await poller.poll_once(list(urgent) or agents)
+                modes.mark_absent(report.endpoint_missing)
+                return bool(report.published or report.errors or report.endpoint_missing)
+            if modes.mode == "feed":
+                return (await feed.round(agents, urgent)).requests > 0
+            return False
 
     async def poll_forever() -> None:
         while not ctx.stop.is_set():
-            report = await poller.poll_once(directory.agents())
-            if not report.published and not report.errors:
+            if not await ingest(list(directory.agents())):
                 await hub.probe()  # no agent call this round: learn whether the Hub answers, for /readyz
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ctx.stop.wait(), interval_s)
+                await asyncio.wait_for(ctx.stop.wait(), settings.poll_interval_seconds)
+
+    async def push_forever() -> None:
+        while not ctx.stop.is_set():
+            if pinged := await wake.take(ctx.stop):
+                await ingest(list(directory.agents()), pinged)
 
     try:
         # A round that raises (a bug, NATS trouble) must not end polling for good: not ready, then again.
-        await service.supervise(ctx.health, "poll", poll_forever, ctx.stop)
+        await asyncio.gather(service.supervise(ctx.health, "poll", poll_forever, ctx.stop),
+                             *([service.supervise(ctx.health, "push", push_forever, ctx.stop)]
+                               if settings.hub_webhooks else []))
     finally:
         await directory.close()
         await hub.aclose()
+
+
+async def _any_key(agents: list[str], key_of: Callable[[str], Awaitable[str | None]]) -> str | None:
+    """Some agent's key, for the capability probes (None: probe without one)."""
+    for agent in agents:
+        key = await key_of(agent)
+        if key:
+            return key
+    return None
 
 
 def main() -> None:
