@@ -55,6 +55,22 @@ async def test_routes_it_does_not_have_answer_endpoint_not_found(molt: HubEmulat
         assert answer.headers["X-RateLimit-Limit"] == "100"  # the overall limit counted it first
     assert (await http.get("/health")).json()["status"] == "healthy"
     assert molt.notifications_of("helper") == []
+    async with httpx.AsyncClient(base_url=molt.url) as root:
+        outside = await root.get("/api/notifications")
+        assert outside.status_code == 404 and outside.json()["error"] == "Endpoint not found"
+
+
+async def test_the_default_profile_keeps_its_answers(hub_emulator: HubEmulator) -> None:
+    key = hub_emulator.add_agent("research-agent")  # a dash is fine there
+    post = hub_emulator.add_post("Thread", "@research-agent hi")
+    assert post.id.startswith("post_") and key.startswith("bb_")
+    assert [n.type for n in hub_emulator.notifications_of("research-agent")] == ["mention"]
+    async with httpx.AsyncClient(base_url=hub_emulator.api_url) as http:
+        unknown = await http.get("/nowhere", headers=auth(key))
+        assert unknown.status_code == 404 and unknown.text == "Not Found"  # Starlette's, as before
+        assert "X-RateLimit-Limit" not in unknown.headers
+        listed = (await http.get("/posts", headers=auth(key))).json()
+        assert [p["id"] for p in listed["posts"]] == [post.id] and "data" not in listed
 
 
 async def test_names_keys_registration_and_me(molt: HubEmulator, http: httpx.AsyncClient) -> None:

@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from botburrow.doubles.hub_emulator.guards import Fault, RequestRecord
+from botburrow.doubles.hub_emulator.guards import Fault, RequestRecord, client_ip
 from botburrow.doubles.hub_emulator.state import Agent, HubFault
 from schemas.events import ActivationMetrics
 
@@ -105,6 +105,10 @@ class Api:
             route("/system/consumption", self.consumption, "POST", "system"),
         ]
 
+    def site_routes(self) -> list[Route]:
+        """Routes outside `/api/v1` and `/admin`: none (an unknown path is Starlette's plain 404)."""
+        return []
+
     def _guard(self, handler: Handler, scope: Scope) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             record = RequestRecord(request.method, request.url.path, time.monotonic())
@@ -118,8 +122,9 @@ class Api:
                 else:
                     caller, record.caller, key = self._authenticate(request, scope)
                     if caller is not None:
-                        self.hub.limiter.check(key, "requests")
-                        self.hub.limiter.hit(key, "requests")
+                        who = client_ip(request) if self.hub.profile.requests_limited_per == "ip" else key
+                        self.hub.limiter.check(who, "requests")
+                        self.hub.limiter.hit(who, "requests")
                     response = await handler(request, caller)
             except HubFault as exc:
                 response = fault_response(exc)

@@ -7,15 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount
 
 from botburrow.doubles.hub_emulator.admin import Admin
-from botburrow.doubles.hub_emulator.api import Api, json_response
+from botburrow.doubles.hub_emulator.api import Api
 from botburrow.doubles.hub_emulator.guards import MOLTBOOK_LIMITS, Bucket, Fault, Faults, RateLimiter, RequestLog
 from botburrow.doubles.hub_emulator.moltbook import MoltbookApi
-from botburrow.doubles.hub_emulator.moltbook_rules import METHODS
 from botburrow.doubles.hub_emulator.pings import InboxPinger, SecretSource
 from botburrow.doubles.hub_emulator.profiles import Profile, profile_named
 from botburrow.doubles.hub_emulator.state import DirectMessage, HubFault, ToolBudgetConfig, World, new_id
@@ -50,19 +47,9 @@ class HubEmulator:
         self.app = Starlette(routes=self._routes())
 
     def _routes(self) -> list[BaseRoute]:
-        admin = Mount("/admin", routes=Admin(self).routes())
-        if self.profile.name != "moltbook":
-            return [Mount("/api/v1", routes=Api(self).routes()), admin]
-
-        async def root(request: Request) -> Response:
-            return json_response({"name": "Moltbook API", "version": "1.0.0", "profile": "hub emulator"})
-
-        async def not_found(request: Request) -> Response:
-            return json_response({"success": False, "error": "Endpoint not found", "hint": (
-                f"{request.method} {request.url.path} does not exist. Check the API documentation.")}, 404)
-
-        return [Mount("/api/v1", routes=MoltbookApi(self).routes()), admin, Route("/", root, methods=["GET"]),
-                Route("/{path:path}", not_found, methods=METHODS)]
+        table = MoltbookApi(self) if self.profile.table == "moltbook" else Api(self)
+        return [Mount("/api/v1", routes=table.routes()), Mount("/admin", routes=Admin(self).routes()),
+                *table.site_routes()]
 
     def _new_world(self, auto_notify: bool) -> World:
         world = World(auto_notify=auto_notify, profile=self.profile,

@@ -90,6 +90,17 @@ class MoltbookApi:
             Route("/{path:path}", self._guard(self.endpoint_not_found, False), methods=METHODS),
         ]
 
+    def site_routes(self) -> list[Route]:
+        """Outside `/api/v1`: Moltbook's root document, and its "Endpoint not found" (not rate-limited)."""
+        async def root(request: Request) -> Response:
+            return json_response({"name": "Moltbook API", "version": "1.0.0", "emulated": True})
+
+        async def not_found(request: Request) -> Response:
+            return json_response({"success": False, "error": "Endpoint not found", "hint": (
+                f"{request.method} {request.url.path} does not exist. Check the API documentation.")}, 404)
+
+        return [Route("/", root, methods=["GET"]), Route("/{path:path}", not_found, methods=METHODS)]
+
     # --- the pipeline every request goes through ----------------------------------------------
 
     def _guard(self, handler: Handler, auth: bool) -> Callable[[Request], Awaitable[Response]]:

@@ -7,7 +7,8 @@ database error, so a 500), `[a-z0-9_]` names, `moltbook_<64 hex>` keys, its enve
 that are always on, the overall one counted per client address before the key is even read.
 
 What cannot be data (the route table and the shapes) lives in one module per profile: `api.py` for
-`botburrow`, `moltbook.py` for `moltbook`; this table says which to use.
+`botburrow`, `moltbook.py` (with `moltbook_rules.py`, `moltbook_shapes.py`) for `moltbook`; `table` says
+which.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ class Profile:
     # Whose the overall request limit is: the key's, or the client address's (Moltbook counts it in a
     # middleware that runs before authentication, so every agent on one host shares it).
     requests_limited_per: Literal["key", "ip"]
-    # Moltbook's limiter counts a request when it lets it through, even if the handler then refuses it;
-    # ours counts only what succeeded.
-    limit_counts_refused: bool
+    # The route table and its shapes: `api.py` (ours) or `moltbook.py` (whose pipeline also counts a
+    # post or comment against its limit before checking it, and answers an unknown route with Moltbook's
+    # "Endpoint not found" envelope, outside /api/v1 as well).
+    table: Literal["botburrow", "moltbook"]
 
     def new_id(self, prefix: str) -> str:
         return str(uuid.uuid4()) if self.uuid_ids else new_id(prefix)
@@ -68,13 +70,13 @@ class Profile:
 BOTBURROW = Profile(
     name="botburrow", uuid_ids=False, agent_name=None, name_rule="must not be empty", key_prefix="bb_",
     key_pattern=None, notifications=True, rate_limits=False, requests_limited_per="key",
-    limit_counts_refused=False)
+    table="botburrow")
 
 MOLTBOOK = Profile(
     name="moltbook", uuid_ids=True, agent_name=re.compile(r"[a-z0-9_]{2,32}"),
     name_rule="must be 2-32 characters: lowercase letters, numbers, and underscores", key_prefix="moltbook_",
     key_pattern=re.compile(r"moltbook_[0-9a-fA-F]{64}"), notifications=False, rate_limits=True,
-    requests_limited_per="ip", limit_counts_refused=True)
+    requests_limited_per="ip", table="moltbook")
 
 PROFILES = {p.name: p for p in (BOTBURROW, MOLTBOOK)}
 
