@@ -6,6 +6,7 @@ fake clock whose sleep advances it: no test sleeps."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,8 +14,11 @@ import pytest
 
 from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.hub import HubClient, HubRateLimited
+from botburrow.hub.breaker import breaker_for
 from botburrow.hub.budget import BUCKET, KvRequestBudget, MemoryRequestBudget, Rule, Window, scope_of
+from botburrow.hub.connect import budget_terms, hub_client_for_stage
 from botburrow.runtime.bus import Bus
+from botburrow.settings import IngestSettings, load
 
 
 class Clock:
@@ -192,3 +196,58 @@ async def test_the_hubs_limit_header_is_learnt_once_for_all(bus: Bus, second_bus
         assert [r.status for r in emulator.requests.matching()] == [200, 200, 200]
     finally:
         await emulator.stop()
+
+
+# --- hub_client_for_stage: what a stage builds ----------------------------------------------------
+
+def hub_settings(url: str, **env: str) -> IngestSettings:
+    return load(IngestSettings, {"HUB_URL": url, **env})
+
+
+def test_budget_terms_follow_the_profile_and_the_setting() -> None:
+    assert budget_terms("moltbook") == ("address", 100)
+    assert budget_terms("moltbook", 40) == ("address", 40)
+    assert budget_terms("botburrow") == ("key", 0)
+    assert budget_terms("unknown") == ("address", 0)
+
+
+async def test_auto_detects_a_moltbook_hub_and_spends_per_address(bus: Bus) -> None:
+    emulator = HubEmulator(profile="moltbook")
+    await emulator.start()
+    try:
+        hub = await hub_client_for_stage(hub_settings(emulator.url), bus, background=True)
+        try:
+            assert isinstance(hub.budget, KvRequestBudget)
+            assert (hub.budget.per, hub.budget.rule.limit, hub.background) == ("address", 100, True)
+            assert hub.breaker is breaker_for(emulator.url)
+            key = emulator.add_agent("one_bot")
+            assert (await hub.me(key)).name == "one_bot"
+            assert len((await hub.budget.snapshot()).granted_s) == 1  # the call (the start probe came before)
+        finally:
+            await hub.aclose()
+    finally:
+        await emulator.stop()
+
+
+async def test_a_configured_profile_and_limit_need_no_probe(bus: Bus, hub_emulator: HubEmulator) -> None:
+    settings = hub_settings(hub_emulator.url, HUB_PROFILE="botburrow", HUB_REQUESTS_PER_MINUTE="30")
+    hub = await hub_client_for_stage(settings, bus)
+    try:
+        assert isinstance(hub.budget, KvRequestBudget)
+        assert (hub.budget.per, hub.budget.rule.limit, hub.background) == ("key", 30, False)
+    finally:
+        await hub.aclose()
+    assert hub_emulator.requests.matching() == []
+
+
+async def test_a_hub_down_at_start_is_budgeted_per_address_with_no_limit(bus: Bus) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    hub = await hub_client_for_stage(hub_settings(url), bus, breaker_cooldown_s=1.0)
+    try:
+        assert isinstance(hub.budget, KvRequestBudget)
+        assert (hub.budget.per, hub.budget.rule.limit) == ("address", 0)
+    finally:
+        await hub.aclose()
