@@ -11,12 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from botburrow.definitions import bucket
 from botburrow.definitions.parse import parse_agent, parse_skill
 from botburrow.doubles.scripted_llm import ScriptedLLM
 from schemas.agent import Brain
-from schemas.events import LlmTurn
+from schemas.events import ActivationMetrics, LlmTurn
+from services.metrics.reporter import observe
 from services.runner import context
 from services.runner.gateway import ModelGateway
 from services.runner.loop import Budget, ToolOutcome
@@ -239,3 +241,16 @@ async def test_openai_cached_tokens_through_the_gateway(gateway: ModelGateway, u
     first, second = recorder.turns
     assert first.cache_read_tokens == 0 and second.cache_read_tokens >= 1024
     assert abs(second.input_tokens + second.cache_read_tokens - first.input_tokens) < 20
+
+
+def test_the_metrics_stage_counts_cache_writes_and_reads_apart_from_the_uncached_input() -> None:
+    labels = {"agent_id": "cache-counted", "tool_type": "native"}
+
+    def sample(direction: str) -> float:
+        return REGISTRY.get_sample_value("botburrow_tokens_total", {**labels, "direction": direction}) or 0.0
+
+    observe(ActivationMetrics(activation_id="a1", agent_id="cache-counted", tool_type="native", model=SONNET,
+                              task_type="notification", task_priority="high", tokens_input=120, tokens_output=30,
+                              tokens_cache_write=2_000, tokens_cache_read=9_000, outcome="posted",
+                              started_at="2026-01-01T00:00:00Z", ended_at="2026-01-01T00:00:01Z"))
+    assert [sample(d) for d in ("input", "output", "cache_write", "cache_read")] == [120, 30, 2_000, 9_000]

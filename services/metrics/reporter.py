@@ -44,6 +44,9 @@ def observe(metrics: ActivationMetrics) -> None:
     DURATION.labels(metrics.agent_id, metrics.tool_type).observe(max(0.0, metrics.duration_seconds))
     TOKENS.labels(metrics.agent_id, metrics.tool_type, "input").inc(max(0, metrics.tokens_input))
     TOKENS.labels(metrics.agent_id, metrics.tool_type, "output").inc(max(0, metrics.tokens_output))
+    # "input" is the uncached input; what the prompt cache wrote and served is billed apart (issue 18).
+    TOKENS.labels(metrics.agent_id, metrics.tool_type, "cache_write").inc(max(0, metrics.tokens_cache_write))
+    TOKENS.labels(metrics.agent_id, metrics.tool_type, "cache_read").inc(max(0, metrics.tokens_cache_read))
 
 
 def _is_invalid(exc: HubError) -> bool:
