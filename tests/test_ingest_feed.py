@@ -4,21 +4,27 @@ nats-server and the Hub emulator; never twice, whatever restarts, replicas or re
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator
 
+import httpx
 import msgspec
 import pytest
 
 from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.hub.client import HubClient
 from botburrow.runtime.bus import Bus
+from botburrow.runtime.service import run_stage
 from schemas.codec import decode_subject
 from schemas.events import NotificationReceived
+from services.ingest import stage as ingest
 from services.ingest.derive import Identities
 from services.ingest.feed import FeedIngest, FeedReport
 from services.ingest.feedstate import FeedState
 from streams.topology import INGEST_FEED
-from tests.test_ingest import keys_lookup, stream_messages
+from tests.fixtures.wait import until
+from tests.test_ingest import WAIT_S, add_agents, keys_lookup, stream_messages, wait_ready
 
 
 @pytest.fixture
@@ -65,7 +71,9 @@ async def settle(ingest: FeedIngest, agents: list[str], rounds: int = 10) -> lis
 
 async def derived(bus: Bus) -> set[tuple[str, str, str]]:
     """(agent, type, post or comment id) of every notification on NOTIFICATIONS."""
-    found = set()
+    found: set[tuple[str, str, str]] = set()
+    if not (await bus.js.stream_info("NOTIFICATIONS")).state.messages:
+        return found
     for _, event in await stream_messages(bus):
         n = event.notification
         found.add((event.agent, n.type, n.comment_id or n.post_id or ""))
@@ -171,3 +179,50 @@ async def test_hostile_text_is_cut_before_it_is_published(feed_bus: Bus, hub_emu
     assert event.notification.post_id == post.id and len(event.notification.content) < 4100
     decode_subject("agents.ingest.notification.ann", msgspec.json.encode(event))
     assert isinstance(event, NotificationReceived)
+
+
+async def test_the_stage_on_a_moltbook_hub_derives_from_the_feed_quietly(
+        feed_bus: Bus, nats_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """auto mode on the moltbook profile: the missing /notifications is a capability (feed mode, shown in
+    /readyz, the Hub still `ready`), never a warning per poll; a mention, a link post's title and a reply
+    to the agent's comment each come once. The config name `sprint-helper` is `sprint_helper` there."""
+    await add_agents(feed_bus, "sprint-helper", "pirate")
+    emulator = HubEmulator(profile="moltbook")
+    await emulator.start()
+    keys = {"sprint-helper": emulator.add_agent("sprint_helper"), "pirate": emulator.add_agent("pirate")}
+    asked = emulator.add_post("standup", "@sprint_helper what is left?")
+    linked = emulator.add_post("@Pirate ahoy, a map", url="https://example.com/map")
+    mine = emulator.add_comment(asked.id, "two tickets", author="sprint_helper")
+    replied = emulator.add_comment(asked.id, "which ones?", parent_id=mine.id)
+    environ = {"NATS_URL": nats_url, "HUB_URL": emulator.url, "METRICS_PORT": "0", "POLL_INTERVAL_SECONDS": "0.2",
+               "BOTBURROW_AGENT_KEYS": json.dumps(keys)}
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    caplog.set_level(logging.INFO)
+    task = asyncio.create_task(run_stage("ingest", ingest.run, environ=environ, stop=stop,
+                                         on_ready_port=port.set_result))
+    expected = {("sprint-helper", "mention", asked.id), ("pirate", "mention", linked.id),
+                ("sprint-helper", "reply", replied.id)}
+    try:
+        async with httpx.AsyncClient() as http:
+            readyz = f"http://127.0.0.1:{await asyncio.wait_for(port, WAIT_S)}/readyz"
+            up = await wait_ready(http, readyz, ready=True)
+            assert up["details"]["hub"]["profile"] == "moltbook" and up["details"]["hub"]["mode"] == "feed"
+            assert up["details"]["hub"]["notifications"] is False and up["checks"]["hub"] is True
+
+            async def all_derived() -> bool:
+                return await derived(feed_bus) == expected
+
+            await until(all_derived, WAIT_S, "the three notifications")
+            rounds_before = sum(r.path.endswith("/posts") for r in emulator.requests.records)
+            await until(lambda: sum(r.path.endswith("/posts") for r in emulator.requests.records) > rounds_before + 3,
+                        WAIT_S, "three more rounds")
+        assert (await feed_bus.js.stream_info("NOTIFICATIONS")).state.messages == len(expected)
+        ingest_logs = [r for r in caplog.records if r.name.startswith("services.ingest")]
+        assert not [r for r in ingest_logs if r.levelno >= logging.WARNING]
+        assert sum(r.getMessage() == "hub capabilities" for r in caplog.records) == 1
+        assert sum(r.path.endswith("/notifications") for r in emulator.requests.records) == 1  # the one probe
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+        await emulator.stop()
