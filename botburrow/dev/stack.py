@@ -39,6 +39,7 @@ from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.doubles.scripted_llm import ScriptedLLM
 from botburrow.runtime import natsserver
 from botburrow.runtime.bus import Bus, servers_of
+from botburrow.secrets import without_credentials
 from botburrow.settings import RunnerSettings
 from streams import permissions
 from streams.apply import ensure
@@ -145,7 +146,7 @@ class LocalStack:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if os.environ.get("NATS_URL"):
             self.nats_url = os.environ["NATS_URL"]
-            self.progress(f"nats-server: using NATS_URL={self.nats_url}")
+            self.progress(f"nats-server: using NATS_URL={without_credentials(self.nats_url)}")
         else:
             await self._start_nats()
         self.agents = await load(str(self.agents_source), {**os.environ, **self.extra_env})
