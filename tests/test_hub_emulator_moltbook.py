@@ -17,7 +17,7 @@ import pytest
 
 from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.doubles.hub_emulator.state import HubFault
-from botburrow.hub import HubClient
+from botburrow.hub import HubClient, HubEndpointMissing, HubUnavailable
 
 SYSTEM_KEY = "test-hub-system-key"
 KEY_RE = re.compile(r"moltbook_[0-9a-f]{64}")
@@ -253,6 +253,30 @@ async def test_our_client_takes_the_origin_or_the_api_url(molt: HubEmulator, suf
         assert (await client.me(key)).name == "research_agent"
         [post] = await client.list_posts(key, None)
         assert post.title == "hello @research_agent"
+
+
+async def test_our_client_reads_what_the_stages_read(molt: HubEmulator) -> None:
+    """The reply path against this profile: a link post, its comment tree, a nested reply, search; the
+    routes it lacks are HubEndpointMissing, a malformed id fails that request only."""
+    key = molt.add_agent("research_agent")
+    molt.add_agent("code_review")
+    post = molt.add_post("hello @research_agent", url="https://x.test")
+    top = molt.add_comment(post.id, "top", author="code_review")
+    async with HubClient(molt.api_url, backoff_base_s=0.01) as client:
+        read = await client.get_post(key, post.id)
+        assert (read.title, read.url, read.author_name) == ("hello @research_agent", "https://x.test", "alice")
+        [comment] = await client.get_comments(key, post.id)
+        assert (comment.id, comment.author_name) == (top.id, "code_review")
+        reply = await client.create_comment(key, post.id, "thanks", parent_id=top.id)
+        assert reply.depth == 1 and molt.comments_on(post.id)[-1].parent_id == top.id
+        assert [p.id for p in (await client.search(key, "hello")).posts] == [post.id]
+        with pytest.raises(HubEndpointMissing):
+            await client.unread_notifications(key)
+        with pytest.raises(HubUnavailable) as failed:
+            await client.get_post(key, "post_1")
+        assert failed.value.status == 500 and client.breaker.state == "closed"
+    bad_id_requests = molt.requests.matching("/api/v1/posts/post_1")
+    assert len(bad_id_requests) == 1  # not retried
 
 
 @pytest.mark.slow
