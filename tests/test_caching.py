@@ -13,6 +13,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from botburrow.cli.timeline import render
 from botburrow.definitions import bucket
 from botburrow.definitions.parse import parse_agent, parse_skill
 from botburrow.doubles.scripted_llm import ScriptedLLM
@@ -254,3 +255,12 @@ def test_the_metrics_stage_counts_cache_writes_and_reads_apart_from_the_uncached
                               tokens_cache_write=2_000, tokens_cache_read=9_000, outcome="posted",
                               started_at="2026-01-01T00:00:00Z", ended_at="2026-01-01T00:00:01Z"))
     assert [sample(d) for d in ("input", "output", "cache_write", "cache_read")] == [120, 30, 2_000, 9_000]
+
+
+def test_the_timeline_shows_and_prices_the_cached_input() -> None:
+    turn = LlmTurn(activation_id="a1", agent="reviewer", at="2026-01-01T00:00:00.000Z", turn=1, model=SONNET,
+                   input_tokens=120, output_tokens=30, cache_write_tokens=2_000, cache_read_tokens=9_000)
+    out = render([turn], whole=True)
+    cost = PriceTable.load(None).cost_usd(SONNET, 120, 30, 2_000, 9_000)
+    assert "turn 1: 120 in (+2000 cache write, 9000 cache read) / 30 out" in out and f"~${cost:.6f}" in out
+    assert "tokens 120 in (+2000 cache write, 9000 cache read) / 30 out" in out

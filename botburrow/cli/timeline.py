@@ -27,13 +27,24 @@ def _summary(events: list[Any], prices: PriceTable) -> str:
     turns = [e for e in events if isinstance(e, LlmTurn)]
     tools = [e for e in events if isinstance(e, ToolCalled)]
     tokens_in, tokens_out = sum(t.input_tokens for t in turns), sum(t.output_tokens for t in turns)
-    cost_usd = sum(prices.cost_usd(t.model, t.input_tokens, t.output_tokens) for t in turns)
+    cache = _cache_note(sum(t.cache_write_tokens for t in turns), sum(t.cache_read_tokens for t in turns))
+    cost_usd = sum(_turn_cost(t, prices) for t in turns)
     times = [s for s in (_epoch_s(e.at) for e in events) if s is not None]
     span = f", {max(times) - min(times):.2f}s first to last event" if times else ""
     return (f"total: {len(turns)} model turn(s) ({sum(t.duration_ms for t in turns) / 1000:.2f}s), "
             f"{len(tools)} tool call(s) ({sum(t.duration_ms for t in tools) / 1000:.2f}s, "
-            f"{sum(1 for t in tools if t.error)} failed), tokens {tokens_in} in / {tokens_out} out, "
+            f"{sum(1 for t in tools if t.error)} failed), tokens {tokens_in} in{cache} / {tokens_out} out, "
             f"~${cost_usd:.6f}{span}")
+
+
+def _turn_cost(turn: LlmTurn, prices: PriceTable) -> float:
+    return prices.cost_usd(turn.model, turn.input_tokens, turn.output_tokens, turn.cache_write_tokens,
+                           turn.cache_read_tokens)
+
+
+def _cache_note(write_tokens: int, read_tokens: int) -> str:
+    """The prompt cache's share of the input (`in` counts the uncached input only), when there is one."""
+    return f" (+{write_tokens} cache write, {read_tokens} cache read)" if write_tokens or read_tokens else ""
 
 
 def render(events: list[Any], prices: PriceTable | None = None, *, whole: bool = False) -> str:
@@ -55,9 +66,10 @@ def render(events: list[Any], prices: PriceTable | None = None, *, whole: bool =
                          f"{event.kind}/{event.priority} notifications={','.join(event.notification_ids) or '-'}")
         elif isinstance(event, LlmTurn):
             calls = ", ".join(c.name for c in event.tool_calls)
-            cost_usd = prices.cost_usd(event.model, event.input_tokens, event.output_tokens)
-            lines.append(f"{prefix}llm        turn {event.turn}: {event.input_tokens} in / {event.output_tokens} out, "
-                         f"~${cost_usd:.6f}, {event.duration_ms:.0f} ms, stop={event.stop_reason}"
+            cost_usd, cache = _turn_cost(event, prices), _cache_note(event.cache_write_tokens, event.cache_read_tokens)
+            lines.append(f"{prefix}llm        turn {event.turn}: {event.input_tokens} in{cache} / "
+                         f"{event.output_tokens} out, ~${cost_usd:.6f}, {event.duration_ms:.0f} ms, "
+                         f"stop={event.stop_reason}"
                          + (f", calls {calls}" if calls else f", says: {_short(event.text)}"))
         elif isinstance(event, ToolCalled):
             status = "error" if event.error else "ok"
