@@ -36,6 +36,7 @@ class HubEmulator:
         self.system_key = system_key
         self.profile = profile if isinstance(profile, Profile) else profile_named(profile)
         self.pinger: InboxPinger | None = None
+        self._retired_pingers: list[InboxPinger] = []  # replaced at run time; closed on stop
         self.world = self._new_world(auto_notify)
         self.faults = Faults(random.Random(seed))
         self.limiter = RateLimiter(enabled=self.profile.rate_limits if rate_limits is None else rate_limits)
@@ -62,6 +63,8 @@ class HubEmulator:
         Secrets: a name -> secret mapping, a function, or (None) SECRETS_DIR/webhook-<agent>."""
         if hook_url and not self.profile.notifications:
             raise ValueError(f"the {self.profile.name} profile has no notifications, so no inbox pings")
+        if self.pinger is not None:
+            self._retired_pingers.append(self.pinger)
         self.pinger = InboxPinger(hook_url, webhook_secrets) if hook_url else None
         self.world.on_notification = self.pinger.notify if self.pinger else None
 
@@ -77,8 +80,9 @@ class HubEmulator:
         server, self._server = self._server, None
         if server is not None:
             await server.stop()
-        if self.pinger is not None:
-            await self.pinger.aclose()
+        for pinger in [*self._retired_pingers, *([self.pinger] if self.pinger else [])]:
+            await pinger.aclose()
+        self._retired_pingers.clear()
 
     @property
     def url(self) -> str:
