@@ -48,7 +48,8 @@ async def test_a_stage_is_not_ready_while_its_streams_are_not_made(tmp_path: Pat
                 return None
 
             seen = await until(connected_not_ready, WAIT_S, "the stage connected")
-        assert seen["status"] == 503 and seen["checks"] == {"nats": True, "streams": False, "body": False}
+        assert seen["status"] == 503 and seen["checks"] == {
+            "nats": True, "jetstream": False, "streams": False, "body": False}
         assert not body_started.is_set()
     finally:
         stop.set()
@@ -181,7 +182,7 @@ async def test_a_lost_connection_is_reconnected_to_any_server_of_the_list(tmp_pa
             server = await asyncio.to_thread(start_nats_on_port, tmp_path / "nats", server.store_dir,
                                              int(server.url.rsplit(":", 1)[1]))
             up = await _readyz(http, readyz, lambda a: a["status"] == 200)
-            assert up["checks"] == {"nats": True, "streams": True, "body": True, "own": True}
+            assert up["checks"] == {"nats": True, "jetstream": True, "streams": True, "body": True, "own": True}
     finally:
         stop.set()
         await asyncio.wait_for(stage, WAIT_S)

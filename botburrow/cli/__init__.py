@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     add_dev_arguments(dev)  # its options live with it, in botburrow.dev
     sub.add_parser("hub-emulator", help="the Hub emulator alone", add_help=False)
     sub.add_parser("scripted-llm", help="the scripted LLM alone", add_help=False)
+    sub.add_parser("doctor", help="the JetStream cluster: each stream's and bucket's replicas, leader, lagging peers")
     streams = sub.add_parser("streams", help="JetStream topology")
     streams.add_argument("action", choices=["apply"])
     validate = sub.add_parser("validate", help="check a definitions directory as the loader would")
@@ -104,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _operator_command(args: argparse.Namespace) -> int:
+    if args.command == "doctor":
+        from botburrow.cli import doctor
+
+        sys.exit(asyncio.run(doctor.main()))
     if args.command == "validate":
         from botburrow.definitions.validate import validate_dir
 

@@ -1,8 +1,8 @@
 """The one NATS connection of a process, and the one way to publish a payload.
 
 `Bus.publish` encodes a msgspec struct, sets `Nats-Msg-Id` (deterministic, for dedup), `Event-Type`
-and `Trace-Id`, and retries the transient failures JetStream has (no responders during a leader
-election, a timeout right after a reconnect).
+and `Trace-Id`, and rides out the transient failures JetStream has (no responders or a 503 during a
+leader election, a timeout right after a reconnect) inside a bound (`election.ride_out`).
 
 `Bus.connect` fails fast at start: a malformed `NATS_URL` at once, servers that do not answer within
 `START_CONNECT_S`; either way `NatsUnavailable` carries the one line to print (credentials dropped).
@@ -19,19 +19,16 @@ from urllib.parse import urlsplit
 
 import msgspec
 from nats.aio.client import Client as NatsClient
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
-from nats.js.errors import NoStreamResponseError
 from nats.js.kv import KeyValue
 
+from botburrow.runtime.election import ride_out
 from botburrow.secrets import redact, without_credentials
 from schemas.codec import encode
 from streams.permissions import inbox_prefix
 
 log = logging.getLogger(__name__)
-PUBLISH_ATTEMPTS = 4
 # At start, how long the servers of NATS_URL may take to answer: a process still waiting after this
 # says so and exits (its supervisor starts it again), well inside the 30 s a newcomer waits.
 START_CONNECT_S = 20.0
@@ -122,7 +119,7 @@ class Bus:
 
     async def kv(self, bucket: str) -> KeyValue:
         if bucket not in self._buckets:
-            self._buckets[bucket] = await self.js.key_value(bucket)
+            self._buckets[bucket] = await ride_out(lambda: self.js.key_value(bucket), what=f"bucket {bucket}")
         return self._buckets[bucket]
 
     async def publish(
@@ -135,14 +132,10 @@ class Bus:
         headers: Mapping[str, str] | None = None,
     ) -> PubAck:
         data, all_headers = _message(payload, msg_id, trace_id, headers)
-        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
-            try:
-                return await self.js.publish(subject, data, headers=all_headers, timeout=5)
-            except (NoStreamResponseError, NoRespondersError, NatsTimeoutError):
-                if attempt == PUBLISH_ATTEMPTS:
-                    raise
-                await asyncio.sleep(0.25 * attempt)
-        raise AssertionError("unreachable")
+        # An election lasts seconds (4 retries over 1.5 s fell short on a cluster); the msg id makes a
+        # retry of a publish that did land harmless.
+        return await ride_out(lambda: self.js.publish(subject, data, headers=all_headers, timeout=5),
+                              what=f"publish {subject}"[:200])
 
     async def publish_async(
         self,

@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from prometheus_client import Counter
 
 from botburrow.runtime.bus import Bus
+from botburrow.runtime.election import is_transient
 from botburrow.secrets import redact
 from schemas.codec import DecodeError, decode_subject, encode
 from schemas.events import DeadLetter
@@ -281,10 +282,10 @@ class Settler:
             await nak_quietly(item.msg, self.backoff_s(item.deliveries))
 
 
-# NATS trouble (a restart, a leader election): every message of a batch would fail alike. A payload too
-# big to publish is the content's doing, not the server's.
+# NATS trouble (a restart, a leader election: `election.is_transient`): every message of a batch would
+# fail alike. A payload too big to publish is the content's doing, not the server's.
 def _is_infrastructure(exc: BaseException) -> bool:
-    return isinstance(exc, nats.errors.Error | OSError | ConnectionError) and not isinstance(
+    return (is_transient(exc) or isinstance(exc, nats.errors.Error | OSError | ConnectionError)) and not isinstance(
         exc, nats.errors.MaxPayloadError)
 
 

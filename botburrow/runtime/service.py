@@ -34,6 +34,7 @@ from prometheus_client import Counter
 
 from botburrow import logs
 from botburrow.runtime.bus import Bus, NatsUnavailable
+from botburrow.runtime.election import JetStreamProbe
 from botburrow.runtime.health import Health
 from botburrow.runtime.http import RunningServer
 from botburrow.secrets import remember_all
@@ -227,7 +228,14 @@ async def run_stage(
         if bus is None:
             return
         ctx = StageContext(name, settings, bus, health, stop, env, server.port)
-        await _run_body_until_stopped(ctx, body, streams_made, running)
+        # Connected is not enough on a cluster: JetStream itself may not answer (no meta leader).
+        probe = JetStreamProbe(bus.js)
+        health.add_check("jetstream", probe.ready)
+        probing = asyncio.create_task(probe.run(stop))
+        try:
+            await _run_body_until_stopped(ctx, body, streams_made, running)
+        finally:
+            probing.cancel()
     finally:
         if bus is not None:
             await bus.close()

@@ -14,9 +14,12 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from botburrow.runtime.election import ride_out
 from streams.subjects import token
 
 log = logging.getLogger(__name__)
+# Nothing has happened yet when the lease is taken: past this, a short nak (the runner's Retry) is cheap.
+ACQUIRE_RIDE_OUT_S = 5.0
 
 
 class Lease:
@@ -25,10 +28,21 @@ class Lease:
         self.revision: int | None = None
 
     async def acquire(self) -> bool:
+        """Take the lease (False: another holds it). Retried through an election (`ride_out`): a create
+        that landed while its answer was lost finds its own value on the retry, and holds that."""
+        return await ride_out(self._acquire, bound_s=ACQUIRE_RIDE_OUT_S, what=f"lease {self.key}")
+
+    async def _acquire(self) -> bool:
         try:
             self.revision = await self.kv.create(self.key, self.owner.encode())
         except KeyWrongLastSequenceError:
-            return False
+            try:
+                entry = await self.kv.get(self.key)
+            except KeyNotFoundError:  # released meanwhile: the next delivery takes it
+                return False
+            if entry.value != self.owner.encode():
+                return False
+            self.revision = entry.revision
         return True
 
     async def holder(self) -> str | None:

@@ -32,6 +32,7 @@ from botburrow.hub.client import HubClient
 from botburrow.hub.probe import keep_probing
 from botburrow.runtime import service
 from botburrow.runtime.consumer import DeadLetters, Item, Retry, Settler
+from botburrow.runtime.election import is_transient
 from botburrow.runtime.service import StageContext, supervise
 from botburrow.runtime.worker import PriorityRounds, Worker
 from botburrow.secrets import AgentKeys, read_secret
@@ -136,6 +137,12 @@ class Runner:
             await activation.run()
             if activation.dead_letter:
                 item.reject(activation.dead_letter, category="activation")
+        except Exception as exc:
+            # JetStream still busy past `ride_out`'s bound (limits, replies, run events): back soon, by a
+            # short nak, never the crash backoff (nor a dead task that waits out the 60 s ack wait).
+            if is_transient(exc):
+                raise Retry(NATS_TROUBLE_RETRY_S, f"jetstream: {exc!r}"[:300]) from exc
+            raise
         finally:
             beat.cancel()
             try:
@@ -145,7 +152,9 @@ class Runner:
                                                          "error": repr(exc)[:200]})
 
     async def _take_lease(self, item: Item, request: ActivationRequested) -> Lease:
-        """The agent's lease, or `Retry`: later while another holds it, soon when NATS failed on the way."""
+        """The agent's lease, or `Retry`: later while another holds it, soon when NATS failed on the way
+        (after `Lease.acquire` rode out an election for its bound). Everything here is inside the handling
+        the worker settles: an error never leaves the message unsettled until its ack wait."""
         try:
             lease = Lease(await self.ctx.bus.kv(LEASES.name), request.agent,
                           f"{self.deps.runner_id}/{request.activation_id}")
