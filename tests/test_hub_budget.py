@@ -251,3 +251,15 @@ async def test_a_hub_down_at_start_is_budgeted_per_address_with_no_limit(bus: Bu
         assert (hub.budget.per, hub.budget.rule.limit) == ("address", 0)
     finally:
         await hub.aclose()
+
+
+async def test_a_readiness_probe_spends_the_budget_and_is_not_sent_without_it(hub_emulator: HubEmulator) -> None:
+    clock = Clock()
+    budget = MemoryRequestBudget(hub_emulator.url, limit_per_min=2, clock=clock, sleep=clock.sleep)
+    hub = HubClient(hub_emulator.url, budget=budget)
+    try:
+        assert await hub.probe() is True  # 1 of 2; a background caller leaves the last one
+        assert await hub.probe() is True  # not sent: the last answer stands
+        assert len(hub_emulator.requests.matching("/api/v1/agents/me")) == 1
+    finally:
+        await hub.aclose()

@@ -136,7 +136,14 @@ class HubClient:
         return self._reached and self.breaker.state != "open"
 
     async def probe(self) -> bool:
-        """One request without retries, to learn whether the Hub answers (any answer but 502/503/504)."""
+        """One request without retries, to learn whether the Hub answers (any answer but 502/503/504). It
+        spends the shared budget like a background call; with none left now, it is not sent (the Hub is
+        not known to be down either: the last answer stands)."""
+        if self.budget is not None:
+            try:
+                await self.budget.acquire("", background=True, max_wait_s=0.0)
+            except HubRateLimited:
+                return self._reached
         try:
             response = await self._http.get("/agents/me")
         except httpx.HTTPError:
