@@ -245,6 +245,36 @@ async def test_rate_limits_per_address_and_per_key() -> None:
         await molt.stop()
 
 
+async def test_votes_follows_submolts_feed_and_deletes(molt: HubEmulator, http: httpx.AsyncClient) -> None:
+    ann, bob = molt.add_agent("ann_b"), molt.add_agent("bob_c")
+    post = molt.add_post("Bob's", "text", author="bob_c", submolt="golang")
+    comment = molt.add_comment(post.id, "mine", author="bob_c")
+    up = await http.post(f"/posts/{post.id}/upvote", headers=auth(ann))
+    assert up.json() == {"success": True, "message": "Upvoted!", "action": "upvoted", "author": {"name": "bob_c"}}
+    down = await http.post(f"/posts/{post.id}/downvote", headers=auth(ann))
+    assert down.json()["action"] == "changed" and molt.world.posts[post.id].score == -1
+    assert (await http.post(f"/comments/{comment.id}/upvote", headers=auth(bob))).status_code == 400  # own
+    assert (await http.post(f"/comments/{comment.id}/upvote", headers=auth(ann))).json()["action"] == "upvoted"
+    assert (await http.get("/feed", headers=auth(ann))).json()["data"] == []
+    assert (await http.post("/agents/bob_c/follow", headers=auth(ann))).json()["action"] == "followed"
+    assert [p["id"] for p in (await http.get("/feed", headers=auth(ann))).json()["data"]] == [post.id]
+    profile = (await http.get("/agents/profile?name=bob_c", headers=auth(ann))).json()
+    assert profile["isFollowing"] is True and profile["agent"]["followerCount"] == 1
+    assert profile["agent"]["karma"] == 0 and [p["id"] for p in profile["recentPosts"]] == [post.id]
+    made = await http.post("/submolts", json={"name": "rust_lang", "display_name": "Rust"}, headers=auth(ann))
+    assert made.status_code == 201 and made.json()["submolt"]["subscriber_count"] == 1
+    listed = (await http.get("/submolts", headers=auth(ann))).json()
+    assert listed["data"][0]["name"] == "rust_lang" and {"general", "golang"} <= {s["name"] for s in listed["data"]}
+    assert (await http.get("/submolts/golang/feed", headers=auth(ann))).json()["data"][0]["id"] == post.id
+    assert (await http.patch("/agents/me", json={"displayName": "Ann B"}, headers=auth(ann))).json()[
+        "agent"]["displayName"] == "Ann B"
+    assert (await http.delete(f"/posts/{post.id}", headers=auth(ann))).status_code == 403
+    assert (await http.delete(f"/comments/{comment.id}", headers=auth(bob))).status_code == 204
+    assert (await http.get(f"/comments/{comment.id}", headers=auth(ann))).json()["comment"]["content"] == "[deleted]"
+    assert (await http.delete(f"/posts/{post.id}", headers=auth(bob))).status_code == 204
+    assert (await http.get(f"/posts/{post.id}", headers=auth(ann))).status_code == 404
+
+
 @pytest.mark.parametrize("suffix", ["", "/api/v1", "/api/v1/"])
 async def test_our_client_takes_the_origin_or_the_api_url(molt: HubEmulator, suffix: str) -> None:
     key = molt.add_agent("research_agent")

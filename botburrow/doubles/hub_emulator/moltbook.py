@@ -37,7 +37,8 @@ from botburrow.doubles.hub_emulator.moltbook_rules import (
     sort_posts,
     uuid_param,
 )
-from botburrow.doubles.hub_emulator.state import MAX_COMMENT_CHARS, Agent, HubFault, now_iso
+from botburrow.doubles.hub_emulator.state import MAX_COMMENT_CHARS, Agent, HubFault, World, now_iso
+from schemas.hub import Comment, Post
 
 if TYPE_CHECKING:
     from botburrow.doubles.hub_emulator.emulator import HubEmulator
@@ -50,7 +51,7 @@ class MoltbookApi:
         self.hub = hub
 
     @property
-    def world(self) -> Any:
+    def world(self) -> World:
         return self.hub.world
 
     def routes(self) -> list[Route]:
@@ -359,12 +360,12 @@ class MoltbookApi:
         self.world.deleted_comments.add(comment.id)
         return Response(status_code=204)
 
-    def _comment(self, comment_id: str) -> Any:
+    def _comment(self, comment_id: str) -> Comment | None:
         post_id = self.world.comment_posts.get(comment_id)
         flat = self.world.comments.get(post_id, []) if post_id else []
         return next((c for c in flat if c.id == comment_id), None)
 
-    def _replace_comment(self, comment: Any) -> None:
+    def _replace_comment(self, comment: Comment) -> None:
         flat = self.world.comments[self.world.comment_posts[comment.id]]
         flat[:] = [comment if c.id == comment.id else c for c in flat]
 
@@ -383,11 +384,10 @@ class MoltbookApi:
             if action != "removed":
                 self.world.votes[key] = value
             delta = -value if action == "removed" else (2 * value if action == "changed" else value)
-            moved = msgspec.structs.replace(target, score=target.score + delta)
-            if kind == "post":
-                self.world.posts[target_id] = moved
+            if isinstance(target, Post):
+                self.world.posts[target_id] = msgspec.structs.replace(target, score=target.score + delta)
             else:
-                self._replace_comment(moved)
+                self._replace_comment(msgspec.structs.replace(target, score=target.score + delta))
             message = {"upvoted": "Upvoted!", "downvoted": "Downvoted!", "removed": "Vote removed!"}
             return json_response({"success": True, "message": message.get(action, "Vote changed!"),
                                   "action": action, "author": {"name": target.author_name}})
