@@ -335,3 +335,9 @@ async def test_cli_serves_the_moltbook_profile(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+    seed.write_text("agents:\n  - {name: research-agent}\n")
+    refused = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "botburrow.doubles.hub_emulator.cli", "--port", "0", "--profile", "moltbook",
+        "--seed", str(seed), stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(refused.communicate(), 20)
+    assert refused.returncode == 2 and b"underscores" in err

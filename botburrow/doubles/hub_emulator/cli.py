@@ -20,6 +20,7 @@ from botburrow.doubles.hub_emulator.emulator import DEFAULT_HUMAN, DEFAULT_SYSTE
 from botburrow.doubles.hub_emulator.guards import MOLTBOOK_LIMITS, Bucket
 from botburrow.doubles.hub_emulator.pings import secrets_from_dir
 from botburrow.doubles.hub_emulator.profiles import PROFILES
+from botburrow.doubles.hub_emulator.state import HubFault
 
 
 def seed(emulator: HubEmulator, data: dict[str, Any]) -> dict[str, str]:
@@ -98,7 +99,11 @@ async def run(args: argparse.Namespace) -> int:
     keys: dict[str, str] = {}
     if args.seed:
         text = await asyncio.to_thread(args.seed.read_text)
-        keys = seed(emulator, yaml.safe_load(text) or {})
+        try:
+            keys = seed(emulator, yaml.safe_load(text) or {})
+        except HubFault as exc:  # e.g. a name with "-" on the moltbook profile
+            print(f"hub-emulator: the seed was refused: {exc.error}", file=sys.stderr)
+            return 2
     if args.keys_file:
         await asyncio.to_thread(args.keys_file.write_text, json.dumps(keys, indent=2) + "\n")
     stop = asyncio.Event()
