@@ -150,8 +150,9 @@ def free_port() -> int:
 async def wait_ready(client: httpx.AsyncClient, url: str, ready: bool) -> dict[str, Any]:
     async def answer() -> dict[str, Any] | None:
         response = await client.get(url)
-        # Once the body runs (its `hub` check exists): before, the stage is not ready for other reasons.
-        if (response.status_code == 200) == ready and "hub" in response.json()["checks"]:
+        # Once the body runs (its `hub` check exists; ready: all its checks, the poll task's last):
+        # before, the stage is not ready for other reasons.
+        if (response.status_code == 200) == ready and ("task:poll" if ready else "hub") in response.json()["checks"]:
             return dict(response.json())
         return None
 
@@ -178,6 +179,7 @@ async def test_stage_starts_with_the_hub_down_and_recovers(bus: Bus, nats_url: s
             await emulator.start(port=hub_port)
             up = await wait_ready(http, readyz, ready=True)
             assert {"nats", "streams", "body", "hub", "task:poll", "definitions"} <= set(up["checks"])
+            up = await until(lambda: _detected(http, readyz), WAIT_S, "the Hub's capabilities detected")
             assert up["details"]["hub"] == {"mode": "notifications", "profile": "botburrow", "notifications": True,
                                             "mark_read": True, "dms": True, "system": False, "webhooks": False}
 
@@ -188,3 +190,8 @@ async def test_stage_starts_with_the_hub_down_and_recovers(bus: Bus, nats_url: s
         stop.set()
         await asyncio.wait_for(stage, WAIT_S)
         await emulator.stop()
+
+
+async def _detected(http: httpx.AsyncClient, readyz: str) -> dict[str, Any] | None:
+    answer = (await http.get(readyz)).json()
+    return dict(answer) if answer.get("details", {}).get("hub", {}).get("mode") else None

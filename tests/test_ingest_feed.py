@@ -221,7 +221,8 @@ async def test_the_stage_on_a_moltbook_hub_derives_from_the_feed_quietly(
         ingest_logs = [r for r in caplog.records if r.name.startswith("services.ingest")]
         assert not [r for r in ingest_logs if r.levelno >= logging.WARNING]
         assert sum(r.getMessage() == "hub capabilities" for r in caplog.records) == 1
-        assert sum(r.path.endswith("/notifications") for r in emulator.requests.records) == 1  # the one probe
+        # The two probes at start (the client's budget profile, ingest's capabilities), never per round.
+        assert sum(r.path.endswith("/notifications") for r in emulator.requests.records) == 2
     finally:
         stop.set()
         await asyncio.wait_for(task, WAIT_S)

@@ -64,8 +64,8 @@ class HubModes:
             return
         try:
             found = await self.detect(self.hub, agent_key, webhooks_enabled=self.webhooks)
-        except HubError as exc:  # down or rate-limited: keep what was known, ask again soon
-            self._due_at = self.clock() + min(RETRY_S, self.every_s)
+        except HubError as exc:  # down or rate-limited: keep what was known, ask again soon (next round if none)
+            self._due_at = self.clock() + min(RETRY_S, self.every_s) if self.tracker else 0.0
             log.debug("hub capabilities not detected this time", extra={"error": type(exc).__name__})
             return
         self._due_at = self.clock() + self.every_s

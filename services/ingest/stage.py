@@ -19,11 +19,12 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from botburrow.definitions.directory import AgentDirectory
-from botburrow.hub.breaker import CircuitBreaker
 from botburrow.hub.capabilities import detect_capabilities
 from botburrow.hub.client import HubClient
+from botburrow.hub.connect import hub_client_for_stage
 from botburrow.hub.webhook import secret_name
 from botburrow.runtime import service
+from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import StageContext
 from botburrow.secrets import AgentKeys, read_secret
 from botburrow.settings import IngestSettings
@@ -36,15 +37,19 @@ from services.ingest.poller import Poller, PollReport
 STAGE = "ingest"
 # Longest cool-down of the Hub circuit: a Hub that is back is noticed within one more round.
 MAX_BREAKER_COOLDOWN_S = 30.0
+MAX_BUDGET_WAIT_S = 5.0
 
 __all__ = ["STAGE", "PollReport", "Poller", "main", "run"]
 log = logging.getLogger(__name__)
 
 
-def hub_client(hub_url: str, poll_interval_s: float) -> HubClient:
-    # background: ingest spends only what the runners leave of a shared request budget.
-    return HubClient(hub_url, breaker=CircuitBreaker(cooldown_s=min(MAX_BREAKER_COOLDOWN_S, poll_interval_s)),
-                     background=True)
+async def hub_client(settings: IngestSettings, bus: Bus) -> HubClient:
+    # background: ingest spends only what the runners leave of the Hub's shared request budget, and waits
+    # little for it: a round cut short goes on from the same state at the next one.
+    interval_s = settings.poll_interval_seconds
+    return await hub_client_for_stage(settings, bus, background=True,
+                                      breaker_cooldown_s=min(MAX_BREAKER_COOLDOWN_S, interval_s),
+                                      budget_wait_s=min(MAX_BUDGET_WAIT_S, interval_s))
 
 
 class Wake:
@@ -73,7 +78,8 @@ class Wake:
 
 async def run(ctx: StageContext[IngestSettings]) -> None:
     settings = ctx.settings
-    hub = hub_client(settings.hub_url, settings.poll_interval_seconds)
+    ctx.health.add_check("hub", lambda: False)  # before the first await: not ready until the client exists
+    hub = await hub_client(settings, ctx.bus)
     ctx.health.add_check("hub", lambda: hub.available)
     keys = AgentKeys(ctx.environ)
 
