@@ -34,5 +34,7 @@ def explain(command: str, exc: BaseException) -> str:
 
 
 def fail(command: str, exc: BaseException) -> int:
+    if isinstance(exc, BrokenPipeError):  # the reader went away (`| head`): nothing to say to anyone
+        return 141
     print(explain(command, exc), file=sys.stderr)
     return 1

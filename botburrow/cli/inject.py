@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import KeyNotFoundError, NoStreamResponseError, NotFoundError
 
 from botburrow.cli.errors import CliError
+from botburrow.cli.read import read_all
 from botburrow.definitions import bucket
 from botburrow.runtime.bus import Bus
 from schemas.agent import AgentConfig, AgentDefinition
@@ -39,18 +41,26 @@ from schemas.hub import NOTIFICATION_TYPES, Author, Notification
 from streams import subjects
 from streams.topology import CONFIGS, NOTIFICATION, NOTIFICATIONS, STREAMS
 
+# How far back `inject` looks for a thread to reuse when the agent's own last notification names none.
+RECENT_NOTIFICATIONS = 500
+
 
 def _read_payload(path: str | None) -> bytes:
     return Path(path).read_bytes() if path else sys.stdin.buffer.read()
 
 
 async def raw(bus: Bus, subject: str, file: str | None) -> int:
+    covered = ", ".join(s for spec in STREAMS for s in spec.subjects)
+    refusal = f"no stream takes {subject!r}: publish to a subject one covers ({covered})"
+    try:
+        await bus.js.find_stream_name_by_subject(subject)
+    except NotFoundError:
+        raise CliError(refusal) from None
     data = await asyncio.to_thread(_read_payload, file)
     try:
         ack = await bus.publish(subject, data)
     except (NoStreamResponseError, NoRespondersError, NatsTimeoutError):
-        covered = ", ".join(s for spec in STREAMS for s in spec.subjects)
-        raise CliError(f"no stream takes {subject!r}: publish to a subject one covers ({covered})") from None
+        raise CliError(refusal) from None
     print(f"published {len(data)} bytes to {subject} (stream {ack.stream}, seq {ack.seq})")
     return 0
 
@@ -73,10 +83,18 @@ async def _thread(bus: Bus, args: argparse.Namespace) -> tuple[str | None, str |
         return None, (last.dm_id if last and last.dm_id else f"dm-{uuid.uuid4().hex[:12]}")
     if args.post:
         return args.post, None
-    for subject in (subjects.notification(args.agent), NOTIFICATION.pattern):
-        last = await _last(bus, subject)
-        if last is not None and last.post_id:
-            return last.post_id, None
+    last = await _last(bus, subjects.notification(args.agent))
+    if last is not None and last.post_id:
+        return last.post_id, None
+    # The newest post among the latest notifications, this agent's first.
+    posts: dict[bool, str] = {}
+    for msg in await read_all(bus, NOTIFICATIONS.name, NOTIFICATION.pattern, last=RECENT_NOTIFICATIONS):
+        with contextlib.suppress(DecodeError):
+            event = decode_subject(msg.subject, msg.data)
+            if isinstance(event, NotificationReceived) and event.notification.post_id:
+                posts[event.agent == args.agent] = event.notification.post_id
+    if posts:
+        return posts.get(True) or posts[False], None
     raise CliError(f"no thread to put a {args.type} in: no notification names a post yet; pass --post <post id> "
                    "(a post of the Hub)")
 
@@ -140,11 +158,18 @@ def _reply(follow: Follow, ended: RunCompleted | RunFailed) -> str:
     return head + (f"\n{texts[-1]}" if texts and posted else "")
 
 
-async def notification(bus: Bus, args: argparse.Namespace) -> int:
+def check(args: argparse.Namespace) -> None:
+    """What can be refused before connecting to NATS."""
+    if args.raw:
+        return
     if args.kind != "notification" or not args.agent:
         raise CliError("usage: botburrow inject notification --agent A [--type mention] [--content TEXT] [--wait]")
     if args.type not in NOTIFICATION_TYPES:
         raise CliError(f"unknown notification type {args.type!r}: use one of {', '.join(NOTIFICATION_TYPES)}")
+
+
+async def notification(bus: Bus, args: argparse.Namespace) -> int:
+    check(args)
     config = await _config(bus, args.agent)
     post_id, dm_id = await _thread(bus, args)
     note = Notification(

@@ -44,6 +44,8 @@ async def _connect() -> Bus:
 
 
 async def run(args: argparse.Namespace) -> int:
+    if args.command == "inject":
+        inject_cmd.check(args)  # a bad command line is refused without waiting for NATS
     bus = await _connect()
     try:
         handler = {"streams": streams_apply, "inject": inject, "tail": tail, "show": show, "dlq": dlq,

@@ -14,15 +14,19 @@ from botburrow.runtime.bus import Bus
 NEXT_MSG_TIMEOUT_S = 5.0
 
 
-async def read_all(bus: Bus, stream: str, subject: str) -> list[Msg]:
-    """Every message of `stream` matching `subject`, in order, as of now."""
+async def read_all(bus: Bus, stream: str, subject: str, *, last: int | None = None) -> list[Msg]:
+    """Every message of `stream` matching `subject`, in order, as of now (with `last`: only those among
+    the stream's last `last` messages)."""
     # A push consumer's num_pending says nothing of what is already on its way to us: ask the stream
     # whether the subject has any message at all, then read until a message says none is left.
     state = (await bus.js.stream_info(stream, subjects_filter=subject)).state
     if not state.subjects:
         return []
-    sub = await bus.js.subscribe(subject, stream=stream, ordered_consumer=True,
-                                 config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+    if last is not None:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                opt_start_seq=max(1, state.last_seq - last + 1))
+    sub = await bus.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)
     out: list[Msg] = []
     try:
         while True:
