@@ -263,3 +263,26 @@ async def test_a_readiness_probe_spends_the_budget_and_is_not_sent_without_it(hu
         assert len(hub_emulator.requests.matching("/api/v1/agents/me")) == 1
     finally:
         await hub.aclose()
+
+
+async def test_one_agents_write_limit_does_not_block_the_shared_budget(bus: Bus) -> None:
+    """Moltbook's 1 post per 30 min answers 429 with Retry-After ~1800: that agent's, not everyone's."""
+    emulator = HubEmulator(profile="moltbook")
+    await emulator.start()
+    try:
+        keys = [emulator.add_agent(name) for name in ("one_bot", "two_bot")]
+        budget = KvRequestBudget(await bus.kv(BUCKET), emulator.url, limit_per_min=100)
+        hub = HubClient(emulator.url, budget=budget, budget_wait_s=0.0)
+        try:
+            await hub.me(keys[0])  # a read: learns the overall limit the reads carry
+            await hub.create_post(keys[0], "general", "first", "x")
+            with pytest.raises(HubRateLimited) as limited:
+                await hub.create_post(keys[0], "general", "second", "x")
+            assert limited.value.retry_after_s is not None and limited.value.retry_after_s > 60
+            assert limited.value.code != "BUDGET_SPENT"
+            assert (await budget.snapshot()).blocked_until_s == 0.0
+            assert (await hub.me(keys[1])).name == "two_bot"  # the other agent goes on at once
+        finally:
+            await hub.aclose()
+    finally:
+        await emulator.stop()

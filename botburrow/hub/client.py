@@ -295,13 +295,24 @@ class HubClient:
         """A 429's Retry-After, and a read's X-RateLimit-Limit when it changed, to every process."""
         if self.budget is None:
             return
-        retry_after_s = _retry_after_s(response) if response.status_code == 429 else None
+        retry_after_s = _retry_after_s(response) if self._shared_429(method, response) else None
         limit = _int_header(response, "X-RateLimit-Limit") if method == "GET" else None
         if limit == self._limit_told:
             limit = None
         if limit is not None or retry_after_s is not None:
             await self.budget.observe(key, limit=limit, retry_after_s=retry_after_s)
             self._limit_told = limit or self._limit_told
+
+    def _shared_429(self, method: str, response: httpx.Response) -> bool:
+        """Whether a 429 is the Hub's overall request limit, which every caller shares, rather than a limit
+        on one key's writes (Moltbook: a post per 30 min, 50 comments an hour), which is that agent's
+        alone: on a write, only when its X-RateLimit-Limit is the one the reads carry."""
+        if self.budget is None or response.status_code != 429:
+            return False
+        if method == "GET":
+            return True
+        limit = _int_header(response, "X-RateLimit-Limit")
+        return limit is not None and limit == self._limit_told
 
     def _handle(self, method: str, path: str, response: httpx.Response) -> Any:
         status = response.status_code
@@ -319,7 +330,8 @@ class HubClient:
             error.retry_after_s = retry_after_s
             if retry_after_s is not None and retry_after_s > self.max_retry_after_s:
                 raise error
-            raise _Retry(error, delay_s=retry_after_s, shared=self.budget is not None and retry_after_s is not None)
+            shared = retry_after_s is not None and self._shared_429(method, response)
+            raise _Retry(error, delay_s=retry_after_s, shared=shared)
         if status in (401, 403):
             raise _error(HubAuthError, method, path, response)
         if _endpoint_missing(response):
