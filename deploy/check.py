@@ -272,18 +272,48 @@ def runner_errors(objs: list[Obj]) -> list[str]:
     return errors
 
 
-def nats_values_errors() -> list[str]:
-    values = yaml.safe_load((DEPLOY / "nats" / "values.yaml").read_text())
+# The cluster (issue 20): three servers, R3 streams survive the loss of any one, never two on a node.
+NATS_SERVERS = 3
+SPREAD_KEY = "kubernetes.io/hostname"
+
+
+def nats_values_errors(values: Obj | None = None) -> list[str]:
+    """The cluster settings of deploy/nats/values.yaml: 3 servers, file storage only, one server per node
+    (a hard spread), a PodDisruptionBudget (a drain takes one server at a time), monitoring."""
+    values = yaml.safe_load((DEPLOY / "nats" / "values.yaml").read_text()) if values is None else values
     config = values.get("config", {})
+    jetstream = config.get("jetstream", {})
+    spread = values.get("podTemplate", {}).get("topologySpreadConstraints", {}).get(SPREAD_KEY, {})
     checks = {
-        "config.cluster.replicas == 3": config.get("cluster", {}).get("enabled")
-        and config["cluster"].get("replicas") == 3,
-        "config.jetstream.fileStore enabled": config.get("jetstream", {}).get("enabled")
-        and config["jetstream"].get("fileStore", {}).get("enabled"),
+        f"config.cluster.replicas == {NATS_SERVERS}": config.get("cluster", {}).get("enabled")
+        and config["cluster"].get("replicas") == NATS_SERVERS,
+        "config.jetstream.fileStore enabled": jetstream.get("enabled") and jetstream.get("fileStore", {}).get("enabled")
+        and jetstream["fileStore"].get("pvc", {}).get("enabled"),
+        "config.jetstream.memoryStore disabled (file storage only)":
+            not jetstream.get("memoryStore", {}).get("enabled"),
+        f"podTemplate.topologySpreadConstraints.{SPREAD_KEY}: maxSkew 1, DoNotSchedule":
+            spread.get("maxSkew") == 1 and spread.get("whenUnsatisfiable") == "DoNotSchedule",
+        "podDisruptionBudget enabled": values.get("podDisruptionBudget", {}).get("enabled"),
         "config.monitor enabled": config.get("monitor", {}).get("enabled"),
         "promExporter enabled": values.get("promExporter", {}).get("enabled"),
     }
     return [f"deploy/nats/values.yaml: {what}" for what, ok in checks.items() if not ok]
+
+
+def replicas_errors(objs: list[Obj]) -> list[str]:
+    """The streams-apply Job makes every stream and bucket at R3 (STREAM_REPLICAS in its ConfigMap)."""
+    jobs = [obj for obj in of_kind(objs, "Job") if component(obj) == "streams-apply"]
+    if len(jobs) != 1:
+        return [f"one streams-apply Job expected, found {len(jobs)}"]
+    container = jobs[0]["spec"]["template"]["spec"]["containers"][0]
+    maps = {cm["metadata"]["name"]: cm.get("data", {}) for cm in of_kind(objs, "ConfigMap")}
+    env = {k: v for ref in container.get("envFrom", []) if "configMapRef" in ref
+           for k, v in maps.get(ref["configMapRef"]["name"], {}).items()}
+    env.update({var["name"]: var.get("value") for var in container.get("env", []) if "value" in var})
+    if env.get("STREAM_REPLICAS") != str(NATS_SERVERS):
+        return [f"{name_of(jobs[0])}: STREAM_REPLICAS must be {NATS_SERVERS} (one per NATS server), "
+                f"is {env.get('STREAM_REPLICAS')!r}"]
+    return []
 
 
 def _pins(lines: Iterable[str]) -> dict[str, str]:
@@ -361,7 +391,8 @@ def constraints() -> str:
 def run_all() -> list[str]:
     objs = render()
     errors = validation_errors(objs) + env_errors(objs) + secret_errors(objs) + hardening_errors(objs)
-    errors += runner_errors(objs) + nats_values_errors() + nats_auth.errors(objs) + image_errors()
+    errors += runner_errors(objs) + nats_values_errors() + replicas_errors(objs) + nats_auth.errors(objs)
+    errors += image_errors()
     expressions = promql.all_expressions()
     errors += promql.unknown_metric_errors(expressions)
     if promql.promtool():

@@ -135,6 +135,27 @@ def test_runner_drains_and_scales_on_its_three_durables(rendered):
 
 def test_nats_values_and_images():
     assert check.nats_values_errors() == []
+
+
+def test_the_cluster_settings_cannot_drift(rendered):
+    """Issue 20: 3 servers, file storage, one per node, a PDB, and R3 in the streams-apply Job."""
+    import yaml
+
+    values = yaml.safe_load((check.DEPLOY / "nats" / "values.yaml").read_text())
+    broken = copy.deepcopy(values)
+    broken["config"]["cluster"]["replicas"] = 1
+    broken["config"]["jetstream"]["memoryStore"]["enabled"] = True
+    broken["podTemplate"]["topologySpreadConstraints"]["kubernetes.io/hostname"]["whenUnsatisfiable"] = "ScheduleAnyway"
+    broken["podDisruptionBudget"]["enabled"] = False
+    errors = "\n".join(check.nats_values_errors(broken))
+    for what in ("replicas == 3", "memoryStore", "DoNotSchedule", "podDisruptionBudget"):
+        assert what in errors, errors
+    assert check.replicas_errors(rendered) == []
+    job_maps = _copy(rendered)
+    for cm in job_maps:
+        if cm["kind"] == "ConfigMap" and "STREAM_REPLICAS" in cm.get("data", {}):
+            cm["data"]["STREAM_REPLICAS"] = "1"
+    assert "STREAM_REPLICAS must be 3" in "\n".join(check.replicas_errors(job_maps))
     assert check.image_errors() == []
 
 
