@@ -14,7 +14,7 @@ import anthropic
 import httpx
 import pytest
 
-from botburrow.doubles.scripted_llm import ScriptedLLM
+from botburrow.doubles.scripted_llm import ScriptedLLM, cache
 
 WEATHER_TOOL: Any = {
     "name": "get_weather",
@@ -462,3 +462,14 @@ async def test_openai_caches_prefixes_automatically_in_128_token_steps(cached_ll
         for _ in range(2):
             assert (await http.post(url, headers=auth, json=short)).json()["usage"]["prompt_tokens_details"][
                 "cached_tokens"] == 0  # below 1,024 tokens: never cached
+
+
+def test_expired_prefixes_are_swept_so_a_long_run_does_not_keep_them_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache, "SWEEP_EVERY_PUTS", 50)
+    clock = FakeClock()
+    prompts = cache.PromptCache(clock)
+    for n in range(40):  # each request writes its own prefixes, then time moves past their TTL
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": f"{n} " + "x" * 6000}]}
+        assert prompts.openai("gpt-4o", body).read_tokens == 0
+        clock.now_s += cache.TTL_S + 1
+    assert len(prompts._entries) < 50

@@ -130,7 +130,8 @@ class RecordedModel:
         turn = self.turns[index]
         calls = [ToolCall(c.id, c.name, c.arguments if c.arguments is not None else {}) for c in turn.tool_calls]
         return ModelReply(text=turn.text, tool_calls=calls, stop_reason=turn.stop_reason,
-                          input_tokens=turn.input_tokens, output_tokens=turn.output_tokens, model=turn.model)
+                          input_tokens=turn.input_tokens, output_tokens=turn.output_tokens, model=turn.model,
+                          cache_write_tokens=turn.cache_write_tokens, cache_read_tokens=turn.cache_read_tokens)
 
     async def aclose(self) -> None:
         return None

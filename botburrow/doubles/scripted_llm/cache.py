@@ -41,6 +41,7 @@ MIN_TOKENS_HAIKU = 2048
 OPENAI_MIN_TOKENS = 1024
 OPENAI_STEP_TOKENS = 128
 CHARS_PER_TOKEN = 4  # as `estimate_tokens`
+SWEEP_EVERY_PUTS = 10_000
 
 
 def min_cacheable_tokens(model: str) -> int:
@@ -105,6 +106,7 @@ class PromptCache:
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self.clock = clock
         self._entries: dict[str, tuple[float, float]] = {}  # key -> (expires at, TTL)
+        self._puts = 0
 
     def clear(self) -> None:
         self._entries.clear()
@@ -117,7 +119,11 @@ class PromptCache:
         return entry is not None
 
     def _put(self, key: str, ttl_s: float) -> None:
-        self._entries[key] = (self.clock() + ttl_s, ttl_s)
+        now_s = self.clock()
+        self._entries[key] = (now_s + ttl_s, ttl_s)
+        self._puts += 1
+        if self._puts % SWEEP_EVERY_PUTS == 0:  # a long soak must not keep every prefix it ever saw
+            self._entries = {k: entry for k, entry in self._entries.items() if entry[0] > now_s}
 
     def _refresh(self, key: str) -> None:
         self._put(key, self._entries[key][1])
