@@ -227,3 +227,20 @@ async def test_the_stage_on_a_moltbook_hub_derives_from_the_feed_quietly(
         stop.set()
         await asyncio.wait_for(task, WAIT_S)
         await emulator.stop()
+
+
+async def test_a_rate_limit_cuts_the_round_and_nothing_is_lost(feed_bus: Bus, hub_emulator: HubEmulator,
+                                                               client: HubClient) -> None:
+    keys = {"ann": hub_emulator.add_agent("ann")}
+    posts = [hub_emulator.add_post(f"post {i}", "@ann first") for i in range(3)]
+    replies = [hub_emulator.add_comment(p.id, "@ann second", notify=False) for p in posts]
+    ingest = await feed(feed_bus, client, keys)
+    # Comment reads answer 429 with a Retry-After past the client's cap: the round ends there, quietly.
+    hub_emulator.set_fault(status=429, retry_after_s=3600, path_prefix=f"/api/v1/posts/{posts[0].id}/comments")
+    cut = await ingest.round(["ann"])
+    assert cut.stopped == "rate_limited" and cut.threads_read == []
+    hub_emulator.clear_faults()
+    await settle(ingest, ["ann"])
+    expected = {("ann", "mention", p.id) for p in posts} | {("ann", "mention", c.id) for c in replies}
+    assert await derived(feed_bus) == expected
+    assert (await feed_bus.js.stream_info("NOTIFICATIONS")).state.messages == len(expected)
