@@ -173,10 +173,11 @@ async def test_a_round_makes_a_bounded_number_of_requests(feed_bus: Bus, hub_emu
 async def test_hostile_text_is_cut_before_it_is_published(feed_bus: Bus, hub_emulator: HubEmulator,
                                                           client: HubClient) -> None:
     keys = {"ann": hub_emulator.add_agent("ann")}
-    post = hub_emulator.add_post("t", "@ann " + "\x01" * 9_000)
+    post = hub_emulator.add_post("t", "@ann " + "\x01" * 9_000, author="\x02" * 20_000)
     await settle(await feed(feed_bus, client, keys), ["ann"])
     [(_, event)] = await stream_messages(feed_bus)
     assert event.notification.post_id == post.id and len(event.notification.content) < 4100
+    assert len(event.notification.from_.name) < 200
     decode_subject("agents.ingest.notification.ann", msgspec.json.encode(event))
     assert isinstance(event, NotificationReceived)
 

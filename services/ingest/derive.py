@@ -16,10 +16,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from schemas.hub import Author, Comment, Notification, Post
+from schemas.hub import Author, Comment, Notification, Post, clip
 from services.ingest.feedstate import key_part
 
 # `@name` not inside a word or an e-mail address; the name ends where a name character does not follow.
+AUTHOR_MAX_CHARS = 100
 _MENTION = re.compile(r"(?<![A-Za-z0-9_@])@([A-Za-z0-9_-]{1,64})")
 
 
@@ -55,6 +56,8 @@ def post_text(post: Post) -> str:
 
 
 def _author(name: str, author_type: str | None) -> Author:
+    # Cut like any Hub text: a hostile name must not push the event past the scheduler's 32 KiB bound.
+    name, author_type = clip(name, AUTHOR_MAX_CHARS), clip(author_type or "", AUTHOR_MAX_CHARS)
     return Author(name=name, type=author_type) if author_type else Author(name=name)
 
 

@@ -34,6 +34,7 @@ MAX_BODY_BYTES = 4096
 # Signatures remembered for replay refusal: those of the last tolerance window (a timestamp may be up to
 # TOLERANCE_S in the future too, hence twice), and no more than this many.
 MAX_REMEMBERED = 100_000
+LOG_EVERY_S = 60.0
 
 PINGS = Counter("botburrow_ingest_hook_pings_total", "Inbox pings received, by outcome", ["outcome"])
 
@@ -63,9 +64,16 @@ class SeenSignatures:
         return True
 
 
+_last_logged: dict[str, float] = {}
+
+
 def _refused(status: int, outcome: str, agent: str | None = None) -> Response:
     PINGS.labels(outcome).inc()
-    if agent is not None:
+    # Logged at most once a minute per reason: a flood of forged pings must not flood the log (the
+    # counter has them all). An unknown agent is not logged at all: anyone may probe the path.
+    now_s = time.monotonic()
+    if agent is not None and now_s - _last_logged.get(outcome, -LOG_EVERY_S) >= LOG_EVERY_S:
+        _last_logged[outcome] = now_s
         log.warning("inbox ping refused", extra={"agent": agent, "reason": outcome})
     return JSONResponse({"error": "refused" if status != 404 else "not found"}, status_code=status)
 
