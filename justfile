@@ -6,11 +6,15 @@ venv := justfile_directory() / ".venv/bin"
 
 # list tasks
 default:
-    @just --list
+    @{{quote(just_executable())}} --list --justfile {{quote(justfile())}}  # not `just`: it may not be on PATH
 
 # install everything (same as ./setup.sh)
 setup:
     ./setup.sh
+
+# only what `botburrow dev` and the fast tests need (same as ./setup.sh --minimal)
+setup-minimal:
+    ./setup.sh --minimal
 
 # the whole test suite: the import layers, ruff and mypy, then fast tests, then the slow ones
 test *args:
