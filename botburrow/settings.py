@@ -272,6 +272,11 @@ class MetricsSettings(StageSettings, HubReader):
                                           _positive_int)
     consumption_flush_seconds: float = setting("metrics: longest wait before a partial batch is posted", "2",
                                                _positive_float)
+    budgets_file: str | None = setting("metrics: operator budgets per tool type (YAML or JSON, contract §7) for "
+                                       "the local ledger's budget health; unset: no budget, always healthy")
+    consumption_recheck_seconds: float = setting("metrics: how often a Hub without /system/consumption is asked "
+                                                 "again (the unreported consumption is then caught up)", "300",
+                                                 _positive_float)
 
 
 @dataclass(frozen=True, kw_only=True)

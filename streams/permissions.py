@@ -29,6 +29,7 @@ from streams import subjects
 from streams.topology import (
     ACTIVATIONS,
     BUCKETS,
+    BUDGET_LEDGER,
     CANCELS,
     CONFIG,
     CONFIGS,
@@ -58,11 +59,12 @@ STREAM_WRITERS = {NOTIFICATIONS.name: "ingest", ACTIVATIONS.name: "scheduler", D
                   RUNS.name: "runner", CONFIG.name: "configsync"}
 # Buckets a stage reads but does not write (a bucket's writer, topology.BUCKETS, reads it too).
 BUCKET_READERS = {CONFIGS.name: ("ingest", "scheduler", "runner"), LEASES.name: ("scheduler",),
-                  PAUSED.name: ("scheduler",), CANCELS.name: ("runner",)}
+                  PAUSED.name: ("scheduler",), CANCELS.name: ("runner",), BUDGET_LEDGER.name: ("scheduler",)}
 # Buckets written by more stages than their `writer`: the Hub's request budget, by every stage that calls it.
 BUCKET_WRITERS = {HUB_BUDGET.name: ("ingest", "scheduler", "runner", "metrics")}
 # Streams a stage reads by subject or sequence, outside any durable: the runner's last-event lookups.
-STREAM_READERS = {RUNS.name: ("runner",)}
+# And metrics' catch-up of unreported consumption (services/metrics/ledger.py).
+STREAM_READERS = {RUNS.name: ("runner", "metrics")}
 
 
 def inbox_prefix(url: str) -> str:

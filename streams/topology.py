@@ -227,12 +227,16 @@ PAUSED = BucketSpec(name="paused", writer="operator",
                     description="One key per paused agent: the scheduler activates none of them")
 CANCELS = BucketSpec(name="cancels", writer="operator", ttl_s=ACTIVATIONS.max_age_s,
                      description="One key per cancelled activation: the runner stops it, or refuses it at start")
+# The local consumption ledger (services/metrics/ledger.py): kept two budget months.
+BUDGET_LEDGER = BucketSpec(name="budget-ledger", writer="metrics", ttl_s=62 * DAY_S,
+                           description="Spend per budget period and tool type, its budget health, the unreported mark")
 # One request budget per Hub (botburrow/hub/budget.py): written by every stage that calls the Hub
 # (permissions.BUCKET_WRITERS), not only its `writer`. An idle scope's record expires.
 HUB_BUDGET = BucketSpec(name="hub-budget", writer="ingest", ttl_s=DAY_S,
                         description="Per Hub scope (its address, or an agent key's hash): the grants of the last "
                                     "minute, Retry-After, the limit learnt")
-BUCKETS = [AGENT_STATE, SCHEDULER_OWNERS, LEASES, LIMITS, REPLIES, CONFIGS, HUB_BUDGET, INGEST_FEED, PAUSED, CANCELS]
+BUCKETS = [AGENT_STATE, SCHEDULER_OWNERS, LEASES, LIMITS, REPLIES, CONFIGS, HUB_BUDGET, INGEST_FEED, PAUSED, CANCELS,
+           BUDGET_LEDGER]
 
 
 def stream(name: str) -> StreamSpec:

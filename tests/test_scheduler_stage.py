@@ -14,11 +14,14 @@ from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import run_stage
 from schemas.agent import Discovery
-from schemas.events import ActivationRequested, DeadLetter, SchedulingRefused
+from schemas.events import ActivationMetrics, ActivationRequested, DeadLetter, SchedulingRefused
+from services.metrics.ledger import Budgets, Ledger, ToolLimit
+from services.runner.runlog import now_rfc3339
 from services.scheduler import stage as scheduler
 from services.scheduler.partitions import partition_of
 from services.scheduler.state import AgentState
 from streams import subjects
+from streams.topology import BUDGET_LEDGER
 from tests.fixtures.wait import until
 from tests.test_scheduler import (
     WAIT_S,
@@ -136,3 +139,29 @@ async def test_an_agent_whose_activation_was_lost_is_freed_but_not_one_holding_i
         assert ann.last_outcome == "lost"
     bob = msgspec.json.decode((await state_kv.get("bob")).value or b"", type=AgentState)
     assert bob.activations_lost == 0 and [n.id for n in bob.pending] == ["bob-2"]
+
+
+async def test_on_a_hub_without_budget_health_the_gate_follows_the_local_ledger(bus: Bus, nats_url: str) -> None:
+    """Moltbook has no /system/*: exploration runs while the ledger's budget allows, refused when spent."""
+    ledger_kv = await bus.kv(BUDGET_LEDGER.name)
+    spent = [ActivationMetrics(activation_id=f"a-{n}", agent_id="x", tool_type="native", model="m",
+                               task_type="exploration", task_priority="low", estimated_cost_usd=1.0, outcome="posted",
+                               started_at=now_rfc3339(), ended_at=now_rfc3339()) for n in range(95)]
+    await Ledger(ledger_kv, Budgets(tools={"native": ToolLimit(usd=100.0)})).record(spent)
+    await Ledger(ledger_kv, Budgets(tools={"native": ToolLimit(usd=100.0)})).write_health()  # 95 %: throttle
+    hub = HubEmulator(system_key="moltbook-has-no-system-key", profile="moltbook")
+    await hub.start()
+    env = {"HUB_URL": hub.url, "HUB_API_KEY": hub.system_key, "BUDGET_CACHE_SECONDS": "0.05"}
+    try:
+        async with feed(bus, "agents.sched.decision.>") as decisions, \
+                feed(bus, "agents.sched.activation.>") as requests, scheduler_with(nats_url, **env):
+            await add_agents(bus, definition("eve", discovery=Discovery(enabled=True)))
+            refused, _ = await decisions.next(SchedulingRefused)
+            assert (refused.agent, refused.kind, refused.reason) == ("eve", "exploration", "budget_throttle")
+            # The operator raises the budget: the metrics stage's next health says healthy.
+            await Ledger(ledger_kv, Budgets(tools={"native": ToolLimit(usd=1000.0)})).write_health()
+            explored, _ = await requests.next(ActivationRequested)
+            assert (explored.agent, explored.kind) == ("eve", "exploration")
+    finally:
+        await hub.stop()
+    assert hub.requests.matching(BUDGET_PATH)  # the Hub was asked, and said it has no such route

@@ -7,6 +7,14 @@ and retried with capped backoff; on shutdown it is handed back (`Retry`) for ano
 `activation_id` is harmless to the Hub (contract §1), so redelivery after a crash loses nothing. Events
 the Hub rejects as invalid (a 4xx other than 401/403/429) are retried one by one and only the
 refused ones are dead-lettered.
+
+A Hub without `/system/consumption` (Moltbook: `HubEndpointMissing`), or a stage without a system key,
+is not a failure: every batch still goes to the local ledger (`ledger`, always written) and Prometheus,
+and is acknowledged, with no dead letter; the first RUNS sequence not reported is kept in the ledger
+(`unreported`). The route is tried again when due (`hub.capabilities`). Once the Hub accepts it, the reporter first
+posts the ended activations of RUNS from that sequence up to its current batch, then deletes the mark,
+then posts the batch: no gap (RUNS keeps them), and no double report (the batch itself is excluded from
+the catch-up; an overlap after a crash is a repeated `activation_id`, harmless to the Hub, contract §1).
 """
 
 from __future__ import annotations
@@ -14,13 +22,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from prometheus_client import Counter, Histogram
 
-from botburrow.hub.errors import HubAuthError, HubError, HubNotFound, HubRateLimited, HubUnavailable
+from botburrow.hub.capabilities import CapabilityTracker
+from botburrow.hub.errors import (
+    HubAuthError,
+    HubEndpointMissing,
+    HubError,
+    HubNotFound,
+    HubRateLimited,
+    HubUnavailable,
+)
 from botburrow.runtime.consumer import Item, Retry
 from schemas.events import ActivationMetrics, RunCompleted, RunFailed
+from services.metrics.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +51,9 @@ REPORT_FAILURES = Counter("botburrow_consumption_report_failures_total", "Failed
 
 HEARTBEAT_S = 10.0  # a third of the `metrics` consumer's ack_wait
 MAX_BACKOFF_S = 10.0
+
+# The ended activations of RUNS from one stream sequence up to (not including) another.
+EndedSince = Callable[[int, int], Awaitable[list[ActivationMetrics]]]
 
 
 class ConsumptionHub(Protocol):
@@ -65,10 +86,24 @@ def _consistent(item: Item) -> bool:
     return False
 
 
+def _seq(item: Item) -> int:
+    return int(item.msg.metadata.sequence.stream)
+
+
 class Reporter:
-    def __init__(self, hub: ConsumptionHub, stop: asyncio.Event, *, backoff_base_s: float = 0.5) -> None:
+    def __init__(self, hub: ConsumptionHub, stop: asyncio.Event, *, backoff_base_s: float = 0.5,
+                 ledger: Ledger | None = None, ended_since: EndedSince | None = None, reporting: bool = True,
+                 capabilities: CapabilityTracker | None = None) -> None:
         self.hub, self.stop = hub, stop
         self.backoff_base_s = backoff_base_s
+        self.ledger, self.ended_since = ledger, ended_since
+        self.reporting = reporting  # False: no system key, the ledger alone
+        # `system` marked absent on the Hub's "endpoint not found", tried again once it is due.
+        self.capabilities = capabilities or CapabilityTracker()
+
+    @property
+    def route_absent(self) -> bool:
+        return self.capabilities.absent("system")
 
     async def on_batch(self, items: list[Item]) -> None:
         """Batch handler for the `metrics` consumer on RUNS (completed/failed)."""
@@ -76,8 +111,22 @@ class Reporter:
                  and _consistent(item)]
         if not ended:
             return
+        if self.ledger is not None:
+            await self.ledger.record(item.payload.metrics for item in ended)
+            await self.ledger.write_health()  # the scheduler sees new spend at once, not at the next tick
+        if not self.reporting or self.route_absent:
+            await self._keep_unreported(ended)
+            return
+        try:
+            await self._catch_up(ended)
+        except HubEndpointMissing:
+            await self._route_missing(ended)
+            return
         try:
             await self._post_until_accepted(ended, [item.payload.metrics for item in ended])
+        except HubEndpointMissing:
+            await self._route_missing(ended)
+            return
         except HubError as exc:
             if not _is_invalid(exc):
                 raise
@@ -85,6 +134,38 @@ class Reporter:
             return
         for item in ended:
             observe(item.payload.metrics)
+
+    async def _route_missing(self, items: list[Item]) -> None:
+        log.warning("the Hub has no /system/consumption: the local ledger only, asked again later")
+        self.capabilities.mark_absent("system")
+        await self._keep_unreported(items)
+
+    async def _keep_unreported(self, items: list[Item]) -> None:
+        """Acknowledged without a report (nor a dead letter): counted in the ledger, marked for a catch-up."""
+        if self.ledger is not None:
+            await self.ledger.mark_unreported(min(_seq(item) for item in items))
+        for item in items:
+            observe(item.payload.metrics)
+
+    async def _catch_up(self, items: list[Item]) -> None:
+        """Report what was kept unreported, from its mark up to this batch, then clear the mark."""
+        if self.ledger is None or self.ended_since is None:
+            return
+        from_seq = await self.ledger.unreported_from()
+        if from_seq is None:
+            return
+        until_seq = min(_seq(item) for item in items)
+        events = await self.ended_since(from_seq, until_seq) if from_seq < until_seq else []
+        for start in range(0, len(events), 100):
+            chunk = events[start:start + 100]
+            try:
+                await self._post_until_accepted(items, chunk)
+            except HubError as exc:
+                if not _is_invalid(exc):
+                    raise
+                await self._catch_up_one_by_one(items, chunk)
+        await self.ledger.reported()
+        log.info("consumption reporting resumed", extra={"from_seq": from_seq, "caught_up": len(events)})
 
     async def _post_one_by_one(self, items: list[Item]) -> None:
         for item in items:
@@ -116,6 +197,17 @@ class Reporter:
             REPORTED.inc(len(events))
             log.info("consumption reported", extra={"events": len(events), "accepted": accepted})
             return
+
+    async def _catch_up_one_by_one(self, items: list[Item], events: list[ActivationMetrics]) -> None:
+        for event in events:
+            try:
+                await self._post_until_accepted(items, [event])
+            except HubError as exc:
+                if not _is_invalid(exc):
+                    raise
+                # Not our messages to dead-letter (acknowledged long ago, still in RUNS): logged.
+                log.warning("catch-up consumption event refused by the Hub, skipped",
+                            extra={"activation_id": event.activation_id, "error": str(exc)[:300]})
 
     def _delay_s(self, attempt: int, exc: HubError) -> float:
         if isinstance(exc, HubRateLimited) and exc.retry_after_s is not None:

@@ -22,10 +22,11 @@ from botburrow.runtime import service
 from botburrow.runtime.service import StageContext
 from botburrow.secrets import read_secret
 from botburrow.settings import SchedulerSettings
-from services.scheduler.budget import BudgetGate
+from services.scheduler.budget import BudgetGate, HubOrLedger, LedgerHealth
 from services.scheduler.replica import STAGE, Replica, Tuning
 from services.scheduler.shell import Scheduler
 from services.scheduler.state import SchedulerState
+from streams.topology import BUDGET_LEDGER
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ async def run(ctx: StageContext[SchedulerSettings]) -> None:
     system_key = read_secret("hub-api-key", environ=ctx.environ)
     hub = HubClient(settings.hub_url, system_key=system_key) if system_key else None
     if hub is None:
-        log.warning("no Hub system key: the budget gate is off (every tool type counts as healthy)")
-    budget = BudgetGate(hub, cache_s=settings.budget_cache_seconds, stale_after_s=settings.budget_stale_seconds)
+        log.warning("no Hub system key: the budget gate reads the local ledger (budget-ledger)")
+    ledger = LedgerHealth(await ctx.bus.kv(BUDGET_LEDGER.name), stale_after_s=settings.budget_stale_seconds)
+    budget = BudgetGate(HubOrLedger(hub, ledger), cache_s=settings.budget_cache_seconds,
+                        stale_after_s=settings.budget_stale_seconds)
     directory = await AgentDirectory.open(ctx.bus)
     ctx.health.add_check("definitions", lambda: directory.following)
     try:
