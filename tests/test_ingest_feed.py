@@ -245,3 +245,15 @@ async def test_a_rate_limit_cuts_the_round_and_nothing_is_lost(feed_bus: Bus, hu
     expected = {("ann", "mention", p.id) for p in posts} | {("ann", "mention", c.id) for c in replies}
     assert await derived(feed_bus) == expected
     assert (await feed_bus.js.stream_info("NOTIFICATIONS")).state.messages == len(expected)
+
+
+async def test_an_agent_not_yet_asked_for_its_name_is_not_missed(feed_bus: Bus, hub_emulator: HubEmulator,
+                                                                 client: HubClient) -> None:
+    """Names are learnt 10 a round: the 12th agent's mention, read in the first round, still reaches it."""
+    names = [f"agent-{i:02d}" for i in range(12)]
+    keys = {name: hub_emulator.add_agent(name.replace("-", "_")) for name in names}
+    post = hub_emulator.add_post("roll call", "@agent_11 last but not least")
+    ingest = await feed(feed_bus, client, keys)
+    first = await ingest.round(names)
+    assert first.published == {"agent-11": 1} and first.requests == 10 + 1 + 1  # me, listing, the watched thread
+    assert await derived(feed_bus) == {("agent-11", "mention", post.id)}

@@ -5,7 +5,7 @@ One round, top to bottom, with a bounded number of Hub requests (all as a backgr
 shared request budget):
 
 1. the agents' Hub names, from KV `ingest-feed` or `GET /agents/me` (at most IDENTITY_READS_PER_ROUND
-   new ones a round);
+   new ones a round; until then the config name with `_` for `-`);
 2. ONE listing of the newest posts (`sort=new`, FEED_THREADS_NEWEST of them), overall or of one of
    FEED_SUBMOLTS, in turn: a post never seen gives its mentions; a post whose comment count grew is
    queued for a comment read;
@@ -152,7 +152,9 @@ class FeedIngest:
             if profile.name:
                 self._names[agent] = profile.name
                 await self.state.set_hub_name(agent, profile.name)
-        return Identities({agent: self._names[agent] for agent in keys if agent in self._names})
+        # Until the Hub says, an agent goes by the name a Moltbook-style Hub would give it (`-` is not
+        # allowed there): a comment read meanwhile is read once, and must not miss its mentions.
+        return Identities({agent: self._names.get(agent) or agent.replace("-", "_") for agent in keys})
 
     async def _refresh_watched(self, agents: list[str]) -> None:
         start = (self._rounds - 1) * WATCH_REFRESH_PER_ROUND % len(agents)
