@@ -28,6 +28,8 @@ from services.runner.pricing import PriceTable
 from services.runner.providers import AnthropicModel
 from services.runner.transcript import AssistantTurn, ModelReply, ToolCall, ToolResult, ToolResults, ToolSpec, UserText
 from tests.fixtures.runner import OPENAI_BRAIN, Rig, agent_yaml, metrics_of
+from tests.test_executors import CliRig, cli_rig, needs, tool_script  # noqa: F401 (cli_rig: a fixture)
+from tests.test_executors import agent_yaml as cli_agent_yaml
 
 # ~6,000 characters: about 1,500 estimated tokens, past Anthropic's 1,024-token minimum.
 LONG_PROMPT = "You are {{name}}, a careful reviewer of pull requests. Explain what you check and why. " * 70
@@ -264,3 +266,24 @@ def test_the_timeline_shows_and_prices_the_cached_input() -> None:
     cost = PriceTable.load(None).cost_usd(SONNET, 120, 30, 2_000, 9_000)
     assert "turn 1: 120 in (+2000 cache write, 9000 cache read) / 30 out" in out and f"~${cost:.6f}" in out
     assert "tokens 120 in (+2000 cache write, 9000 cache read) / 30 out" in out
+
+
+@pytest.mark.slow
+async def test_claude_code_s_own_cache_breakpoints_pass_the_gateway_and_its_cache_reads_are_counted(
+        cli_rig: CliRig) -> None:  # noqa: F811 (the fixture imported above)
+    needs("claude")
+    cli_rig.add_agent("cached-claude", "claude-code", "cc-cached-model")
+    cli_rig.definitions.agents["cached-claude"] = parse_agent(
+        "cached-claude", cli_agent_yaml("cached-claude", "claude-code", "cc-cached-model", mcp=json.dumps(["facts"])),
+        LONG_PROMPT.encode())
+    note = cli_rig.hub.mention("cached-claude", "tell me about otters")
+    cli_rig.llm.set_script(tool_script("mcp__facts__lookup", "Otters hold hands."), key="cc-cached-model")
+    metrics, events = await cli_rig.activate("cached-claude", note)
+
+    assert metrics.outcome == "posted", metrics.error
+    bodies = [r.body for r in cli_rig.llm.requests if r.path.endswith("/v1/messages")]
+    assert len(bodies) == 2 and all(0 < json.dumps(b).count("cache_control") <= 4 for b in bodies)
+    first, second = llm_turns(events)
+    assert first.cache_write_tokens > 1024 and second.cache_read_tokens >= first.cache_write_tokens
+    assert metrics.tokens_cache_read == second.cache_read_tokens
+    assert metrics.tokens_input == first.input_tokens + second.input_tokens
