@@ -136,3 +136,25 @@ async def test_a_pending_reply_found_under_the_hub_name_is_not_posted_again(rig:
 
     assert end == "completed" and metrics_of(events).outcome == "posted"
     assert [c.content for c in rig.hub.comments_on(note.post_id) if c.author_name == "bo_bot"] == ["Already answered."]
+
+
+async def test_a_dm_the_hub_refuses_is_dead_lettered_with_the_reason_like_a_comment(rig: Rig) -> None:
+    await rig.add_agent("dru")
+    dm, mention = rig.hub.dm("dru", "hi"), rig.hub.mention("dru", "hello")
+    rig.hub.faults.add(Fault(status=400, message="conversation closed", path_prefix="/api/v1/agents/dm",
+                             method="POST"))
+    rig.hub.faults.add(Fault(status=400, message="thread locked", path_prefix=comments_route(mention.post_id),
+                             method="POST"))
+    rig.llm.set_script([{"text": "Hi."}, {"text": "Hello."}])
+    await rig.start()
+    for note, target, message in ((dm, "dm", "conversation closed"), (mention, "comment", "thread locked")):
+        _, end, events = await rig.activate("dru", [note])
+        assert end == "failed" and f"refused the {target}" in (metrics_of(events).error or "")
+        letters = await until(dead_letters_with(rig, message), 15.0, f"the {target}'s dead letter")
+        assert f"the Hub refused the {target}" in letters[0].reason
+
+
+def dead_letters_with(rig: Rig, text: str):  # type: ignore[no-untyped-def]
+    async def find() -> list:  # type: ignore[type-arg]
+        return [d for d in await dead_letters(rig.bus) if text in d.reason]
+    return find

@@ -341,6 +341,8 @@ class Activation:
             return PostResult(PostOutcome.ALREADY_POSTED)
         try:
             result = await poster.publish(reply_key(self.request.activation_id, notification.id), target, text)
+        except (HubUnavailable, HubRateLimited, HubAuthError, HubBadResponse):
+            raise  # retried, or failed for the agent's key, as anywhere else
         except HubEndpointMissing:
             if target.kind != "dm":
                 raise
@@ -348,6 +350,11 @@ class Activation:
             self._skipped = NO_DMS
             log.info("DM skipped", extra={"activation_id": self.request.activation_id, "reason": NO_DMS})
             return PostResult(PostOutcome.UNSUPPORTED, reason=NO_DMS)
+        except HubError as exc:
+            # The Hub refused this send (its target gone, its content refused): asking again gets the same
+            # answer, and the answer must not vanish either. Dead-lettered with the reason, DM or comment.
+            reason = redact(f"the Hub refused the {target.kind}: {exc}")[:500]
+            raise ActivationFailed(reason, dead_letter=True) from None
         if result.outcome is PostOutcome.LIMITED:
             self._limited = self._limited or result.reason
             log.info("reply limited", extra={"activation_id": self.request.activation_id, "reason": result.reason})
