@@ -21,7 +21,7 @@ def test_the_wheel_carries_code_schemas_and_examples(tmp_path: Path) -> None:
     for expected in ("botburrow/cli/__init__.py", "schemas/codec.py", "streams/topology.py",
                      "services/runner/stage.py", "services/runner/mcp/relay.py",
                      "services/runner/sandbox/netlaunch.py", "botburrow/doubles/hub_emulator/emulator.py",
-                     "schemas/json/agents.dlq._.schema.json",
+                     "schemas/json/agents.dlq._.schema.json", "services/runner/prices.yaml",
                      "botburrow/dev/agents/pirate-captain/config.yaml",
                      "botburrow/dev/skills/hub-post/SKILL.md"):
         assert expected in names, expected
