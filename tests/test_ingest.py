@@ -179,7 +179,7 @@ async def test_stage_starts_with_the_hub_down_and_recovers(bus: Bus, nats_url: s
             await emulator.start(port=hub_port)
             up = await wait_ready(http, readyz, ready=True)
             assert {"nats", "streams", "body", "hub", "task:poll", "definitions"} <= set(up["checks"])
-            up = await until(lambda: _detected(http, readyz), WAIT_S, "the Hub's capabilities detected")
+            up = await until(lambda: detected_hub(http, readyz), WAIT_S, "the Hub's capabilities detected")
             assert up["details"]["hub"] == {"mode": "notifications", "profile": "botburrow", "notifications": True,
                                             "mark_read": True, "dms": True, "system": False, "webhooks": False}
 
@@ -192,6 +192,6 @@ async def test_stage_starts_with_the_hub_down_and_recovers(bus: Bus, nats_url: s
         await emulator.stop()
 
 
-async def _detected(http: httpx.AsyncClient, readyz: str) -> dict[str, Any] | None:
+async def detected_hub(http: httpx.AsyncClient, readyz: str) -> dict[str, Any] | None:
     answer = (await http.get(readyz)).json()
     return dict(answer) if answer.get("details", {}).get("hub", {}).get("mode") else None

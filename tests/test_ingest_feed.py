@@ -24,7 +24,7 @@ from services.ingest.feed import FeedIngest, FeedReport
 from services.ingest.feedstate import FeedState
 from streams.topology import INGEST_FEED
 from tests.fixtures.wait import until
-from tests.test_ingest import WAIT_S, add_agents, keys_lookup, stream_messages, wait_ready
+from tests.test_ingest import WAIT_S, add_agents, detected_hub, keys_lookup, stream_messages, wait_ready
 
 
 @pytest.fixture
@@ -207,7 +207,8 @@ async def test_the_stage_on_a_moltbook_hub_derives_from_the_feed_quietly(
     try:
         async with httpx.AsyncClient() as http:
             readyz = f"http://127.0.0.1:{await asyncio.wait_for(port, WAIT_S)}/readyz"
-            up = await wait_ready(http, readyz, ready=True)
+            await wait_ready(http, readyz, ready=True)
+            up = await until(lambda: detected_hub(http, readyz), WAIT_S, "the Hub's capabilities detected")
             assert up["details"]["hub"]["profile"] == "moltbook" and up["details"]["hub"]["mode"] == "feed"
             assert up["details"]["hub"]["notifications"] is False and up["checks"]["hub"] is True
 
