@@ -18,6 +18,7 @@ from botburrow.dev.stack import LocalStack, await_configs
 from botburrow.doubles.scripted_llm import ScriptedLLM
 from botburrow.runtime.bus import Bus
 from streams import subjects
+from tests.fixtures.setup_parts import needs_cli
 from tests.fixtures.wait import until
 
 PUBLISHED = Path(__file__).parent / "data" / "published-agent-definitions"
@@ -187,8 +188,7 @@ async def published_stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (Path(__file__).parents[1] / "tools/node_modules/.bin/claude").exists(),
-                    reason="the published agents run Claude Code: ./setup.sh (not --minimal) installs it")
+@needs_cli("claude")  # five of the six are claude-code agents
 async def test_every_published_agent_answers_a_mention_but_the_one_without_hub_write(
         published_stack: LocalStack) -> None:
     stack, hub = published_stack, published_stack.hub

@@ -28,9 +28,11 @@ from botburrow.runtime.http import serve
 from schemas.agent import AgentDefinition
 from services.runner.loop import ToolOutcome
 from services.runner.mcp.catalog import Catalog
+from services.runner.mcp.servers import FILESYSTEM_ENTRY
 from services.runner.mcptools import McpToolsets
 from services.runner.seams import ToolContext
 from services.runner.transcript import ToolCall
+from tests.fixtures.setup_parts import needs_npm_package
 
 Toolsets = Callable[..., McpToolsets]
 GITHUB_TOKEN = "ghp_test0123456789abcdefTOKEN"
@@ -188,6 +190,7 @@ def secrets_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
     return {"SECRETS_DIR": str(secrets), "PATH": "/usr/bin:/bin", "BOTBURROW_PLANTED": PLANTED}
 
 
+@needs_npm_package(FILESYSTEM_ENTRY)
 async def test_filesystem_read_grant_is_read_only_and_confined(tmp_path: Path, toolsets: Toolsets) -> None:
     workspace = tmp_path / "ws"
     workspace.mkdir()
@@ -209,6 +212,7 @@ async def test_filesystem_read_grant_is_read_only_and_confined(tmp_path: Path, t
     assert not (workspace / "x.txt").exists()
 
 
+@needs_npm_package(FILESYSTEM_ENTRY)
 async def test_filesystem_write_grant_writes_only_inside_the_workspace(tmp_path: Path, toolsets: Toolsets) -> None:
     workspace = tmp_path / "ws"
     workspace.mkdir()
@@ -335,6 +339,7 @@ async def test_relay_forwards_only_the_filtered_tools_and_holds_no_secret(tmp_pa
     assert not (workspace / "b.txt").exists()
 
 
+@needs_npm_package(FILESYSTEM_ENTRY)
 async def test_idle_github_server_serves_only_the_same_agents_next_activation(
         secrets_env: dict[str, str], tmp_path: Path, toolsets: Toolsets) -> None:
     factory = toolsets(secrets_env)
