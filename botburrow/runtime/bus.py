@@ -118,8 +118,13 @@ class Bus:
         return bus
 
     async def kv(self, bucket: str) -> KeyValue:
+        """The bucket, its reads answered by its stream's leader (`direct=False`). On a cluster a direct
+        get is answered by the nearest replica, which may lag (a node back from an outage): a reply
+        marker or an agent's state it had not seen yet let a runner post twice (the cluster soak)."""
         if bucket not in self._buckets:
-            self._buckets[bucket] = await ride_out(lambda: self.js.key_value(bucket), what=f"bucket {bucket}")
+            found = await ride_out(lambda: self.js.key_value(bucket), what=f"bucket {bucket}")
+            self._buckets[bucket] = KeyValue(name=found._name, stream=found._stream, pre=found._pre, js=self.js,
+                                             direct=False)
         return self._buckets[bucket]
 
     async def publish(

@@ -94,7 +94,9 @@ class RunLog:
         or None when there is none."""
         subject = subjects.run_event(self.request.agent, self.request.activation_id, event)
         try:
-            last = await self.bus.js.get_msg(RUNS.name, subject=subject, direct=True)
+            # Through the stream's leader: on a cluster a lagging replica answered a direct get without
+            # the end it had not caught up on, and the activation ran (and posted) again.
+            last = await self.bus.js.get_msg(RUNS.name, subject=subject, direct=False)
         except NotFoundError:
             return None
         return request_seq((last.headers or {}).get("Nats-Msg-Id", ""))
