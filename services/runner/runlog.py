@@ -6,11 +6,26 @@ publish is deduplicated; a redelivery (new attempt) and a re-published request w
 activation id (a redrive: new sequence, attempt 1 again) each leave their own record.
 `earlier_end` reads those ids back, so a runner never ends one activation twice (issue 9).
 Free text is redacted by value and capped at 64 KiB per field.
+
+Events are pipelined (issue 18): `started`, `llm`, `tool` and `posted` are sent at once and their acks
+collected later, at most ACK_WINDOW outstanding (the oldest is awaited before one more is sent). They keep
+their order because they are sent in order on one connection, and the stream stores a connection's
+messages in the order it sent them. `completed`/`failed` first settles every outstanding ack, then is
+published with a confirmed ack: the end is the last event and is stored before the request is acknowledged.
+A failed ack (a timeout, a server error: nats-py never resolves those futures, hence the bounded wait) is
+answered by publishing that event and every one after it again, in order, with confirmed publishes
+(`Bus.publish`, which rides out an election): the msg ids make a copy of one that did land harmless. Only
+then can order differ from sending order: an event the server dropped is stored after the later ones it
+kept. If even that fails, the error is raised (the request is handed back: `stage.handle`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from nats.js.errors import NotFoundError
@@ -34,6 +49,18 @@ from streams import subjects
 from streams.topology import RUNS
 
 FIELD_CAP = 64 * 1024
+ACK_WINDOW = 32  # run events of one activation in flight before the oldest ack is awaited
+ACK_WAIT_S = 5.0  # as Bus.publish's timeout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Sent:
+    subject: str
+    payload: Any
+    msg_id: str
+    ack: asyncio.Future[Any]
 
 
 def now_rfc3339() -> str:
@@ -64,17 +91,66 @@ class RunLog:
         self.stream_seq = stream_seq
         self.delivery = f"{stream_seq}.{attempt}"
         self._counts: dict[str, int] = {}
+        self._unacked: deque[_Sent] = deque()
 
     def _common(self) -> dict[str, Any]:
         return {"activation_id": self.request.activation_id, "agent": self.request.agent,
                 "attempt": self.attempt, "at": now_rfc3339()}
 
-    async def _emit(self, event: str, payload: Any) -> None:
+    def _next_id(self, event: str) -> tuple[str, str]:
         n = self._counts.get(event, 0) + 1
         self._counts[event] = n
-        msg_id = f"run:{self.request.activation_id}:{self.delivery}:{event}:{n}"
-        await self.bus.publish(subjects.run_event(self.request.agent, self.request.activation_id, event),
-                               payload, msg_id=msg_id, trace_id=self.trace_id)
+        return (subjects.run_event(self.request.agent, self.request.activation_id, event),
+                f"run:{self.request.activation_id}:{self.delivery}:{event}:{n}")
+
+    async def _emit(self, event: str, payload: Any) -> None:
+        """Send a run event now; its ack is collected later (`settle`), within ACK_WINDOW."""
+        subject, msg_id = self._next_id(event)
+        if len(self._unacked) >= ACK_WINDOW:
+            await self._settle_oldest()
+        try:
+            ack = await self.bus.publish_async(subject, payload, msg_id=msg_id, trace_id=self.trace_id)
+        except Exception:  # not even sent (disconnected, too many stalled): the confirmed way, in order
+            await self.settle()
+            await self.bus.publish(subject, payload, msg_id=msg_id, trace_id=self.trace_id)
+            return
+        self._unacked.append(_Sent(subject, payload, msg_id, ack))
+
+    async def _emit_confirmed(self, event: str, payload: Any) -> None:
+        """Every outstanding event stored first, then this one, its ack awaited (an activation's end)."""
+        await self.settle()
+        subject, msg_id = self._next_id(event)
+        await self.bus.publish(subject, payload, msg_id=msg_id, trace_id=self.trace_id)
+
+    async def _settle_oldest(self) -> None:
+        sent = self._unacked[0]
+        try:
+            await asyncio.wait_for(sent.ack, ACK_WAIT_S)
+        except Exception as exc:
+            log.info("run event ack failed: sending it and the later ones again",
+                     extra={"activation_id": self.request.activation_id, "msg_id": sent.msg_id,
+                            "error": repr(exc)[:200]})
+            await self._resend_all()
+            return
+        self._unacked.popleft()
+
+    async def _resend_all(self) -> None:
+        """Every outstanding event again, in order, each confirmed (msg ids drop the copies that landed)."""
+        while self._unacked:
+            sent = self._unacked[0]
+            sent.ack.cancel()
+            await self.bus.publish(sent.subject, sent.payload, msg_id=sent.msg_id, trace_id=self.trace_id)
+            self._unacked.popleft()
+
+    async def settle(self) -> None:
+        """Wait until every event sent so far is stored (re-sent if an ack failed); raise if one cannot be."""
+        while self._unacked:
+            await self._settle_oldest()
+
+    def abandon(self) -> None:
+        """Stop waiting for outstanding acks (the handling ended without `finished`, and settling failed)."""
+        while self._unacked:
+            self._unacked.popleft().ack.cancel()
 
     async def earlier_end(self) -> str | None:
         """`completed` or `failed` when an earlier handling already ended this activation, else None.
@@ -128,9 +204,9 @@ class RunLog:
 
     async def finished(self, metrics: ActivationMetrics) -> None:
         if metrics.outcome == "failed":
-            await self._emit("failed", RunFailed(**self._common(), metrics=metrics))
+            await self._emit_confirmed("failed", RunFailed(**self._common(), metrics=metrics))
         else:
-            await self._emit("completed", RunCompleted(**self._common(), metrics=metrics))
+            await self._emit_confirmed("completed", RunCompleted(**self._common(), metrics=metrics))
 
 
 def request_seq(msg_id: str) -> int:

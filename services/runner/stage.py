@@ -129,11 +129,12 @@ class Runner:
         request: ActivationRequested = item.payload
         lease = await self._take_lease(item, request)
         beat = asyncio.create_task(self._heartbeat(item.msg, lease))
+        runlog = self._runlog(item)
         try:
             # Read under the lease: an earlier handling that is still running ends before its lease frees.
-            if await self._already_ended(self._runlog(item)):
+            if await self._already_ended(runlog):
                 return
-            activation = Activation(self.deps, request, self._runlog(item))
+            activation = Activation(self.deps, request, runlog)
             await activation.run()
             if activation.dead_letter:
                 item.reject(activation.dead_letter, category="activation")
@@ -145,6 +146,7 @@ class Runner:
             raise
         finally:
             beat.cancel()
+            await _settle_events(runlog)
             try:
                 await lease.release()
             except Exception as exc:  # it lapses by its TTL; the request is settled already
@@ -221,6 +223,17 @@ class Runner:
             task_type=request.kind, task_priority=request.priority, outcome="failed", error=reason,
             started_at=now_rfc3339(), ended_at=now_rfc3339()))
         return True
+
+
+async def _settle_events(runlog: RunLog) -> None:
+    """A handling that ended without its end event (a `Retry`, a crash) may leave run events unacked: their
+    acks are awaited (re-sent if one failed), or given up (the next delivery records the run again)."""
+    try:
+        await runlog.settle()
+    except Exception as exc:
+        runlog.abandon()
+        log.warning("run events not confirmed", extra={"activation_id": runlog.request.activation_id,
+                                                       "error": repr(exc)[:200]})
 
 
 async def run(ctx: StageContext[RunnerSettings]) -> None:
