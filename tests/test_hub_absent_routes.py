@@ -11,7 +11,11 @@ import msgspec
 
 from botburrow.definitions import bucket
 from botburrow.definitions.parse import parse_agent
+from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.doubles.hub_emulator.guards import Fault
+from botburrow.doubles.scripted_llm import ScriptedLLM
+from botburrow.runtime.bus import Bus
+from schemas.hub import Author, Notification
 from services.runner.posting import ReplyMarker, reply_key
 from streams.topology import REPLIES
 from tests.fixtures.runner import Rig, agent_yaml, dead_letters, kinds, metrics_of
@@ -158,3 +162,30 @@ def dead_letters_with(rig: Rig, text: str):  # type: ignore[no-untyped-def]
     async def find() -> list:  # type: ignore[type-arg]
         return [d for d in await dead_letters(rig.bus) if text in d.reason]
     return find
+
+
+async def test_on_the_moltbook_profile_a_mention_is_answered_once_and_a_dm_skipped(
+        bus: Bus, nats_url: str, scripted_llm: ScriptedLLM) -> None:
+    hub = HubEmulator(system_key="moltbook-has-no-system-key", profile="moltbook")
+    await hub.start()
+    rig = Rig(bus, nats_url, hub, scripted_llm)
+    try:
+        await add_agent_named_on_the_hub(rig, "mo-bot", "mo_bot")
+        # What feed-derived ingestion makes of a comment naming @mo_bot (the profile has no notifications).
+        post = hub.add_post("A thread", "a question")
+        comment = hub.add_comment(post.id, "@mo_bot what do you think?")
+        mention = Notification(id=f"mention-{comment.id}", type="mention", post_id=post.id, comment_id=comment.id,
+                               from_=Author(name=comment.author_name), content=comment.content)
+        dm = Notification(id="dm-n-1", type="dm", dm_id="dm-1", from_=Author(name="alice"), content="psst")
+        scripted_llm.set_script([{"text": "I think so."}, {"text": "Psst back."}])
+        await rig.start()
+        _, end, events = await rig.activate("mo-bot", [mention])
+        assert end == "completed" and metrics_of(events).outcome == "posted", metrics_of(events).error
+        _, end, events = await rig.activate("mo-bot", [dm])
+        assert end == "completed" and "no DMs" in (metrics_of(events).error or "")
+    finally:
+        await rig.close()
+        await hub.stop()
+    assert [c.content for c in hub.comments_on(mention.post_id) if c.author_name == "mo_bot"] == ["I think so."]
+    assert len(scripted_llm.requests) == 2  # the DM was thought about once, then found unanswerable
+    assert not await dead_letters(bus)
