@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from nats.js.api import StreamInfo
 
 from botburrow.cli.read import read_all
 from botburrow.runtime.bus import Bus
@@ -33,7 +34,7 @@ from tests.fixtures.wait import until
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 BLOCK = re.compile(r"```bash\n(.*?)```", re.S)
-INLINE = re.compile(r"`(\.venv/bin/[^`]+)`")
+INLINE = re.compile(r"`((?:\.venv/bin/|botburrow |nats |just |python -m )[^`]+)`")
 # What is not run here, and why (the issue's list: the long ones).
 EXCEPTED = {
     "./setup.sh": "installs everything (minutes, gigabytes): every test runs in what it made",
@@ -42,6 +43,22 @@ EXCEPTED = {
     ".venv/bin/just test": "the whole suite, which this test is part of",
     ".venv/bin/just soak": "long: tests/test_soak.py runs the same suite; `just soak --full` is longer still",
     ".venv/bin/just bench": "long: the benchmarks (bench/)",
+    "just test": "the whole suite, which this test is part of",
+    "just soak --full": "long: 6 minutes of 20,000 notifications",
+    "just bench": "long: the benchmarks (bench/)",
+    "just bench cost": "long: a benchmark",
+    "python -m bench <name>": "long: a benchmark",
+    "just images": "long: builds two images on a private Docker engine (tests/test_images.py)",
+    "botburrow dev": "the stack itself: started verbatim by the `stack` fixture",
+    "botburrow dev --agents DIR": "another stack: the dev tests run it on every published definition",
+    "botburrow dev --model https://api.anthropic.com": "needs a real model key",
+    "botburrow --debug ...": "a synopsis: tests/test_cli_inject.py runs `--debug`",
+    "botburrow dlq ls | show <seq> | redrive <seq>": "a synopsis: `dlq ls` and `dlq show` run from the blocks",
+    "python -m streams.permissions --write deploy/nats/values.yaml": "rewrites a tracked file: deploy/check.sh "
+                                                                     "runs it and fails on any drift",
+    "python -m services.runner.mcp.relay <socket> <server>": "started by the runner inside a sandbox",
+    "nats context save botburrow --server nats://<host>:4222 --user <you> --password <password>":
+        "a cluster's address and a user of your own",
 }
 COMMAND_TIMEOUT_S = 120
 DEV_START_TIMEOUT_S = 240
@@ -52,7 +69,8 @@ def examples() -> list[str]:
     text = README.read_text(encoding="utf-8")
     lines = [line.strip() for block in BLOCK.findall(text) for line in block.splitlines()]
     found = [line.split("  #")[0].strip() for line in lines if line and not line.startswith("#")]
-    return found + [line for line in INLINE.findall(text) if line not in found]
+    inline = [" ".join(span.split()) for span in INLINE.findall(text)]  # a span may wrap across lines
+    return found + [line for line in dict.fromkeys(inline) if line not in found]
 
 
 def test_every_example_is_run_or_excepted_with_a_reason() -> None:
@@ -73,6 +91,7 @@ class Stack:
 
 def _start_dev() -> Stack:
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "AGENTS_SOURCE")}
+    env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '')}"  # `botburrow` as with the venv active
     process = subprocess.Popen(["bash", "-c", ".venv/bin/botburrow dev"], cwd=ROOT, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     stack = Stack(process, env)
@@ -155,6 +174,11 @@ async def notifications(bus: Bus, stream: str) -> list[NotificationReceived]:
     return found
 
 
+async def _streams(bus: Bus) -> AsyncIterator[StreamInfo]:
+    for info in await bus.js.streams_info():
+        yield info
+
+
 class NatsCli:
     """The nats CLI lines of the README, done with nats-py: same subject, payload and headers."""
 
@@ -164,6 +188,10 @@ class NatsCli:
 
     async def run(self, line: str) -> None:
         args = shlex.split(line, comments=True)
+        if args[:3] == ["nats", "context", "save"]:  # a name for the URL: it must take the operator there
+            assert args[4:] == ["--server", "$NATS_URL"]
+            assert (await self.bus.js.account_info()).streams >= 7
+            return
         assert args[:3] == ["nats", "--server", "$NATS_URL"], "every nats example names the server as dev prints it"
         verb = args[3:]
         if verb[0] == "pub":
@@ -175,6 +203,9 @@ class NatsCli:
             msg = await self.bus.js.get_msg(verb[2], int(verb[3]))
             assert isinstance(decode_subject(msg.subject or "", msg.data or b""), NotificationReceived)
             assert (msg.headers or {}).get("Nats-Msg-Id", "").startswith("ntf:")
+        elif verb[:2] == ["stream", "ls"]:
+            names = [info.config.name async for info in _streams(self.bus)]
+            assert {"NOTIFICATIONS", "ACTIVATIONS", "RUNS", "DLQ"} <= set(names), names
         elif verb[:2] == ["consumer", "info"]:
             info = await self.bus.js.consumer_info(verb[2], verb[3])
             assert info.config.durable_name == verb[3] and info.num_pending is not None
@@ -208,6 +239,7 @@ async def test_every_readme_example_works_verbatim(stack: Stack, operator_bus: B
     demo = decode_subject(first.subject or "", first.data or b"")
     assert isinstance(demo, NotificationReceived) and demo.notification.post_id
     stack.filled["<post id>"] = demo.notification.post_id
+    stack.filled["validate DIR"] = "validate botburrow/dev"  # the definitions dev runs (agents/, skills/)
     nats = NatsCli(operator_bus)
     for line in [line for line in examples() if line not in EXCEPTED]:
         if "<seq>" in line:
@@ -223,7 +255,7 @@ async def test_every_readme_example_works_verbatim(stack: Stack, operator_bus: B
             assert done.returncode == 0 or refused_as_documented, (command, done.stdout, done.stderr)
             assert "Traceback" not in done.stderr and "nats disconnected" not in done.stderr, (command, done.stderr)
             if ids := re.findall(r"^activation (\S+)", done.stdout, re.M):
-                stack.filled["<activation id>"] = ids[-1]
+                stack.filled["<activation id>"] = stack.filled["<id>"] = ids[-1]
             if "inject notification" in command:  # as the README says: the id, and with --wait the reply
                 assert ids, done.stdout
                 assert "--wait" not in command or re.search(r"^pirate-captain posted: dm ", done.stdout, re.M), \
