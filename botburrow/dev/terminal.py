@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 
 from nats.aio.msg import Msg
@@ -30,34 +31,43 @@ def say(line: str) -> None:
 
 
 def _demo_agent(stack: LocalStack) -> str | None:
-    """The pirate if loaded, else the first agent that can answer."""
-    answering = stack.answering_agents()
-    return DEMO_AGENT if DEMO_AGENT in answering else next(iter(answering), None)
+    """The pirate if loaded (or a pirate-captain-something), else the first agent that can answer."""
+    answering = sorted(stack.answering_agents(), key=lambda name: (name != DEMO_AGENT,
+                                                                   not name.startswith(DEMO_AGENT), name))
+    return next(iter(answering), None)
 
 
 async def _demo(stack: LocalStack, bus: Bus, agent: str) -> None:
+    """Mention `agent` and follow the activation that answers this mention (not an exploration run of
+    the same agent that happened to end first: the published agents explore)."""
     assert stack.hub is not None
-    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    done: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
+    wanted: dict[str, str] = {}  # "notification" -> its id, once sent
+    ours: set[str] = set()  # the activations started for it
 
-    async def on_end(msg: Msg) -> None:
-        if not done.done():
-            done.set_result(msg.subject.split(".")[3])
+    async def on_event(msg: Msg) -> None:
+        activation_id, kind = msg.subject.split(".")[3:5]
+        if kind == "started" and wanted.get("notification") in json.loads(msg.data).get("notification_ids", []):
+            ours.add(activation_id)
+        elif kind in ("completed", "failed") and activation_id in ours and not done.done():
+            done.set_result((activation_id, kind))
 
-    sub = await bus.nc.subscribe(subjects.run_events(agent, "completed"), cb=on_end)
-    failed = await bus.nc.subscribe(subjects.run_events(agent, "failed"), cb=on_end)
+    sub = await bus.nc.subscribe(subjects.run_events(agent), cb=on_event)
     notification = stack.hub.mention(agent, DEMO_TEXT)
+    wanted["notification"] = notification.id
     say(f"demo: alice mentions @{agent} on post {notification.post_id}: {DEMO_TEXT!r}")
     try:
-        activation_id = await asyncio.wait_for(done, DEMO_TIMEOUT_S)
+        activation_id, outcome = await asyncio.wait_for(done, DEMO_TIMEOUT_S)
     except TimeoutError:
         say(f"demo: no answer within {DEMO_TIMEOUT_S:.0f} s; see the stage logs in {stack.work_dir}")
         return
     finally:
         await sub.unsubscribe()
-        await failed.unsubscribe()
-    replies = [c for c in stack.hub.comments_on(notification.post_id or "") if c.author_name == agent]
+    replies = [c for c in stack.hub.comments_on(notification.post_id) if c.author_name == agent]
     for comment in replies:
         say(f"demo: {agent} replied on post {notification.post_id}: {comment.content!r}")
+    if outcome == "failed" or not replies:
+        say(f"demo: the run ended {outcome} without a reply; botburrow show {activation_id} says why")
     say(f"demo: the whole run: botburrow show {activation_id}   (with NATS_URL={stack.nats_url})")
 
 
