@@ -258,3 +258,18 @@ async def test_an_agent_not_yet_asked_for_its_name_is_not_missed(feed_bus: Bus, 
     first = await ingest.round(names)
     assert first.published == {"agent-11": 1} and first.requests == 10 + 1 + 1  # me, listing, the watched thread
     assert await derived(feed_bus) == {("agent-11", "mention", post.id)}
+
+
+async def test_a_pinged_agents_threads_are_read_first(feed_bus: Bus, hub_emulator: HubEmulator,
+                                                      client: HubClient) -> None:
+    keys = {"ann": hub_emulator.add_agent("ann"), "bob": hub_emulator.add_agent("bob")}
+    ann_post = hub_emulator.add_post("ann's", "text", author="ann")
+    busy = [hub_emulator.add_post(f"busy {i}", "text") for i in range(3)]
+    ingest = await feed(feed_bus, client, keys, reads_per_round=1)
+    await settle(ingest, ["ann", "bob"])
+    for post in busy:  # news elsewhere, listed first in line
+        hub_emulator.add_comment(post.id, "@bob more", notify=False)
+    answer = hub_emulator.add_comment(ann_post.id, "a comment for ann", notify=False)
+    report = await ingest.round(["ann", "bob"], urgent=["ann"])
+    assert report.threads_read == [ann_post.id] and report.published == {"ann": 1}
+    assert ("ann", "comment", answer.id) in await derived(feed_bus)
