@@ -54,6 +54,7 @@ bench *names:
 images *args:
     {{venv}}/python -m deploy.images.build {{args}}
 
-# fault and load suite: small by default (~1 min); `just soak --full` = 1,000 agents, 20,000 notifications
+# fault and load suite: small by default (~1 min); `just soak --full` = 1,000 agents, 20,000 notifications;
+# `just soak --cluster`: three clustered nats-servers at R3 through a leader kill, a meta leader kill, a node down 60 s, a rolling restart
 soak *args:
     {{venv}}/python -m bench.soak {{args}}

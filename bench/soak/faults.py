@@ -114,10 +114,10 @@ class Injector:
         self.stack, self.bus, self.definitions, self.rng = stack, bus, definitions, rng
         self.log = FaultLog()
         # Serialises process faults, so a scheduler kill never overlaps a nats restart's recovery.
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()
 
     async def kill_stage(self, kind: str) -> None:
-        async with self._lock:
+        async with self.lock:
             candidates = [s for s in live_stages(self.stack) if s.name.split("-")[0] == kind]
             if not candidates:
                 return
@@ -150,7 +150,7 @@ class Injector:
         self.log.errors.append(f"{kind} did not come back after SIGKILL (three starts)")
 
     async def restart_nats(self) -> None:
-        async with self._lock:
+        async with self.lock:
             started = time.monotonic()
             await self.stack.restart_nats(down_s=self.rng.uniform(0.5, 2.0))
             self.log.counts["nats_restart"] += 1

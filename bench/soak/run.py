@@ -16,7 +16,8 @@ from typing import Any
 from nats.js.errors import NoKeysError
 
 from bench.soak import audit as audits
-from bench.soak.faults import Injector, live_stages, schedule, wait_all_ready
+from bench.soak.cluster import ClusterFaults, check_replicas
+from bench.soak.faults import STAGE_READY_TIMEOUT_S, Injector, live_stages, schedule, wait_all_ready
 from bench.soak.world import (
     BREAKS_LATER,
     BROKEN,
@@ -107,9 +108,11 @@ class Soak:
                                 llm_latency_s=config.llm_latency_s, runners=config.runners,
                                 schedulers=config.schedulers,
                                 poll_interval_s=config.poll_interval_s, extra_env=env, progress=progress,
+                                cluster=config.cluster,
                                 ready_timeout_s=60.0 + config.agents / 4)
         self.bus: Bus | None = None
         self.lag_max_s = 0.0
+        self.cluster_faults: ClusterFaults | None = None
 
     async def run(self) -> SoakResult:
         with own_nats_server():
@@ -190,6 +193,11 @@ class Soak:
         plan += [(t, lambda: injector.malformed(self.regular[0])) for t in schedule(c.malformed_rounds, window_s,
                                                                                     self.rng)]
         plan.append((window_s / 2, injector.break_config))
+        if c.cluster:
+            assert self.bus is not None
+            faults = ClusterFaults(self.stack, self.bus, injector.log, injector.lock, STAGE_READY_TIMEOUT_S)
+            self.cluster_faults = faults
+            plan.append((0.0, lambda: faults.run(window_s)))
         started = time.monotonic()
 
         async def at(moment_s: float, action: Callable[[], Any]) -> None:
@@ -279,6 +287,9 @@ class Soak:
         audits.check_secrets(audit, planted, hub, record, logs, bodies)
         audit.info["event_loop_lag_max_s"] = round(self.lag_max_s, 3)
         audit.info["nats_restart_stage_ready_s"] = injector.log.nats_restart_stage_ready_s
+        if self.cluster_faults is not None:
+            audit.info["cluster_faults"] = self.cluster_faults.timings
+            await check_replicas(audit, self.bus)
         await self._stuck(audit)
         if settled_s is None:
             audit.breach("the system never went quiet (work left in consumers, leases or unread on the Hub)")

@@ -59,12 +59,18 @@ class SoakConfig:
     model_bursts: int = 2
     malformed_rounds: int = 2
     seed: int = 7
+    # nats-servers: 0, one (restarted `nats_restarts` times); 3, a cluster at R3 with the cluster faults
+    # of bench/soak/cluster.py instead (`--cluster`).
+    cluster: int = 0
 
 
 SMALL = SoakConfig(agents=30, notifications=400, runners=2, inject_s=20.0, settle_timeout_s=90.0)
 FULL = SoakConfig(agents=1000, notifications=20_000, runners=4, inject_s=360.0, poll_interval_s=2.0,
                   settle_timeout_s=600.0, runner_kills=10, scheduler_kills=4, nats_restarts=2, hub_bursts=8,
                   model_bursts=8, malformed_rounds=4)
+# `--cluster`: long enough for its four faults in turn (one node is down for 60 s of it).
+CLUSTER = SoakConfig(agents=30, notifications=3000, runners=2, inject_s=200.0, settle_timeout_s=180.0,
+                     nats_restarts=0, cluster=3)
 
 
 @dataclass
