@@ -211,6 +211,10 @@ async def test_the_stage_on_a_moltbook_hub_derives_from_the_feed_quietly(
             up = await until(lambda: detected_hub(http, readyz), WAIT_S, "the Hub's capabilities detected")
             assert up["details"]["hub"]["profile"] == "moltbook" and up["details"]["hub"]["mode"] == "feed"
             assert up["details"]["hub"]["notifications"] is False and up["checks"]["hub"] is True
+            metrics = (await http.get(readyz.replace("/readyz", "/metrics"))).text
+            assert 'botburrow_ingest_hub_profile{profile="moltbook"} 1.0' in metrics
+            assert 'botburrow_ingest_hub_capability{capability="notifications"} 0.0' in metrics
+            assert 'botburrow_ingest_mode{mode="feed"} 1.0' in metrics
 
             async def all_derived() -> bool:
                 return await derived(feed_bus) == expected
