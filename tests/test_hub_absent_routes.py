@@ -189,3 +189,18 @@ async def test_on_the_moltbook_profile_a_mention_is_answered_once_and_a_dm_skipp
     assert [c.content for c in hub.comments_on(mention.post_id) if c.author_name == "mo_bot"] == ["I think so."]
     assert len(scripted_llm.requests) == 2  # the DM was thought about once, then found unanswerable
     assert not await dead_letters(bus)
+
+
+async def test_a_retry_after_a_429_on_the_second_reply_does_not_post_the_first_again(rig: Rig) -> None:
+    await rig.add_agent("two")
+    first, second = rig.hub.mention("two", "first question"), rig.hub.mention("two", "second question")
+    rig.hub.faults.add(Fault(status=429, count=6, retry_after_s=0, path_prefix=comments_route(second.post_id),
+                             method="POST"))
+    rig.llm.set_script([{"text": "One answer."}] * 3)
+    await rig.start()
+    _, end, events = await rig.activate("two", [first, second])
+
+    assert end == "completed" and metrics_of(events).outcome == "posted", metrics_of(events).error
+    assert [c.content for c in rig.replies_by("two", first.post_id)] == ["One answer."]
+    assert [c.content for c in rig.replies_by("two", second.post_id)] == ["One answer."]
+    assert kinds(events).count("RunStarted") >= 2  # it was retried, and posted the first reply once

@@ -284,7 +284,7 @@ class Poster:
         try:
             hub_id = await self._send(target, text)
         except HubError as exc:
-            if exc.code != "OUTCOME_UNKNOWN":
+            if not _maybe_sent(exc, pending):
                 # The Hub answered with an error, or was never reached: nothing was posted. Drop the
                 # pending marker so the redelivered activation sends it, instead of taking it as sent,
                 # and give back its count (a marker from before a crash was counted by that run).
@@ -330,6 +330,13 @@ def _add(usage: Usage, target: Target, n: int) -> None:
         usage.comments = max(0, usage.comments + n)
         if target.post_id:
             usage.threads[target.post_id] = max(0, usage.threads.get(target.post_id, 0) + n)
+
+
+def _maybe_sent(exc: HubError, marker: ReplyMarker) -> bool:
+    """Whether the Hub may have done the write that failed: its outcome is unknown, or it answered 5xx to a
+    comment (a server that failed after its insert). The pending marker then stays: a comment is looked
+    for in its thread before it is posted again. A DM cannot be read back, so a 5xx DM is sent again."""
+    return exc.code == "OUTCOME_UNKNOWN" or (exc.status >= 500 and marker.target == "comment")
 
 
 def reply_key(activation_id: str, notification_id: str) -> str:
