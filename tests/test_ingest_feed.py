@@ -277,3 +277,50 @@ async def test_a_pinged_agents_threads_are_read_first(feed_bus: Bus, hub_emulato
     report = await ingest.round(["ann", "bob"], urgent=["ann"])
     assert report.threads_read == [ann_post.id] and report.published == {"ann": 1}
     assert ("ann", "comment", answer.id) in await derived(feed_bus)
+
+
+@pytest.mark.slow
+async def test_two_ingest_stages_and_a_restart_answer_each_item_once(feed_bus: Bus, nats_url: str) -> None:
+    """Two ingest replicas on one moltbook Hub, then one restarted while the other runs: each derived
+    notification is on NOTIFICATIONS once (that a restarted reader publishes nothing again, JetStream's
+    dedup aside, is test_two_replicas_and_a_restart_never_emit_twice)."""
+    names = ["ann", "bob"]
+    await add_agents(feed_bus, *names)
+    emulator = HubEmulator(profile="moltbook", rate_limits=False)
+    await emulator.start()
+    keys = {name: emulator.add_agent(name) for name in names}
+    items = []
+    for i in range(8):
+        post = emulator.add_post(f"post {i}", f"@{names[i % 2]} question {i}")
+        items.append(("ann" if i % 2 == 0 else "bob", "mention", post.id))
+        comment = emulator.add_comment(post.id, f"and @{names[(i + 1) % 2]}?")
+        items.append((names[(i + 1) % 2], "mention", comment.id))
+    environ = {"NATS_URL": nats_url, "HUB_URL": emulator.url, "METRICS_PORT": "0", "POLL_INTERVAL_SECONDS": "0.1",
+               "FEED_COMMENT_READS_PER_ROUND": "2", "BOTBURROW_AGENT_KEYS": json.dumps(keys)}
+
+    def start(stop: asyncio.Event) -> asyncio.Task[None]:
+        return asyncio.create_task(run_stage("ingest", ingest.run, environ=environ, stop=stop))
+
+    async def all_there() -> bool:
+        return await derived(feed_bus) == set(items)
+
+    stops = [asyncio.Event(), asyncio.Event()]
+    tasks = [start(stop) for stop in stops]
+    try:
+        await until(all_there, 20.0, "every item derived by the two replicas")
+        stops[0].set()
+        await asyncio.wait_for(tasks[0], WAIT_S)
+        stops[0] = asyncio.Event()
+        tasks[0] = start(stops[0])  # the restart, while the other replica goes on
+        later = emulator.add_post("later", "@ann one more")
+        items.append(("ann", "mention", later.id))
+        await until(all_there, 20.0, "the later item derived")
+        listings = sum(r.path.endswith("/posts") for r in emulator.requests.records)
+        await until(lambda: sum(r.path.endswith("/posts") for r in emulator.requests.records) > listings + 6,
+                    WAIT_S, "more rounds of both replicas")
+        assert (await feed_bus.js.stream_info("NOTIFICATIONS")).state.messages == len(items)
+    finally:
+        for stop in stops:
+            stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), WAIT_S)
+        await emulator.stop()
