@@ -7,5 +7,5 @@
 - `shell`: the I/O around `SchedulerState` for one partition (state bucket, publishes, decisions)
 - `state`: the decisions themselves, without any I/O
 - `due`: time-ordered queues of agents, so a tick looks only at what is due
-- `budget`: the Hub's budget health, cached, turned into refusals per tool type
+- `budget`: the Hub's budget health (or the local ledger's), cached, turned into refusals per tool type
 """
