@@ -79,7 +79,10 @@ async def test_errors_are_one_line_and_nothing_else_is_said_at_exit(bus: Bus, na
     line = one_line_error(botburrow(nats_url, "inject", "notification", "--agent", "ann", "--type", "banana"))
     assert "use one of mention, dm" in line
     line = one_line_error(botburrow("nats://127.0.0.1:1", "dlq", "ls"))
-    assert "cannot reach NATS at nats://127.0.0.1:1 (set NATS_URL)" in line
+    assert line.startswith("botburrow dlq: NATS_URL: no server answered within 5 s (tried nats://127.0.0.1:1")
+    assert "set NATS_URL" in line
+    line = one_line_error(botburrow("garbage", "dlq", "ls"))
+    assert "NATS_URL: 'garbage' is not a NATS server URL" in line
 
     debug = botburrow(nats_url, "--debug", "inject", "--raw", "not.covered", stdin=b"{}")
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "CliError" in debug.stderr

@@ -20,10 +20,10 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from botburrow.cli import control, letters
 from botburrow.cli import inject as inject_cmd
+from botburrow.cli.errors import CliError
 from botburrow.cli.read import read_all
 from botburrow.cli.timeline import render
-from botburrow.runtime.bus import Bus
-from botburrow.secrets import without_credentials
+from botburrow.runtime.bus import Bus, NatsUnavailable
 from botburrow.settings import CliSettings, load
 from schemas.codec import DecodeError, decode_subject
 from schemas.events import DeadLetter
@@ -31,16 +31,18 @@ from streams import subjects
 from streams.apply import ensure
 from streams.topology import ALL_SUBJECTS, DEAD_LETTER, DLQ, RUN_EVENT, RUNS
 
+CONNECT_GIVE_UP_S = 5.0
+
 
 async def _connect() -> Bus:
     settings = load(CliSettings)
     try:
-        # Bus.connect reconnects forever (right for a stage); a command gives up and says so.
-        return await asyncio.wait_for(Bus.connect(settings.nats_url, name="botburrow-cli",
-                                                  creds=settings.nats_creds, connect_timeout_s=3), 10)
-    except Exception as exc:
-        where = without_credentials(settings.nats_url)
-        raise SystemExit(f"cannot reach NATS at {where} (set NATS_URL): {type(exc).__name__}") from None
+        # A stage waits for NATS longer; a command gives up soon and says so.
+        return await Bus.connect(settings.nats_url, name="botburrow-cli", creds=settings.nats_creds,
+                                 connect_timeout_s=2, give_up_s=CONNECT_GIVE_UP_S)
+    except NatsUnavailable as exc:
+        raise CliError(f"{exc}; set NATS_URL to the server's (`botburrow dev` prints it, with the operator's "
+                       "password)") from None
 
 
 async def run(args: argparse.Namespace) -> int:
