@@ -7,6 +7,8 @@ Real parts: nats-server, the Hub emulator with injected faults, the scripted LLM
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import msgspec
 
 from botburrow.definitions import bucket
@@ -15,6 +17,7 @@ from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.doubles.hub_emulator.guards import Fault
 from botburrow.doubles.scripted_llm import ScriptedLLM
 from botburrow.runtime.bus import Bus
+from schemas.events import DeadLetter
 from schemas.hub import Author, Notification
 from services.runner.posting import ReplyMarker, reply_key
 from streams.topology import REPLIES
@@ -100,8 +103,8 @@ async def test_a_sustained_429_ends_in_a_dead_letter_with_its_reason(rig: Rig) -
     assert not rig.replies_by("sam", note.post_id)
 
 
-def dead_letters_of(rig: Rig, agent: str):  # type: ignore[no-untyped-def]
-    async def find() -> list:  # type: ignore[type-arg]
+def dead_letters_of(rig: Rig, agent: str) -> Callable[[], Awaitable[list[DeadLetter]]]:
+    async def find() -> list[DeadLetter]:
         return [d for d in await dead_letters(rig.bus) if agent in d.subject]
     return find
 
@@ -158,8 +161,8 @@ async def test_a_dm_the_hub_refuses_is_dead_lettered_with_the_reason_like_a_comm
         assert f"the Hub refused the {target}" in letters[0].reason
 
 
-def dead_letters_with(rig: Rig, text: str):  # type: ignore[no-untyped-def]
-    async def find() -> list:  # type: ignore[type-arg]
+def dead_letters_with(rig: Rig, text: str) -> Callable[[], Awaitable[list[DeadLetter]]]:
+    async def find() -> list[DeadLetter]:
         return [d for d in await dead_letters(rig.bus) if text in d.reason]
     return find
 
