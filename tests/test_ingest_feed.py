@@ -324,3 +324,19 @@ async def test_two_ingest_stages_and_a_restart_answer_each_item_once(feed_bus: B
             stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), WAIT_S)
         await emulator.stop()
+
+
+async def test_replicas_take_turns_one_round_per_interval(feed_bus: Bus, nats_url: str, hub_emulator: HubEmulator,
+                                                          client: HubClient) -> None:
+    keys = {"ann": hub_emulator.add_agent("ann")}
+    other_bus = await Bus.connect(nats_url, name="second-ingest")
+    try:
+        first = FeedIngest(client, feed_bus, await FeedState.open(feed_bus), keys_lookup(keys), min_gap_s=3600)
+        second = FeedIngest(client, other_bus, await FeedState.open(other_bus), keys_lookup(keys), min_gap_s=3600)
+        reports = await asyncio.gather(first.round(["ann"]), second.round(["ann"]))
+        assert sorted(r.stopped or "ran" for r in reports) == ["other_replica", "ran"]
+        assert sum(r.requests for r in reports) == 1 + 1  # one replica's: me, the listing
+        pinged = await second.round(["ann"], urgent=["ann"])  # a ping's round is never skipped
+        assert pinged.stopped is None and pinged.requests >= 1
+    finally:
+        await other_bus.close()

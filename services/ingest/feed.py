@@ -75,7 +75,7 @@ class FeedReport:
     published: dict[str, int] = field(default_factory=dict)
     requests: int = 0
     threads_read: list[str] = field(default_factory=list)
-    stopped: str | None = None  # why the round ended early: rate_limited, hub, publish
+    stopped: str | None = None  # why the round ended early: rate_limited, hub, publish, other_replica
 
     @property
     def total_published(self) -> int:
@@ -89,8 +89,10 @@ class _PublishFailed(Exception):
 class FeedIngest:
     def __init__(self, hub: FeedHub, bus: Publisher, state: FeedState,
                  key_of: Callable[[str], Awaitable[str | None]], *, newest: int = 50, reads_per_round: int = 4,
-                 submolts: Iterable[str] = ()) -> None:
+                 submolts: Iterable[str] = (), min_gap_s: float = 0.0) -> None:
+        """`min_gap_s` > 0: replicas take turns, one round (of any) per `min_gap_s`; a ping's round always runs."""
         self.hub, self.bus, self.state, self.key_of = hub, bus, state, key_of
+        self.min_gap_s = min_gap_s
         self.newest, self.reads_per_round = newest, reads_per_round
         self._scopes = itertools.cycle((None, *submolts))
         self._names: dict[str, str] = {}  # config name -> Hub name
@@ -107,6 +109,10 @@ class FeedIngest:
     async def round(self, agents: Iterable[str], urgent: Iterable[str] = ()) -> FeedReport:
         """One round (see the module's docstring); never raises for the Hub's or JetStream's trouble."""
         report = FeedReport()
+        urgent = list(urgent)
+        if self.min_gap_s and not urgent and not await self.state.claim_round(time.time(), self.min_gap_s):
+            report.stopped = "other_replica"  # another replica ran this interval's round: the budget is one
+            return report
         keys = {agent: key for agent in sorted(set(agents)) if (key := await self.key_of(agent))}
         if not keys:
             return report

@@ -2,7 +2,8 @@
 
 - `thread.<post>`: a post seen (its own mentions derived), who wrote it, and the comments already read;
 - `watch.<agent>`: the threads an agent watches (its own posts, the threads it took part in or was named in);
-- `name.<agent>`: the agent's Hub name, as `GET /agents/me` says it for the agent's key.
+- `name.<agent>`: the agent's Hub name, as `GET /agents/me` says it for the agent's key;
+- `round`: when the last round of any replica began, so that replicas share one round per interval.
 
 Every write is a compare-and-set that merges (union) with what another replica wrote meanwhile, so two
 ingest replicas, or one restarted, agree on what was read; the notifications themselves carry ids derived
@@ -91,6 +92,28 @@ class FeedState:
 
     async def set_hub_name(self, agent: str, hub_name: str) -> None:
         await self.kv.put(f"name.{agent}", hub_name.encode())
+
+    async def claim_round(self, now_s: float, min_gap_s: float) -> bool:
+        """Whether this replica may run a round now: the last round of any replica began `min_gap_s` ago
+        or more, and no other replica claimed it first (compare-and-set on key `round`, Unix seconds)."""
+        try:
+            entry = await self.kv.get("round")
+        except KeyNotFoundError:
+            entry = None
+        try:
+            last_s = float(entry.value or b"0") if entry else 0.0
+        except ValueError:
+            last_s = 0.0
+        if now_s - last_s < min_gap_s:
+            return False
+        try:
+            if entry is None:
+                await self.kv.create("round", str(now_s).encode())
+            else:
+                await self.kv.update("round", str(now_s).encode(), last=entry.revision)
+        except KeyWrongLastSequenceError:
+            return False  # another replica took this round
+        return True
 
     async def _get(self, key: str, kind: type[T]) -> T | None:
         try:

@@ -38,6 +38,9 @@ STAGE = "ingest"
 # Longest cool-down of the Hub circuit: a Hub that is back is noticed within one more round.
 MAX_BREAKER_COOLDOWN_S = 30.0
 MAX_BUDGET_WAIT_S = 5.0
+# Feed rounds of all replicas together: one per this share of POLL_INTERVAL_SECONDS (below 1, so that
+# one replica's slightly early timer does not skip its turn).
+REPLICA_ROUND_GAP = 0.8
 
 __all__ = ["STAGE", "PollReport", "Poller", "main", "run"]
 log = logging.getLogger(__name__)
@@ -92,7 +95,8 @@ async def run(ctx: StageContext[IngestSettings]) -> None:
     ctx.health.add_detail("hub", modes.detail)
     poller = Poller(hub, ctx.bus, key_of)
     feed = FeedIngest(hub, ctx.bus, await FeedState.open(ctx.bus), key_of, newest=settings.feed_threads_newest,
-                      reads_per_round=settings.feed_comment_reads_per_round, submolts=settings.feed_submolts)
+                      reads_per_round=settings.feed_comment_reads_per_round, submolts=settings.feed_submolts,
+                      min_gap_s=settings.poll_interval_seconds * REPLICA_ROUND_GAP)
     directory = await AgentDirectory.open(ctx.bus)
     ctx.health.add_check("definitions", lambda: directory.following)
     wake, one_round_at_a_time = Wake(), asyncio.Lock()
@@ -113,7 +117,8 @@ async def run(ctx: StageContext[IngestSettings]) -> None:
                 modes.mark_absent(report.endpoint_missing)
                 return bool(report.published or report.errors or report.endpoint_missing)
             if modes.mode == "feed":
-                return (await feed.round(agents, urgent)).requests > 0
+                derived = await feed.round(agents, urgent)
+                return derived.requests > 0 or derived.stopped == "other_replica"
             return False
 
     async def poll_forever() -> None:
