@@ -96,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(dev_main(DevOptions.from_args(args)))
     try:
         sys.exit(_operator_command(args))
+    except KeyboardInterrupt:  # Ctrl-C on a waiting command (`inject --wait`, `cancel`): stopped, no traceback
+        sys.exit(130)
     except Exception as exc:
         if args.debug:
             raise
