@@ -8,7 +8,6 @@ on stdout. With shell disabled it runs in `ask` mode with `--dry-run`: it answer
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -17,10 +16,14 @@ from pathlib import Path
 from services.runner.executors.base import CliJob, Invocation, Parsed
 from services.runner.executors.process import Completed
 from services.runner.executors.streams import json_lines
+from services.runner.executors.text import to_json
 
 log = logging.getLogger(__name__)
 
 LITELLM_ERROR = re.compile(r"litellm\.\w*(Error|Exception)[^\n]*")
+# Aider wraps a long error message over lines, then adds its own advice: the message is what comes before.
+ERROR_ENDS = ("The API provider", "Retrying in", "https://")
+ERROR_MAX_LINES = 3
 QUIET_FLAGS = ["--yes-always", "--no-git", "--no-check-update", "--no-analytics", "--no-show-model-warnings",
                "--no-pretty", "--no-stream", "--no-fancy-input", "--no-detect-urls", "--no-auto-lint",
                "--no-auto-test", "--map-tokens", "0", "--no-show-release-notes", "--no-suggest-shell-commands"]
@@ -42,15 +45,15 @@ class Aider:
         prefix = "anthropic" if job.provider == "anthropic" else "openai"
         model = f"{prefix}/{job.model}"
         edit_format = "diff" if job.shell_enabled else "ask"
-        settings = job.write("settings.yml", json.dumps([{
+        settings = job.write("settings.yml", to_json([{
             "name": model, "edit_format": edit_format, "use_repo_map": False,
-            "system_prompt_prefix": job.request.system + "\n\n"}]))
-        metadata = job.write("metadata.json", json.dumps({model: {
+            "system_prompt_prefix": job.system + "\n\n"}]))
+        metadata = job.write("metadata.json", to_json({model: {
             "max_input_tokens": 128000, "max_output_tokens": 8192, "input_cost_per_token": 0,
             "output_cost_per_token": 0, "litellm_provider": prefix, "mode": "chat"}}))
         run = outputs(job)  # writable in a sandbox, where the run directory is read-only
         run.mkdir(exist_ok=True)
-        argv = [job.binary, "--model", model, "--edit-format", edit_format, "--message", job.request.task,
+        argv = [job.binary, "--model", model, "--edit-format", edit_format, "--message", job.task,
                 *QUIET_FLAGS, "--timeout", str(int(min(job.timeout_s, 120))),
                 "--model-settings-file", str(settings), "--model-metadata-file", str(metadata),
                 "--analytics-log", str(run / "aider.jsonl"), "--llm-history-file", str(run / "llm.txt"),
@@ -69,9 +72,19 @@ class Aider:
         events = list(json_lines(analytics.read_bytes())) if analytics.exists() else []
         shutil.rmtree(outputs(job), ignore_errors=True)
         sent = [e for e in events if e.get("event") == "message_send"]
-        error = LITELLM_ERROR.search(done.stdout.decode("utf-8", "replace"))
-        if error:
-            return Parsed(error=error.group(0)[:300])
+        stdout = done.stdout.decode("utf-8", "replace")
+        if error := LITELLM_ERROR.search(stdout):
+            return Parsed(error=error_message(stdout[error.start():])[:300])
         if not sent:
             return Parsed(error="no model answer (no message_send event)")
         return Parsed(text=job.gateway.last_text)
+
+
+def error_message(text: str) -> str:
+    """The litellm error message `text` starts with, its wrapped lines joined, without aider's advice."""
+    lines: list[str] = []
+    for line in text.splitlines()[:ERROR_MAX_LINES]:
+        if not line.strip() or (lines and line.startswith(ERROR_ENDS)):
+            break
+        lines.append(line.strip())
+    return " ".join(lines)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import sys
 import sysconfig
@@ -25,6 +26,8 @@ from typing import Any, Protocol
 
 from botburrow.secrets import redact
 from services.runner.executors.process import Completed, DirectRunner, ProcessRunner
+from services.runner.executors.streams import json_lines
+from services.runner.executors.text import safe_text, strip_markup
 from services.runner.gateway import GatewaySession, ModelGateway
 from services.runner.loop import LoopFailed, ToolOutcome
 from services.runner.seams import ExecutorUnavailable, ThinkRequest
@@ -36,7 +39,10 @@ SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 #: The runner's CA trust store (public certificates only, never /etc/ssl/private): some CLIs' HTTP clients
 #: refuse to start without one (Goose: "builder error"), and a bare base image has none.
 CA_CERTS_DIR = Path("/etc/ssl/certs")
-STDERR_TAIL_CHARS = 400
+#: A failed CLI's own last words in the failure reason: at most this many lines, and characters (from the end).
+ERROR_TAIL_LINES = 6
+ERROR_TAIL_CHARS = 400
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,16 @@ class CliJob:
     timeout_s: float
 
     @property
+    def task(self) -> str:
+        """The prompt as argv and a UTF-8 file can carry it (`text.safe_text`): flavors use this, never
+        `request.task`."""
+        return safe_text(self.request.task)
+
+    @property
+    def system(self) -> str:
+        return safe_text(self.request.system)
+
+    @property
     def model(self) -> str:
         return self.request.definition.config.brain.model
 
@@ -109,7 +125,7 @@ class CliJob:
 
     def write(self, name: str, text: str) -> Path:
         path = self.run_dir / name
-        path.write_text(text)
+        path.write_text(text, encoding="utf-8")  # whatever the runner's locale
         return path
 
 
@@ -287,11 +303,28 @@ class CliThinker:
             # CLIs quote the URL they called, which carries the (dead, but still) activation token.
             return LoopFailed(redact(reason).replace(session.token, "[activation-token]"))
 
+        tail = error_tail(done) if done.returncode != 0 or parsed.error is not None else ""
         if parsed.error is not None:
-            raise failed(f"{name}: {parsed.error}")
+            # The parsed reason says what is missing; the CLI's own last lines say why (a crash's traceback).
+            code = f"exited with {done.returncode}: " if done.returncode else ""
+            raise failed(f"{name}: {parsed.error}" + (f" ({code}{tail})" if tail and tail not in parsed.error else ""))
         if done.returncode != 0:
-            tail = done.stderr.decode("utf-8", "replace").strip()[-STDERR_TAIL_CHARS:]
             raise failed(f"{name}: exited with {done.returncode}: {tail or 'no output'}")
-        if not parsed.text.strip():
+        answer = strip_markup(parsed.text)
+        if not answer:
             raise LoopFailed(f"{name}: finished without a final answer")
-        return parsed.text.strip()
+        return answer
+
+
+def error_tail(done: Completed) -> str:
+    """A CLI's own last words: the last non-blank lines of its stderr (else of its stdout, without its JSON
+    events), colour codes removed, joined with " | ", at most ERROR_TAIL_LINES lines and ERROR_TAIL_CHARS
+    characters from the end. Not redacted here: the caller does it, with the activation token."""
+    def lines(raw: bytes, events_too: bool) -> list[str]:
+        text = _ANSI.sub("", raw.decode("utf-8", "replace"))
+        kept = [line.strip() for line in text.splitlines() if line.strip()]
+        return kept if events_too else [line for line in kept if not any(json_lines(line.encode()))]
+
+    found = lines(done.stderr, True) or lines(done.stdout, False)
+    tail = " | ".join(found[-ERROR_TAIL_LINES:])
+    return tail if len(tail) <= ERROR_TAIL_CHARS else "…" + tail[-(ERROR_TAIL_CHARS - 1):]

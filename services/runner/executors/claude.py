@@ -6,11 +6,10 @@ non-zero exit.
 
 from __future__ import annotations
 
-import json
-
 from services.runner.executors.base import CliJob, Invocation, Parsed, ToolEvent
 from services.runner.executors.process import Completed
 from services.runner.executors.streams import json_lines, result_text
+from services.runner.executors.text import to_json
 
 SHELL_TOOLS = "Bash,Edit,Read,Write"
 
@@ -23,12 +22,12 @@ class ClaudeCode:
     housekeeping_models = ("claude-haiku-4-5-20251001", "claude-haiku-4-5")
 
     def invocation(self, job: CliJob) -> Invocation:
-        persona = job.write("persona.md", job.request.system)
+        persona = job.write("persona.md", job.system)
         servers = {e.name: {"type": "stdio", "command": e.command, "args": list(e.args), "env": dict(e.env)}
                    for e in job.mcp}
-        mcp = job.write("mcp.json", json.dumps({"mcpServers": servers}))
+        mcp = job.write("mcp.json", to_json({"mcpServers": servers}))
         allowed = [f"mcp__{e.name}" for e in job.mcp] + (SHELL_TOOLS.split(",") if job.shell_enabled else [])
-        argv = [job.binary, "-p", job.request.task, "--output-format", "stream-json", "--verbose",
+        argv = [job.binary, "-p", job.task, "--output-format", "stream-json", "--verbose",
                 "--max-turns", str(job.max_turns), "--model", job.model,
                 # --bare: no CLAUDE.md, hooks, plugins or keychain; auth only from ANTHROPIC_API_KEY.
                 "--bare", "--append-system-prompt-file", str(persona),

@@ -37,8 +37,8 @@ class Custom:
     def invocation(self, job: CliJob) -> Invocation:
         executor = job.request.definition.config.executor
         assert executor is not None  # locate() found no command without one
-        system = job.write("system-prompt.md", job.request.system)
-        argv = [job.binary, *(arg.replace(PROMPT_PLACEHOLDER, job.request.task) for arg in executor.args)]
+        system = job.write("system-prompt.md", job.system)
+        argv = [job.binary, *(arg.replace(PROMPT_PLACEHOLDER, job.task) for arg in executor.args)]
         servers = [{"name": e.name, "command": e.command, "args": list(e.args), "env": dict(e.env)} for e in job.mcp]
         env = {**job.base_env(), **executor.env,
                "ANTHROPIC_BASE_URL": job.gateway.base_url, "ANTHROPIC_API_KEY": job.gateway.token,

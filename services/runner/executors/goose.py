@@ -26,13 +26,13 @@ class Goose:
 
     def invocation(self, job: CliJob) -> Invocation:
         argv = [job.binary, "run", "-q", "--no-session", "--no-profile", "--output-format", "stream-json",
-                "--max-turns", str(job.max_turns), "--system", job.request.system]
+                "--max-turns", str(job.max_turns), "--system", job.system]
         if job.shell_enabled:
             argv += ["--with-builtin", "developer"]
         for entry in job.mcp:
             # The relay command only: it holds no credential, so nothing sensitive lands in argv.
             argv += ["--with-extension", f"{entry.name}:{shlex.join([entry.command, *entry.args])}"]
-        argv += ["-t", job.request.task]
+        argv += ["-t", job.task]
         timeout_s = str(int(min(job.timeout_s, 120)))
         env = {**job.base_env(), "GOOSE_DISABLE_KEYRING": "1", "GOOSE_DISABLE_SESSION_NAMING": "true",
                "GOOSE_TELEMETRY_OFF": "1", "GOOSE_MODE": "auto", "GOOSE_MODEL": job.model,

@@ -9,12 +9,12 @@ with exit 0).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from services.runner.executors.base import CliJob, Invocation, Parsed, ToolEvent
 from services.runner.executors.process import Completed
 from services.runner.executors.streams import json_lines, result_text
+from services.runner.executors.text import to_json
 
 # The bundled providers: any other `npm` package is installed at start-up (20 s+ offline, then fails).
 PROVIDERS = {"anthropic": ("anthropic", {}), "openai": ("gw", {"npm": "@ai-sdk/openai-compatible"})}
@@ -45,7 +45,7 @@ class OpenCode:
             "provider": {provider_id: provider}, "enabled_providers": [provider_id],
             "mcp": {e.name: {"type": "local", "command": [e.command, *e.args], "enabled": True,
                              "environment": dict(e.env)} for e in job.mcp},
-            "agent": {AGENT_ID: {"mode": "primary", "prompt": job.request.system, "permission": permission,
+            "agent": {AGENT_ID: {"mode": "primary", "prompt": job.system, "permission": permission,
                                  "steps": job.max_turns},
                       # No title call: it would spend tokens on a session nobody sees.
                       "title": {"disable": True}},
@@ -53,9 +53,9 @@ class OpenCode:
         }
 
     def invocation(self, job: CliJob) -> Invocation:
-        config = job.write("opencode.json", json.dumps(self.config(job)))
+        config = job.write("opencode.json", to_json(self.config(job)))
         argv = [job.binary, "run", "--format", "json", "--agent", AGENT_ID, "-m",
-                f"{provider_of(job)[0]}/{job.model}", job.request.task]
+                f"{provider_of(job)[0]}/{job.model}", job.task]
         env = {**job.base_env(), "OPENCODE_CONFIG": str(config), "LLM_TOKEN": job.gateway.token,
                "OPENCODE_DISABLE_SHARE": "1", "OPENCODE_DISABLE_MODELS_FETCH": "1",
                "OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
@@ -82,7 +82,9 @@ class OpenCode:
                 message = (error.get("data") or {}).get("message") or error.get("name") or error
                 parsed.error = f"error: {str(message)[:300]}"
         parsed.text = "".join(text).strip()
-        if parsed.error is None and finish_reason != "stop":
+        if parsed.error is None and finish_reason is None:
+            parsed.error = "no step_finish event in the output (crashed or killed)"
+        elif parsed.error is None and finish_reason != "stop":
             parsed.error = f"the last step ended with {finish_reason!r}, not 'stop'"
         return parsed
 
