@@ -119,7 +119,7 @@ def _problems(stderr: bytes) -> list[str]:
     return [line["event"] for line in lines if line["level"] not in ("info", "debug")]
 
 
-@pytest.mark.parametrize("url", ["garbage", "http://127.0.0.1:4222", "nats://user:hunter2@127.0.0.1:notaport"])
+@pytest.mark.parametrize("url", ["garbage", "nats://user:hunter2@127.0.0.1:notaport"])
 async def test_a_stage_exits_at_once_on_a_malformed_nats_url_naming_it_once(url: str) -> None:
     process = await _stage_process(url)
     _, stderr = await asyncio.wait_for(process.communicate(), WAIT_S)
