@@ -42,8 +42,9 @@ from streams import subjects
 
 log = logging.getLogger(__name__)
 
-# The newest comments of a thread one read sees (older ones were read by earlier rounds).
-COMMENTS_PER_READ = 100
+# Comments one read asks for: Moltbook's most (it returns the shallowest first, so a big thread's deep replies
+# are cut first; older ones were read by earlier rounds).
+COMMENTS_PER_READ = 500
 IDENTITY_READS_PER_ROUND = 10
 # Agents whose watched threads are re-read from KV per round (another replica may have added some).
 WATCH_REFRESH_PER_ROUND = 100
