@@ -20,6 +20,7 @@ from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import run_stage
 from schemas.events import ActivationMetrics, LlmTurn, RunCompleted, RunFailed
 from services.metrics import stage as metrics
+from services.metrics.ledger import Budgets, Ledger, ToolLimit
 from streams import subjects
 from streams.topology import BUDGET_LEDGER
 from tests.fixtures.wait import until
@@ -209,4 +210,30 @@ async def test_reporting_resumes_where_the_ledger_stands_once_the_hub_serves_sys
     # Each posted once: the three kept back by the catch-up, the two new ones by their batch.
     assert sample("botburrow_consumption_reported_total") - reported_before == 5
     assert await ledger_entry(bus, "unreported") is None
+    assert (await bus.js.stream_info("DLQ")).state.messages == 0
+
+
+async def test_ledger_replicas_add_up_and_count_each_activation_once(bus: Bus) -> None:
+    kv = await bus.kv(BUDGET_LEDGER.name)
+    budgets = Budgets(tools={"native": ToolLimit(usd=1.0)})
+    agent = f"repl-{uuid.uuid4().hex[:6]}"
+    events = [ended_now(agent, n, cost_usd=0.001).metrics for n in range(40)]
+    tool = f"tool-{agent}"
+    events = [msgspec.structs.replace(m, tool_type=tool) for m in events]
+    # Two replicas, overlapping halves (a redelivery to the other replica), at once.
+    await asyncio.gather(*(Ledger(kv, budgets).record(chunk) for chunk in (events[:25], events[15:], events[10:30])))
+    spend = await spend_of(bus, tool)
+    assert spend is not None and spend["activations"] == 40 and spend["usd"] == pytest.approx(0.04)
+
+
+async def test_without_a_system_key_consumption_goes_to_the_ledger_and_never_to_the_hub(
+        bus: Bus, nats_url: str, hub_emulator: HubEmulator) -> None:
+    agent = f"nokey-{uuid.uuid4().hex[:6]}"
+    async with running_metrics(nats_url, hub_emulator, HUB_API_KEY=""):
+        for n in range(3):
+            await publish(bus, ended_now(agent, n))
+        await until(lambda: spend_if(bus, lambda s: s["activations"] >= 3), WAIT_S, "three in the ledger")
+        await until(lambda: settled(bus), WAIT_S, "acknowledged")
+    assert not hub_emulator.requests.matching("/api/v1/system")
+    assert await ledger_entry(bus, "unreported") is not None  # a key added later catches them up
     assert (await bus.js.stream_info("DLQ")).state.messages == 0
