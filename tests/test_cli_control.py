@@ -27,6 +27,10 @@ def test_a_paused_agent_is_refused_with_reason_paused_and_its_work_waits() -> No
     _, changes = decide(state, "ann", note("n1"))
     assert changes.requests == []
     assert [(r.agent, r.reason) for r in changes.refusals] == [("ann", PAUSED_REASON)]
+    state.begin()
+    state.retry_blocked()
+    assert state.prepare("2026-12-04T00:00:01+00:00").agents == {}  # while paused, nothing to write each tick
+    state.commit()
     state.paused = set()
     state.begin()
     state.retry_blocked()

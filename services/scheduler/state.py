@@ -297,7 +297,7 @@ class SchedulerState:
             state = self._agents.get(agent)
             if state is None or state.in_flight is not None or not state.pending:
                 self._blocked.discard(agent)
-            else:
+            elif agent not in self.paused:  # a paused agent waits for its resume, not rewritten every tick
                 self._set(state)
 
     def explore(self, now: str, limit: int) -> int:
