@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from botburrow.dev.stack import LocalStack, await_configs
+from botburrow.dev.stack import EXAMPLES_DIR, LocalStack, await_configs
 from botburrow.doubles.scripted_llm import ScriptedLLM
 from botburrow.runtime.bus import Bus
 from streams import subjects
+from tests.fixtures.s3 import S3Server
 from tests.fixtures.setup_parts import needs_cli
 from tests.fixtures.wait import until
 
@@ -235,3 +237,21 @@ async def test_dev_model_sends_every_call_to_the_endpoint_with_the_environment_k
         assert await _stop_and_check_no_orphan(dev, signal.SIGTERM, children) == 0
     assert endpoint.requests and not endpoint.violations
     assert not any("scripted LLM" in line for line in dev.lines)
+
+
+@pytest.mark.slow
+async def test_dev_agents_from_s3_loads_and_runs_them(s3: S3Server, tmp_path: Path) -> None:
+    definitions = tmp_path / "definitions"
+    for kind in ("agents", "skills"):
+        shutil.copytree(EXAMPLES_DIR / kind, definitions / kind, ignore=shutil.ignore_patterns("__pycache__"))
+    prefix = s3.new_prefix()
+    s3.upload_tree(definitions, prefix, manifest=True)
+    source = f"s3://{s3.bucket}/{prefix.rstrip('/')}"
+    dev = await Dev.start("--no-demo", env={"AGENTS_SOURCE": source, "R2_ENDPOINT": s3.endpoint,
+                                            "R2_ACCESS_KEY": s3.access_key, "R2_SECRET_KEY": s3.secret_key})
+    loaded = await dev.line(r"agents: (\d+) loaded from (\S+): (.*)$")
+    assert loaded.groups() == ("2", source, "pirate-captain, sprint-helper")
+    await dev.line("all stages ready")  # configsync read the same bucket: every agent published
+    children = descendants(dev.process.pid)
+    assert await _stop_and_check_no_orphan(dev, signal.SIGINT, children) == 0
+    assert s3.secret_key not in "\n".join(dev.lines)
