@@ -11,6 +11,8 @@ import msgspec
 
 from botburrow.definitions import bucket
 from botburrow.doubles.hub_emulator import HubEmulator
+from botburrow.hub.capabilities import CapabilityTracker
+from botburrow.hub.client import HubClient
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.service import run_stage
 from schemas.agent import Discovery
@@ -18,6 +20,7 @@ from schemas.events import ActivationMetrics, ActivationRequested, DeadLetter, S
 from services.metrics.ledger import Budgets, Ledger, ToolLimit
 from services.runner.runlog import now_rfc3339
 from services.scheduler import stage as scheduler
+from services.scheduler.budget import HubOrLedger, LedgerHealth
 from services.scheduler.partitions import partition_of
 from services.scheduler.state import AgentState
 from streams import subjects
@@ -165,3 +168,20 @@ async def test_on_a_hub_without_budget_health_the_gate_follows_the_local_ledger(
     finally:
         await hub.stop()
     assert hub.requests.matching(BUDGET_PATH)  # the Hub was asked, and said it has no such route
+
+
+async def test_the_gate_reads_the_ledger_while_the_hub_lacks_budget_health_and_the_hub_once_it_has_it(
+        bus: Bus, hub_emulator: HubEmulator) -> None:
+    kv = await bus.kv(BUDGET_LEDGER.name)
+    await Ledger(kv, Budgets(tools={"native": ToolLimit(usd=1.0)})).write_health()  # nothing spent: healthy
+    missing = hub_emulator.set_fault(status=404, message="Endpoint not found", path_prefix="/api/v1/system")
+    hub_emulator.set_budget("native", used_pct=95.0)
+    async with HubClient(hub_emulator.url, system_key=hub_emulator.system_key) as hub:
+        patient = HubOrLedger(hub, LedgerHealth(kv))  # asks the Hub again after 10 minutes
+        assert (await patient.budget_health()).tools["native"].status == "healthy"
+        assert (await patient.budget_health()).tools["native"].status == "healthy"
+        assert len(hub_emulator.requests.matching(BUDGET_PATH)) == 1  # not asked again meanwhile
+        eager = HubOrLedger(hub, LedgerHealth(kv), CapabilityTracker(reprobe_after_s=0.0))
+        assert (await eager.budget_health()).tools["native"].status == "healthy"
+        hub_emulator.faults.active.remove(missing)  # the Hub gains /system/*
+        assert (await eager.budget_health()).tools["native"].status == "throttle"
