@@ -205,8 +205,9 @@ class Ledger:
         await self.kv.delete(UNREPORTED_KEY)
 
 
-async def ended_since(bus: Bus, from_seq: int, until_seq: int) -> list[ActivationMetrics]:
-    """The ActivationMetrics of the `completed`/`failed` events of RUNS with from_seq <= seq < until_seq, by
+async def ended_since(bus: Bus, from_seq: int, until_seq: int) -> list[tuple[int, ActivationMetrics]]:
+    """The ActivationMetrics (with their sequence) of the `completed`/`failed` events of RUNS with
+    from_seq <= seq < until_seq, in order, by
     direct gets (next by subject: one get per ended activation; no consumer on RUNS, which holds durables).
     What aged out of RUNS is gone: the catch-up starts at its first message."""
     found: list[tuple[int, ActivationMetrics]] = []
@@ -225,4 +226,4 @@ async def ended_since(bus: Bus, from_seq: int, until_seq: int) -> list[Activatio
                 found.append((msg.seq, decode_subject(msg.subject or "", msg.data or b"").metrics))
             except DecodeError:
                 continue  # dead-lettered by the consumer when it was first read
-    return [metrics for _, metrics in sorted(found, key=lambda pair: pair[0])]
+    return sorted(found, key=lambda pair: pair[0])

@@ -52,8 +52,9 @@ REPORT_FAILURES = Counter("botburrow_consumption_report_failures_total", "Failed
 HEARTBEAT_S = 10.0  # a third of the `metrics` consumer's ack_wait
 MAX_BACKOFF_S = 10.0
 
-# The ended activations of RUNS from one stream sequence up to (not including) another.
-EndedSince = Callable[[int, int], Awaitable[list[ActivationMetrics]]]
+CATCH_UP_CHUNK = 100  # events per catch-up POST
+# The ended activations of RUNS (with their sequence) from one stream sequence up to (not including) another.
+EndedSince = Callable[[int, int], Awaitable[list[tuple[int, ActivationMetrics]]]]
 
 
 class ConsumptionHub(Protocol):
@@ -154,10 +155,14 @@ class Reporter:
         from_seq = await self.ledger.unreported_from()
         if from_seq is None:
             return
-        until_seq = min(_seq(item) for item in items)
-        events = await self.ended_since(from_seq, until_seq) if from_seq < until_seq else []
-        for start in range(0, len(events), 100):
-            chunk = events[start:start + 100]
+        # Up to the batch's last message, but for the batch's own (it posts them itself next): a redelivered
+        # message older than the mark must not end the catch-up before the rest.
+        own = {_seq(item) for item in items}
+        until_seq = max(own) + 1
+        found = await self.ended_since(from_seq, until_seq) if from_seq < until_seq else []
+        events = [metrics for seq, metrics in found if seq not in own]
+        for start in range(0, len(events), CATCH_UP_CHUNK):
+            chunk = events[start:start + CATCH_UP_CHUNK]
             try:
                 await self._post_until_accepted(items, chunk)
             except HubError as exc:
