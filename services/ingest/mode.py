@@ -62,13 +62,13 @@ class HubModes:
     async def refresh_if_due(self, agent_key: str | None) -> None:
         if self.clock() < self._due_at:
             return
+        self._due_at = self.clock() + self.every_s  # now: a ping's poll meanwhile does not probe again
         try:
             found = await self.detect(self.hub, agent_key, webhooks_enabled=self.webhooks)
         except HubError as exc:  # down or rate-limited: keep what was known, ask again soon (next round if none)
             self._due_at = self.clock() + min(RETRY_S, self.every_s) if self.tracker else 0.0
             log.debug("hub capabilities not detected this time", extra={"error": type(exc).__name__})
             return
-        self._due_at = self.clock() + self.every_s
         if self.tracker is None:
             self.tracker = CapabilityTracker(found, clock=self.clock)
             log.info("hub capabilities", extra=found.summary())

@@ -99,7 +99,7 @@ async def run(ctx: StageContext[IngestSettings]) -> None:
                       min_gap_s=settings.poll_interval_seconds * REPLICA_ROUND_GAP)
     directory = await AgentDirectory.open(ctx.bus)
     ctx.health.add_check("definitions", lambda: directory.following)
-    wake, one_round_at_a_time = Wake(), asyncio.Lock()
+    wake, one_feed_round_at_a_time = Wake(), asyncio.Lock()
     if settings.hub_webhooks:
         def resolve(name: str) -> str | None:
             return name if directory.get(name) is not None else feed.agent_named(name)
@@ -108,18 +108,20 @@ async def run(ctx: StageContext[IngestSettings]) -> None:
                                         wake.add).route())
 
     async def ingest(agents: list[str], urgent: Iterable[str] = ()) -> bool:
-        """One round in the current mode; whether it called the Hub (else a probe keeps /readyz true)."""
-        async with one_round_at_a_time:
-            await modes.refresh_if_due(await _any_key(agents, key_of))
-            if modes.mode == "notifications":
-                poller.mark_read = not modes.absent("mark_read")
-                report = await poller.poll_once(list(urgent) or agents)
-                modes.mark_absent(report.endpoint_missing)
-                return bool(report.published or report.errors or report.endpoint_missing)
-            if modes.mode == "feed":
+        """One round in the current mode; whether it called the Hub (else a probe keeps /readyz true).
+        A ping's poll of notifications does not wait for a full round (polling an agent twice at once
+        is harmless: the same message ids); feed rounds, which share their state, go one at a time."""
+        await modes.refresh_if_due(await _any_key(agents, key_of))
+        if modes.mode == "notifications":
+            poller.mark_read = not modes.absent("mark_read")
+            report = await poller.poll_once(list(urgent) or agents)
+            modes.mark_absent(report.endpoint_missing)
+            return bool(report.published or report.errors or report.endpoint_missing)
+        if modes.mode == "feed":
+            async with one_feed_round_at_a_time:
                 derived = await feed.round(agents, urgent)
-                return derived.requests > 0 or derived.stopped == "other_replica"
-            return False
+            return derived.requests > 0 or derived.stopped == "other_replica"
+        return False
 
     async def poll_forever() -> None:
         while not ctx.stop.is_set():
