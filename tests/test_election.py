@@ -79,3 +79,19 @@ async def test_the_probe_is_ready_only_while_jetstream_answers(tmp_path: Path) -
     finally:
         plain.stop()
         with_js.stop()
+
+
+async def test_a_lease_create_that_landed_is_held_on_the_retry(bus: Bus) -> None:
+    """An election can lose the answer to a `create` that landed: the retry finds its own value and holds
+    the lease, instead of taking it for another holder's (a request waiting for itself)."""
+    from services.runner.lease import Lease
+    from streams.topology import LEASES
+
+    kv = await bus.kv(LEASES.name)
+    first = Lease(kv, "agent-x", "runner-1/act-1")
+    assert await first.acquire()
+    again = Lease(kv, "agent-x", "runner-1/act-1")  # the same handling, retrying
+    assert await again.acquire() and again.revision == first.revision
+    assert not await Lease(kv, "agent-x", "runner-2/act-1").acquire()
+    await again.release()
+    assert await Lease(kv, "agent-x", "runner-2/act-1").acquire()
