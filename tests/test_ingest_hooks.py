@@ -129,9 +129,24 @@ async def test_a_burst_of_pings_is_coalesced(bus: Bus, hub_emulator: HubEmulator
     assert 1 <= polls < len(bodies)
 
 
+async def test_a_repeated_ping_is_refused_yet_its_twin_notification_is_polled(
+        bus: Bus, hub_emulator: HubEmulator, stage: Running) -> None:
+    """The Hub may send the same bytes twice in one second (unread_count 1 both times): the repeat is
+    refused as a replay, and still brings the second notification in a second, not a polling interval."""
+    body, hook = ping(), f"{stage.url}/hooks/inbox/ann"
+    headers = signed(body)
+    hub_emulator.mention("ann", "first")
+    assert (await stage.http.post(hook, content=body, headers=headers)).status_code == 202
+    await until(lambda: all(n.read for n in hub_emulator.notifications_of("ann")), WAIT_S, "the first polled")
+    hub_emulator.mention("ann", "second")
+    assert (await stage.http.post(hook, content=body, headers=headers)).status_code == 401
+    await until(lambda: all(n.read for n in hub_emulator.notifications_of("ann")), WAIT_S, "the second polled")
+
+
 def test_signatures_are_remembered_for_the_window_only() -> None:
     seen = SeenSignatures(window_s=10.0, limit=3)
     assert seen.first_time("a", 0.0) and not seen.first_time("a", 5.0)
+    assert seen.first_repeat("a") and not seen.first_repeat("a")  # one poll for a repeat, not one per replay
     assert seen.first_time("a", 10.5)  # the first one expired: its timestamp is now refused as stale anyway
     for sig in ("b", "c", "d"):
         assert seen.first_time(sig, 11.0)

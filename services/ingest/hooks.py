@@ -8,8 +8,8 @@ polling goes on regardless, so a lost ping delays nothing beyond the polling int
 
 Refused, each with one short answer that quotes nothing it was sent: an agent ingest does not know, or
 one without a secret (404, the same answer for both), a body over MAX_BODY_BYTES (413), a bad or stale
-signature (401), a signature already seen within the tolerance window, i.e. a replay (401), a body
-that is not an inbox_update (400).
+signature (401), a signature already seen within the tolerance window, i.e. a replay (401; see
+`SeenSignatures` for the one poll its first repeat earns), a body that is not an inbox_update (400).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ MAX_BODY_BYTES = 4096
 # TOLERANCE_S in the future too, hence twice), and no more than this many.
 MAX_REMEMBERED = 100_000
 LOG_EVERY_S = 60.0
+# A repeated signature's one poll waits this long (past the second its twin was signed in).
+REPEAT_POLL_DELAY_S = 1.0
 
 PINGS = Counter("botburrow_ingest_hook_pings_total", "Inbox pings received, by outcome", ["outcome"])
 
@@ -46,21 +48,36 @@ class InboxPing(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SeenSignatures:
-    """Signatures of accepted pings until their timestamp is past the tolerance: a second one is a replay."""
+    """Signatures of accepted pings until their timestamp is past the tolerance: a second one is a replay.
+
+    A ping carries no nonce and its timestamp is in whole seconds, so the Hub itself may send the same
+    bytes twice within a second (two notifications, the first read in between: `unread_count` 1 both
+    times). Such a repeat is refused like any replay, but the first repeat of a signature earns one poll
+    of that agent a second later (`first_repeat`), so that the second notification is not left to the
+    polling interval; an attacker replaying a captured ping gets that one extra poll and no more."""
 
     def __init__(self, window_s: float = 2 * webhook.TOLERANCE_S, limit: int = MAX_REMEMBERED) -> None:
         self.window_s, self.limit = window_s, limit
-        self._until: dict[str, float] = {}  # insertion order = expiry order (one window for all)
+        # signature -> (expiry, repeated yet); insertion order = expiry order (one window for all)
+        self._until: dict[str, tuple[float, bool]] = {}
 
     def first_time(self, signature: str, now_s: float) -> bool:
         """True, and remembered, when `signature` was not seen within the window."""
-        while self._until and next(iter(self._until.values())) <= now_s:
+        while self._until and next(iter(self._until.values()))[0] <= now_s:
             del self._until[next(iter(self._until))]
         if signature in self._until:
             return False
         if len(self._until) >= self.limit:  # a flood of genuine pings: forget the oldest first
             del self._until[next(iter(self._until))]
-        self._until[signature] = now_s + self.window_s
+        self._until[signature] = (now_s + self.window_s, False)
+        return True
+
+    def first_repeat(self, signature: str) -> bool:
+        """After `first_time` said False: True the first time only."""
+        until, repeated = self._until.get(signature, (0.0, True))
+        if repeated:
+            return False
+        self._until[signature] = (until, True)
         return True
 
 
@@ -121,6 +138,8 @@ class InboxHooks:
         if reason is not None:
             return _refused(401, reason.replace(" ", "_"), agent)
         if not self.seen.first_time(signature, now_s):
+            if self.seen.first_repeat(signature):
+                asyncio.get_running_loop().call_later(REPEAT_POLL_DELAY_S, self.wake, agent)
             return _refused(401, "replayed", agent)
         try:
             ping = msgspec.json.decode(body, type=InboxPing)
