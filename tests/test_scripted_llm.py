@@ -14,7 +14,14 @@ import anthropic
 import httpx
 import pytest
 
+from botburrow.cli.timeline import render
+from botburrow.definitions import bucket
+from botburrow.definitions.parse import parse_agent
+from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.doubles.scripted_llm import ScriptedLLM, cache
+from botburrow.runtime.bus import Bus
+from schemas.events import ToolCalled
+from tests.fixtures.runner import Rig
 
 WEATHER_TOOL: Any = {
     "name": "get_weather",
@@ -285,10 +292,75 @@ async def test_demo_mode_answers_politely_without_tools() -> None:
         payloads = await openai_stream(
             llm.url, {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi there"}]}
         )
-    assert message.content[0].text == "Thanks for the mention! You said: hello burrow"  # type: ignore[union-attr]
+    assert message.content[0].text == "Hello! You said: “hello burrow”."  # type: ignore[union-attr]
     assert message.stop_reason == "end_turn" and llm.violations == []
     text = "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads[:-1])
-    assert text == "Thanks for the mention! You said: hi there"
+    assert text == "Hello! You said: “hi there”."
+
+
+# --- demo mode: the agent's voice, one tool call ------------------------------------------------------------
+
+DEV_AGENTS = Path(__file__).parents[1] / "botburrow" / "dev" / "agents"
+PIRATE = (DEV_AGENTS / "pirate-captain" / "system-prompt.md").read_text(encoding="utf-8")
+SEARCH_TOOL: Any = {"name": "hub__search", "description": "Search posts, agents and communities.",
+                    "input_schema": {"type": "object", "properties": {"query": {"type": "string"},
+                                                                      "limit": {"type": "integer"}},
+                                     "required": ["query"]}}
+WRITE_TOOL: Any = {"name": "hub__create_comment", "description": "Comment on a post.",
+                   "input_schema": {"type": "object", "properties": {"post_id": {"type": "string"},
+                                                                     "content": {"type": "string"}},
+                                    "required": ["post_id", "content"]}}
+TASK = "A mention from ann (post p1):\n> @pirate-captain ahoy? where be the treasure\n\nThe thread:\n..."
+VOICE = ("Ahoy, matey! pirate-captain here, a cheerful pirate who answers mentions and DMs in character. "
+         "You said: “ahoy? where be the treasure”. I checked hub__search for “ahoy where treasure” first: "
+         "2 posts. Arr! ⚓")
+
+
+def persona(name: str = "pirate-captain") -> str:
+    return PIRATE.replace("{{name}}", name).replace(
+        "{{description}}", "A cheerful pirate who answers mentions and DMs in character")
+
+
+async def test_demo_mode_searches_once_then_answers_in_the_agent_s_voice() -> None:
+    sdk_tools = [WRITE_TOOL, SEARCH_TOOL]  # never the write tool
+    async with ScriptedLLM(strict=False) as llm:
+        sdk = client(llm.url)
+        asked = [{"role": "user", "content": TASK}]
+        first = await sdk.messages.create(model="m", max_tokens=500, system=persona(), tools=sdk_tools,
+                                          messages=asked)  # type: ignore[arg-type]
+        (call,) = first.content
+        assert first.stop_reason == "tool_use" and call.type == "tool_use"
+        assert (call.name, call.input) == ("hub__search", {"query": "ahoy where treasure"})
+        result = json.dumps({"posts": [{"id": "a"}, {"id": "b"}], "agents": [], "submolts": []})
+        answered = [*asked, {"role": "assistant", "content": [call.model_dump()]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": result}]}]
+        replies = [await sdk.messages.create(model="m", max_tokens=500, system=persona(), tools=sdk_tools,
+                                             messages=answered) for _ in range(2)]  # type: ignore[arg-type]
+    assert [r.content[0].text for r in replies] == [VOICE, VOICE]  # type: ignore[union-attr]
+    assert replies[0].stop_reason == "end_turn" and llm.violations == []
+
+
+async def test_demo_mode_openai_shape_and_a_cli_s_own_prompt_and_markup() -> None:
+    """A CLI puts its own prompt before the agent's and <system-reminder> blocks before the task: the voice
+    comes from the agent's part, and the reminder is not echoed."""
+    system = "You are opencode, an interactive CLI agent.\n\n" + persona("polly")
+    tool = {"type": "function", "function": {"name": "hub_search", "parameters": SEARCH_TOOL["input_schema"]}}
+    user = [{"type": "text", "text": "<system-reminder>\nToday is Monday.\n</system-reminder>\n"},
+            {"type": "text", "text": "ahoy, 宝はどこ?"}]
+    body: dict[str, Any] = {"model": "m", "tools": [tool],
+                            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+    async with ScriptedLLM(strict=False) as llm, httpx.AsyncClient(base_url=llm.url) as http:
+        first = (await http.post("/v1/chat/completions", json=body, headers={"authorization": "Bearer k"})).json()
+        (call,) = first["choices"][0]["message"]["tool_calls"]
+        assert call["function"]["name"] == "hub_search"
+        assert json.loads(call["function"]["arguments"]) == {"query": "ahoy 宝はどこ"}
+        body["messages"] += [first["choices"][0]["message"],
+                             {"role": "tool", "tool_call_id": call["id"], "content": "[]"}]
+        second = (await http.post("/v1/chat/completions", json=body, headers={"authorization": "Bearer k"})).json()
+    assert second["choices"][0]["message"]["content"] == (
+        "Ahoy, matey! polly here, a cheerful pirate who answers mentions and DMs in character. "
+        "You said: “ahoy, 宝はどこ?”. I checked hub_search for “ahoy 宝はどこ” first: nothing yet. Arr! ⚓")
+    assert llm.violations == []
 
 
 async def test_admin_endpoints(scripted_llm: ScriptedLLM) -> None:
@@ -473,3 +545,31 @@ def test_expired_prefixes_are_swept_so_a_long_run_does_not_keep_them_all(monkeyp
         assert prompts.openai("gpt-4o", body).read_tokens == 0
         clock.now_s += cache.TTL_S + 1
     assert len(prompts._entries) < 50
+
+
+async def test_the_demo_agent_searches_and_answers_in_character_through_the_runner(
+        bus: Bus, nats_url: str, hub_emulator: HubEmulator) -> None:
+    """What `botburrow dev` shows a newcomer: the example pirate's reply is in its voice, and `botburrow show`
+    has its tool call."""
+    folder = DEV_AGENTS / "pirate-captain"
+    async with ScriptedLLM(strict=False) as llm:
+        rig = Rig(bus, nats_url, hub_emulator, llm)
+        rig.keys["pirate-captain"] = hub_emulator.add_agent("pirate-captain")
+        definition = parse_agent("pirate-captain", (folder / "config.yaml").read_bytes(),
+                                 (folder / "system-prompt.md").read_bytes())
+        await (await bus.kv(bucket.BUCKET)).put(bucket.key("agent", "pirate-captain"), bucket.encode(definition))
+        await rig.start()
+        try:
+            note = hub_emulator.mention("pirate-captain", "ahoy? where be the treasure")
+            _, end, events = await rig.activate("pirate-captain", [note])
+        finally:
+            await rig.close()
+    assert end == "completed", events[-1]
+    (tool,) = [e for e in events if isinstance(e, ToolCalled)]
+    assert (tool.name, tool.arguments, tool.error) == ("hub__search", {"query": "ahoy where treasure"}, None)
+    (reply,) = rig.replies_by("pirate-captain", note.post_id)
+    assert reply.content.startswith("Ahoy, matey! pirate-captain here, a cheerful pirate")
+    assert "You said: “ahoy? where be the treasure”" in reply.content
+    assert "I checked hub__search for “ahoy where treasure” first" in reply.content
+    assert reply.content.endswith(" Arr! ⚓")
+    assert "tool       hub__search ok" in render(events)

@@ -9,9 +9,10 @@ from typing import Any, Literal
 
 import msgspec
 
+from botburrow.doubles.scripted_llm import demo
+
 StopReason = Literal["end_turn", "tool_use", "max_tokens"]
 ViolationKind = Literal["past_end", "sequence", "expect", "auth", "bad_request"]
-DEMO_REPLY_MAX_CHARS = 200
 
 
 class ToolCall(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -206,17 +207,15 @@ def answer_for(step: Step, body: Mapping[str, Any]) -> Answer:
 
 
 def demo_answer(last_user_text: str, body: Mapping[str, Any]) -> Answer:
-    """The demo-mode reply when no step is left: friendly, derived from the last user text, no tools."""
-    said = " ".join(last_user_text.split())
-    if len(said) > DEMO_REPLY_MAX_CHARS:
-        said = said[: DEMO_REPLY_MAX_CHARS - 1] + "…"
-    text = f"Thanks for the mention! You said: {said}" if said else "Thanks for the mention!"
+    """The demo-mode reply when no step is left (`demo`): in the agent's voice, after one tool call."""
+    text, calls = demo.reply(last_user_text, body)
+    tool_calls = tuple(ToolCall(name=name, arguments=arguments) for name, arguments in calls)
     return Answer(
         text=text,
-        tool_calls=(),
-        stop_reason="end_turn",
+        tool_calls=tool_calls,
+        stop_reason="tool_use" if tool_calls else "end_turn",
         input_tokens=input_tokens_of(body),
-        output_tokens=estimate_tokens(text),
+        output_tokens=output_tokens_of(text, tool_calls),
     )
 
 
