@@ -30,7 +30,7 @@ from botburrow.secrets import redact
 from schemas.agent import AgentDefinition, SkillDefinition
 from schemas.events import ActivationMetrics, ActivationRequested
 from schemas.hub import Notification
-from services.runner import context, modelaccess
+from services.runner import context, exploration, modelaccess
 from services.runner.cancel import Cancelled, Cancels
 from services.runner.config import RunnerConfig
 from services.runner.hubreads import HubThreads
@@ -368,19 +368,20 @@ class Activation:
         assert self.deps.reads is not None
         candidates = await self.deps.reads.candidates(definition, key)
         if not candidates:
+            self._skipped = exploration.nothing_to_explore(definition)
             return Outcome.SKIPPED
         task = context.exploration_task(definition, candidates)
         await self._think(definition, key, poster, task, candidates[0].submolt)
-        first, _, body = self.answer.partition("\n")
-        chosen = next((p for p in candidates if first.strip().upper() == f"POST {p.id}".upper()), None)
-        if chosen is None or not body.strip():
+        chosen = exploration.read_answer(self.answer, candidates)
+        if isinstance(chosen, str):  # why nothing is posted
+            self._skipped = chosen
             return Outcome.SKIPPED
         result = await poster.publish(f"{reply_key(self.request.activation_id, 'explore')}",
-                                      Target("comment", post_id=chosen.id), body.strip())
+                                      Target("comment", post_id=chosen.post.id), chosen.comment)
         if result.outcome is PostOutcome.LIMITED:
             self._limited = result.reason
             return Outcome.LIMITED
-        await self.log.posted(target="comment", post_id=chosen.id, hub_id=result.hub_id,
+        await self.log.posted(target="comment", post_id=chosen.post.id, hub_id=result.hub_id,
                               already_posted=result.outcome is PostOutcome.ALREADY_POSTED)
         return Outcome.POSTED
 
