@@ -101,11 +101,7 @@ async def run(ctx: StageContext[IngestSettings]) -> None:
     ctx.health.add_check("definitions", lambda: directory.following)
     wake, one_feed_round_at_a_time = Wake(), asyncio.Lock()
     if settings.hub_webhooks:
-        def resolve(name: str) -> str | None:
-            return name if directory.get(name) is not None else feed.agent_named(name)
-
-        ctx.health.add_route(InboxHooks(resolve, lambda a: read_secret(secret_name(a), environ=ctx.environ),
-                                        wake.add).route())
+        _serve_hooks(ctx, directory, feed, wake)
 
     async def ingest(agents: list[str], urgent: Iterable[str] = ()) -> bool:
         """One round in the current mode; whether it called the Hub (else a probe keeps /readyz true).
@@ -143,6 +139,15 @@ async def run(ctx: StageContext[IngestSettings]) -> None:
     finally:
         await directory.close()
         await hub.aclose()
+
+
+def _serve_hooks(ctx: StageContext[IngestSettings], directory: AgentDirectory, feed: FeedIngest, wake: Wake) -> None:
+    """`POST /hooks/inbox/<agent>` on the stage's port; the path names an agent by config or Hub name."""
+    def resolve(name: str) -> str | None:
+        return name if directory.get(name) is not None else feed.agent_named(name)
+
+    ctx.health.add_route(InboxHooks(resolve, lambda a: read_secret(secret_name(a), environ=ctx.environ),
+                                    wake.add).route())
 
 
 async def _any_key(agents: list[str], key_of: Callable[[str], Awaitable[str | None]]) -> str | None:
