@@ -366,9 +366,10 @@ def _model_url(url: str, environ: Mapping[str, str]) -> str:
 
 
 def _last_problem(log_path: Path) -> str:
-    """The last error a stage logged (one JSON line each), as `: <event>`; empty if none."""
+    """The last error a stage logged (one JSON line each), else its last line (a traceback's end, from a
+    crash before logging was set up), as `: <what>`; empty if the log is."""
     try:
-        lines = log_path.read_text(errors="replace").splitlines()[-50:]
+        lines = [line for line in log_path.read_text(errors="replace").splitlines()[-50:] if line.strip()]
     except OSError:
         return ""
     for line in reversed(lines):
@@ -376,4 +377,4 @@ def _last_problem(log_path: Path) -> str:
             event = json.loads(line)
             if event.get("level") in ("error", "critical"):
                 return f": {event.get('event')}"
-    return ""
+    return f": {lines[-1].strip()[:300]}" if lines and not lines[-1].startswith("{") else ""
