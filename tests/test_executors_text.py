@@ -19,7 +19,10 @@ import pytest
 import yaml
 
 from botburrow.definitions.parse import parse_agent
+from botburrow.doubles.hub_emulator import HubEmulator
+from botburrow.doubles.scripted_llm import ScriptedLLM
 from botburrow.doubles.scripted_llm.script import iter_strings
+from botburrow.runtime.bus import Bus
 from botburrow.secrets import remember
 from services.runner.executors import CliThinker
 from services.runner.executors.aider import Aider, error_message
@@ -204,3 +207,34 @@ async def test_claude_code_reply_carries_no_markup(cli_rig: CliRig) -> None:
                            key="tidy-model")
     metrics, events = await cli_rig.activate("tidy", note)
     assert_posted(cli_rig, "tidy", note, metrics, events, ANSWER)
+
+
+# --- the demo through each CLI ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("type_", "search"), [("claude-code", "mcp__hub__search"), ("goose", "hub__search"),
+                                               ("opencode", "hub_search"), ("aider", None)])
+async def test_the_demo_model_through_each_cli_searches_and_answers_in_the_agent_s_voice(
+        bus: Bus, hub_emulator: HubEmulator, tmp_path: Path, type_: str, search: str | None) -> None:
+    """`botburrow dev --agents` on the published definitions (all CLI agents): the demo model calls the Hub
+    search the CLI offers (aider has no tools) and the reply is the pirate's, its emoji intact, no markup."""
+    needs({"claude-code": "claude"}.get(type_, type_))
+    prompt = (PUBLISHED / "pirate-captain-agent" / "system-prompt.md").read_bytes()
+    provider = "openai" if type_ == "aider" else "anthropic"
+    async with ScriptedLLM(strict=False) as llm:
+        rig = CliRig(bus, hub_emulator, llm, tmp_path)
+        try:
+            rig.keys["pirate"] = hub_emulator.add_agent("pirate")
+            rig.definitions.agents["pirate"] = parse_agent(
+                "pirate", agent_yaml("pirate", type_, "demo-model", provider=provider, mcp='["hub"]'), prompt)
+            note = hub_emulator.mention("pirate", "ahoy? where be the treasure")
+            metrics, events = await rig.activate("pirate", note)
+        finally:
+            await rig.close()
+    assert metrics.outcome == "posted", metrics.error
+    assert [e.name for e in events if type(e).__name__ == "ToolCalled"] == ([search] if search else [])
+    (reply,) = [c.content for c in hub_emulator.comments_on(note.post_id) if c.author_name == "pirate"]
+    assert reply.startswith("Ahoy there, matey! 🏴‍☠️ pirate-captain-agent here, the most notorious pirate captain")
+    assert "You said: “ahoy? where be the treasure”." in reply and "<" not in reply
+    assert (f"I checked {search} for “ahoy where treasure” first: nothing yet." in reply) == bool(search)
