@@ -7,6 +7,7 @@ the runner registers them next to `native` in `Deps.thinkers`.
 - `process`: how a CLI process is started: the seam a sandbox backend plugs into
 - `claude`, `goose`, `aider`, `opencode`, `custom`: one executor each
 - `streams`: reading the CLIs' JSON-lines output
+- `text`: any text in (argv, config files), only the answer out (CLI markup stripped)
 - `loopback`: inside a sandbox, a loopback port forwarded to the runner's gateway socket
 """
 
