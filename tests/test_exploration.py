@@ -92,5 +92,5 @@ async def test_a_skipped_exploration_says_why_in_its_run(rig: Rig, bus: Bus, hub
 
     metrics = metrics_of(events)
     assert (metrics.outcome, metrics.error) == ("skipped", reason)
-    assert "outcome=skipped" in render(events) and reason in render(events)
+    assert "outcome=skipped " in render(events) and f" reason={reason}" in render(events)
     assert rig.llm.violations == []

@@ -86,7 +86,8 @@ def render(events: list[Any], prices: PriceTable | None = None, *, whole: bool =
             kind = "completed" if isinstance(event, RunCompleted) else "failed   "
             lines.append(f"{prefix}{kind}  outcome={m.outcome} tokens={m.tokens_input}/{m.tokens_output} "
                          f"cost=${m.estimated_cost_usd:.6f} {m.duration_seconds:.2f}s iterations={m.iterations}"
-                         + (f" error={m.error}" if m.error else ""))
+                         # A skipped or limited run's `error` is why it posted nothing, not a failure.
+                         + (f" {'error' if m.outcome == 'failed' else 'reason'}={m.error}" if m.error else ""))
     if whole:
         lines.append(_summary(events, prices))
         if not any(isinstance(e, RunStarted) for e in events):
