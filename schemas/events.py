@@ -135,6 +135,27 @@ class ToolCallRecord(msgspec.Struct, frozen=True, kw_only=True):
     arguments: Any = None
 
 
+class ContextCut(msgspec.Struct, frozen=True, kw_only=True):
+    """Something the context builder left out of a prompt to keep a part within its token budget."""
+
+    part: Literal["thread", "memories", "skills", "tools"]
+    what: str  # e.g. "skill web-research", "tool github__search_code", "post p-1: the thread's last 4,210 chars"
+    tokens: int  # estimated tokens left out
+    reason: str  # which budget, and what it kept
+
+
+class ContextReport(msgspec.Struct, frozen=True, kw_only=True):
+    """How big each part of an activation's prompt was (estimated tokens, after cuts), its budgets, and
+    what was cut. Estimates are characters over a ratio learnt from the input tokens the provider reported
+    for the model (`calibrated` false: the default ratio, nothing reported yet)."""
+
+    chars_per_token: float
+    calibrated: bool = False
+    budgets: dict[str, int] = msgspec.field(default_factory=dict)
+    tokens: dict[str, int] = msgspec.field(default_factory=dict)
+    cuts: list[ContextCut] = msgspec.field(default_factory=list)
+
+
 class LlmTurn(RunEventBase, tag="llm", frozen=True, kw_only=True):
     turn: int
     model: str
@@ -148,6 +169,8 @@ class LlmTurn(RunEventBase, tag="llm", frozen=True, kw_only=True):
     duration_ms: float = 0.0
     text: str = ""
     tool_calls: list[ToolCallRecord] = msgspec.field(default_factory=list)
+    # Added with a default (EVOLUTION.md rule 1): on an activation's first turn, the context it was given.
+    context: ContextReport | None = None
 
 
 class ToolCalled(RunEventBase, tag="tool", frozen=True, kw_only=True):

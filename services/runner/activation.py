@@ -33,10 +33,18 @@ from schemas.hub import Notification
 from services.runner import context, exploration, modelaccess
 from services.runner.cancel import Cancelled, Cancels
 from services.runner.config import RunnerConfig
-from services.runner.hubreads import HubThreads
+from services.runner.hubreads import HubThreads, all_of
 from services.runner.identity import HubNames
 from services.runner.loop import Budget, LoopFailed
-from services.runner.posting import AgentPosters, PostOutcome, PostResult, Target, interval_wait_s, reply_key
+from services.runner.posting import (
+    AgentPosters,
+    PostOutcome,
+    PostResult,
+    Target,
+    Usage,
+    interval_wait_s,
+    reply_key,
+)
 from services.runner.pricing import PriceTable
 from services.runner.runlog import now_rfc3339
 from services.runner.seams import (
@@ -116,6 +124,9 @@ class Deps:
     cancels: Cancels = field(default_factory=Cancels)  # what the operator cancelled (`botburrow cancel`)
     names: HubNames | None = None  # the agents' Hub names (None: built on `hub`)
     capabilities: CapabilityTracker = field(default_factory=CapabilityTracker)  # write-only routes found absent
+    context_budget: context.ContextBudget = field(default_factory=context.ContextBudget)
+    # Chars per token per model, learnt from every activation's reported input tokens (one per process).
+    estimator: context.TokenEstimator = field(default_factory=context.TokenEstimator)
 
     def __post_init__(self) -> None:
         self.gate = self.gate or self.config.access
@@ -229,7 +240,7 @@ class Activation:
         if definition.config.type not in self.deps.thinkers:
             raise ActivationFailed(f"executor {definition.config.type!r} is not available in this runner",
                                    dead_letter=True)
-        key = self.deps.keys.get(definition.name)
+        key = await asyncio.to_thread(self.deps.keys.get, definition.name)  # a file read (AGENT_KEYS_DIR)
         if not key:
             raise ActivationFailed(f"no Hub key for agent {definition.name!r}", dead_letter=True)
         if (skip := self._preflight(definition)) is not None:
@@ -259,11 +270,15 @@ class Activation:
             raise ActivationFailed(str(exc)) from None
         return None
 
+    def _ledger(self, definition: AgentDefinition) -> context.ContextLedger:
+        return context.ContextLedger(self.deps.context_budget, self.deps.estimator, definition.config.brain.model)
+
     async def _think(self, definition: AgentDefinition, key: str, poster: Posting, task: str,
-                     community: str | None) -> ToolContext:
+                     community: str | None, ledger: context.ContextLedger) -> ToolContext:
         grants = self.grants
         skills: Mapping[str, SkillDefinition] = self.deps.definitions.skills()
-        chosen = context.select_skills(definition, skills, grants, task, community)
+        chosen = ledger.fit_skills(context.select_skills(definition, skills, grants, task, community))
+        self.log.note_context(ledger)  # the tools part is added by the thinker, before the first turn
         tools = ToolContext(definition=definition, agent_key=key, grants=grants,
                             activation_id=self.request.activation_id, poster=poster, hub=self.deps.hub,
                             recorder=self.log, skills=chosen)
@@ -272,14 +287,15 @@ class Activation:
             self.answer = await thinker.think(ThinkRequest(
                 definition=definition, system=context.system_prompt(definition, chosen), task=task,
                 toolbox=toolbox, budget=self.budget, recorder=self.log, config=self.deps.config,
-                secrets=self.deps.secrets, activation_id=self.request.activation_id, tools=tools))
+                secrets=self.deps.secrets, activation_id=self.request.activation_id, tools=tools, context=ledger))
         return tools
 
     async def _open_items(self, todo: list[Notification], poster: Posting) -> list[Notification]:
         """The notifications not answered yet (a redelivery may find some answered)."""
         open_items = []
-        for n in todo:
-            if not await poster.already_posted(reply_key(self.request.activation_id, n.id)):
+        answered = await all_of(*(poster.already_posted(reply_key(self.request.activation_id, n.id)) for n in todo))
+        for n, done in zip(todo, answered, strict=True):
+            if not done:
                 open_items.append(n)
                 continue
             if self.log.attempt == 1:
@@ -301,15 +317,17 @@ class Activation:
             todo = [n for n in todo if n.type != "dm"]
             if not todo:
                 return Outcome.SKIPPED
-        open_items = await self._open_items(todo, poster)
+        # Which are answered already, and the agent's usage: read together (independent round trips).
+        open_items, usage = await all_of(self._open_items(todo, poster), poster.usage())
+        assert isinstance(open_items, list) and isinstance(usage, Usage)
         if not open_items:
             return Outcome.POSTED if todo else Outcome.SKIPPED
-        usage, limits = await poster.usage(), definition.config.behavior.limits
-        wait_s = interval_wait_s(usage, limits, time.time())
+        wait_s = interval_wait_s(usage, definition.config.behavior.limits, time.time())
         if wait_s > 0:
             raise Retry(wait_s, "min_interval_seconds")
         # No model call for answers a limit already forbids (posting re-checks them atomically).
-        refusals = {n.id: await poster.refusal(usage, target_for(n)) for n in open_items}
+        refused = await all_of(*(poster.refusal(usage, target_for(n)) for n in open_items))
+        refusals = {n.id: reason for n, reason in zip(open_items, refused, strict=True)}
         open_items = [n for n in open_items if refusals[n.id] is None]
         if not open_items:
             self._limited = next(r for r in refusals.values() if r)
@@ -317,13 +335,16 @@ class Activation:
             return Outcome.LIMITED
         cuts = context.Cuts()
         assert self.deps.reads is not None
-        threads = [await self.deps.reads.thread(key, n, cuts) for n in open_items]
-        task = context.notification_task([(n, text) for n, (text, _) in zip(open_items, threads, strict=True)],
-                                         self.deps.config.input_bounds, cuts)
-        if cuts:
-            log.info("hub content cut", extra={"activation_id": self.request.activation_id, **cuts.as_log()})
+        threads = await all_of(*(self.deps.reads.thread(key, n, cuts) for n in open_items))
+        ledger = self._ledger(definition)
+        texts = ledger.fit_threads([(n.post_id or n.id, text)
+                                    for n, (text, _) in zip(open_items, threads, strict=True)])
+        task = context.notification_task(list(zip(open_items, texts, strict=True)), self.deps.config.input_bounds, cuts)
+        if cuts or ledger.cuts:
+            log.info("hub content cut", extra={"activation_id": self.request.activation_id, **cuts.as_log(),
+                                               "cut_for_budget": [c.what for c in ledger.cuts]})
         community = next((c for _, c in threads if c), None)
-        tools = await self._think(definition, key, poster, task, community)
+        tools = await self._think(definition, key, poster, task, community, ledger)
         text = self.answer.strip()
         if not text or text.upper() == "SKIP":
             return Outcome.SKIPPED
@@ -371,7 +392,7 @@ class Activation:
             self._skipped = exploration.nothing_to_explore(definition)
             return Outcome.SKIPPED
         task = context.exploration_task(definition, candidates)
-        await self._think(definition, key, poster, task, candidates[0].submolt)
+        await self._think(definition, key, poster, task, candidates[0].submolt, self._ledger(definition))
         chosen = exploration.read_answer(self.answer, candidates)
         if isinstance(chosen, str):  # why nothing is posted
             self._skipped = chosen

@@ -17,8 +17,9 @@ any secret is read:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import msgspec
@@ -39,7 +40,14 @@ class ModelAccessRefused(ModelError):
 class Endpoint:
     protocol: str  # "anthropic" (Messages) or "openai" (Chat Completions)
     base_url: str  # anthropic: without /v1; openai: as configured (usually ending in /v1)
-    key: str | None
+    key: str | None = field(repr=False)
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        """What one shared client serves (seams.ModelClients): protocol, base URL and a hash of the key (the
+        key itself is never a dictionary key: a dump of the pool must not print it)."""
+        digest = hashlib.sha256((self.key or "").encode()).hexdigest()[:24]
+        return self.protocol, self.base_url, digest
 
 
 def _origin(url: str) -> tuple[str, str, int | None, str] | None:

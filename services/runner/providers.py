@@ -18,8 +18,8 @@ from __future__ import annotations
 import functools
 import json
 import ssl
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import anthropic
 import httpx
@@ -27,7 +27,7 @@ import httpx
 from botburrow.secrets import env_name_to_secret, redact
 from schemas.agent import Brain
 from services.runner import modelaccess
-from services.runner.modelaccess import ModelAccess
+from services.runner.modelaccess import Endpoint, ModelAccess
 from services.runner.transcript import (
     AssistantTurn,
     Entry,
@@ -59,16 +59,32 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
         return None
 
 
+def anthropic_client(base_url: str, api_key: str, timeout_s: float) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s,
+                                    http_client=anthropic.DefaultAsyncHttpxClient(verify=_tls()))
+
+
+def openai_client(api_key: str, timeout_s: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"}, verify=_tls())
+
+
+async def close_client(client: anthropic.AsyncAnthropic | httpx.AsyncClient) -> None:
+    await (client.close() if isinstance(client, anthropic.AsyncAnthropic) else client.aclose())
+
+
 class AnthropicModel:
     provider = "anthropic"
 
-    def __init__(self, brain: Brain, *, base_url: str, api_key: str, timeout_s: float) -> None:
+    def __init__(self, brain: Brain, *, base_url: str = "", api_key: str = "", timeout_s: float = 120,
+                 client: anthropic.AsyncAnthropic | None = None) -> None:
+        """`client`: a shared one (seams.ModelClients), left open by `aclose`; else one of its own."""
         self.model, self.brain = brain.model, brain
-        self._client = anthropic.AsyncAnthropic(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s,
-                                                http_client=anthropic.DefaultAsyncHttpxClient(verify=_tls()))
+        self._owned = client is None
+        self._client = client or anthropic_client(base_url, api_key, timeout_s)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        if self._owned:
+            await self._client.close()
 
     @staticmethod
     def messages(transcript: list[Entry]) -> list[dict[str, Any]]:
@@ -133,14 +149,17 @@ class AnthropicModel:
 class OpenAIModel:
     provider = "openai"
 
-    def __init__(self, brain: Brain, *, base_url: str, api_key: str, timeout_s: float) -> None:
+    def __init__(self, brain: Brain, *, base_url: str, api_key: str = "", timeout_s: float = 120,
+                 client: httpx.AsyncClient | None = None) -> None:
+        """`client`: a shared one carrying the key (seams.ModelClients), left open by `aclose`."""
         self.model, self.brain = brain.model, brain
         self._url = base_url.rstrip("/") + "/chat/completions"
-        self._client = httpx.AsyncClient(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"},
-                                         verify=_tls())
+        self._owned = client is None
+        self._client = client or openai_client(api_key, timeout_s)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._owned:
+            await self._client.aclose()
 
     @staticmethod
     def messages(system: str, transcript: list[Entry]) -> list[dict[str, Any]]:
@@ -205,16 +224,29 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def model_for(brain: Brain, access: ModelAccess, secrets: Mapping[str, str], *,
-              timeout_s: float) -> AnthropicModel | OpenAIModel:
+def model_for(brain: Brain, access: ModelAccess, secrets: Mapping[str, str], *, timeout_s: float,
+              clients: ClientPool | None = None) -> AnthropicModel | OpenAIModel:
     """Build the model client for an agent's brain (contract §4), its endpoint and key within the operator's
-    lists (ModelAccess.resolve: ModelAccessRefused, a ModelError, before any secret is read)."""
+    lists (ModelAccess.resolve: ModelAccessRefused, a ModelError, before any secret is read). With `clients`
+    (the runner's seams.ModelClients) the HTTP client is the process's one for that endpoint and key."""
     endpoint = access.resolve(brain, secrets)
-    if endpoint.protocol == "anthropic":
-        if endpoint.key is None:
-            raise ModelError("no Anthropic key: set secret anthropic-api-key or ANTHROPIC_API_KEY")
-        return AnthropicModel(brain, base_url=endpoint.base_url, api_key=endpoint.key, timeout_s=timeout_s)
     if endpoint.key is None:
+        if endpoint.protocol == "anthropic":
+            raise ModelError("no Anthropic key: set secret anthropic-api-key or ANTHROPIC_API_KEY")
         env_name = brain.api_key_env or modelaccess.DEFAULT_KEY_ENV
         raise ModelError(f"no key for {brain.provider}: set secret {env_name_to_secret(env_name)} or {env_name}")
-    return OpenAIModel(brain, base_url=endpoint.base_url, api_key=endpoint.key, timeout_s=timeout_s)
+    key = endpoint.key
+    if endpoint.protocol == "anthropic":
+        def build(e: Endpoint) -> Any:
+            return anthropic_client(e.base_url, key, timeout_s)
+    else:
+        def build(e: Endpoint) -> Any:
+            return openai_client(key, timeout_s)
+    shared = None if clients is None else clients.client(endpoint, build)
+    if endpoint.protocol == "anthropic":
+        return AnthropicModel(brain, base_url=endpoint.base_url, api_key=key, timeout_s=timeout_s, client=shared)
+    return OpenAIModel(brain, base_url=endpoint.base_url, api_key=key, timeout_s=timeout_s, client=shared)
+
+
+class ClientPool(Protocol):
+    def client(self, endpoint: Endpoint, build: Callable[[Endpoint], Any]) -> Any: ...

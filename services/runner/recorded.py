@@ -215,6 +215,9 @@ class CollectingRecorder:
     async def finished(self, metrics: ActivationMetrics) -> None:
         self.metrics = metrics
 
+    def note_context(self, ledger: Any) -> None:
+        return None  # a re-run compares answers, not context sizes
+
     async def llm(self, turn: int, reply: ModelReply, duration_ms: float, provider: str) -> None:
         self.turns.append((turn, reply))
 

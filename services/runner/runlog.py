@@ -43,6 +43,7 @@ from schemas.events import (
     ToolCalled,
     ToolCallRecord,
 )
+from services.runner.context import ContextLedger
 from services.runner.loop import ToolOutcome, dumps
 from services.runner.transcript import ModelReply, ToolCall
 from streams import subjects
@@ -92,6 +93,10 @@ class RunLog:
         self.delivery = f"{stream_seq}.{attempt}"
         self._counts: dict[str, int] = {}
         self._unacked: deque[_Sent] = deque()
+        self._ledger: ContextLedger | None = None  # reported once, with the first model turn
+
+    def note_context(self, ledger: ContextLedger) -> None:
+        self._ledger = ledger
 
     def _common(self) -> dict[str, Any]:
         return {"activation_id": self.request.activation_id, "agent": self.request.agent,
@@ -184,7 +189,8 @@ class RunLog:
             notification_ids=[n.id for n in r.notifications], runner=runner, request=r))
 
     async def llm(self, turn: int, reply: ModelReply, duration_ms: float, provider: str) -> None:
-        await self._emit("llm", LlmTurn(
+        report, self._ledger = (self._ledger.report() if self._ledger else None), None
+        await self._emit("llm", LlmTurn(context=report,
             **self._common(), turn=turn, model=reply.model, provider=provider, stop_reason=reply.stop_reason,
             input_tokens=reply.input_tokens, output_tokens=reply.output_tokens,
             cache_write_tokens=reply.cache_write_tokens, cache_read_tokens=reply.cache_read_tokens,

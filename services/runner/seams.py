@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Mapping
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -28,10 +29,11 @@ from schemas.agent import AgentDefinition, Brain, SkillDefinition
 from schemas.events import ActivationMetrics
 from schemas.hub import Notification, Post
 from services.runner.config import RunnerConfig
-from services.runner.context import Cuts
-from services.runner.loop import Budget, Recorder, Toolbox, run_loop
+from services.runner.context import ContextLedger, Cuts, request_chars
+from services.runner.loop import Budget, Recorder, Toolbox, ToolOutcome, run_loop
+from services.runner.modelaccess import Endpoint
 from services.runner.posting import PostResult, Target, Usage
-from services.runner.transcript import Model, UserText
+from services.runner.transcript import Entry, Model, ModelReply, ToolSpec, UserText
 
 
 class ExecutorUnavailable(Exception):
@@ -123,7 +125,11 @@ class EventLog(Recorder, Protocol):
 
     async def posted(self, **fields: Any) -> None: ...
 
+
     async def finished(self, metrics: ActivationMetrics) -> None: ...
+
+    def note_context(self, ledger: ContextLedger) -> None:
+        """The activation's context ledger: its report goes with the first model turn's event."""
 
 
 class ToolsetFactory(Protocol):
@@ -142,33 +148,82 @@ class ThinkRequest:
     secrets: Mapping[str, str]  # where model keys are read (botburrow.secrets), nothing else
     activation_id: str
     tools: ToolContext
+    # The prompt's parts against their token budgets (None: no budget, nothing calibrated: tests, tools).
+    context: ContextLedger | None = None
 
 
 class Thinker(Protocol):
     async def think(self, request: ThinkRequest) -> str: ...
 
 
+_providers: ModuleType | None = None
+
+
 async def load_providers() -> ModuleType:
     """The model adapters (`providers`), imported in a thread: importing `anthropic` costs seconds of CPU,
     which on the event loop (in a first activation) would stall every heartbeat. The runner starts this
     at start-up without waiting for it (a restarted runner is ready seconds sooner), so a first
-    activation usually finds it loaded; once loaded, this costs a thread hop."""
-    return await asyncio.to_thread(importlib.import_module, "services.runner.providers")
+    activation usually finds it loaded; once loaded, this costs nothing."""
+    global _providers
+    if _providers is None:
+        _providers = await asyncio.to_thread(importlib.import_module, "services.runner.providers")
+    return _providers
 
 
 class Models(Protocol):
     async def open(self, request: ThinkRequest) -> Model:
-        """The model client for the request's brain; the caller closes it (`aclose`)."""
+        """The model for the request's brain; the caller closes it (`aclose`: its own, never a shared client)."""
+
+
+class ModelClients:
+    """The model HTTP clients of one runner process (issue 18): one per endpoint and key, by
+    `Endpoint.identity` (protocol, base URL and a hash of the key: a rotated key gets its own), built on
+    first use and shared by every activation with its connection pool and TLS context; closed by `aclose`
+    at shutdown. Building one costs tens of ms of CPU (the SDK, the CA store): once per endpoint, never per
+    activation. `client` is called in a worker thread (it reads the key), hence the lock."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str, str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def client(self, endpoint: Endpoint, build: Callable[[Endpoint], Any]) -> Any:
+        with self._lock:
+            client = self._clients.get(endpoint.identity)
+            if client is None:
+                client = self._clients[endpoint.identity] = build(endpoint)
+            return client
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        if not clients:
+            return  # nothing built (no model call yet): the adapters need not even be imported
+        providers = await load_providers()
+        for client in clients:
+            await providers.close_client(client)
 
 
 class ProviderModels:
-    """The runner's models: the providers' adapters, endpoint and key by the one resolution (ModelAccess)."""
+    """The runner's models: the providers' adapters, endpoint and key by the one resolution (ModelAccess),
+    over the process's shared clients."""
+
+    def __init__(self, clients: ModelClients | None = None) -> None:
+        self.clients = clients if clients is not None else ModelClients()
 
     async def open(self, request: ThinkRequest) -> Model:
         providers = await load_providers()
-        model: Model = providers.model_for(request.definition.config.brain, request.config.access, request.secrets,
-                                           timeout_s=120)
+        # In a thread: the key is read at the moment it is used (a file under SECRETS_DIR), and a first
+        # client for an endpoint is built (CPU, the CA store): neither on the event loop.
+        model: Model = await asyncio.to_thread(providers.model_for, request.definition.config.brain,
+                                               request.config.access, request.secrets, timeout_s=120,
+                                               clients=self.clients)
         return model
+
+    async def aclose(self) -> None:
+        await self.clients.aclose()
 
 
 class NativeThinker:
@@ -179,12 +234,48 @@ class NativeThinker:
 
     async def think(self, request: ThinkRequest) -> str:
         model = await self.models.open(request)
+        toolbox: Toolbox = request.toolbox
+        if request.context is not None:
+            toolbox = BudgetedToolbox(toolbox, request.context)
+            model = CalibratingModel(model, request.context)
         try:
-            text = await run_loop(model, request.system, [UserText(request.task)], request.toolbox, request.budget,
+            text = await run_loop(model, request.system, [UserText(request.task)], toolbox, request.budget,
                                   request.recorder)
         finally:
-            await model.aclose()  # one client per activation: close its connections with it
+            await model.aclose()  # the activation's handle; a shared client stays open (ModelClients)
         return text.strip()
+
+
+class BudgetedToolbox:
+    """The toolbox's tools within the tools budget (`ContextLedger.fit_tools`, once); calls pass through."""
+
+    def __init__(self, toolbox: Toolbox, ledger: ContextLedger) -> None:
+        self.toolbox = toolbox
+        self._specs = ledger.fit_tools(toolbox.specs())
+
+    def specs(self) -> list[ToolSpec]:
+        return self._specs
+
+    async def call(self, name: str, arguments: dict[str, object]) -> ToolOutcome:
+        return await self.toolbox.call(name, arguments)
+
+
+class CalibratingModel:
+    """A model whose every answered request teaches the estimator its model's chars per token: the
+    characters sent against the input tokens the provider reported (uncached, written and read)."""
+
+    def __init__(self, inner: Model, ledger: ContextLedger) -> None:
+        self.inner, self.ledger = inner, ledger
+        self.provider, self.model = inner.provider, inner.model
+
+    async def complete(self, system: str, transcript: list[Entry], tools: list[ToolSpec]) -> ModelReply:
+        reply = await self.inner.complete(system, transcript, tools)
+        tokens = reply.input_tokens + reply.cache_write_tokens + reply.cache_read_tokens
+        self.ledger.estimator.observe(self.ledger.model, request_chars(system, transcript, tools), tokens)
+        return reply
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 class HubToolsOnly:

@@ -35,7 +35,7 @@ from botburrow.runtime.consumer import DeadLetters, Item, Retry, Settler
 from botburrow.runtime.election import is_transient
 from botburrow.runtime.service import StageContext, supervise
 from botburrow.runtime.worker import PriorityRounds, Worker
-from botburrow.secrets import AgentKeys, read_secret
+from botburrow.secrets import AgentKeys, read_secret, redact
 from botburrow.settings import RunnerSettings
 from schemas.events import ActivationMetrics, ActivationRequested
 from services.runner.activation import Activation, Deps
@@ -49,7 +49,7 @@ from services.runner.mcp.catalog import Catalog
 from services.runner.mcptools import McpToolsets
 from services.runner.pricing import PriceTable
 from services.runner.runlog import RunLog, now_rfc3339
-from services.runner.seams import NativeThinker, load_providers
+from services.runner.seams import NativeThinker, ProviderModels, load_providers
 from streams.topology import LEASE_TTL_S, LEASES, RUNNER_ACK_WAIT_S, RUNNER_CONSUMERS
 
 log = logging.getLogger(__name__)
@@ -242,6 +242,10 @@ async def run(ctx: StageContext[RunnerSettings]) -> None:
     runner: Runner | None = None
     ctx.health.add_check("taking_work", lambda: runner is not None and runner.taking_work)
     warming = asyncio.create_task(load_providers())  # not awaited: readiness does not wait for it
+    # The redaction pattern of every secret known at start (a thousand agent keys: tens of ms to compile),
+    # compiled here, in a thread, not by a first activation's first event on the event loop.
+    await asyncio.to_thread(redact, "warm up")
+    models = ProviderModels()  # the process's model clients, one per endpoint and key, closed below
     # A short breaker cool-down: a Hub blip must not idle every runner for the default 30 s.
     hub = HubClient(ctx.settings.hub_url, system_key=read_secret("hub-api-key", environ=ctx.environ),
                     breaker=CircuitBreaker(cooldown_s=HUB_BREAKER_COOLDOWN_S))
@@ -265,7 +269,7 @@ async def run(ctx: StageContext[RunnerSettings]) -> None:
         runner_id=f"{socket.gethostname()}-{os.getpid()}",
         grants=PolicyGrantResolver.from_settings(ctx.settings.grant_policy_file),
         toolsets=toolsets,
-        thinkers={"native": NativeThinker(), **cli_thinkers(config.sandbox, gateway=gateway, runner=processes)},
+        thinkers={"native": NativeThinker(models), **cli_thinkers(config.sandbox, gateway=gateway, runner=processes)},
         cancels=Cancels(following=True),
     )
     ctx.health.add_check("hub", lambda: hub.available)
@@ -287,6 +291,7 @@ async def run(ctx: StageContext[RunnerSettings]) -> None:
         await sandbox.close()
         await toolsets.aclose()
         await gateway.stop()
+        await models.aclose()
         await directory.close()
         await hub.aclose()
 
