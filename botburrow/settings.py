@@ -154,7 +154,19 @@ class Connection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class StageSettings(Connection):
+class Tracing:
+    """Traces (botburrow/tracing.py, issue 21): the OTel SDK's standard variables, read by every stage."""
+
+    otel_exporter_otlp_endpoint: str | None = setting(
+        "OTLP/HTTP receiver of traces (`/v1/traces` appended, as the OTel standard says; OTEL_EXPORTER_OTLP_HEADERS "
+        "and the other OTEL_* variables as the SDK reads them); unset: no spans built or sent", parse=_url)
+    otel_instrumentation_genai_capture_message_content: bool = setting(
+        "traces: the notifications, the model's answers and tool arguments and results in the spans (redacted); "
+        "off: names, ids, tokens and costs only", "false", _flag)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageSettings(Connection, Tracing):
     """What every stage reads; each stage's struct adds its own (and its METRICS_PORT default)."""
 
     secrets_dir: str | None = setting("directory of secret files (Kubernetes-secret style)")
@@ -358,7 +370,7 @@ class Setting:
 
 def _table() -> list[Setting]:
     """One row per variable, in the order the structs declare them: the shared ones, then by stage."""
-    declared_in = (Connection, StageSettings, HubReader, AgentKeysReader, IngestSettings, SchedulerSettings,
+    declared_in = (Connection, StageSettings, Tracing, HubReader, AgentKeysReader, IngestSettings, SchedulerSettings,
                    TokenLimit, RunnerSettings, MetricsSettings, ConfigsyncSettings, CliSettings)
     fields = {item.name: item for kind in declared_in for item in dataclasses.fields(kind)}
     readers = {stage: {item.name for item in dataclasses.fields(kind)} for stage, kind in STAGE_SETTINGS.items()}

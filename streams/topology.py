@@ -204,7 +204,11 @@ RUNNER_CONSUMERS = {
 METRICS_CONSUMER = ConsumerSpec(stream=RUNS.name, durable="metrics",
                                 filter_subjects=[RUN_EVENT.fill("*", "*", event) for event in ENDINGS],
                                 ack_wait_s=30.0, max_deliver=MAX_DELIVERIES + 1, max_ack_pending=10_000)
-CONSUMERS = [*SCHEDULER_CONSUMERS, *RUNNER_CONSUMERS.values(), METRICS_CONSUMER]
+# The trace exporter (services/metrics/traces.py): read only when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+TRACES_CONSUMER = ConsumerSpec(stream=RUNS.name, durable="metrics-traces",
+                               filter_subjects=[RUN_EVENT.fill("*", "*", event) for event in ENDINGS],
+                               ack_wait_s=30.0, max_deliver=MAX_DELIVERIES + 1, max_ack_pending=10_000)
+CONSUMERS = [*SCHEDULER_CONSUMERS, *RUNNER_CONSUMERS.values(), METRICS_CONSUMER, TRACES_CONSUMER]
 
 AGENT_STATE = BucketSpec(name="agent-state", writer="scheduler",
                          description="Per agent: queued/in-flight activation, pending notifications, counts")

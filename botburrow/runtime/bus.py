@@ -25,6 +25,7 @@ from nats.js.kv import KeyValue
 
 from botburrow.runtime.election import ride_out
 from botburrow.secrets import redact, without_credentials
+from botburrow.tracing import message_headers
 from schemas.codec import encode
 from streams.permissions import inbox_prefix
 
@@ -170,7 +171,8 @@ class Bus:
 def _message(payload: msgspec.Struct | bytes, msg_id: str | None, trace_id: str | None,
              headers: Mapping[str, str] | None) -> tuple[bytes, dict[str, str]]:
     data = payload if isinstance(payload, bytes) else encode(payload)
-    all_headers = {"Trace-Id": trace_id or uuid.uuid4().hex}
+    # Trace-Id and the W3C traceparent naming the same trace (botburrow.tracing: derived ids).
+    all_headers = message_headers(trace_id or uuid.uuid4().hex, msg_id)
     if not isinstance(payload, bytes):
         all_headers["Event-Type"] = event_type(payload)
     if msg_id:

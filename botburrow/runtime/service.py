@@ -32,7 +32,7 @@ import nats.errors
 import nats.js.errors
 from prometheus_client import Counter
 
-from botburrow import logs
+from botburrow import logs, tracing
 from botburrow.runtime.bus import Bus, NatsUnavailable
 from botburrow.runtime.election import JetStreamProbe
 from botburrow.runtime.health import Health
@@ -206,6 +206,8 @@ async def run_stage(
     env = dict(os.environ if environ is None else environ)
     settings = load(settings_of(name), env)
     remember_all(env)
+    tracing.configure(name, settings.otel_exporter_otlp_endpoint,
+                      capture_content=settings.otel_instrumentation_genai_capture_message_content)
     stop = stop or asyncio.Event()
     health = Health(name)
     bus: Bus | None = None
@@ -240,6 +242,7 @@ async def run_stage(
         if bus is not None:
             await bus.close()
         await server.stop()
+        await asyncio.to_thread(tracing.close, name)  # the spans still queued are sent
         log.info("stage stopped", extra={"stage": name})
 
 

@@ -33,6 +33,7 @@ from prometheus_client import Counter
 
 from botburrow.hub.errors import HubAuthError, HubError, HubNotFound, HubRateLimited
 from botburrow.secrets import redact
+from botburrow.tracing import emit_notifications, now_ns
 from schemas.events import NotificationReceived
 from schemas.hub import AgentProfile, Comment, Notification, Post, walk_comments
 from services.ingest.derive import Identities, authors_by_id, from_comment, from_post
@@ -229,7 +230,7 @@ class FeedIngest:
     async def _publish(self, notes: list[tuple[str, Notification]], report: FeedReport) -> None:
         if not notes:
             return
-        received_at = utc_now()
+        received_at, started_ns = utc_now(), now_ns()
         try:
             await asyncio.gather(*(
                 self.bus.publish(subjects.notification(agent),
@@ -238,6 +239,8 @@ class FeedIngest:
                 for agent, n in notes))
         except Exception as exc:  # JetStream did not acknowledge: what was read is not recorded, read again
             raise _PublishFailed(type(exc).__name__) from None
+        for agent, n in notes:  # each notification's span (issue 21)
+            emit_notifications("ingest", agent, [n], started_ns)
         for agent, n in notes:
             report.published[agent] = report.published.get(agent, 0) + 1
             FEED_PUBLISHED.labels(n.type).inc()

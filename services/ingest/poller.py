@@ -26,6 +26,7 @@ from prometheus_client import Counter
 
 from botburrow.hub.errors import HubAuthError, HubEndpointMissing, HubError
 from botburrow.secrets import redact
+from botburrow.tracing import emit_notifications, now_ns
 from schemas.events import NotificationReceived
 from schemas.hub import Notification, NotificationPage, clip
 from streams import subjects
@@ -143,13 +144,14 @@ class Poller:
             fresh = [n for n in page.notifications if n.id not in seen]
             if not fresh:
                 break  # nothing new: drained (or a Hub that does not honour mark-read: stop, do not spin)
-            received_at = utc_now()
+            received_at, started_ns = utc_now(), now_ns()
             await asyncio.gather(*(
                 self.bus.publish(subjects.notification(agent),
                                  NotificationReceived(agent=agent, notification=bounded(n), received_at=received_at),
                                  msg_id=f"ntf:{n.id}", trace_id=f"ntf:{n.id}")
                 for n in fresh
             ))
+            emit_notifications("ingest", agent, fresh, started_ns)  # each notification's span (issue 21)
             PUBLISHED.inc(len(fresh))
             ids = [n.id for n in fresh]
             seen.update(ids)

@@ -20,6 +20,7 @@ import logging
 import msgspec
 import yaml
 
+from botburrow import tracing
 from botburrow.hub.breaker import CircuitBreaker
 from botburrow.hub.capabilities import CapabilityTracker
 from botburrow.hub.client import HubClient
@@ -31,7 +32,8 @@ from botburrow.secrets import read_secret
 from botburrow.settings import MetricsSettings, SettingsError
 from services.metrics.ledger import Budgets, Ledger, ended_since
 from services.metrics.reporter import Reporter, observe
-from streams.topology import BUDGET_LEDGER, METRICS_CONSUMER
+from services.metrics.traces import TraceExporter
+from streams.topology import BUDGET_LEDGER, METRICS_CONSUMER, TRACES_CONSUMER
 
 STAGE = "metrics"
 # A Hub that is down is tried again after a few flush periods, not hammered (and not ignored for long).
@@ -66,12 +68,18 @@ async def run(ctx: StageContext[MetricsSettings]) -> None:
         fetch = Batches(batch=batch, wait_s=flush_s)
         return Worker.of(ctx.bus, STAGE, [METRICS_CONSUMER], fetch, reporter.on_batch, batch_size=batch)
 
+    parts = [
+        supervise(ctx.health, "hub-probe", lambda: keep_probing(hub, ctx.stop), ctx.stop),
+        supervise(ctx.health, "consumer", lambda: worker().run(ctx.stop), ctx.stop),
+        supervise(ctx.health, "budget-health", lambda: keep_health(ledger, ctx.stop), ctx.stop),
+    ]
+    if (sink := tracing.sink(STAGE)).enabled:  # OTEL_EXPORTER_OTLP_ENDPOINT set: the trace exporter too
+        exporter = TraceExporter(ctx.bus, sink)
+        parts.append(supervise(ctx.health, "traces", lambda: Worker.of(
+            ctx.bus, STAGE, [TRACES_CONSUMER], Batches(batch=batch, wait_s=flush_s), exporter.on_batch,
+            batch_size=batch).run(ctx.stop), ctx.stop))
     try:
-        await asyncio.gather(
-            supervise(ctx.health, "hub-probe", lambda: keep_probing(hub, ctx.stop), ctx.stop),
-            supervise(ctx.health, "consumer", lambda: worker().run(ctx.stop), ctx.stop),
-            supervise(ctx.health, "budget-health", lambda: keep_health(ledger, ctx.stop), ctx.stop),
-        )
+        await asyncio.gather(*parts)
     finally:
         await hub.aclose()
 

@@ -32,6 +32,7 @@ from nats.js.errors import NotFoundError
 
 from botburrow.runtime.bus import Bus
 from botburrow.secrets import redact
+from botburrow.tracing import REPLAY_OF, TRACEPARENT, SpanRef, span_id_of, trace_id_of, traceparent
 from schemas.events import (
     ActivationMetrics,
     ActivationRequested,
@@ -87,10 +88,14 @@ def clean_value(value: Any) -> Any:
 
 class RunLog:
     def __init__(self, bus: Bus, request: ActivationRequested, attempt: int, trace_id: str,
-                 *, stream_seq: int = 0) -> None:
+                 *, stream_seq: int = 0, replay_of: str | None = None) -> None:
         self.bus, self.request, self.attempt, self.trace_id = bus, request, attempt, trace_id
         self.stream_seq = stream_seq
         self.delivery = f"{stream_seq}.{attempt}"
+        # The attempt's span (the root the metrics stage's trace exporter builds from these events): its
+        # context rides on every run event, and on to the model and the Hub (botburrow/tracing.py).
+        self.span = SpanRef(trace_id_of(trace_id), span_id_of(f"run:{request.activation_id}:{self.delivery}"))
+        self.headers = {TRACEPARENT: traceparent(self.span), **({REPLAY_OF: replay_of[:200]} if replay_of else {})}
         self._counts: dict[str, int] = {}
         self._unacked: deque[_Sent] = deque()
         self._ledger: ContextLedger | None = None  # reported once, with the first model turn
@@ -114,10 +119,12 @@ class RunLog:
         if len(self._unacked) >= ACK_WINDOW:
             await self._settle_oldest()
         try:
-            ack = await self.bus.publish_async(subject, payload, msg_id=msg_id, trace_id=self.trace_id)
+            ack = await self.bus.publish_async(subject, payload, msg_id=msg_id, trace_id=self.trace_id,
+                                               headers=self.headers)
         except Exception:  # not even sent (disconnected, too many stalled): the confirmed way, in order
             await self.settle()
-            await self.bus.publish(subject, payload, msg_id=msg_id, trace_id=self.trace_id)
+            await self.bus.publish(subject, payload, msg_id=msg_id, trace_id=self.trace_id,
+                                   headers=self.headers)
             return
         self._unacked.append(_Sent(subject, payload, msg_id, ack))
 
@@ -125,7 +132,8 @@ class RunLog:
         """Every outstanding event stored first, then this one, its ack awaited (an activation's end)."""
         await self.settle()
         subject, msg_id = self._next_id(event)
-        await self.bus.publish(subject, payload, msg_id=msg_id, trace_id=self.trace_id)
+        await self.bus.publish(subject, payload, msg_id=msg_id, trace_id=self.trace_id,
+                               headers=self.headers)
 
     async def _settle_oldest(self) -> None:
         sent = self._unacked[0]
@@ -144,7 +152,8 @@ class RunLog:
         while self._unacked:
             sent = self._unacked[0]
             sent.ack.cancel()
-            await self.bus.publish(sent.subject, sent.payload, msg_id=sent.msg_id, trace_id=self.trace_id)
+            await self.bus.publish(sent.subject, sent.payload, msg_id=sent.msg_id, trace_id=self.trace_id,
+                                   headers=self.headers)
             self._unacked.popleft()
 
     async def settle(self) -> None:

@@ -168,9 +168,10 @@ class Runner:
         raise Retry(delay_s, "lease held")
 
     def _runlog(self, item: Item) -> RunLog:
-        trace_id = (item.msg.headers or {}).get("Trace-Id") or uuid.uuid4().hex
+        headers = item.msg.headers or {}
+        trace_id = headers.get("Trace-Id") or uuid.uuid4().hex
         return RunLog(self.ctx.bus, item.payload, item.deliveries, trace_id,
-                      stream_seq=item.msg.metadata.sequence.stream)
+                      stream_seq=item.msg.metadata.sequence.stream, replay_of=headers.get("Replay-Of"))
 
     async def _heartbeat(self, msg: Msg, lease: Lease) -> None:
         while True:

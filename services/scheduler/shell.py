@@ -26,6 +26,7 @@ from prometheus_client import Counter, Gauge
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.consumer import Item
 from botburrow.runtime.election import RIDE_OUT_S, is_transient
+from botburrow.tracing import emit_decisions, now_ns, request_key
 from schemas.agent import AgentDefinition
 from schemas.events import NotificationReceived, RunCompleted, RunFailed
 from services.scheduler.budget import BudgetGate
@@ -262,14 +263,18 @@ class Scheduler:
 
         Requests and refusals are stored before any state that records them is written, so a
         persisted in-flight activation was always published."""
+        started_ns = now_ns()
         await _all_acked([
             *[await self.bus.publish_async(subjects.activation(request.priority, request.agent), request,
-                                           msg_id=f"act:{request.activation_id}", trace_id=request.activation_id)
+                                           msg_id=f"act:{request.activation_id}",
+                                           trace_id=request_key(request.activation_id,
+                                                                [n.id for n in request.notifications]))
               for request in changes.requests],
             *[await self.bus.publish_async(subjects.decision(refusal.agent), refusal,
                                            msg_id=f"dec:{refusal.agent}:{refusal.kind}:{refusal.reason}:{refusal.at}")
               for refusal in changes.refusals],
         ])
+        emit_decisions("scheduler", changes.requests, started_ns)  # the decisions' spans (issue 21)
         # A KV put is a publish to the bucket's subject (what `kv.put` does, without a round trip each).
         prefix = self.kv._pre
         await _all_acked([await self.bus.js.publish_async(prefix + subjects.token(agent), _encoder.encode(state))
