@@ -4,6 +4,7 @@ process left behind, runs your own definitions (`--agents`) and a real model end
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -162,6 +163,28 @@ async def test_a_dev_stopped_while_connecting_leaves_no_process(sig: int) -> Non
     children = await until(stages_started, 30, "the five stages started")
     assert await _stop_and_check_no_orphan(dev, sig, children) == 130
     assert not dev.errors(), dev.lines
+
+
+@pytest.mark.slow
+async def test_a_dev_stopped_while_starting_its_nats_server_leaves_no_process() -> None:
+    # The signal comes as soon as dev names its work directory: the embedded nats-server is being started
+    # (in a thread the stop cannot interrupt). Whatever it had started by then is stopped or reaped.
+    dev = await Dev.start("--no-demo")
+    work_dir = (await dev.line(r"starting everything in (\S+)")).group(1)
+    dev.process.send_signal(signal.SIGINT)
+    assert await dev.exit_code(60) in (0, 130)
+    assert not dev.errors(), dev.lines
+
+    def ours_alive() -> list[int]:
+        marker = f"{work_dir}/".encode()
+        found = []
+        for entry in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError):
+                if marker in (entry / "cmdline").read_bytes() and alive(int(entry.name)):
+                    found.append(int(entry.name))
+        return found
+
+    assert await until(lambda: not ours_alive() or None, 20, "no process of the stack's work directory")
 
 
 # --- your own agents ----------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 A stage runs in a session of its own (so a Ctrl-C on the terminal reaches `dev` only, which stops
 everything in order), asks Linux to send it SIGTERM if `dev` itself dies (PR_SET_PDEATHSIG: even a
 SIGKILL of `dev` leaves no orphan), and is stopped with its whole group, so whatever it started (a CLI,
-an MCP server) goes with it.
+an MCP server) goes with it. `reap` is the last sweep: whatever still runs with the stack's work directory
+on its command line (a nats-server whose start a Ctrl-C interrupted, before the stack knew its pid).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ctypes
 import os
 import signal
 import sys
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 
@@ -41,3 +43,20 @@ async def stop_group(process: asyncio.subprocess.Process, sig: int, timeout_s: f
             await asyncio.wait_for(process.wait(), timeout_s)
     kill_group(process.pid)
     await process.wait()
+
+
+def reap(work_dir: Path) -> list[int]:
+    """SIGKILL every process (and its group) whose command line names `work_dir`; their pids."""
+    marker = f"{work_dir}/".encode()  # its files, not a sibling directory's
+    reaped = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (entry / "cmdline").read_bytes() and int(entry.name) != os.getpid():
+                reaped.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    for pid in reaped:
+        kill_group(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return reaped

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from botburrow.dev.definitions import EXAMPLES_DIR, SHOWN_AGENTS, Agents, StartError, load, source_of
-from botburrow.dev.processes import die_with_parent, kill_group, stop_group
+from botburrow.dev.processes import die_with_parent, kill_group, reap, stop_group
 from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.doubles.scripted_llm import ScriptedLLM
 from botburrow.runtime import natsserver
@@ -284,6 +284,7 @@ class LocalStack:
         pids += [node.process.pid for node in self.nats_cluster.nodes if node.process] if self.nats_cluster else []
         for pid in pids:
             kill_group(pid)
+        reap(self.work_dir)
 
     async def restart_nats(self, down_s: float = 0.0, sig: int = signal.SIGKILL) -> None:
         """Stop the embedded nats-server (SIGKILL by default, as a crash) and start it again on the same
@@ -309,6 +310,7 @@ class LocalStack:
             await asyncio.to_thread(self._nats.stop)
         if self.nats_cluster:
             await asyncio.to_thread(self.nats_cluster.stop)
+        reap(self.work_dir)  # a server started while a stop interrupted its start: unknown to the above
 
 
 def start_nats_on_port(work_dir: Path, store_dir: Path, port: int, config_file: Path | None = None,
