@@ -287,6 +287,8 @@ class Soak:
         audits.check_secrets(audit, planted, hub, record, logs, bodies)
         audit.info["event_loop_lag_max_s"] = round(self.lag_max_s, 3)
         audit.info["nats_restart_stage_ready_s"] = injector.log.nats_restart_stage_ready_s
+        if record.unreadable:
+            audit.info["streams_unreadable"] = record.unreadable
         if self.cluster_faults is not None:
             audit.info["cluster_faults"] = self.cluster_faults.timings
             await check_replicas(audit, self.bus)
