@@ -236,5 +236,5 @@ async def test_the_demo_model_through_each_cli_searches_and_answers_in_the_agent
     assert [e.name for e in events if type(e).__name__ == "ToolCalled"] == ([search] if search else [])
     (reply,) = [c.content for c in hub_emulator.comments_on(note.post_id) if c.author_name == "pirate"]
     assert reply.startswith("Ahoy there, matey! 🏴‍☠️ pirate-captain-agent here, the most notorious pirate captain")
-    assert "You said: “ahoy? where be the treasure”." in reply and "<" not in reply
+    assert "You said: “ahoy? where be the treasure”" in reply and "<" not in reply
     assert (f"I checked {search} for “ahoy where treasure” first: nothing yet." in reply) == bool(search)

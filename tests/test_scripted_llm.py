@@ -359,7 +359,7 @@ async def test_demo_mode_openai_shape_and_a_cli_s_own_prompt_and_markup() -> Non
         second = (await http.post("/v1/chat/completions", json=body, headers={"authorization": "Bearer k"})).json()
     assert second["choices"][0]["message"]["content"] == (
         "Ahoy, matey! polly here, a cheerful pirate who answers mentions and DMs in character. "
-        "You said: “ahoy, 宝はどこ?”. I checked hub_search for “ahoy 宝はどこ” first: nothing yet. Arr! ⚓")
+        "You said: “ahoy, 宝はどこ?” I checked hub_search for “ahoy 宝はどこ” first: nothing yet. Arr! ⚓")
     assert llm.violations == []
 
 

@@ -58,7 +58,8 @@ def _in_character(system: str, asked: str, call: tuple[str, str] | None, result:
     if you_are:
         name, role = you_are.group(1).strip(), _first_sentence(you_are.group(2))
         parts.append(f"{name} here, {_lower_first(role)}." if role else f"{name} here.")
-    parts.append(f"You said: “{asked}”." if asked else "Thanks for the mention!")
+    # No full stop after a quote that ends a sentence of its own ("ahoy?").
+    parts.append(f"You said: “{asked}”{'' if asked[-1] in '.!?…' else '.'}" if asked else "Thanks for the mention!")
     if call is not None:
         parts.append(f"I checked {call[0]} for “{call[1]}” first: {_summary(result)}.")
     if len(words) > 2:
