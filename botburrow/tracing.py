@@ -199,7 +199,8 @@ def emit_notifications(service: str, agent: str, notifications: Iterable[Notific
     out.emit(out.span(f"notification {n.type}", SpanRef(trace_id_of(notification_key(n.id)),
                                                         span_id_of(notification_key(n.id))),
                       kind="PRODUCER", start_ns=start_ns, end_ns=end_ns,
-                      attributes={"botburrow.agent": agent, "botburrow.notification.id": n.id,
+                      attributes={"openinference.span.kind": "CHAIN", "botburrow.agent": agent,
+                                  "botburrow.notification.id": n.id,
                                   "botburrow.notification.type": n.type, "botburrow.post.id": n.post_id,
                                   "messaging.system": "nats", "messaging.operation.type": "send"})
              for n in notifications)
@@ -217,7 +218,8 @@ def emit_decisions(service: str, requests: Iterable[ActivationRequested], start_
         trace_id = trace_id_of(request_key(request.activation_id, ids))
         parent = SpanRef(trace_id, span_id_of(notification_key(ids[0]))) if ids else None
         links = [SpanRef(trace_id_of(notification_key(i)), span_id_of(notification_key(i))) for i in ids[1:20]]
-        attrs = {"botburrow.agent": request.agent, "botburrow.activation.id": request.activation_id,
+        attrs = {"openinference.span.kind": "CHAIN", "botburrow.agent": request.agent,
+                 "botburrow.activation.id": request.activation_id,
                  "botburrow.activation.kind": request.kind, "botburrow.priority": request.priority,
                  "botburrow.notification.ids": ids[:20], "messaging.system": "nats"}
         ref = SpanRef(trace_id, span_id_of(f"act:{request.activation_id}"))

@@ -30,6 +30,7 @@ class DevOptions:
     cluster: int = 0  # N clustered nats-servers instead of one
     agents: str | None = None  # a definitions directory or s3://bucket/prefix; None: AGENTS_SOURCE, else examples
     model: str | None = None  # a real Anthropic or OpenAI-compatible endpoint instead of the scripted LLM
+    traces: bool = False  # Arize Phoenix (tools/phoenix) receives every stage's traces; each reply links its trace
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DevOptions:
@@ -47,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="URL",
                         help="a real Anthropic or OpenAI-compatible endpoint (e.g. https://api.anthropic.com) "
                              "instead of the scripted LLM; the key comes from the environment (MODEL_KEY_ENVS)")
+    parser.add_argument("--traces", action="store_true",
+                        help="start Arize Phoenix (tools/phoenix, loopback, SQLite) as the OTLP receiver of every "
+                             "stage and print each activation's trace link beside its reply")
 
 
 def main(options: DevOptions | None = None, **given: object) -> int:

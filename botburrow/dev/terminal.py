@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import signal
 
 from nats.aio.msg import Msg
 
+from botburrow import tracing
 from botburrow.cli.ops import pretty
 from botburrow.dev import DevOptions
+from botburrow.dev.phoenix import Phoenix, PhoenixError, trace_url
 from botburrow.dev.stack import LocalStack, StartError, await_configs
 from botburrow.runtime.bus import Bus, NatsUnavailable
 from streams import subjects
@@ -37,11 +40,11 @@ def _demo_agent(stack: LocalStack) -> str | None:
     return next(iter(answering), None)
 
 
-async def _demo(stack: LocalStack, bus: Bus, agent: str) -> None:
+async def _demo(stack: LocalStack, bus: Bus, agent: str, phoenix: Phoenix | None = None) -> None:
     """Mention `agent` and follow the activation that answers this mention (not an exploration run of
     the same agent that happened to end first: the published agents explore)."""
     assert stack.hub is not None
-    done: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
+    done: asyncio.Future[tuple[str, str, str]] = asyncio.get_running_loop().create_future()
     wanted: dict[str, str] = {}  # "notification" -> its id, once sent
     ours: set[str] = set()  # the activations started for it
 
@@ -50,14 +53,14 @@ async def _demo(stack: LocalStack, bus: Bus, agent: str) -> None:
         if kind == "started" and wanted.get("notification") in json.loads(msg.data).get("notification_ids", []):
             ours.add(activation_id)
         elif kind in ("completed", "failed") and activation_id in ours and not done.done():
-            done.set_result((activation_id, kind))
+            done.set_result((activation_id, kind, _trace_link(phoenix, msg)))
 
     sub = await bus.nc.subscribe(subjects.run_events(agent), cb=on_event)
     notification = stack.hub.mention(agent, DEMO_TEXT)
     wanted["notification"] = notification.id
     say(f"demo: alice mentions @{agent} on post {notification.post_id}: {DEMO_TEXT!r}")
     try:
-        activation_id, outcome = await asyncio.wait_for(done, DEMO_TIMEOUT_S)
+        activation_id, outcome, link = await asyncio.wait_for(done, DEMO_TIMEOUT_S)
     except TimeoutError:
         say(f"demo: no answer within {DEMO_TIMEOUT_S:.0f} s; see the stage logs in {stack.work_dir}")
         return
@@ -65,7 +68,7 @@ async def _demo(stack: LocalStack, bus: Bus, agent: str) -> None:
         await sub.unsubscribe()
     replies = [c for c in stack.hub.comments_on(notification.post_id) if c.author_name == agent]
     for comment in replies:
-        say(f"demo: {agent} replied on post {notification.post_id}: {comment.content!r}")
+        say(f"demo: {agent} replied on post {notification.post_id}: {comment.content!r}{link}")
     if outcome == "failed" or not replies:
         say(f"demo: the run ended {outcome} without a reply; botburrow show {activation_id} says why")
     say(f"demo: the whole run: botburrow show {activation_id}   (with NATS_URL={stack.nats_url})")
@@ -126,25 +129,29 @@ async def run(options: DevOptions) -> int:
     signals = _Signals(stack)
     say(f"starting everything in {stack.work_dir}")
     bus: Bus | None = None
+    phoenix = Phoenix(stack.work_dir / "phoenix") if options.traces else None
     ready = False
     try:
+        if phoenix is not None:
+            stack.extra_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = await phoenix.start()
+            say(f"traces: Arize Phoenix at {phoenix.url} (SQLite in {phoenix.work_dir})")
         bus = await _start(stack)
         await await_configs(bus, sorted(stack.loaded_agents()))
         say("all stages ready")
         ready = True
         agent = _demo_agent(stack)
         if options.demo and agent:
-            await _demo(stack, bus, agent)
+            await _demo(stack, bus, agent, phoenix)
         say(f"HUB_URL={stack.hub.url if stack.hub else ''} NATS_URL={stack.nats_url}; try: "
             f"NATS_URL={stack.nats_url} botburrow inject notification --agent {agent or DEMO_AGENT} "
             "--type mention --content hi   (Ctrl-C stops everything)")
-        await bus.nc.subscribe(RUN_EVENT.pattern, cb=_print_event)
+        await bus.nc.subscribe(RUN_EVENT.pattern, cb=functools.partial(_print_event, phoenix=phoenix))
         await asyncio.Event().wait()  # until a signal cancels this task
         return 0
     except asyncio.CancelledError:
         signals.task.uncancel()  # the stop below must not be cancelled by the same request
         return 0 if ready else 130
-    except (NatsUnavailable, StartError, RuntimeError) as exc:
+    except (NatsUnavailable, StartError, PhoenixError, RuntimeError) as exc:
         say(f"error: {exc}")
         return 1
     finally:
@@ -153,8 +160,17 @@ async def run(options: DevOptions) -> int:
         if bus is not None:
             await bus.close()
         await stack.stop()
+        if phoenix is not None:
+            await phoenix.stop()
         say("stopped")
 
 
-async def _print_event(msg: Msg) -> None:
-    print(pretty(msg.subject, msg.data), flush=True)
+def _trace_link(phoenix: Phoenix | None, msg: Msg) -> str:
+    """`   trace: <Phoenix link>` for a run event (its traceparent), or nothing without --traces."""
+    ref = tracing.of_message(msg.headers) if phoenix is not None else None
+    return f"   trace: {trace_url(phoenix.url, ref.trace_id)}" if phoenix is not None and ref else ""
+
+
+async def _print_event(msg: Msg, phoenix: Phoenix | None = None) -> None:
+    ended = msg.subject.rsplit(".", 1)[-1] in ("completed", "failed")
+    print(pretty(msg.subject, msg.data) + (_trace_link(phoenix, msg) if ended else ""), flush=True)
