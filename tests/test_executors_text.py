@@ -155,6 +155,14 @@ def test_error_tail_takes_the_last_lines_of_stderr_else_stdout_without_events() 
     assert error_tail(Completed(1, b"", long_line)) == "…" + "x" * (ERROR_TAIL_CHARS - 1)
 
 
+def test_error_tail_redacts_before_it_cuts() -> None:
+    # The secret straddles the cut: redacted after the cut, its end would be left in the tail.
+    line = "x" * 2000 + SECRET + "y" * (ERROR_TAIL_CHARS - len(SECRET) // 2)
+    tail = error_tail(Completed(1, b"", line.encode()), lambda text: text.replace(SECRET, "[REDACTED]"))
+    assert tail.endswith("y") and len(tail) == ERROR_TAIL_CHARS
+    assert SECRET[-8:] not in tail and "[REDACTED]" in tail
+
+
 def test_aider_error_message_joins_its_wrapped_lines_without_its_advice() -> None:
     stdout = ("litellm.InternalServerError: OpenAIException - 'utf-8' \ncodec can't encode characters\n"
               "The API provider's servers are down or overloaded.\nRetrying in 1.0 seconds...\n")

@@ -19,7 +19,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -299,11 +299,14 @@ class CliThinker:
         if done.timed_out:
             raise LoopFailed("timeout")
 
-        def failed(reason: str) -> LoopFailed:
+        def scrub(text: str) -> str:
             # CLIs quote the URL they called, which carries the (dead, but still) activation token.
-            return LoopFailed(redact(reason).replace(session.token, "[activation-token]"))
+            return redact(text).replace(session.token, "[activation-token]")
 
-        tail = error_tail(done) if done.returncode != 0 or parsed.error is not None else ""
+        def failed(reason: str) -> LoopFailed:
+            return LoopFailed(scrub(reason))
+
+        tail = error_tail(done, scrub) if done.returncode != 0 or parsed.error is not None else ""
         if parsed.error is not None:
             # The parsed reason says what is missing; the CLI's own last lines say why (a crash's traceback).
             code = f"exited with {done.returncode}: " if done.returncode else ""
@@ -316,15 +319,16 @@ class CliThinker:
         return answer
 
 
-def error_tail(done: Completed) -> str:
+def error_tail(done: Completed, scrub: Callable[[str], str] = str) -> str:
     """A CLI's own last words: the last non-blank lines of its stderr (else of its stdout, without its JSON
-    events), colour codes removed, joined with " | ", at most ERROR_TAIL_LINES lines and ERROR_TAIL_CHARS
-    characters from the end. Not redacted here: the caller does it, with the activation token."""
+    events), colour codes removed, joined with " | ", `scrub`bed (redacted) before being cut to at most
+    ERROR_TAIL_LINES lines and ERROR_TAIL_CHARS characters from the end (a cut secret would not be found)."""
     def lines(raw: bytes, events_too: bool) -> list[str]:
         text = _ANSI.sub("", raw.decode("utf-8", "replace"))
-        kept = [line.strip() for line in text.splitlines() if line.strip()]
+        # Each line's end only: far more than is kept, so no secret in what is kept is cut here.
+        kept = [line.strip()[-4 * ERROR_TAIL_CHARS:] for line in text.splitlines() if line.strip()]
         return kept if events_too else [line for line in kept if not any(json_lines(line.encode()))]
 
     found = lines(done.stderr, True) or lines(done.stdout, False)
-    tail = " | ".join(found[-ERROR_TAIL_LINES:])
+    tail = scrub(" | ".join(found[-ERROR_TAIL_LINES:]))
     return tail if len(tail) <= ERROR_TAIL_CHARS else "…" + tail[-(ERROR_TAIL_CHARS - 1):]
