@@ -24,6 +24,9 @@ ENV_FALLBACK = {
     "brave-api-key": "BRAVE_API_KEY",
     "r2-access-key": "R2_ACCESS_KEY",
     "r2-secret-key": "R2_SECRET_KEY",
+    "memory-access-key": "MEMORY_ACCESS_KEY",  # the runner's memory token (MEMORY_STORE), scoped to memory/
+    "memory-secret-key": "MEMORY_SECRET_KEY",
+    "memory-embeddings-key": "MEMORY_EMBEDDINGS_KEY",  # MEMORY_EMBEDDINGS_URL's key, if it needs one
 }
 # Values shorter than this are not redacted: they would mangle ordinary text and are not real secrets.
 MIN_REDACT_LENGTH = 6

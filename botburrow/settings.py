@@ -80,7 +80,8 @@ def _url(raw: str) -> str:
 # Credentials that are never a model key, whatever MODEL_KEY_ENVS or a config says (issue 14).
 NEVER_MODEL_KEYS = frozenset({"HUB_API_KEY", "R2_ACCESS_KEY", "R2_SECRET_KEY", "NATS_URL", "NATS_CREDS", "NATS_TOKEN",
                               "NATS_USER", "NATS_PASSWORD", "NATS_NKEY", "GITHUB_PERSONAL_ACCESS_TOKEN",
-                              "BRAVE_API_KEY", "BOTBURROW_AGENT_KEYS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
+                              "BRAVE_API_KEY", "BOTBURROW_AGENT_KEYS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                              "MEMORY_ACCESS_KEY", "MEMORY_SECRET_KEY"})
 
 
 def _model_key_envs(raw: str) -> frozenset[str]:
@@ -196,6 +197,18 @@ class TokenLimit:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MemoryReader:
+    """Agent memory (issue 19): the runner keeps it, `botburrow memory` reads and forgets it."""
+
+    memory_store: str | None = setting("agent memory: s3://bucket[/prefix] (objects under memory/<agent>/) or a "
+                                       "directory; unset: no agent keeps memory in this runner")
+    memory_s3_endpoint: str | None = setting("S3/R2 endpoint URL for an s3:// MEMORY_STORE", parse=_url)
+    memory_embeddings_url: str | None = setting("memory embedding_search: an OpenAI-compatible embeddings base URL "
+                                                "(POST <url>/embeddings); unset: wordllama, offline", parse=_url)
+    memory_embeddings_model: str = setting("the model named to MEMORY_EMBEDDINGS_URL", "text-embedding-3-small")
+
+
+@dataclass(frozen=True, kw_only=True)
 class IngestSettings(StageSettings, HubReader, AgentKeysReader):
     metrics_port: int = _metrics_port(9101)
     poll_interval_seconds: float = setting("Hub notification polling interval", "30", _positive_float)
@@ -233,7 +246,7 @@ class SchedulerSettings(StageSettings, HubReader):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunnerSettings(StageSettings, HubReader, AgentKeysReader, TokenLimit):
+class RunnerSettings(StageSettings, HubReader, AgentKeysReader, TokenLimit, MemoryReader):
     metrics_port: int = _metrics_port(9103)
     grant_policy_file: str | None = setting("grant policy YAML; unset allows what configs ask",
                                             parse=_grant_policy_file)
@@ -304,7 +317,7 @@ class ConfigsyncSettings(StageSettings):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CliSettings(Connection, TokenLimit):
+class CliSettings(Connection, TokenLimit, MemoryReader):
     """`botburrow streams apply` and the operator commands (`replay` reads the runner's token limit)."""
 
     stream_replicas: int = setting("replicas for `botburrow streams apply`", "1", _positive_int)
@@ -371,7 +384,7 @@ class Setting:
 def _table() -> list[Setting]:
     """One row per variable, in the order the structs declare them: the shared ones, then by stage."""
     declared_in = (Connection, StageSettings, Tracing, HubReader, AgentKeysReader, IngestSettings, SchedulerSettings,
-                   TokenLimit, RunnerSettings, MetricsSettings, ConfigsyncSettings, CliSettings)
+                   TokenLimit, MemoryReader, RunnerSettings, MetricsSettings, ConfigsyncSettings, CliSettings)
     fields = {item.name: item for kind in declared_in for item in dataclasses.fields(kind)}
     readers = {stage: {item.name for item in dataclasses.fields(kind)} for stage, kind in STAGE_SETTINGS.items()}
     rows: dict[str, Setting] = {}

@@ -203,5 +203,36 @@ class RunFailed(RunEventBase, tag="failed", frozen=True, kw_only=True):
     metrics: ActivationMetrics
 
 
-RunEvent = RunStarted | LlmTurn | ToolCalled | Posted | RunCompleted | RunFailed
-RUN_EVENT_NAMES = ("started", "llm", "tool", "posted", "completed", "failed")
+class MemoryRef(msgspec.Struct, frozen=True, kw_only=True):
+    """One memory as a `memory` event names it: enough to show it, and to give it again offline."""
+
+    id: str
+    kind: str  # conversation | project | decision | feedback
+    who: str = ""
+    when: str = ""
+    relevance: float = 0.0  # retrievals: in [0, 1], its strategy's meaning (services/runner/memory/retrieval.py)
+    text: str = ""  # as stored: redacted before it was written
+
+
+class MemoryUsed(RunEventBase, tag="memory", frozen=True, kw_only=True):
+    """Added in issue 19 (EVOLUTION.md rule 4: a new tag, no old one changed): what an activation's memory did.
+
+    `op`: `retrieve` (the memories given to the model, best first), `write` (the memories stored after
+    posting), `evict` (the memories deleted to keep the agent within `max_size_mb`). `reason` is set when
+    memory was skipped or failed (the activation went on without it) or when some objects were unreadable."""
+
+    op: Literal["retrieve", "write", "evict"]
+    strategy: str = ""
+    query: str = ""
+    items: list[MemoryRef] = msgspec.field(default_factory=list)
+    reason: str | None = None
+    store_bytes: int = 0  # the agent's memory after this operation (0: unknown)
+    # The extraction call of a `write` (its tokens are also in the activation's metrics).
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    duration_ms: float = 0.0
+
+
+RunEvent = RunStarted | LlmTurn | ToolCalled | Posted | RunCompleted | RunFailed | MemoryUsed
+RUN_EVENT_NAMES = ("started", "llm", "tool", "posted", "completed", "failed", "memory")

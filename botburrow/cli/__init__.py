@@ -10,6 +10,7 @@ stage does not load the others' code.
 - `timeline`: `botburrow show`: an activation's run events as a timeline
 - `replay`: `botburrow replay --rerun | --offline [--with-definitions DIR]`
 - `letters`: how `botburrow dlq` shows and refuses dead letters of `configs` values
+- `memory`: `botburrow memory ls|show|forget`: the agents' memories (issue 19)
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("activation_id")
     replay.add_argument("--with-definitions", metavar="DIR", help="offline: swap in another agent definition")
     replay.add_argument("--json", action="store_true")
+    memory = sub.add_parser("memory", help="the agents' memories: ls, show, forget (one, or a person's: --person)")
+    memory.add_argument("action", choices=["ls", "show", "forget"])
+    memory.add_argument("agent", nargs="?", help="the agent (forget --person: every agent when left out)")
+    memory.add_argument("id", nargs="?", help="show/forget: the memory's id (from ls)")
+    memory.add_argument("--person", help="forget: every memory of or about this person")
     dlq = sub.add_parser("dlq", help="dead letters")
     dlq.add_argument("action", choices=["ls", "show", "redrive"])
     dlq.add_argument("seq", nargs="?", type=int)
@@ -119,6 +125,10 @@ def _operator_command(args: argparse.Namespace) -> int:
             print(line)
         print(f"{len(problems)} problem(s)" if problems else "all definitions valid")
         return 1 if problems else 0
+    if args.command == "memory":
+        from botburrow.cli import memory
+
+        return asyncio.run(memory.run(args))
     from botburrow.cli import ops
 
     return asyncio.run(ops.run(args))

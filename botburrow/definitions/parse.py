@@ -83,8 +83,6 @@ def _text(path: str, data: bytes) -> str:
 # Fields accepted from the published schema that the product does not act on yet (contract §2).
 def _unacted_fields(data: dict[str, Any]) -> list[str]:
     found = []
-    if data.get("memory") is not None:
-        found.append("memory")
     if (data.get("capabilities") or {}).get("spawning") is not None:
         found.append("capabilities.spawning")
     if (data.get("interests") or {}).get("follow_agents"):

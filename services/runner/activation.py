@@ -36,6 +36,7 @@ from services.runner.config import RunnerConfig
 from services.runner.hubreads import HubThreads, all_of
 from services.runner.identity import HubNames
 from services.runner.loop import Budget, LoopFailed
+from services.runner.memory.service import Memories, NoMemory
 from services.runner.posting import (
     AgentPosters,
     PostOutcome,
@@ -127,6 +128,7 @@ class Deps:
     context_budget: context.ContextBudget = field(default_factory=context.ContextBudget)
     # Chars per token per model, learnt from every activation's reported input tokens (one per process).
     estimator: context.TokenEstimator = field(default_factory=context.TokenEstimator)
+    memory: Memories = field(default_factory=NoMemory)  # agent memory (issue 19): the runner's, or none
 
     def __post_init__(self) -> None:
         self.gate = self.gate or self.config.access
@@ -344,11 +346,16 @@ class Activation:
             log.info("hub content cut", extra={"activation_id": self.request.activation_id, **cuts.as_log(),
                                                "cut_for_budget": [c.what for c in ledger.cuts]})
         community = next((c for _, c in threads if c), None)
+        # Memories go before the task, in the variable part: the cached prefix stays the same bytes.
+        task = await self.deps.memory.recall(definition, open_items, ledger, self.deps.context_budget.memories_tokens,
+                                             self.log) + task
         tools = await self._think(definition, key, poster, task, community, ledger)
         text = self.answer.strip()
         if not text or text.upper() == "SKIP":
             return Outcome.SKIPPED
         results = [await self._post(poster, n, text, tools) for n in open_items]
+        if posted := [n for n, r in zip(open_items, results, strict=True) if r.outcome is PostOutcome.POSTED]:
+            await self.deps.memory.remember(definition, posted, text, self.request.activation_id, self.budget, self.log)
         if any(r.outcome in (PostOutcome.POSTED, PostOutcome.ALREADY_POSTED) for r in results):
             return Outcome.POSTED
         return Outcome.LIMITED if any(r.outcome is PostOutcome.LIMITED for r in results) else Outcome.SKIPPED

@@ -38,6 +38,7 @@ from services.runner.recorded import (
     Progress,
     RecordedDirectory,
     RecordedHubReads,
+    RecordedMemory,
     RecordedModel,
     RecordedModels,
     RecordedToolsets,
@@ -283,7 +284,7 @@ async def _activate(recording: Recording, definition: AgentDefinition, skills: M
                 prices=PriceTable.load(None), config=RunnerConfig(timeout_s=OFFLINE_TIMEOUT_S, max_tokens=max_tokens),
                 secrets={}, runner_id="offline", grants=_WritesCaptured(grants), toolsets=toolsets,
                 thinkers={definition.config.type: NativeThinker(RecordedModels(model))}, gate=_NothingSent(),
-                reads=RecordedHubReads(recording), posters=poster)
+                reads=RecordedHubReads(recording), posters=poster, memory=RecordedMemory(recording))
     activation = Activation(deps, recording.request, recorder)
     await activation.run()
     return activation, recorder, toolsets, poster
@@ -316,6 +317,10 @@ async def rerun_offline(recording: Recording, definition: AgentDefinition | None
     _compare(report, recording, recorder, final)
     _compare_outcome(report, recording, activation.ending, poster.captured)
     _honesty_notes(report, recording, model, shadow)
+    if isinstance(memory := activation.deps.memory, RecordedMemory) and memory.retrieved is not None:
+        report.notes.append(f"memory: the recorded retrieval ({len(memory.retrieved.items)} memories, "
+                            f"{memory.retrieved.strategy}) was given again; this definition's `memory` block takes "
+                            f"{len(memory.given)} of them: {', '.join(m.id for m in memory.given) or 'none'}")
     if definition is not None and not holds_all(grants.resolve(definition), "hub", "write"):
         report.notes.append("the definition lacks hub:write: live, it would be skipped before any model call; "
                             "offline follows the recording to show where it refuses")

@@ -22,11 +22,13 @@ from typing import Any
 
 import msgspec
 
-from schemas.agent import AgentConfig, AgentDefinition, Behavior, Brain, Capabilities, SkillDefinition
+from schemas.agent import AgentConfig, AgentDefinition, Behavior, Brain, Capabilities, Retrieval, SkillDefinition
 from schemas.events import (
     ActivationMetrics,
     ActivationRequested,
     LlmTurn,
+    MemoryRef,
+    MemoryUsed,
     Posted,
     RunCompleted,
     RunFailed,
@@ -36,6 +38,7 @@ from schemas.events import (
 from schemas.hub import Notification, Post
 from services.runner.context import Cuts
 from services.runner.loop import ToolOutcome
+from services.runner.memory.service import section as memory_section
 from services.runner.posting import PostOutcome, PostResult, Target, Usage
 from services.runner.seams import ThinkRequest, ToolContext
 from services.runner.transcript import Entry, ModelError, ModelReply, ToolCall, ToolResults, ToolSpec
@@ -57,6 +60,7 @@ class Recording:
     posted: list[Posted]
     end: RunCompleted | RunFailed | None = None
     tool_type: str = "native"
+    memories: list[MemoryUsed] = field(default_factory=list)  # its `memory` events (retrievals, writes)
 
     @property
     def final_text(self) -> str | None:
@@ -205,12 +209,16 @@ class CollectingRecorder:
         self.turns: list[tuple[int, ModelReply]] = []
         self.tools: list[tuple[int, ToolCall, ToolOutcome]] = []
         self.metrics: ActivationMetrics | None = None
+        self.memories: list[dict[str, Any]] = []  # the re-run's `memory` events, as fields
 
     async def started(self, tool_type: str, model: str, runner: str) -> None:
         return None
 
     async def posted(self, **fields: Any) -> None:
         return None
+
+    async def memory(self, **fields: Any) -> None:
+        self.memories.append(fields)
 
     async def finished(self, metrics: ActivationMetrics) -> None:
         self.metrics = metrics
@@ -265,6 +273,37 @@ class RecordedHubReads:
 
     async def candidates(self, definition: AgentDefinition, key: str) -> list[Post]:
         return list(self.posts)
+
+
+class RecordedMemory:
+    """`Memories` from a recording: the recorded retrieval is given again, nothing is written. With another
+    `memory` block (a shadow run) the recorded memories are filtered by its `max_context_items` and, for the
+    same strategy, its `relevance_threshold`: what it would have retrieved of what was retrieved then (a
+    memory the recording did not retrieve cannot be shown offline). No recorded retrieval: none."""
+
+    def __init__(self, recording: Recording) -> None:
+        self.retrieved = next((e for e in recording.memories if e.op == "retrieve"), None)
+        self.given: list[MemoryRef] = []
+
+    async def recall(self, definition: AgentDefinition, notifications: Any, ledger: Any, budget_tokens: int,
+                     recorder: Any) -> str:
+        memory = definition.config.memory
+        if memory is None or not memory.enabled or self.retrieved is None:
+            return ""
+        retrieval = memory.retrieval or Retrieval()
+        items = list(self.retrieved.items)
+        if retrieval.strategy == self.retrieved.strategy:
+            items = [i for i in items if i.relevance >= retrieval.relevance_threshold]
+        self.given = items[:retrieval.max_context_items]
+        await recorder.memory(op="retrieve", strategy=self.retrieved.strategy, items=self.given,
+                              reason="offline: the recorded retrieval")
+        return memory_section(self.given)
+
+    async def remember(self, *args: Any) -> None:
+        return None  # offline nothing is written
+
+    async def aclose(self) -> None:
+        return None
 
 
 def _where(target: Target) -> str:
@@ -377,4 +416,4 @@ def recording_from(events: list[Any], keys: list[str] | None = None) -> Recordin
     return Recording(request=start.request, attempt=start.attempt, turns=turns,
                      tools=[e for e in mine if isinstance(e, ToolCalled)],
                      posted=[e for e in mine if isinstance(e, Posted)], end=ends[-1] if ends else None,
-                     tool_type=start.tool_type)
+                     tool_type=start.tool_type, memories=[e for e in mine if isinstance(e, MemoryUsed)])

@@ -37,6 +37,7 @@ from schemas.events import (
     ActivationMetrics,
     ActivationRequested,
     LlmTurn,
+    MemoryUsed,
     Posted,
     RunCompleted,
     RunFailed,
@@ -216,6 +217,10 @@ class RunLog:
 
     async def posted(self, **fields: Any) -> None:
         await self._emit("posted", Posted(**self._common(), **fields))
+
+    async def memory(self, **fields: Any) -> None:
+        """A `memory` event (issue 19): a retrieval, a write or an eviction (services/runner/memory)."""
+        await self._emit("memory", MemoryUsed(**self._common(), **fields))
 
     async def finished(self, metrics: ActivationMetrics) -> None:
         if metrics.outcome == "failed":

@@ -125,6 +125,8 @@ class EventLog(Recorder, Protocol):
 
     async def posted(self, **fields: Any) -> None: ...
 
+    async def memory(self, **fields: Any) -> None:
+        """A `memory` event (schemas.events.MemoryUsed): what the activation's memory retrieved or wrote."""
 
     async def finished(self, metrics: ActivationMetrics) -> None: ...
 

@@ -47,6 +47,7 @@ from services.runner.gateway import ModelGateway
 from services.runner.lease import Lease
 from services.runner.mcp.catalog import Catalog
 from services.runner.mcptools import McpToolsets
+from services.runner.memory import service as memory
 from services.runner.pricing import PriceTable
 from services.runner.runlog import RunLog, now_rfc3339
 from services.runner.seams import NativeThinker, ProviderModels, load_providers
@@ -170,8 +171,10 @@ class Runner:
     def _runlog(self, item: Item) -> RunLog:
         headers = item.msg.headers or {}
         trace_id = headers.get("Trace-Id") or uuid.uuid4().hex
-        return RunLog(self.ctx.bus, item.payload, item.deliveries, trace_id,
-                      stream_seq=item.msg.metadata.sequence.stream, replay_of=headers.get("Replay-Of"))
+        runlog = RunLog(self.ctx.bus, item.payload, item.deliveries, trace_id,
+                        stream_seq=item.msg.metadata.sequence.stream, replay_of=headers.get("Replay-Of"))
+        tracing.CURRENT.set(runlog.span)  # this job's task: its Hub and model calls carry the attempt's context
+        return runlog
 
     async def _heartbeat(self, msg: Msg, lease: Lease) -> None:
         while True:
@@ -272,6 +275,7 @@ async def run(ctx: StageContext[RunnerSettings]) -> None:
         toolsets=toolsets,
         thinkers={"native": NativeThinker(models), **cli_thinkers(config.sandbox, gateway=gateway, runner=processes)},
         cancels=Cancels(following=True),
+        memory=memory.from_settings(ctx.settings, ctx.environ, config),  # NoMemory without MEMORY_STORE
     )
     ctx.health.add_check("hub", lambda: hub.available)
     runner = Runner(ctx, deps)
@@ -295,6 +299,7 @@ async def run(ctx: StageContext[RunnerSettings]) -> None:
         await models.aclose()
         await directory.close()
         await hub.aclose()
+        await deps.memory.aclose()
 
 
 def main() -> None:
