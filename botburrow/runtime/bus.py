@@ -15,7 +15,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 from nats.aio.client import Client as NatsClient
@@ -51,6 +51,15 @@ def servers_of(url: str) -> list[str]:
     return servers
 
 
+def _url_user(servers: list[str]) -> tuple[str | None, str | None]:
+    """`user` and `password` of the first server URL that carries them (none: None, None)."""
+    for server in servers:
+        parts = urlsplit(server)
+        if parts.username and parts.password:
+            return unquote(parts.username), unquote(parts.password)
+    return None, None
+
+
 def _is_nats_url(server: str) -> bool:
     try:
         parts = urlsplit(server)
@@ -78,6 +87,7 @@ class Bus:
         """Connect to any server of `url`, trying them in turn for up to `give_up_s` (NatsUnavailable
         after that, or at once if `url` is malformed); reconnects forever once connected."""
         servers = servers_of(url)
+        user, password = _url_user(servers)
         tried: list[str] = []  # why each attempt failed, for the one line; no log line per attempt
         nc = NatsClient()
         # Set once connected (before, failures are only collected), and when closing on purpose (no news).
@@ -104,6 +114,9 @@ class Bus:
                 disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
                 # A user's replies come to its own inboxes, the only ones its NATS permissions let it read.
                 inbox_prefix=inbox_prefix(url),
+                # For every server, the ones a cluster announces too: nats-py adds those without the URL's
+                # user and password, and each reconnect to one was an "Authorization Violation".
+                user=user, password=password,
             ), give_up_s)
         except BaseException as exc:  # a timeout, a cancellation (a stop while connecting): nothing left open
             await nc.close()
