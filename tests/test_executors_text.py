@@ -146,6 +146,20 @@ async def test_a_crashed_cli_is_reported_with_its_last_lines_redacted(cli_rig: C
     assert events[-1].metrics.error == error  # the failure event carries it
 
 
+async def test_a_parsed_failure_is_redacted_before_it_is_cut(cli_rig: CliRig) -> None:
+    """Claude Code's `result` line quoting a secret across the reason's 300-character bound."""
+    remember("crash-test-secret", SECRET)
+    result = {"type": "result", "is_error": True, "subtype": "success", "result": "x" * 280 + SECRET + " end"}
+    binary = cli_rig.root / "bin" / "failing-cli"
+    binary.write_text(f"#!{sys.executable}\nimport sys\nprint({json.dumps(json.dumps(result))})\nsys.exit(1)\n")
+    binary.chmod(0o755)
+    add_agent(cli_rig, "unlucky", "claude-code", "unlucky-model", PERSONA)
+    thinkers = {"claude-code": CliThinker(ClaudeCode(), cli_rig.gateway, runner=cli_rig.runner, binary=str(binary))}
+    metrics, _ = await cli_rig.activate("unlucky", cli_rig.hub.mention("unlucky", ASK), thinkers=thinkers)
+    assert metrics.error is not None and metrics.error.startswith("claude-code: success: xxx"), metrics.error
+    assert SECRET[:16] not in metrics.error and SECRET[-8:] not in metrics.error and "[REDACT" in metrics.error
+
+
 def test_error_tail_takes_the_last_lines_of_stderr_else_stdout_without_events() -> None:
     lines = b"\n".join(f"line {n}".encode() for n in range(10))
     assert error_tail(Completed(1, b"", lines)) == "line 4 | line 5 | line 6 | line 7 | line 8 | line 9"

@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from services.runner.executors.base import CliJob, Invocation, Parsed
+from services.runner.executors.base import PARSE_CUT_CHARS, CliJob, Invocation, Parsed
 from services.runner.executors.process import Completed
 from services.runner.executors.streams import json_lines
 from services.runner.executors.text import to_json
@@ -74,7 +74,7 @@ class Aider:
         sent = [e for e in events if e.get("event") == "message_send"]
         stdout = done.stdout.decode("utf-8", "replace")
         if error := LITELLM_ERROR.search(stdout):
-            return Parsed(error=error_message(stdout[error.start():])[:300])
+            return Parsed(error=error_message(stdout[error.start():])[:PARSE_CUT_CHARS])
         if not sent:
             return Parsed(error="no model answer (no message_send event)")
         return Parsed(text=job.gateway.last_text)

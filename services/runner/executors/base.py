@@ -42,6 +42,10 @@ CA_CERTS_DIR = Path("/etc/ssl/certs")
 #: A failed CLI's own last words in the failure reason: at most this many lines, and characters (from the end).
 ERROR_TAIL_LINES = 6
 ERROR_TAIL_CHARS = 400
+#: The failure a flavor parsed, in the reason: cut after redaction (a cut secret would not be found), so a
+#: flavor keeps more of what it quotes (PARSE_CUT_CHARS) and `_verdict` cuts.
+PARSED_ERROR_CHARS = 300
+PARSE_CUT_CHARS = 4 * PARSED_ERROR_CHARS
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -309,8 +313,10 @@ class CliThinker:
         tail = error_tail(done, scrub) if done.returncode != 0 or parsed.error is not None else ""
         if parsed.error is not None:
             # The parsed reason says what is missing; the CLI's own last lines say why (a crash's traceback).
+            error = scrub(parsed.error)
+            error = error if len(error) <= PARSED_ERROR_CHARS else error[:PARSED_ERROR_CHARS - 1] + "…"
             code = f"exited with {done.returncode}: " if done.returncode else ""
-            raise failed(f"{name}: {parsed.error}" + (f" ({code}{tail})" if tail and tail not in parsed.error else ""))
+            raise failed(f"{name}: {error}" + (f" ({code}{tail})" if tail and tail not in error else ""))
         if done.returncode != 0:
             raise failed(f"{name}: exited with {done.returncode}: {tail or 'no output'}")
         answer = strip_markup(parsed.text)

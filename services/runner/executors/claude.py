@@ -6,7 +6,7 @@ non-zero exit.
 
 from __future__ import annotations
 
-from services.runner.executors.base import CliJob, Invocation, Parsed, ToolEvent
+from services.runner.executors.base import PARSE_CUT_CHARS, CliJob, Invocation, Parsed, ToolEvent
 from services.runner.executors.process import Completed
 from services.runner.executors.streams import json_lines, result_text
 from services.runner.executors.text import to_json
@@ -72,7 +72,7 @@ class ClaudeCode:
         if result is None:
             parsed.error = "no result line in the output (crashed or killed)"
         elif result.get("is_error"):
-            parsed.error = f"{result.get('subtype', 'error')}: {str(result.get('result', ''))[:300]}"
+            parsed.error = f"{result.get('subtype', 'error')}: {str(result.get('result', ''))[:PARSE_CUT_CHARS]}"
         else:
             parsed.text = str(result.get("result") or "")
         return parsed

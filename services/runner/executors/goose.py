@@ -11,7 +11,7 @@ import re
 import shlex
 from typing import Any
 
-from services.runner.executors.base import CliJob, Invocation, Parsed, ToolEvent
+from services.runner.executors.base import PARSE_CUT_CHARS, CliJob, Invocation, Parsed, ToolEvent
 from services.runner.executors.process import Completed
 from services.runner.executors.streams import json_lines, result_text
 
@@ -64,7 +64,7 @@ class Goose:
             elif kind == "complete":
                 complete = event
             elif kind == "error":
-                parsed.error = f"error: {str(event.get('error'))[:300]}"
+                parsed.error = f"error: {str(event.get('error'))[:PARSE_CUT_CHARS]}"
         parsed.tools += pending.values()
         parsed.text = "".join(texts.get(last_id, [])).strip()
         if parsed.error is None:
@@ -73,7 +73,7 @@ class Goose:
             # Goose carries on without an extension that did not start (or not within its start-up window,
             # about 10 s): the agent would act without the MCP tools its grants give it. The root cause
             # of whatever else went wrong (a call to the missing tool, the model's reaction to that).
-            parsed.error = f"MCP server {failed.group(1)!r} did not start: {failed.group(2)[:200]}"
+            parsed.error = f"MCP server {failed.group(1)!r} did not start: {failed.group(2)[:PARSE_CUT_CHARS]}"
         return parsed
 
     @staticmethod
@@ -93,7 +93,7 @@ class Goose:
                                                          server=server if tool else "")
                 last_id = ""  # text before a tool call is not the final answer
             elif kind == "error":
-                parsed.error = f"error: {str(item.get('message', item))[:300]}"
+                parsed.error = f"error: {str(item.get('message', item))[:PARSE_CUT_CHARS]}"
         return last_id
 
     @staticmethod
@@ -115,7 +115,7 @@ class Goose:
     @staticmethod
     def _failure(text: str, complete: dict[str, Any] | None) -> str | None:
         if text.startswith(ERROR_PREFIXES):
-            return text[:300]
+            return text[:PARSE_CUT_CHARS]
         if complete is None:
             return "no complete event in the output (crashed or killed)"
         if not int(complete.get("total_tokens") or 0):

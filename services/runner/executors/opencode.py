@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.runner.executors.base import CliJob, Invocation, Parsed, ToolEvent
+from services.runner.executors.base import PARSE_CUT_CHARS, CliJob, Invocation, Parsed, ToolEvent
 from services.runner.executors.process import Completed
 from services.runner.executors.streams import json_lines, result_text
 from services.runner.executors.text import to_json
@@ -80,7 +80,7 @@ class OpenCode:
             elif kind == "error":
                 error = event.get("error") or {}
                 message = (error.get("data") or {}).get("message") or error.get("name") or error
-                parsed.error = f"error: {str(message)[:300]}"
+                parsed.error = f"error: {str(message)[:PARSE_CUT_CHARS]}"
         parsed.text = "".join(text).strip()
         if parsed.error is None and finish_reason is None:
             parsed.error = "no step_finish event in the output (crashed or killed)"
