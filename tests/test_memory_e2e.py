@@ -6,17 +6,32 @@ stored; memory.enabled false writes nothing; a missing bucket costs the activati
 from __future__ import annotations
 
 import json
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from botburrow.cli.ops import load_run
 from botburrow.definitions import bucket
 from botburrow.definitions.parse import parse_agent
-from schemas.events import MemoryUsed
+from botburrow.tools import tools_dir
+from schemas.agent import AgentDefinition
+from schemas.events import ActivationRequested, MemoryUsed
+from services.runner.activation import Activation, Deps
+from services.runner.config import RunnerConfig, SandboxConfig
+from services.runner.executors import cli_thinkers
+from services.runner.memory.service import AgentMemory
+from services.runner.memory.store import S3Store
+from services.runner.modelaccess import ModelAccess
 from services.runner.offline import rerun_offline
+from services.runner.pricing import PriceTable
 from services.runner.recorded import recording_from
+from services.runner.runlog import RunLog
 from tests.fixtures.runner import Rig, agent_yaml
 from tests.fixtures.s3 import S3Server
+from tests.test_executors import CliRig, cli_rig, needs  # noqa: F401  (cli_rig: the fixture)
 
 pytestmark = pytest.mark.slow  # SeaweedFS, and a runner per phase
 
@@ -166,3 +181,73 @@ async def test_a_missing_bucket_means_no_memory_and_a_reason(rig: Rig, s3: S3Ser
     assert retrieve.reason and "store unavailable" in retrieve.reason and not retrieve.items
     (write,) = memory_events(events, "write")
     assert write.reason and not write.items
+
+
+PUBLISHED = Path(__file__).parent / "data" / "published-agent-definitions" / "agents" / "claude-coder-1"
+
+
+def claude_coder_1() -> AgentDefinition:
+    """The published claude-coder-1 (claude-code, its brain and its `memory` block as published), without what
+    this machine cannot start for it: the github and filesystem MCP servers, shell, and skills not loaded here."""
+    config = yaml.safe_load((PUBLISHED / "config.yaml").read_text())
+    config["capabilities"].pop("mcp_servers", None)
+    config["capabilities"].pop("shell", None)
+    config["capabilities"].pop("skills", None)
+    config["behavior"]["limits"]["min_interval_seconds"] = 0
+    config["memory"]["retrieval"]["strategy"] = "keyword"  # ranked by terms: the test asks with the fact's words
+    return parse_agent("claude-coder-1", yaml.safe_dump(config).encode(), (PUBLISHED / "system-prompt.md").read_bytes())
+
+
+async def test_claude_coder_1_remembers_through_the_real_claude_code_cli(cli_rig: CliRig,  # noqa: F811
+                                                                        s3: S3Server) -> None:
+    needs("claude")
+    definition = claude_coder_1()
+    assert definition.config.type == "claude-code" and definition.config.memory is not None
+    cli_rig.keys[definition.name] = cli_rig.hub.add_agent(definition.name)
+    cli_rig.definitions.agents[definition.name] = definition
+    model = definition.config.brain.model
+    # Claude Code's calls and the runner's extraction call both use the agent's model: one script, in turn.
+    cli_rig.llm.set_script([{"text": "Noted, marmot-7."}, {"text": "NONE"}, {"text": "It is marmot-7."},
+                            {"text": "NONE"}], key=model)
+    prefix = s3.new_prefix()
+    store = S3Store(s3.bucket, prefix, endpoint=s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key,
+                    region="us-east-1")
+    memory = AgentMemory(store, open_model=_scripted_model(cli_rig), retriever=None)
+    try:
+        told = cli_rig.hub.mention(definition.name, f"remember this: {FACT}", sender="ron")
+        first = await _activate_cli(cli_rig, definition.name, told, memory)
+        assert first[0].outcome == "posted", first[0].error
+        assert [i.kind for i in memory_events(first[1], "write")[0].items] == ["conversation"]
+        asked = cli_rig.hub.mention(definition.name, "what is the staging database called?", sender="ron")
+        second = await _activate_cli(cli_rig, definition.name, asked, memory)
+        assert second[0].outcome == "posted", second[0].error
+        (retrieve,) = memory_events(second[1], "retrieve")
+        assert any(FACT in i.text for i in retrieve.items)
+        cli_requests = [json.dumps(r.body) for r in cli_rig.llm.requests if r.model == model]
+        assert sum(FACT in b and "What you remember" in b for b in cli_requests) >= 1
+    finally:
+        await memory.aclose()
+
+
+def _scripted_model(rig: CliRig) -> Any:
+    async def open_model(definition: AgentDefinition) -> Any:
+        from services.runner.seams import load_providers
+
+        providers = await load_providers()
+        return providers.model_for(definition.config.brain, ModelAccess(base_url_override=rig.llm.url), rig.environ,
+                                   timeout_s=30)
+
+    return open_model
+
+
+async def _activate_cli(rig: CliRig, agent: str, note: Any, memory: AgentMemory) -> tuple[Any, list[Any]]:
+    config = RunnerConfig(timeout_s=120, max_tokens=200_000, tools_dir=tools_dir(rig.environ),
+                          access=ModelAccess(base_url_override=rig.environ["MODEL_BASE_URL_OVERRIDE"]),
+                          search_path=rig.environ["PATH"])
+    deps = Deps(bus=rig.bus, hub=rig.client, definitions=rig.definitions, keys=rig.keys, prices=PriceTable.load(None),
+                config=config, secrets=rig.environ, runner_id="test-runner", toolsets=rig.toolsets,
+                thinkers=cli_thinkers(SandboxConfig(), gateway=rig.gateway, runner=rig.runner), memory=memory)
+    request = ActivationRequested(activation_id=f"act-{uuid.uuid4().hex[:10]}", agent=agent, kind="notification",
+                                  priority="high", notifications=[note])
+    metrics = await Activation(deps, request, RunLog(rig.bus, request, 1, uuid.uuid4().hex)).run()
+    return metrics, await load_run(rig.bus, request.activation_id)
