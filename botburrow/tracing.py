@@ -19,6 +19,7 @@ import hashlib
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 from botburrow.secrets import redact
@@ -80,6 +81,18 @@ def of_message(headers: Mapping[str, str] | None) -> SpanRef | None:
         trace_id = trace_id_of(trace)
         return SpanRef(trace_id, span_id_of(headers.get("Nats-Msg-Id") or trace_id))
     return None
+
+
+# The activation attempt the current task works for (set by the runner): its Hub calls and the model calls
+# the gateway relays carry it as `traceparent`, so a Hub or model provider that traces joins the trace.
+CURRENT: ContextVar[SpanRef | None] = ContextVar("botburrow_trace", default=None)
+
+
+def with_current(headers: dict[str, str], ref: SpanRef | None = None) -> dict[str, str]:
+    """`headers` plus the `traceparent` of `ref` (default: the current task's attempt), if any."""
+    if (ref := ref or CURRENT.get()) is not None:
+        headers[TRACEPARENT] = traceparent(ref)
+    return headers
 
 
 def notification_key(notification_id: str) -> str:

@@ -4,7 +4,8 @@ The whole pipeline runs as `botburrow dev` runs it (every stage a process), with
 naming a Phoenix the test starts (tools/phoenix/.venv, SQLite in a temp dir, loopback). One mention gives
 one trace: the notification (ingest), its scheduling decision, the activation with its model turn and its
 Hub write, every id linked; the token counts are the consumption event's; no secret in any attribute,
-though the mention carries one and message content is captured.
+though the mention carries one and message content is captured. Its re-run is exported the same way,
+as a trace of its own that names (and links to) the original.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import pytest
 
 from botburrow import tracing
 from botburrow.cli.ops import load_run
+from botburrow.cli.replay import rerun
 from botburrow.dev import _await_configs
 from botburrow.dev.phoenix import Phoenix, installed
 from botburrow.dev.stack import SYSTEM_KEY, LocalStack
 from botburrow.runtime.bus import Bus
-from schemas.events import RunCompleted
+from schemas.events import RunCompleted, RunStarted
 from tests.fixtures.wait import until
 
 pytestmark = [pytest.mark.slow,
@@ -82,7 +84,7 @@ async def answered(stack: LocalStack, bus: Bus, content: str) -> tuple[str, str]
     return subject.split(".")[3], notification.id
 
 
-async def test_one_mention_gives_one_linked_trace_with_the_consumed_tokens(
+async def test_one_mention_gives_one_linked_trace_with_the_consumed_tokens_and_its_replay_another(
         stack: LocalStack, bus: Bus, phoenix: Phoenix) -> None:
     assert stack.hub is not None and stack.llm is not None
     agent_key = stack.agent_keys["pirate-captain"]
@@ -132,3 +134,28 @@ async def test_one_mention_gives_one_linked_trace_with_the_consumed_tokens(
     flat = repr(spans)
     assert agent_key not in flat and SYSTEM_KEY not in flat
     assert all(k not in flat for k in stack.agent_keys.values())
+
+    # Re-run (`botburrow replay --rerun`): exported the same way, a trace of its own naming its original.
+    stack.llm.set_script([{"text": "Arr, again.", "usage": {"input_tokens": 10, "output_tokens": 3}}])
+    started = next(e for e in events if isinstance(e, RunStarted))
+    assert started.request is not None
+    ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def on_end(msg: Any) -> None:
+        if "-replay-" in msg.subject and not ended.done():
+            ended.set_result(msg.subject.split(".")[3])
+
+    await bus.nc.subscribe("agents.run.pirate-captain.*.completed", cb=on_end)
+    assert await rerun(bus, started.request, json_out=True) == 0
+    replay_id = await asyncio.wait_for(ended, 60)
+
+    async def replay_root() -> dict[str, Any] | None:
+        async with httpx.AsyncClient(timeout=10) as client:
+            found = (await client.get(f"{phoenix.url}/v1/projects/default/spans", params={"limit": 1000})).json()
+        return next((s for s in found["data"] if s["name"].startswith("invoke_agent ")
+                     and s["attributes"].get("botburrow.activation.id") == replay_id), None)
+
+    replayed = await until(replay_root, 30.0, f"the re-run {replay_id}'s span in Phoenix")
+    assert replayed["attributes"]["botburrow.replay_of"] == activation_id
+    assert replayed["context"]["trace_id"] != trace_id and replayed["parent_id"] is None
+    assert replayed["attributes"]["gen_ai.usage.output_tokens"] == 3

@@ -36,6 +36,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from botburrow import tracing
 from botburrow.hub import decode, deepjson
 from botburrow.hub.breaker import CircuitBreaker, FailureClass
 from botburrow.hub.budget import RequestBudget
@@ -235,6 +236,7 @@ class HubClient:
     async def _call(self, method: str, path: str, key: str, *, params: dict[str, Any] | None = None,
                     json: Any = None, content: bytes | None = None, write: bool = False) -> Any:
         headers = {"Authorization": f"Bearer {key}"} if key else {}  # no key: a probe of what the Hub serves
+        tracing.with_current(headers)  # within an activation: its trace context (botburrow/tracing.py)
         if content is not None:
             headers["Content-Type"] = "application/json"
         last: HubError | None = None

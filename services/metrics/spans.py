@@ -121,7 +121,7 @@ def tool_attributes(call: ToolCalled, capture: bool) -> dict[str, Any]:
 
 
 def build(sink: tracing.Sink, root: SpanRef, ending: RunCompleted | RunFailed, events: list[Recorded], *,
-          parent: SpanRef | None, links: list[SpanRef]) -> list[Any]:
+          parent: SpanRef | None, links: list[SpanRef], replay_of: str | None = None) -> list[Any]:
     """The spans of one ended attempt: `events` are its run events (the ending's attempt), in order."""
     capture = sink.capture_content
     started = next((r.event for r in events if isinstance(r.event, RunStarted)), None)
@@ -131,7 +131,8 @@ def build(sink: tracing.Sink, root: SpanRef, ending: RunCompleted | RunFailed, e
     start_ns = ns(started.at) if started else ns(metrics.started_at)
     spans = [sink.span(f"invoke_agent {ending.agent}", root, parent=parent, links=links, start_ns=start_ns,
                        end_ns=ns(ending.at), error=metrics.error if isinstance(ending, RunFailed) else None,
-                       attributes=root_attributes(started, metrics, provider, capture))]
+                       attributes={**root_attributes(started, metrics, provider, capture),
+                                   "botburrow.replay_of": replay_of})]
     for recorded in events:
         spans.extend(_child(sink, root, recorded, capture))
     return spans

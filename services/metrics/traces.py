@@ -110,5 +110,6 @@ class TraceExporter:
                                                       tracing.span_id_of(f"run:{ending.activation_id}"))
         events = await attempt_events(self.bus, ending, int(item.msg.metadata.sequence.stream))
         started = next((r.event for r in events if isinstance(r.event, RunStarted)), None)
-        parent, links = _parent_and_links(started, headers.get(tracing.REPLAY_OF), root.trace_id)
-        return build(self.sink, root, ending, events, parent=parent, links=links)
+        replay_of = headers.get(tracing.REPLAY_OF)
+        parent, links = _parent_and_links(started, replay_of, root.trace_id)
+        return build(self.sink, root, ending, events, parent=parent, links=links, replay_of=replay_of)

@@ -40,8 +40,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from botburrow import tracing
 from botburrow.runtime.http import RunningServer, serve
 from botburrow.secrets import redact
+from botburrow.tracing import SpanRef
 from schemas.agent import Brain
 from services.runner.loop import Budget, Recorder
 from services.runner.modelaccess import ModelAccess
@@ -94,6 +96,8 @@ class GatewaySession:
     reason: str | None = None
     turns: int = 0
     last_text: str = ""  # the last answer's text (for CLIs whose own output is not structured)
+    # The activation's trace context, taken where the session opens (the activation's task): sent upstream.
+    trace: SpanRef | None = field(default_factory=tracing.CURRENT.get)
 
     def refuse_reason(self) -> str | None:
         return self.budget.spent()
@@ -202,6 +206,7 @@ class ModelGateway:
             return _error(provider, 400, f"no {provider} endpoint or key configured for this agent")
         headers = {k: v for k, v in request.headers.items() if k in FORWARDED_HEADERS}
         headers["accept-encoding"] = "identity"  # the gateway reads the stream to take usage from it
+        tracing.with_current(headers, session.trace)
         if provider == "anthropic":
             headers["x-api-key"] = upstream.key
         else:
