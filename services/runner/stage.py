@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from botburrow import tracing
 from botburrow.definitions.directory import AgentDirectory
 from botburrow.grants import PolicyGrantResolver
 from botburrow.hub.breaker import CircuitBreaker
