@@ -21,9 +21,8 @@ import msgspec
 import yaml
 
 from botburrow import tracing
-from botburrow.hub.breaker import CircuitBreaker
 from botburrow.hub.capabilities import CapabilityTracker
-from botburrow.hub.client import HubClient
+from botburrow.hub.connect import hub_client_for_stage
 from botburrow.hub.probe import keep_probing
 from botburrow.runtime import service
 from botburrow.runtime.service import StageContext, supervise
@@ -51,8 +50,8 @@ async def run(ctx: StageContext[MetricsSettings]) -> None:
     system_key = read_secret("hub-api-key", environ=ctx.environ)
     if not system_key:
         log.warning("no Hub system key: consumption goes to the local ledger only (budget-ledger)")
-    hub = HubClient(ctx.settings.hub_url, system_key=system_key,
-                    breaker=CircuitBreaker(cooldown_s=BREAKER_COOLDOWN_FLUSHES * flush_s))
+    hub = await hub_client_for_stage(ctx.settings, ctx.bus, system_key=system_key,
+                                     breaker_cooldown_s=BREAKER_COOLDOWN_FLUSHES * flush_s)
     ctx.health.add_check("hub", lambda: hub.available)
     try:
         budgets = Budgets.load(ctx.settings.budgets_file)

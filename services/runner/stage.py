@@ -28,8 +28,7 @@ from nats.js import JetStreamContext
 from botburrow import tracing
 from botburrow.definitions.directory import AgentDirectory
 from botburrow.grants import PolicyGrantResolver
-from botburrow.hub.breaker import CircuitBreaker
-from botburrow.hub.client import HubClient
+from botburrow.hub.connect import hub_client_for_stage
 from botburrow.hub.probe import keep_probing
 from botburrow.runtime import service
 from botburrow.runtime.consumer import DeadLetters, Item, Retry, Settler
@@ -252,8 +251,9 @@ async def run(ctx: StageContext[RunnerSettings]) -> None:
     await asyncio.to_thread(redact, "warm up")
     models = ProviderModels()  # the process's model clients, one per endpoint and key, closed below
     # A short breaker cool-down: a Hub blip must not idle every runner for the default 30 s.
-    hub = HubClient(ctx.settings.hub_url, system_key=read_secret("hub-api-key", environ=ctx.environ),
-                    breaker=CircuitBreaker(cooldown_s=HUB_BREAKER_COOLDOWN_S))
+    # The process's breaker for this Hub and the Hub's budget shared with every stage and replica.
+    hub = await hub_client_for_stage(ctx.settings, ctx.bus, system_key=read_secret("hub-api-key", environ=ctx.environ),
+                                     breaker_cooldown_s=HUB_BREAKER_COOLDOWN_S)
     directory = await AgentDirectory.open(ctx.bus)
     ctx.health.add_check("definitions", lambda: directory.following)
     gateway = ModelGateway()  # CLI executors reach the model only through it (contract §4)

@@ -17,7 +17,7 @@ import socket
 import uuid
 
 from botburrow.definitions.directory import AgentDirectory
-from botburrow.hub.client import HubClient
+from botburrow.hub.connect import hub_client_for_stage
 from botburrow.runtime import service
 from botburrow.runtime.service import StageContext
 from botburrow.secrets import read_secret
@@ -42,7 +42,7 @@ def tuning(settings: SchedulerSettings) -> Tuning:
 async def run(ctx: StageContext[SchedulerSettings]) -> None:
     settings = ctx.settings
     system_key = read_secret("hub-api-key", environ=ctx.environ)
-    hub = HubClient(settings.hub_url, system_key=system_key) if system_key else None
+    hub = await hub_client_for_stage(settings, ctx.bus, system_key=system_key) if system_key else None
     if hub is None:
         log.warning("no Hub system key: the budget gate reads the local ledger (budget-ledger)")
     ledger = LedgerHealth(await ctx.bus.kv(BUDGET_LEDGER.name), stale_after_s=settings.budget_stale_seconds)
