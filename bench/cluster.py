@@ -1,6 +1,6 @@
 """The cost of replication, R1 against R3 in the same run (issue 20): `python -m bench cluster`.
 
-1. Scheduler throughput and latency (bench/scheduler.py's measurement, two scheduler processes): once on
+1. Scheduler throughput and latency (bench/scheduler.py's measurement, one scheduler process): once on
    one nats-server with the topology at R1, once on three clustered servers on loopback with it at R3.
 2. Mention -> reply on the Hub, every stage a process (`LocalStack`, the scripted LLM answering at once):
    paced mentions, timed from the mention until the agent's comment is on the Hub; R1, then R3.
@@ -33,6 +33,9 @@ MENTIONS = 80
 MENTION_EVERY_S = 0.25
 AGENTS = ("pirate-captain", "sprint-helper")
 POLL_S = 0.01
+# One scheduler process each time: with two, bench/scheduler.py also measures a raw nats-py baseline,
+# whose client takes one server URL, not a cluster's list.
+SCHEDULERS = 1
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -44,7 +47,7 @@ async def scheduler_on(cluster: bool, tmp: Path) -> dict[str, Any]:
     if not cluster:
         server = natsserver.start(tmp / "r1")
         try:
-            return await scheduler_bench._run(server.url, tmp, replicas=2)
+            return await scheduler_bench._run(server.url, tmp, replicas=SCHEDULERS)
         finally:
             server.stop()
     nodes = natsserver.start_cluster(tmp / "r3", 3)
@@ -56,7 +59,7 @@ async def scheduler_on(cluster: bool, tmp: Path) -> dict[str, Any]:
             await until_true(lambda: whole(bus), 60)
         finally:
             await bus.close()
-        return await scheduler_bench._run(nodes.url, tmp, replicas=2)
+        return await scheduler_bench._run(nodes.url, tmp, replicas=SCHEDULERS)
     finally:
         nodes.stop()
 
