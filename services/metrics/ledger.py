@@ -6,6 +6,8 @@ whichever Hub it talks to. Keys:
 - `spend.<period>.<tool type>`: a `Spend` (USD, tokens, activations). Updated with compare-and-set, so
   metrics replicas add up; the ids of the last RECENT_KEPT activations it counted ride in the same
   value, so a redelivered batch is never counted twice (the dedup and the sum are one atomic write).
+- `tools.<period>`: the tool types with spend in that period (written before their spend), so the health
+  is read with one get per tool type.
 - `health`: a `schemas.hub.BudgetHealth` (the Hub's own shape, so the scheduler's gate reads either),
   with `collective` saying its source, period and when it was written (`at_s`, epoch seconds).
 - `unreported`: the RUNS stream sequence from which ended activations were not reported to the Hub
@@ -85,6 +87,10 @@ def spend_key(period: str, tool_type: str) -> str:
     return f"spend.{period}.{token(tool_type)}"
 
 
+def tools_key(period: str) -> str:
+    return f"tools.{period}"
+
+
 def health_of(budgets: Budgets, spends: dict[str, Spend]) -> dict[str, ToolBudget]:
     tools = {}
     for tool in sorted(set(spends) | set(budgets.tools)):
@@ -113,11 +119,16 @@ class Ledger:
 
     async def record(self, events: Iterable[ActivationMetrics]) -> None:
         """Add ended activations to their period's spend, each once whatever the redeliveries."""
-        groups: dict[str, list[ActivationMetrics]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[ActivationMetrics]] = defaultdict(list)
         for metrics in events:
-            groups[spend_key(self.budgets.period_of(_ended_s(metrics)), metrics.tool_type)].append(metrics)
-        for key, group in groups.items():
-            await self._add(key, group)
+            groups[self.budgets.period_of(_ended_s(metrics)), token(metrics.tool_type)].append(metrics)
+        periods: dict[str, set[str]] = defaultdict(set)
+        for period, tool in groups:
+            periods[period].add(tool)
+        for period, tools in periods.items():
+            await self._index(period, tools)
+        for (period, tool), group in groups.items():
+            await self._add(spend_key(period, tool), group)
 
     async def _add(self, key: str, group: list[ActivationMetrics]) -> None:
         for _ in range(CAS_ATTEMPTS):
@@ -153,16 +164,34 @@ class Ledger:
         return msgspec.json.decode(entry.value or b"{}", type=Spend), entry.revision
 
     async def spends(self, period: str) -> dict[str, Spend]:
-        prefix = f"spend.{period}."
+        """This period's spend per tool type: the tools its index names, one get each (no key listing:
+        `kv.keys()` is a consumer on the bucket each time, and a batch's worth of them hit its limit)."""
+        tools, _ = await self._tools(period)
+        return {tool: (await self._spend(spend_key(period, tool)))[0] for tool in tools}
+
+    async def _tools(self, period: str) -> tuple[list[str], int | None]:
         try:
-            keys = await self.kv.keys()
-        except Exception:  # nats-py raises NoKeysError on an empty bucket
-            keys = []
-        out = {}
-        for key in keys:
-            if key.startswith(prefix):
-                out[key.removeprefix(prefix)] = (await self._spend(key))[0]
-        return out
+            entry = await self.kv.get(tools_key(period))
+        except KeyNotFoundError:
+            return [], None
+        return msgspec.json.decode(entry.value or b"[]", type=list[str]), entry.revision
+
+    async def _index(self, period: str, tools: set[str]) -> None:
+        """Add tool types to the period's index (compare-and-set: replicas add, none is lost)."""
+        for _ in range(CAS_ATTEMPTS):
+            known, revision = await self._tools(period)
+            if tools <= set(known):
+                return
+            value = msgspec.json.encode(sorted(set(known) | tools))
+            try:
+                if revision is None:
+                    await self.kv.create(tools_key(period), value)
+                else:
+                    await self.kv.update(tools_key(period), value, last=revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue
+        raise RuntimeError(f"ledger key {tools_key(period)} contended {CAS_ATTEMPTS} times")
 
     async def write_health(self, now_s: float | None = None) -> BudgetHealth:
         """Derive this period's health from the spend and the budgets, and store it for the scheduler."""
