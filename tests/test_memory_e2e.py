@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from botburrow.cli import timeline
 from botburrow.cli.ops import load_run
 from botburrow.definitions import bucket
 from botburrow.definitions.parse import parse_agent
@@ -107,6 +108,8 @@ async def test_a_fact_told_in_one_thread_is_in_the_next_threads_request(rig: Rig
     assert first[-1].metrics.iterations == 2
     (retrieve,) = memory_events(second, "retrieve")
     assert any(FACT in i.text for i in retrieve.items) and retrieve.reason is None
+    shown = timeline.render(second, whole=True)  # `botburrow show`
+    assert "memory     retrieve 2 (keyword), best 1.00" in shown, shown
     third_request = bodies(rig)[2]
     assert "What you remember" in third_request and FACT in third_request
     # The memory is in the user message (the variable part), not in the cached system prompt.

@@ -80,10 +80,12 @@ async def test_a_broken_index_is_rebuilt_and_an_unreadable_object_skipped(s3: S3
             await put(store, it)
         await store.put("broken", INDEX, b"{not json")
         await store.put("broken", "learnings/2026-12-01-garbage-x.md", b"\xff\xfe not a memory")
+        await store.put("broken", "learnings/2026-12-01-huge-x.md", b"---\n" + b"x" * (2 << 20))
         snapshot = await Index(store).load("broken")
         assert sorted(e.item.id for e in snapshot.entries) == sorted(i.id for i in good)
         assert any("index.json unreadable" in p for p in snapshot.problems)
         assert any("garbage" in p and "unreadable" in p for p in snapshot.problems)
+        assert any("huge" in p and "over 16384" in p for p in snapshot.problems)  # listed, never fetched
         rebuilt = await store.get("broken", INDEX)
         assert rebuilt is not None and rebuilt[0].startswith(b"{")
     finally:

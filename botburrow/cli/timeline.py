@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from schemas.events import LlmTurn, Posted, RunCompleted, RunFailed, RunStarted, ToolCalled
+from schemas.events import LlmTurn, MemoryUsed, Posted, RunCompleted, RunFailed, RunStarted, ToolCalled
 from services.runner.pricing import PriceTable
 
 _DEFAULT_PRICES = PriceTable.load(None)
@@ -14,6 +14,16 @@ _DEFAULT_PRICES = PriceTable.load(None)
 def _short(text: str, width: int = 100) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _memory_line(event: MemoryUsed) -> str:
+    """A memory retrieval, write or eviction (issue 19): what, how many, the best relevance, and why not."""
+    line = f"{event.op} {len(event.items)} ({event.strategy or '-'})"
+    if event.op == "retrieve" and event.items:
+        line += f", best {max(i.relevance for i in event.items):.2f}: {_short(event.items[0].text, 60)}"
+    if event.input_tokens or event.output_tokens:
+        line += f", extraction {event.input_tokens} in / {event.output_tokens} out"
+    return line + (f", reason={_short(event.reason, 120)}" if event.reason else "")
 
 
 def _epoch_s(at: str) -> float | None:
@@ -81,6 +91,8 @@ def render(events: list[Any], prices: PriceTable | None = None, *, whole: bool =
                 f" / comment {event.parent_id}" if event.parent_id else "")
             again = " (already posted earlier: not sent again)" if event.already_posted else ""
             lines.append(f"{prefix}posted     {event.target} {event.hub_id or '-'} on {where}{again}")
+        elif isinstance(event, MemoryUsed):
+            lines.append(f"{prefix}memory     {_memory_line(event)}")
         elif isinstance(event, RunCompleted | RunFailed):
             m = event.metrics
             kind = "completed" if isinstance(event, RunCompleted) else "failed   "

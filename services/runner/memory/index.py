@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from services.runner.memory.items import INDEX, LOW_IMPORTANCE, MemoryItem, Unreadable, parse
+from services.runner.memory.items import INDEX, ITEM_MAX_BYTES, LOW_IMPORTANCE, MemoryItem, Unreadable, parse
 from services.runner.memory.store import Listed, MemoryStore
 
 log = logging.getLogger(__name__)
@@ -79,12 +79,14 @@ class Index:
         self._parsed[(agent, entry.key, entry.etag)] = entry
 
     async def load(self, agent: str) -> Snapshot:
-        listed = [x for x in await self.store.listing(agent) if x.key != INDEX and x.key.endswith(".md")]
+        everything = await self.store.listing(agent)
+        listed = [x for x in everything if x.key != INDEX and x.key.endswith(".md")]
         snapshot = Snapshot(agent, [], listed_bytes=sum(x.size for x in listed))
         missing = [x for x in listed if (agent, x.key, x.etag) not in self._parsed]
         cached: dict[str, Entry] = {}
         if missing:
-            cached = await self._read_index(agent, snapshot)
+            index_size = next((x.size for x in everything if x.key == INDEX), None)
+            cached = await self._read_index(agent, snapshot, index_size)
             fetched = await self._fetch(agent, [x for x in missing if _hit(cached, x) is None], snapshot)
             for entry in [*(e for x in missing if (e := _hit(cached, x)) is not None), *fetched]:
                 self.remember_entry(agent, entry)
@@ -93,7 +95,12 @@ class Index:
             await self.write_index(snapshot)
         return snapshot
 
-    async def _read_index(self, agent: str, snapshot: Snapshot) -> dict[str, Entry]:
+    async def _read_index(self, agent: str, snapshot: Snapshot, size: int | None) -> dict[str, Entry]:
+        if size is None:
+            return {}
+        if size > INDEX_MAX_BYTES:  # never read whole: a cache that large is rebuilt from the items instead
+            snapshot.problems.append(f"{INDEX} is {size} bytes, over {INDEX_MAX_BYTES}: not read, rebuilt")
+            return {}
         got = await self.store.get(agent, INDEX)
         if got is None:
             return {}
@@ -114,6 +121,9 @@ class Index:
         gate = asyncio.Semaphore(FETCH_PARALLEL)
 
         async def one(listed: Listed) -> Entry | None:
+            if listed.size > ITEM_MAX_BYTES:  # not one we wrote: never read into memory
+                snapshot.problems.append(f"{listed.key} unreadable: {listed.size} bytes, over {ITEM_MAX_BYTES}")
+                return None
             async with gate:
                 got = await self.store.get(agent, listed.key)
             if got is None:
