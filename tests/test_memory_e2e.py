@@ -114,6 +114,10 @@ async def test_a_fact_told_in_one_thread_is_in_the_next_threads_request(rig: Rig
     assert "What you remember" in third_request and FACT in third_request
     # The memory is in the user message (the variable part), not in the cached system prompt.
     assert FACT not in json.dumps(rig.llm.requests[2].body.get("system"))
+    # The cached prefix (tools, then the system prompt) is the same bytes with memories as without them.
+    first_prefix, third_prefix = (json.dumps([r.body.get("tools"), r.body.get("system")])
+                                  for r in (rig.llm.requests[0], rig.llm.requests[2]))
+    assert first_prefix == third_prefix
     objects = stored(s3, prefix, "mem-agent")
     assert len(objects) >= 2 and all(PLANTED not in text for text in objects.values())
     assert any("[REDACTED:github-token]" in text for text in objects.values())

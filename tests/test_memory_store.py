@@ -20,7 +20,6 @@ from services.runner.memory.service import AgentMemory
 from services.runner.memory.store import DirectoryStore, S3Store
 from services.runner.recorded import CollectingRecorder
 from tests.fixtures.s3 import S3Server
-from tests.test_memory_e2e import pytestmark as _  # noqa: F401  (same marks: SeaweedFS)
 
 pytestmark = pytest.mark.slow
 
