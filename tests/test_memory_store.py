@@ -21,8 +21,6 @@ from services.runner.memory.store import DirectoryStore, S3Store
 from services.runner.recorded import CollectingRecorder
 from tests.fixtures.s3 import S3Server
 
-pytestmark = pytest.mark.slow
-
 
 def s3_store(s3: S3Server, prefix: str) -> S3Store:
     return S3Store(s3.bucket, prefix, endpoint=s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key,
