@@ -18,6 +18,7 @@ the total is back under the limit. `index.json` does not count.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 FETCH_PARALLEL = 8
 FETCH_MAX = 500  # items fetched by one load (a cold rebuild of 10,000 finishes over several activations)
 INDEX_MAX_BYTES = 64 << 20
-PROCESS_CACHE_MAX = 200_000  # parsed entries kept per runner process, all agents together
+PROCESS_CACHE_MAX = 50_000  # parsed entries kept per runner process, all agents together (at most ~100 MiB)
 
 
 class Entry(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,8 +75,9 @@ class Index:
             del self._parsed[cache_key]
 
     def remember_entry(self, agent: str, entry: Entry) -> None:
-        if len(self._parsed) >= PROCESS_CACHE_MAX:
-            self._parsed.clear()  # rare: a runner that has seen 200,000 memories starts over
+        if len(self._parsed) >= PROCESS_CACHE_MAX:  # the first tenth cached goes (they come back from index.json)
+            for stale in list(itertools.islice(self._parsed, PROCESS_CACHE_MAX // 10)):
+                del self._parsed[stale]
         self._parsed[(agent, entry.key, entry.etag)] = entry
 
     async def load(self, agent: str) -> Snapshot:

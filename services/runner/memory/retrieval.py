@@ -31,7 +31,10 @@ import msgspec
 
 from services.runner.memory.index import Entry, Snapshot
 
-CACHE_AGENTS = 64  # agents whose BM25 index / embedding matrix stay built in one runner process
+# What stays built per runner process, least recently used dropped first: at most this many agents, and at
+# most this many memories over all of them (an embedding row is 1 KiB: 50,000 are about 50 MiB).
+CACHE_AGENTS = 64
+CACHE_ROWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -158,8 +161,8 @@ class Retriever:
 
     def __init__(self, embedder: Embedder | None = None) -> None:
         self.embedder = embedder or WordLlamaEmbedder()
-        self._bm25: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
-        self._vectors: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+        self._bm25: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._vectors: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
 
     async def retrieve(self, strategy: str, snapshot: Snapshot, query: str, limit: int,
                        threshold: float) -> list[Scored]:
@@ -193,7 +196,7 @@ class Retriever:
         held = self._vectors.get(snapshot.agent)
         if held is None or held[0] != sig:
             matrix = await self.embedder.embed([memory_text(e) for e in snapshot.entries])
-            _keep(self._vectors, snapshot.agent, (sig, matrix))
+            _keep(self._vectors, snapshot.agent, (sig, matrix), len(snapshot.entries))
         else:
             matrix = held[1]
         query_vector = (await self.embedder.embed([query]))[0]
@@ -212,18 +215,18 @@ def _bm25_index(snapshot: Snapshot) -> Any:
     return retriever
 
 
-def _cached(cache: OrderedDict[str, tuple[Any, Any]], snapshot: Snapshot, build: Any) -> Any:
+def _cached(cache: OrderedDict[str, tuple[Any, ...]], snapshot: Snapshot, build: Any) -> Any:
     sig = hash(snapshot.signature)
     held = cache.get(snapshot.agent)
     if held is not None and held[0] == sig:
         return held[1]
     value = build()
-    _keep(cache, snapshot.agent, (sig, value))
+    _keep(cache, snapshot.agent, (sig, value), len(snapshot.entries))
     return value
 
 
-def _keep(cache: OrderedDict[str, tuple[Any, Any]], agent: str, value: tuple[Any, Any]) -> None:
-    cache[agent] = value
+def _keep(cache: OrderedDict[str, tuple[Any, ...]], agent: str, value: tuple[Any, Any], rows: int) -> None:
+    cache[agent] = (*value, rows)
     cache.move_to_end(agent)
-    while len(cache) > CACHE_AGENTS:
+    while len(cache) > 1 and (len(cache) > CACHE_AGENTS or sum(v[-1] for v in cache.values()) > CACHE_ROWS):
         cache.popitem(last=False)
