@@ -39,8 +39,8 @@ async def test_every_consumer_follows_its_streams_replicas(bus: Bus) -> None:
     for spec in CONSUMERS:
         info = await bus.js.consumer_info(spec.stream, spec.durable)
         assert not info.config.num_replicas, spec.durable
-    for spec in BUCKETS:
-        assert (await bus.js.stream_info(spec.stream)).config.num_replicas == 1
+    for bucket in BUCKETS:
+        assert (await bus.js.stream_info(bucket.stream)).config.num_replicas == 1
 
 
 def test_changes_names_each_changed_field() -> None:
