@@ -31,6 +31,9 @@ class DevOptions:
     agents: str | None = None  # a definitions directory or s3://bucket/prefix; None: AGENTS_SOURCE, else examples
     model: str | None = None  # a real Anthropic or OpenAI-compatible endpoint instead of the scripted LLM
     traces: bool = False  # Arize Phoenix (tools/phoenix) receives every stage's traces; each reply links its trace
+    hub_profile: str = "botburrow"  # the Hub emulator's profile: botburrow or moltbook (botburrow.dev.hubs)
+    hub: str | None = None  # an outside Hub's URL instead of the emulator
+    agent_keys: str | None = None  # with `hub`: one file per agent holding its Hub key; None: AGENT_KEYS_DIR
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DevOptions:
@@ -51,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--traces", action="store_true",
                         help="start Arize Phoenix (tools/phoenix, loopback, SQLite) as the OTLP receiver of every "
                              "stage and print each activation's trace link beside its reply")
+    parser.add_argument("--hub-profile", choices=("botburrow", "moltbook"), default="botburrow",
+                        help="the Hub emulator's API: botburrow (notifications, DMs, /system/*) or moltbook "
+                             "(as the real Moltbook: none of those, 100 requests a minute per address)")
+    parser.add_argument("--hub", metavar="URL", help="an outside Hub (e.g. a Moltbook API) instead of the emulator")
+    parser.add_argument("--agent-keys", metavar="DIR",
+                        help="with --hub: one file per agent, named after it, holding its Hub key "
+                             "(default: AGENT_KEYS_DIR)")
 
 
 def main(options: DevOptions | None = None, **given: object) -> int:

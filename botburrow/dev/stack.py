@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from botburrow.dev.definitions import EXAMPLES_DIR, SHOWN_AGENTS, Agents, StartError, load, source_of
+from botburrow.dev.hubs import agents_with_keys, check_outside_hub, hub_name, write_webhook_secrets
 from botburrow.dev.processes import die_with_parent, kill_group, reap, stop_group
 from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.doubles.scripted_llm import ScriptedLLM
@@ -103,6 +104,12 @@ class LocalStack:
     ready_timeout_s: float = READY_TIMEOUT_S
     progress: Callable[[str], None] = lambda line: None
     nats_url: str = ""
+    # The Hub (botburrow.dev.hubs): the emulator on `hub_profile`, or `hub_url` with `agent_keys_dir`.
+    hub_profile: str = "botburrow"
+    hub_url: str | None = None
+    agent_keys_dir: Path | None = None
+    pings: bool = False  # the emulator pings ingest's hook (HUB_WEBHOOKS) on each new notification
+    hub_names: dict[str, str] = field(default_factory=dict)  # config name -> its name on the emulator
     hub: HubEmulator | None = None
     llm: ScriptedLLM | None = None
     stages: list[StageProcess] = field(default_factory=list)
@@ -125,8 +132,10 @@ class LocalStack:
         if env.get("NATS_URL"):
             servers_of(env["NATS_URL"])  # a malformed one is named now, not after the start-up
         model_url = _model_url(options.model, env) if options.model else None
+        hub_url, keys_dir = check_outside_hub(options.hub, options.agent_keys, env) if options.hub else (None, None)
         return cls.in_temp_dir(runners=options.runners, cluster=options.cluster, progress=progress,
-                               agents_source=source_of(options.agents, env), model_url=model_url)
+                               agents_source=source_of(options.agents, env), model_url=model_url,
+                               hub_profile=options.hub_profile, hub_url=hub_url, agent_keys_dir=keys_dir)
 
     def agent_names(self) -> list[str]:
         """Every agent folder of a directory source (a broken one too); else the agents loaded."""
@@ -152,15 +161,11 @@ class LocalStack:
         self.agents = await load(str(self.agents_source), {**os.environ, **self.extra_env})
         for line in self.agents.report():
             self.progress(line)
-        self.hub = HubEmulator(system_key=SYSTEM_KEY)
-        await self.hub.start()
-        for name in sorted(set(self.agent_names()) | set(self.agents.loaded())):
-            self.agent_keys[name] = self.hub.add_agent(name, "native")
-        names = list(self.agent_keys)
-        shown = ", ".join(names[:SHOWN_AGENTS])
-        if len(names) > SHOWN_AGENTS:
-            shown += f" and {len(names) - SHOWN_AGENTS} more"
-        self.progress(f"hub emulator: {self.hub.url} with {len(names)} agents: {shown}")
+        agents = sorted(set(self.agent_names()) | set(self.agents.loaded()))
+        if self.hub_url:
+            self._use_outside_hub(agents)
+        else:
+            await self._start_emulator(agents)
         if self.model_url:
             self.progress(f"model: every model call goes to {self.model_url}, with the keys of "
                           f"{', '.join(sorted(_model_keys(os.environ)))}")
@@ -168,6 +173,32 @@ class LocalStack:
         self.llm = ScriptedLLM(strict=self.llm_strict, latency_s=self.llm_latency_s)
         await self.llm.start()
         self.progress(f"scripted LLM: {self.llm.url} ({'strict' if self.llm_strict else 'demo'} mode)")
+
+    async def _start_emulator(self, agents: list[str]) -> None:
+        self.hub = HubEmulator(system_key=SYSTEM_KEY, profile=self.hub_profile)
+        await self.hub.start()
+        for name in agents:
+            self.hub_names[name] = hub_name(name, self.hub_profile)
+            self.agent_keys[name] = self.hub.add_agent(self.hub_names[name], "native")
+        self.progress(f"hub emulator ({self.hub_profile} profile): {self.hub.url} with {_shown(agents)}"
+                      + ("; they post as " + _shown(list(self.hub_names.values()), count=False)
+                         if self.hub_profile == "moltbook" else ""))
+
+    def _use_outside_hub(self, agents: list[str]) -> None:
+        assert self.agent_keys_dir is not None
+        have, missing = agents_with_keys(self.agent_keys_dir, agents)
+        self.progress(f"hub: {self.hub_url} (outside) with the keys in {self.agent_keys_dir} of {_shown(have)}"
+                      + (f"; no key file for {_shown(missing)}: they cannot reach the Hub" if missing else ""))
+        if not have:
+            raise StartError(f"--agent-keys {self.agent_keys_dir}: no key file named after any agent "
+                             f"({_shown(agents, count=False)})")
+
+    def configure_pings(self, ingest: StageProcess) -> None:
+        """The emulator's inbox pings to `ingest`'s hook, signed with the secrets its SECRETS_DIR holds."""
+        assert self.hub is not None
+        made = {name: (self.work_dir / "secrets" / f"webhook-{name}").read_text() for name in self.agent_keys}
+        self.hub.configure_pings(f"http://127.0.0.1:{ingest.port}", made)
+        self.progress(f"hub emulator: inbox pings to http://127.0.0.1:{ingest.port}/hooks/inbox/<agent>")
 
     async def _start_nats(self) -> None:
         """The embedded server, with a user per stage; the topology made as `streams-apply` before any stage."""
@@ -203,15 +234,13 @@ class LocalStack:
         return self._credentials.url(self._nats.url, stage)
 
     def stage_env(self, port: int, stage: str | None = None) -> dict[str, str]:
-        assert self.hub is not None and (self.llm is not None or self.model_url)
+        assert (self.hub is not None or self.hub_url) and (self.llm is not None or self.model_url)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", str(self.work_dir)),
             "NATS_URL": self.stage_nats_url(stage),
-            "HUB_URL": self.hub.url,
-            "HUB_API_KEY": SYSTEM_KEY,
+            **self._hub_env(stage),
             "AGENTS_SOURCE": str(self.agents_source),
-            "BOTBURROW_AGENT_KEYS": json.dumps(self.agent_keys),
             "MODEL_BASE_URL_OVERRIDE": self.model_url or (self.llm.url if self.llm else ""),
             "POLL_INTERVAL_SECONDS": str(self.poll_interval_s),
             "CONFIG_POLL_SECONDS": "2",
@@ -225,6 +254,22 @@ class LocalStack:
             passed += [*MODEL_SETTINGS, *_model_keys(os.environ)]
         env.update({name: os.environ[name] for name in passed if os.environ.get(name)})
         env.update(self.extra_env)
+        return env
+
+    def _hub_env(self, stage: str | None) -> dict[str, str]:
+        """HUB_URL, the system key where there is one, the agents' keys, and ingest's hook with pings."""
+        if self.hub_url:
+            assert self.agent_keys_dir is not None
+            key = {"HUB_API_KEY": os.environ["HUB_API_KEY"]} if os.environ.get("HUB_API_KEY") else {}
+            return {"HUB_URL": self.hub_url, **key, "AGENT_KEYS_DIR": str(self.agent_keys_dir)}
+        assert self.hub is not None
+        env = {"HUB_URL": self.hub.url, "BOTBURROW_AGENT_KEYS": json.dumps(self.agent_keys)}
+        if self.hub_profile != "moltbook":  # Moltbook has no system key (and no /system/* to use one on)
+            env["HUB_API_KEY"] = SYSTEM_KEY
+        if self.pings and stage == "ingest":
+            if not (self.work_dir / "secrets").is_dir():
+                write_webhook_secrets(self.work_dir / "secrets", self.agent_keys)
+            env.update(HUB_WEBHOOKS="true", SECRETS_DIR=str(self.work_dir / "secrets"))
         return env
 
     async def start_stage(self, name: str, index: int = 0) -> StageProcess:
@@ -267,6 +312,8 @@ class LocalStack:
             await self.wait_ready(stage, self.ready_timeout_s)
             self.progress(f"[{i}/{len(started)}] {stage.name} ready (pid {stage.process.pid}, "
                           f"http://127.0.0.1:{stage.port}/metrics, log {stage.log_path})")
+        if self.pings:
+            self.configure_pings(next(s for s in started if s.name == "ingest"))
 
     async def start(self) -> None:
         await self.start_servers()
@@ -347,6 +394,13 @@ async def await_configs(bus: Bus, names: list[str], timeout_s: float = 30.0) -> 
             return
         await asyncio.sleep(0.2)
     raise StartError("configsync did not publish the agents in time; see configsync.log")
+
+
+def _shown(names: list[str], count: bool = True) -> str:
+    """`3 agents: a, b, c` (the first SHOWN_AGENTS, then how many more); without `count`, the names only."""
+    shown = ", ".join(names[:SHOWN_AGENTS]) + (f" and {len(names) - SHOWN_AGENTS} more"
+                                               if len(names) > SHOWN_AGENTS else "")
+    return f"{len(names)} agents: {shown}" if count else shown
 
 
 def _model_keys(environ: Mapping[str, str]) -> list[str]:

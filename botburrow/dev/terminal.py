@@ -42,33 +42,49 @@ def _demo_agent(stack: LocalStack) -> str | None:
 
 async def _demo(stack: LocalStack, bus: Bus, agent: str, phoenix: Phoenix | None = None) -> None:
     """Mention `agent` and follow the activation that answers this mention (not an exploration run of
-    the same agent that happened to end first: the published agents explore)."""
-    assert stack.hub is not None
+    the same agent that happened to end first: the published agents explore). On the moltbook profile
+    the mention is a post naming the agent's Hub name; its notification is the one ingest derives."""
+    if stack.hub is None:
+        say(f"demo: none on an outside Hub; name @{agent.replace('-', '_')} (its Hub name) in a post there")
+        return
     done: asyncio.Future[tuple[str, str, str]] = asyncio.get_running_loop().create_future()
-    wanted: dict[str, str] = {}  # "notification" -> its id, once sent
-    ours: set[str] = set()  # the activations started for it
+    wanted: dict[str, str] = {}  # "notification" -> its id, once known
+    started: dict[str, list[str]] = {}  # activation id -> the notifications it answers
 
     async def on_event(msg: Msg) -> None:
         activation_id, kind = msg.subject.split(".")[3:5]
-        if kind == "started" and wanted.get("notification") in json.loads(msg.data).get("notification_ids", []):
-            ours.add(activation_id)
-        elif kind in ("completed", "failed") and activation_id in ours and not done.done():
+        if kind == "started":
+            started[activation_id] = json.loads(msg.data).get("notification_ids", [])
+        elif (kind in ("completed", "failed") and wanted.get("notification") in started.get(activation_id, [])
+              and not done.done()):
             done.set_result((activation_id, kind, _trace_link(phoenix, msg)))
 
-    sub = await bus.nc.subscribe(subjects.run_events(agent), cb=on_event)
-    notification = stack.hub.mention(agent, DEMO_TEXT)
-    wanted["notification"] = notification.id
-    say(f"demo: alice mentions @{agent} on post {notification.post_id}: {DEMO_TEXT!r}")
+    async def on_notification(msg: Msg) -> None:  # moltbook: the notification ingest derived from our post
+        note = json.loads(msg.data).get("notification", {})
+        if note.get("post_id") == wanted.get("post") and note.get("type") == "mention":
+            wanted.setdefault("notification", note.get("id", ""))
+
+    subs = [await bus.nc.subscribe(subjects.run_events(agent), cb=on_event),
+            await bus.nc.subscribe(subjects.notification(agent), cb=on_notification)]
+    name = stack.hub_names.get(agent, agent)
+    if stack.hub_profile == "moltbook":
+        post = stack.hub.add_post(DEMO_TEXT, f"@{name} {DEMO_TEXT}")
+        wanted["post"] = post_id = post.id
+    else:
+        notification = stack.hub.mention(agent, DEMO_TEXT)
+        wanted["notification"], post_id = notification.id, notification.post_id or ""
+    say(f"demo: alice mentions @{name} on post {post_id}: {DEMO_TEXT!r}")
     try:
         activation_id, outcome, link = await asyncio.wait_for(done, DEMO_TIMEOUT_S)
     except TimeoutError:
         say(f"demo: no answer within {DEMO_TIMEOUT_S:.0f} s; see the stage logs in {stack.work_dir}")
         return
     finally:
-        await sub.unsubscribe()
-    replies = [c for c in stack.hub.comments_on(notification.post_id) if c.author_name == agent]
+        for sub in subs:
+            await sub.unsubscribe()
+    replies = [c for c in stack.hub.comments_on(post_id) if c.author_name == name]
     for comment in replies:
-        say(f"demo: {agent} replied on post {notification.post_id}: {comment.content!r}{link}")
+        say(f"demo: {agent} replied on post {post_id}: {comment.content!r}{link}")
     if outcome == "failed" or not replies:
         say(f"demo: the run ended {outcome} without a reply; botburrow show {activation_id} says why")
     say(f"demo: the whole run: botburrow show {activation_id}   (with NATS_URL={stack.nats_url})")
@@ -142,7 +158,7 @@ async def run(options: DevOptions) -> int:
         agent = _demo_agent(stack)
         if options.demo and agent:
             await _demo(stack, bus, agent, phoenix)
-        say(f"HUB_URL={stack.hub.url if stack.hub else ''} NATS_URL={stack.nats_url}; try: "
+        say(f"HUB_URL={stack.hub.url if stack.hub else stack.hub_url} NATS_URL={stack.nats_url}; try: "
             f"NATS_URL={stack.nats_url} botburrow inject notification --agent {agent or DEMO_AGENT} "
             "--type mention --content hi   (Ctrl-C stops everything)")
         await bus.nc.subscribe(RUN_EVENT.pattern, cb=functools.partial(_print_event, phoenix=phoenix))
