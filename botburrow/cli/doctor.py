@@ -14,13 +14,15 @@ from collections.abc import Sequence
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import ClusterInfo
+from nats.js.errors import NotFoundError
 
 from botburrow.runtime.bus import Bus
 from botburrow.secrets import without_credentials
 from botburrow.settings import CliSettings, load
-from streams.topology import CONSUMERS
+from streams.topology import BUCKETS, CONSUMERS, STREAMS
 
 KV_PREFIX = "KV_"
+INFO_TIMEOUT_S = 2.0
 
 
 class Row(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,10 +35,11 @@ class Row(msgspec.Struct, frozen=True, kw_only=True):
     current: int  # the leader plus the peers that are current
     lagging: tuple[str, ...] = ()
     offline: tuple[str, ...] = ()
+    error: str = ""  # its info did not come (its leader just died, an election): what was raised
 
     @property
     def healthy(self) -> bool:
-        return self.leader is not None and self.current == self.replicas and not self.offline
+        return not self.error and self.leader is not None and self.current == self.replicas and not self.offline
 
 
 def _row(kind: str, name: str, replicas: int, cluster: ClusterInfo | None) -> Row:
@@ -51,19 +54,41 @@ def _row(kind: str, name: str, replicas: int, cluster: ClusterInfo | None) -> Ro
                lagging=lagging, offline=offline)
 
 
+async def _stream_names(js: JetStreamContext) -> list[str]:
+    """The topology's streams and buckets, and any other stream of the account (when the list comes: the
+    meta leader gathers it from every stream's leader, and one just killed holds it up)."""
+    names = [spec.name for spec in STREAMS] + [bucket.stream for bucket in BUCKETS]
+    try:
+        listed = {info.config.name or "" for info in await asyncio.wait_for(js.streams_info(), INFO_TIMEOUT_S)}
+    except Exception:
+        return names
+    return names + sorted(listed - set(names) - {""})
+
+
 async def cluster_report(js: JetStreamContext) -> list[Row]:
-    """Every stream and bucket of the account, then the topology's consumers, with their peers."""
+    """Every stream and bucket, then the topology's consumers, with their peers; one whose info does not
+    come within INFO_TIMEOUT_S is a row with the error (its leader died: an election is on)."""
     rows = []
-    for info in await js.streams_info():
-        name = info.config.name or "?"
+    for name in await _stream_names(js):
         kind = "bucket" if name.startswith(KV_PREFIX) else "stream"
         shown = name.removeprefix(KV_PREFIX) if kind == "bucket" else name
+        try:
+            info = await asyncio.wait_for(js.stream_info(name), INFO_TIMEOUT_S)
+        except NotFoundError:
+            continue  # not made yet: `botburrow streams apply` makes it
+        except Exception as exc:
+            rows.append(Row(kind=kind, name=shown, replicas=0, leader=None, current=0, error=type(exc).__name__))
+            continue
         rows.append(_row(kind, shown, info.config.num_replicas or 1, info.cluster))
     replicas = {row.name: row.replicas for row in rows if row.kind == "stream"}
     for consumer in CONSUMERS:
         try:
-            info = await js.consumer_info(consumer.stream, consumer.durable)
-        except Exception:  # not made yet (a stage creates what is missing at start), or mid-election
+            info = await asyncio.wait_for(js.consumer_info(consumer.stream, consumer.durable), INFO_TIMEOUT_S)
+        except NotFoundError:  # not made yet (a stage creates what is missing at start)
+            continue
+        except Exception as exc:
+            rows.append(Row(kind="consumer", name=f"{consumer.stream}/{consumer.durable}", replicas=0, leader=None,
+                            current=0, error=type(exc).__name__))
             continue
         # 0: the consumer follows its stream's count.
         count = info.config.num_replicas or replicas.get(consumer.stream, 1)
@@ -76,7 +101,7 @@ def render(rows: Sequence[Row]) -> list[str]:
     for row in rows:
         problems = [f"lagging: {', '.join(row.lagging)}"] if row.lagging else []
         problems += [f"offline: {', '.join(row.offline)}"] if row.offline else []
-        problems += ["no leader"] if row.leader is None else []
+        problems += [f"no answer ({row.error})"] if row.error else ["no leader"] if row.leader is None else []
         lines.append(f"{row.kind:<9}{row.name:<34}{row.replicas:>9}  {row.current:>7}  {row.leader or '-':<16}"
                      f"{'; '.join(problems) or 'ok'}")
     bad = [row for row in rows if not row.healthy]
