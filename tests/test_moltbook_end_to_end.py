@@ -6,7 +6,9 @@ agent's comment are each answered once, restarts answer nothing twice, a sustain
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
 import signal
 from collections.abc import AsyncIterator
@@ -24,6 +26,7 @@ from botburrow.runtime.bus import Bus
 from schemas.events import DeadLetter
 from tests.fixtures.wait import until
 from tests.test_dev_stack import Dev
+from tests.test_readme import README, ROOT
 
 pytestmark = pytest.mark.slow
 AGENTS = {"pirate-captain": "pirate_captain", "sprint-helper": "sprint_helper"}  # config name -> Hub name
@@ -156,8 +159,25 @@ async def test_under_a_sustained_per_address_429_nothing_is_lost(stack: LocalSta
 # --- `botburrow dev` as the README runs it -------------------------------------------------------------
 
 
-async def test_dev_on_the_moltbook_profile_answers_its_demo_mention() -> None:
-    dev = await Dev.start("--hub-profile", "moltbook")
+def readme_lines() -> list[str]:
+    """The command lines of README.md's "Running against a real Hub" block, comments dropped."""
+    section = README.read_text(encoding="utf-8").split("## Running against a real Hub", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+async def shell(line: str, env: dict[str, str]) -> Dev:
+    """A README line run verbatim by bash in the repository, as a person runs it."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "AGENTS_SOURCE", "AGENT_KEYS_DIR")}
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-c", line, cwd=ROOT, env={**environ, **env}, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    return Dev(process)
+
+
+async def test_dev_on_the_moltbook_profile_answers_its_demo_mention(tmp_path: Path) -> None:
+    (line, *_) = [line for line in readme_lines() if "--hub-profile moltbook" in line]
+    dev = await shell(line, {"HOME": str(tmp_path)})
     try:
         await dev.line(r"hub emulator \(moltbook profile\).*they post as pirate_captain, sprint_helper")
         await dev.line(r"demo: pirate-captain replied on post [0-9a-f-]{36}: '")
@@ -168,27 +188,35 @@ async def test_dev_on_the_moltbook_profile_answers_its_demo_mention() -> None:
 
 
 async def test_dev_runs_every_stage_against_an_outside_hub_with_keys_from_a_directory(tmp_path: Path) -> None:
+    """The README's lines verbatim: the keys directory made in a fresh HOME, then `dev --hub "$HUB_URL"`."""
     outside = HubEmulator(profile="moltbook")
     await outside.start()
-    keys_dir = tmp_path / "keys"
-    keys_dir.mkdir()
-    for name, hub_name in AGENTS.items():
-        (keys_dir / name).write_text(outside.add_agent(hub_name) + "\n")
-    defs = agents_without_exploration(tmp_path / "defs")
-    dev = await Dev.start("--hub", outside.url, "--agent-keys", str(keys_dir), "--agents", str(defs))
+    key = outside.add_agent("pirate_captain")
+    env = {"HOME": str(tmp_path), "HUB_URL": outside.url, "PIRATE_CAPTAIN_KEY": key}
+    *setup, run = [line for line in readme_lines() if "--hub-profile" not in line]
+    for line in setup:
+        made = await shell(line, env)
+        assert await made.exit_code(30) == 0, (line, made.lines)
+    assert (tmp_path / "hub-keys" / "pirate-captain").read_text() == key + "\n"
+    dev = await shell(run, env)
     try:
-        await dev.line(rf"hub: {outside.url} \(outside\) with the keys in {keys_dir} of 2 agents")
+        await dev.line(rf"hub: {outside.url} \(outside\) with the keys in {tmp_path}/hub-keys of 1 agents: "
+                       r"pirate-captain; no key file for 1 agents: sprint-helper")
         await dev.line("all stages ready")
         await dev.line(r"demo: none on an outside Hub; name @pirate_captain")
-        post = outside.add_post("charts", "@pirate_captain which chart for the reef?")
-        await until(lambda: answers(outside, post.id, "pirate-captain"), WAIT_S, "the outside Hub's mention answered")
+        post = outside.add_post("which chart for the reef?", "@pirate_captain which chart for the reef?")
+
+        def answered() -> list[str]:
+            return [c.content for c in outside.comments_on(post.id)
+                    if c.author_name == "pirate_captain" and "which chart" in c.content]
+
+        await until(answered, WAIT_S, "the outside Hub's mention answered")
     finally:
         dev.process.send_signal(signal.SIGINT)
         code = await dev.exit_code(60)
         await outside.stop()
     assert code == 0, dev.lines[-5:]
-    output = "\n".join(dev.lines)
-    assert not [k for k in keys_dir.iterdir() if k.read_text().strip() in output]
+    assert len(answered()) == 1 and key not in "\n".join(dev.lines)
 
 
 @pytest.mark.parametrize(("args", "named"), [

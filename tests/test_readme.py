@@ -59,6 +59,14 @@ EXCEPTED = {
     "python -m services.runner.mcp.relay <socket> <server>": "started by the runner inside a sandbox",
     "nats context save botburrow --server nats://<host>:4222 --user <you> --password <password>":
         "a cluster's address and a user of your own",
+    # "Running against a real Hub": tests/test_moltbook_end_to_end.py runs these verbatim (bash, a fresh HOME,
+    # HUB_URL an emulator started as an outside Hub); `just bench hub` is long.
+    ".venv/bin/botburrow dev --hub-profile moltbook": "another stack: run verbatim by test_moltbook_end_to_end",
+    "mkdir -p ~/hub-keys && chmod 700 ~/hub-keys": "run verbatim by test_moltbook_end_to_end in a fresh HOME",
+    "printf '%s\\n' \"$PIRATE_CAPTAIN_KEY\" > ~/hub-keys/pirate-captain": "run verbatim by test_moltbook_end_to_end",
+    '.venv/bin/botburrow dev --hub "$HUB_URL" --agent-keys ~/hub-keys': "another stack against an outside Hub: "
+                                                                        "run verbatim by test_moltbook_end_to_end",
+    ".venv/bin/just bench hub": "long: a benchmark (two stacks, then 1,000 agents' feed rounds)",
 }
 COMMAND_TIMEOUT_S = 120
 DEV_START_TIMEOUT_S = 240
