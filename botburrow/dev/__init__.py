@@ -8,6 +8,7 @@ every run event as it happens, and a clean stop on Ctrl-C or SIGTERM in every st
   the CLI's parser imports it. A new option is an argument here and a field of `DevOptions`.
 - `terminal`: the terminal side (`run`)
 - `stack`: `LocalStack`: nats-server, the Hub emulator, the scripted LLM and every stage as a process
+- `hubs`: which Hub: the emulator's profile (`--hub-profile`), or an outside one (`--hub`, `--agent-keys`)
 - `agents/`, `skills/`: the example definitions local mode publishes
 """
 
