@@ -85,6 +85,8 @@ class _Retry(Exception):
         self.error, self.delay_s, self.shared = error, delay_s, shared
 
 
+MAX_CONNECTIONS = 100  # to one Hub, per process (httpx's default pool size)
+
 class HubClient:
     def __init__(
         self,
@@ -115,7 +117,12 @@ class HubClient:
         self._limit_told: int | None = None  # the last X-RateLimit-Limit told to the budget
         self._reached = False
         self._http = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout_s,
-                                       headers={"Accept": "application/json"})
+                                       headers={"Accept": "application/json"},
+                                       limits=httpx.Limits(max_connections=MAX_CONNECTIONS))
+        # Requests past the pool's connections wait here, not in the pool: httpcore's pool costs CPU per
+        # waiting request on every release (1,000 at once took 31 s on the event loop, gated 2.5 s: issue 18),
+        # and its wait counted against `timeout_s` as a Hub timeout, opening the breaker for a local queue.
+        self._gate = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -276,8 +283,9 @@ class HubClient:
     async def _attempt(self, method: str, path: str, key: str, headers: dict[str, str],
                        params: dict[str, Any] | None, json: Any, content: bytes | None, write: bool) -> Any:
         try:
-            response = await self._http.request(method, path, headers=headers, params=params,
-                                                json=json, content=content)
+            async with self._gate:
+                response = await self._http.request(method, path, headers=headers, params=params,
+                                                    json=json, content=content)
         except httpx.HTTPError as exc:
             self._reached = False
             self.breaker.record_failure("timeout" if isinstance(exc, httpx.TimeoutException) else "unreachable")

@@ -65,7 +65,10 @@ def anthropic_client(base_url: str, api_key: str, timeout_s: float) -> anthropic
 
 
 def openai_client(api_key: str, timeout_s: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"}, verify=_tls())
+    # Shared by every activation on the endpoint: as many connections as the Anthropic SDK's pool (1,000), so
+    # concurrent calls do not queue in httpx's pool, whose cost grows with the queue (issue 18).
+    return httpx.AsyncClient(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"}, verify=_tls(),
+                             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
 
 
 async def close_client(client: anthropic.AsyncAnthropic | httpx.AsyncClient) -> None:
