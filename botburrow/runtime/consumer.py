@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from prometheus_client import Counter
 
 from botburrow.runtime.bus import Bus
-from botburrow.runtime.election import is_transient
+from botburrow.runtime.election import is_transient, ride_out
 from botburrow.secrets import redact
 from schemas.codec import DecodeError, decode_subject, encode
 from schemas.events import DeadLetter
@@ -50,6 +50,7 @@ PATH_MAX_CHARS = 1024
 HEADER_MAX_CHARS = 1024
 MAX_HEADERS = 64
 NAK_DELAY_S = 1.0
+ACK_RIDE_OUT_S = 15.0
 
 
 class Retry(Exception):
@@ -270,8 +271,13 @@ class Settler:
 
     async def _ack(self, item: Item) -> None:
         try:
-            # Confirmed where a lost ack would cost a whole re-run (the runner: an activation).
-            await (item.msg.ack_sync() if self.confirm_acks else item.msg.ack())
+            # Confirmed where a lost ack would cost a whole re-run (the runner: an activation), and
+            # ridden out through an election of the consumer's leader: given up, the message came back
+            # only after its ack wait (60 s for the runner), holding its agent's next notifications.
+            if self.confirm_acks:
+                await ride_out(item.msg.ack_sync, bound_s=ACK_RIDE_OUT_S, what="ack")
+            else:
+                await item.msg.ack()
         except Exception as exc:  # the connection went: the server redelivers, idempotent handlers absorb it
             log.warning("ack failed", extra={"consumer": self.consumer, "error": repr(exc)[:200]})
 

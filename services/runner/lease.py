@@ -20,6 +20,7 @@ from streams.subjects import token
 log = logging.getLogger(__name__)
 # Nothing has happened yet when the lease is taken: past this, a short nak (the runner's Retry) is cheap.
 ACQUIRE_RIDE_OUT_S = 5.0
+RELEASE_RIDE_OUT_S = 15.0
 
 
 class Lease:
@@ -75,8 +76,15 @@ class Lease:
         return True
 
     async def release(self) -> None:
+        """Give it back, riding out an election: kept, it would hold the agent's next activation until
+        its TTL (60 s) lapsed."""
         if self.revision is None:
             return
-        with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
-            await self.kv.delete(self.key, last=self.revision)
+        revision = self.revision
+
+        async def delete() -> None:
+            with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
+                await self.kv.delete(self.key, last=revision)
+
+        await ride_out(delete, bound_s=RELEASE_RIDE_OUT_S, what=f"lease {self.key}")
         self.revision = None
