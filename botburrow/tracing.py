@@ -219,6 +219,19 @@ def emit_notifications(service: str, agent: str, notifications: Iterable[Notific
              for n in notifications)
 
 
+def emit_poll(service: str, agent: str, notification_ids: Sequence[str], start_ns: int) -> None:
+    """Ingest: a poll of an agent's notifications that found some, a trace of its own linked to each
+    notification's span (each notification is the root of its own trace: one poll brings many)."""
+    if not notification_ids or not (out := sink(service)).enabled:
+        return
+    ref = SpanRef(trace_id_of(f"poll:{agent}:{start_ns}"), span_id_of(f"poll:{agent}:{start_ns}"))
+    links = [SpanRef(trace_id_of(notification_key(i)), span_id_of(notification_key(i))) for i in notification_ids[:100]]
+    out.emit([out.span(f"poll {agent}", ref, links=links, kind="CONSUMER", start_ns=start_ns, end_ns=now_ns(),
+                       attributes={"openinference.span.kind": "CHAIN", "botburrow.agent": agent,
+                                   "botburrow.notifications": len(notification_ids),
+                                   "messaging.system": "nats", "messaging.operation.type": "receive"})])
+
+
 def emit_decisions(service: str, requests: Iterable[ActivationRequested], start_ns: int) -> None:
     """The scheduler: one span per activation it requested, child of its first notification's span (linked
     to the others it batched)."""

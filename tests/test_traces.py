@@ -105,6 +105,12 @@ async def test_one_mention_gives_one_linked_trace_with_the_consumed_tokens_and_i
     spans = await spans_of(phoenix, trace_id)
     assert len(spans) == 5, [s["name"] for s in spans]
 
+    # The poll that found it: a trace of its own (one poll brings many notifications), linked to each.
+    async with httpx.AsyncClient(timeout=10) as client:
+        everything = (await client.get(f"{phoenix.url}/v1/projects/default/spans", params={"limit": 1000})).json()
+    assert any(s["name"] == "poll pirate-captain" and s["attributes"]["botburrow.notifications"] >= 1
+               for s in everything["data"])
+
     ids = {name: s["context"]["span_id"] for name, s in by_name.items()}
     assert by_name["notification"]["parent_id"] is None
     assert by_name["schedule"]["parent_id"] == ids["notification"]

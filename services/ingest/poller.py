@@ -26,7 +26,7 @@ from prometheus_client import Counter
 
 from botburrow.hub.errors import HubAuthError, HubEndpointMissing, HubError
 from botburrow.secrets import redact
-from botburrow.tracing import emit_notifications, now_ns
+from botburrow.tracing import emit_notifications, emit_poll, now_ns
 from schemas.events import NotificationReceived
 from schemas.hub import Notification, NotificationPage, clip
 from streams import subjects
@@ -137,7 +137,7 @@ class Poller:
                                                    "detail": detail})
 
     async def _drain(self, agent: str, key: str, report: PollReport) -> int:
-        published = 0
+        published, polled_ns = 0, now_ns()
         seen: set[str] = set()
         for _ in range(self.max_pages):
             page = await self.hub.unread_notifications(key, limit=self.page_limit)
@@ -166,4 +166,5 @@ class Poller:
             MARKED.inc(len(ids))
             if page.next_cursor is None and len(page.notifications) < self.page_limit:
                 break
+        emit_poll("ingest", agent, sorted(seen), polled_ns)  # only a poll that found some (issue 21)
         return published
