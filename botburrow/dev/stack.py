@@ -266,7 +266,7 @@ class LocalStack:
         env = {"HUB_URL": self.hub.url, "BOTBURROW_AGENT_KEYS": json.dumps(self.agent_keys)}
         if self.hub_profile != "moltbook":  # Moltbook has no system key (and no /system/* to use one on)
             env["HUB_API_KEY"] = SYSTEM_KEY
-        if self.pings and stage == "ingest":
+        if self.pings and stage == "ingest" and self.hub.profile.notifications:
             if not (self.work_dir / "secrets").is_dir():
                 write_webhook_secrets(self.work_dir / "secrets", self.agent_keys)
             env.update(HUB_WEBHOOKS="true", SECRETS_DIR=str(self.work_dir / "secrets"))
@@ -312,7 +312,7 @@ class LocalStack:
             await self.wait_ready(stage, self.ready_timeout_s)
             self.progress(f"[{i}/{len(started)}] {stage.name} ready (pid {stage.process.pid}, "
                           f"http://127.0.0.1:{stage.port}/metrics, log {stage.log_path})")
-        if self.pings:
+        if self.pings and self.hub is not None and self.hub.profile.notifications:  # moltbook: nothing to ping
             self.configure_pings(next(s for s in started if s.name == "ingest"))
 
     async def start(self) -> None:
