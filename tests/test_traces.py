@@ -117,6 +117,8 @@ async def test_one_mention_gives_one_linked_trace_with_the_consumed_tokens_and_i
     assert by_name["invoke_agent"]["parent_id"] == ids["schedule"]
     assert by_name["chat"]["parent_id"] == ids["invoke_agent"]
     assert by_name["hub.post"]["parent_id"] == ids["invoke_agent"]
+    # The same context went to the model provider with the call (a provider that traces would join).
+    assert f"00-{trace_id}-{ids['invoke_agent']}-01" in [r.headers.get("traceparent") for r in stack.llm.requests]
 
     # The tokens are the consumption event's, cache writes and reads apart.
     events = await load_run(bus, activation_id)

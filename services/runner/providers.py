@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import anthropic
 import httpx
 
+from botburrow import tracing
 from botburrow.secrets import env_name_to_secret, redact
 from schemas.agent import Brain
 from services.runner import modelaccess
@@ -132,7 +133,8 @@ class AnthropicModel:
     async def complete(self, system: str, transcript: list[Entry], tools: list[ToolSpec]) -> ModelReply:
         request = self.request(system, transcript, tools)
         try:
-            response = await self._client.messages.create(**request)
+            # The activation's trace context (botburrow/tracing.py): a provider that traces joins the trace.
+            response = await self._client.messages.create(**request, extra_headers=tracing.with_current({}))
         except anthropic.APIStatusError as exc:
             raise ModelError(redact(f"anthropic {exc.status_code}: {exc.message}"), status=exc.status_code,
                              retry_after_s=_retry_after(exc.response.headers) if exc.status_code in
@@ -193,7 +195,7 @@ class OpenAIModel:
             body["tools"] = [{"type": "function", "function": {
                 "name": t.name, "description": t.description, "parameters": t.input_schema}} for t in tools]
         try:
-            response = await self._client.post(self._url, json=body)
+            response = await self._client.post(self._url, json=body, headers=tracing.with_current({}))
         except httpx.HTTPError as exc:
             raise ModelError(f"openai endpoint unreachable: {type(exc).__name__}", retry_after_s=1.0) from None
         if response.status_code >= 400:
