@@ -151,3 +151,30 @@ async def test_a_hub_call_inside_an_activation_carries_its_trace_context() -> No
         await hub.aclose()
         await server.stop()
     assert seen == [None, tracing.traceparent(ref)]
+
+
+async def test_a_model_call_relayed_by_the_gateway_carries_the_activations_trace_context() -> None:
+    import anthropic
+
+    from botburrow.doubles.scripted_llm import ScriptedLLM
+    from services.runner.gateway import ModelGateway
+    from tests.test_gateway import REAL_KEY, Recorder, access, brain, environ, limits
+
+    ref = SpanRef(tracing.trace_id_of("ntf:n-1"), tracing.span_id_of("run:a-1:7.1"))
+    async with ScriptedLLM(api_key=REAL_KEY) as llm:
+        llm.set_script([{"text": "done", "usage": {"input_tokens": 5, "output_tokens": 1}}])
+        gateway = ModelGateway()
+        await gateway.start()
+        token = tracing.CURRENT.set(ref)  # the activation's task, where the session opens
+        try:
+            async with gateway.session(activation_id="a-1", brain=brain(), **access(environ(llm)),
+                                       recorder=Recorder(), budget=limits()) as session:
+                tracing.CURRENT.set(None)  # the CLI's call arrives on the gateway's own task: no context there
+                client = anthropic.AsyncAnthropic(base_url=session.base_url, api_key=session.token, max_retries=0)
+                await client.messages.create(model="gw-model", max_tokens=10,
+                                             messages=[{"role": "user", "content": "hi"}])
+                await client.close()
+        finally:
+            tracing.CURRENT.reset(token)
+            await gateway.stop()
+        assert [r.headers.get("traceparent") for r in llm.requests] == [tracing.traceparent(ref)]
