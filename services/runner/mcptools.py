@@ -295,20 +295,30 @@ class McpToolsets:
                                         (time.monotonic() - started_s) * 1000)
         return hosts
 
+    def _prepare(self, ctx: ToolContext, homes: Path,
+                 skills: Sequence[SkillDefinition]) -> tuple[Path, Path, Any, list[Launch]]:
+        """In a worker thread, in one hop (each hop costs the event loop a wake-up, and every activation opens
+        toolsets: issue 18): the activation's scratch dir, its servers' stderr file, its workspace, the plan."""
+        scratch = Path(tempfile.mkdtemp(prefix="botburrow-mcp-"))
+        workspace = ctx.workspace or scratch / "workspace"
+        # Servers' stderr goes to a file of this activation, never to the runner's stderr (logs).
+        errlog = open(scratch / "servers.stderr", "w")  # closed by `open`'s teardown (`_discard`)
+        try:
+            workspace.mkdir(parents=True, exist_ok=True)
+            planner = Planner(self.secret_env, homes, workspace, self.node_modules, github_host=self.github_host,
+                              catalog=self.catalog)
+            return scratch, workspace, errlog, planner.plan(ctx.definition, ctx.grants, skills)
+        except BaseException:
+            _discard(errlog, scratch)
+            raise
+
     @contextlib.asynccontextmanager
     async def open(self, ctx: ToolContext) -> AsyncIterator[McpToolbox]:
-        scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="botburrow-mcp-"))
-        workspace = ctx.workspace or scratch / "workspace"
+        homes = await self._homes(ctx.definition.name)
+        scratch, workspace, errlog, launches = await asyncio.to_thread(self._prepare, ctx, homes, self._skills(ctx))
         hosts: dict[str, ServerHost] = {}
-        launches: list[Launch] = []
         box: McpToolbox | None = None
-        # Servers' stderr goes to a file of this activation, never to the runner's stderr (logs).
-        errlog = await asyncio.to_thread(open, scratch / "servers.stderr", "w")
         try:
-            await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
-            planner = Planner(self.secret_env, await self._homes(ctx.definition.name), workspace, self.node_modules,
-                              github_host=self.github_host, catalog=self.catalog)
-            launches = await asyncio.to_thread(planner.plan, ctx.definition, ctx.grants, self._skills(ctx))
             hosts = await self._start(launches, errlog, ctx) if launches else {}
             hub = None
             if holds(ctx.grants, "hub", "read") or holds(ctx.grants, "hub", "write"):
@@ -320,8 +330,7 @@ class McpToolsets:
             if box is not None:
                 await box.aclose()
             await self._release(ctx.definition.name, launches, hosts)
-            errlog.close()
-            await asyncio.to_thread(shutil.rmtree, scratch, True)
+            await asyncio.to_thread(_discard, errlog, scratch)
 
     def _shell(self, ctx: ToolContext, workspace: Path) -> ShellTools | None:
         """Shell and file tools for the native loop, only with `shell.enabled` (a CLI brings its own)."""
@@ -348,3 +357,8 @@ class McpToolsets:
             await self._sandbox.close()
         if self._root is not None:
             await asyncio.to_thread(shutil.rmtree, self._root, True)
+
+
+def _discard(errlog: Any, scratch: Path) -> None:
+    errlog.close()
+    shutil.rmtree(scratch, True)
