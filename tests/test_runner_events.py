@@ -63,6 +63,7 @@ async def test_a_lost_ack_is_sent_again_with_the_later_events_and_none_is_stored
         bus: Bus, nats_url: str, monkeypatch: Any) -> None:
     monkeypatch.setattr(runlog_module, "ACK_WAIT_S", 0.3)
     dropping = await DroppingBus.connect(nats_url, name="dropping")
+    assert isinstance(dropping, DroppingBus)
     try:
         dropping.drop = 3  # started, n0, (n1 lost), n2, n3
         r = request()
@@ -71,6 +72,6 @@ async def test_a_lost_ack_is_sent_again_with_the_later_events_and_none_is_stored
         await dropping.close()
 
     events = await load_run(bus, r.activation_id)
-    posted = [e.notification_id for e in events if isinstance(e, Posted)]
+    posted = [e.notification_id or "" for e in events if isinstance(e, Posted)]
     assert sorted(posted) == ["n0", "n1", "n2", "n3"]  # each once: the copies of stored ones were dropped
     assert posted[:1] == ["n0"] and type(events[-1]).__name__ == "RunCompleted"
