@@ -123,3 +123,15 @@ async def test_a_refusing_receiver_costs_bounded_deliveries_then_the_trace_is_dr
     await bus.publish(subjects.run_event("pirate", "a-3", "completed"), again, msg_id="run:a-3:completed")
     await exported(bus, receiver)
     assert [s.name for s in receiver.spans()] == ["invoke_agent pirate"]
+
+
+async def test_with_traces_off_the_durable_is_acknowledged_unread_so_it_never_lags(
+        bus: Bus, receiver: Receiver) -> None:
+    ending = RunCompleted(activation_id="a-4", agent="pirate", at=AT, metrics=metrics_of("a-4"))
+    await bus.publish(subjects.run_event("pirate", "a-4", "completed"), ending, msg_id="run:a-4:completed")
+    exporter = TraceExporter(bus, tracing.Sink("metrics", None))  # no OTEL_EXPORTER_OTLP_ENDPOINT
+    await Worker.of(bus, "metrics", [TRACES_CONSUMER], Batches(batch=10, wait_s=0.1), exporter.on_batch,
+                    batch_size=10).run_until_idle()
+    info = await bus.js.consumer_info("RUNS", TRACES_CONSUMER.durable)
+    assert (info.num_pending, info.num_ack_pending, info.delivered.consumer_seq) == (0, 0, 1)
+    assert receiver.requests == [] and (await bus.js.stream_info("DLQ")).state.messages == 0

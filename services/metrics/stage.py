@@ -67,18 +67,20 @@ async def run(ctx: StageContext[MetricsSettings]) -> None:
         fetch = Batches(batch=batch, wait_s=flush_s)
         return Worker.of(ctx.bus, STAGE, [METRICS_CONSUMER], fetch, reporter.on_batch, batch_size=batch)
 
-    parts = [
-        supervise(ctx.health, "hub-probe", lambda: keep_probing(hub, ctx.stop), ctx.stop),
-        supervise(ctx.health, "consumer", lambda: worker().run(ctx.stop), ctx.stop),
-        supervise(ctx.health, "budget-health", lambda: keep_health(ledger, ctx.stop), ctx.stop),
-    ]
-    if (sink := tracing.sink(STAGE)).enabled:  # OTEL_EXPORTER_OTLP_ENDPOINT set: the trace exporter too
-        exporter = TraceExporter(ctx.bus, sink)
-        parts.append(supervise(ctx.health, "traces", lambda: Worker.of(
-            ctx.bus, STAGE, [TRACES_CONSUMER], Batches(batch=batch, wait_s=flush_s), exporter.on_batch,
-            batch_size=batch).run(ctx.stop), ctx.stop))
+    # The trace exporter; without OTEL_EXPORTER_OTLP_ENDPOINT it only acknowledges, so its durable never lags.
+    exporter = TraceExporter(ctx.bus, tracing.sink(STAGE))
+
+    def traces() -> Worker:
+        fetch = Batches(batch=batch, wait_s=flush_s)
+        return Worker.of(ctx.bus, STAGE, [TRACES_CONSUMER], fetch, exporter.on_batch, batch_size=batch)
+
     try:
-        await asyncio.gather(*parts)
+        await asyncio.gather(
+            supervise(ctx.health, "hub-probe", lambda: keep_probing(hub, ctx.stop), ctx.stop),
+            supervise(ctx.health, "consumer", lambda: worker().run(ctx.stop), ctx.stop),
+            supervise(ctx.health, "budget-health", lambda: keep_health(ledger, ctx.stop), ctx.stop),
+            supervise(ctx.health, "traces", lambda: traces().run(ctx.stop), ctx.stop),
+        )
     finally:
         await hub.aclose()
 

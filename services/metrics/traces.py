@@ -1,11 +1,11 @@
 """The trace exporter: each ended activation's run log as one OpenTelemetry trace (issue 21).
 
-It runs inside metrics, on its own durable `metrics-traces` on RUNS (`completed`/`failed`), only when
-OTEL_EXPORTER_OTLP_ENDPOINT is set. Inside metrics because metrics already is the stage that turns run
-endings into what operators read (Prometheus, the consumption report), and already may read RUNS by
-subject (its catch-up): no sixth process, NATS user or manifest to run. On a durable of its own because
-a trace receiver that is down must never hold back the consumption the Hub and the budgets depend on,
-nor a Hub outage the traces.
+It runs inside metrics, on its own durable `metrics-traces` on RUNS (`completed`/`failed`); without
+OTEL_EXPORTER_OTLP_ENDPOINT it acknowledges them unread (the durable never lags: no lag alert). Inside
+metrics because metrics already is the stage that turns run endings into what operators read
+(Prometheus, the consumption report), and already may read RUNS by subject (its catch-up): no sixth
+process, NATS user or manifest to run. On a durable of its own because a trace receiver that is down
+must never hold back the consumption the Hub and the budgets depend on, nor a Hub outage the traces.
 
 For each ending it reads that attempt's run events by direct gets (next by subject from the attempt's
 `started`: no consumer on RUNS, which holds durables), builds the spans (`spans.build`) and sends them
@@ -89,6 +89,8 @@ class TraceExporter:
 
     async def on_batch(self, items: list[Item]) -> None:
         """Batch handler for the `metrics-traces` consumer on RUNS (completed/failed)."""
+        if not self.sink.enabled:
+            return  # traces off: acknowledged unread (the durable stays current for when they are on)
         spans: list[Any] = []
         for item in items:
             if isinstance(item.payload, RunCompleted | RunFailed):
