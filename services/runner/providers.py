@@ -49,7 +49,7 @@ RETRYABLE_STATUSES = {408, 409, 429, 500, 502, 503, 504, 529}
 @functools.cache
 def _tls() -> ssl.SSLContext:
     """One TLS context per process, shared by every model client: building one loads the CA store (about
-    50 ms of CPU), and a client is built per activation."""
+    50 ms of CPU), and each endpoint and key of a runner gets its own client (seams.ModelClients)."""
     return ssl.create_default_context()
 
 
