@@ -15,7 +15,7 @@ import pytest
 from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.hub import HubClient, HubRateLimited
 from botburrow.hub.breaker import breaker_for
-from botburrow.hub.budget import BUCKET, KvRequestBudget, MemoryRequestBudget, Rule, Window, scope_of
+from botburrow.hub.budget import BUCKET, KvRequestBudget, MemoryRequestBudget, Rule, Window, observed, scope_of
 from botburrow.hub.connect import budget_terms, hub_client_for_stage
 from botburrow.runtime.bus import Bus
 from botburrow.settings import IngestSettings, load
@@ -99,11 +99,13 @@ def test_a_skewed_grant_counts_a_margin_longer() -> None:
     assert rule.decide(window, 1061.5, background=False).granted is not None
 
 
-def test_no_limit_known_grants_and_counts_for_when_one_is_learnt() -> None:
+def test_no_limit_known_grants_with_nothing_to_record_and_the_teaching_answer_counts() -> None:
     rule = Rule()
-    assert rule.decide(Window(), 0.0, background=True).granted == Window(granted_s=[0.0])
-    learnt = Window(learned_limit=1, granted_s=[0.0])
-    assert rule.decide(learnt, 1.0, background=False).granted is None
+    window = Window()
+    assert rule.decide(window, 0.0, background=True).granted is window  # no write: no KV round trip
+    learnt = observed(window, 5.0, limit=1, retry_after_s=None)
+    assert learnt == Window(learned_limit=1, granted_s=[5.0])
+    assert rule.decide(learnt, 6.0, background=False).granted is None
 
 
 # --- shared through real NATS KV ----------------------------------------------------------------

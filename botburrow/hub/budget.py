@@ -23,9 +23,14 @@ What is chosen, and why:
   only while the window holds fewer than `limit - reserve` grants (the reserve: a fifth of the limit,
   at least 1), so a runner answering a mention always finds room.
 - The limit: `HUB_REQUESTS_PER_MINUTE` if set, else the profile's (`moltbook`: 100 per address), else the
-  Hub's `X-RateLimit-Limit` header once seen on a read (shared through the record). Unknown: no cap,
-  only `Retry-After` is shared. Writes are not learnt from: Moltbook sends its 1-post-per-30-min
-  limiter's header on `POST /posts`.
+  Hub's `X-RateLimit-Limit` header once seen on a read (shared through the record). Writes are not learnt
+  from: Moltbook sends its 1-post-per-30-min limiter's header on `POST /posts`.
+- **No cap known, nothing counted**: until a limit is known only `Retry-After` is shared, and a process
+  reads the record at most once per `UNCAPPED_REFRESH_S` (a cached copy decides meanwhile). Counting
+  every request of an uncapped Hub cost two KV round trips per Hub call and a compare-and-set race
+  among concurrent activations of one agent (the runner benchmark: posting under 1,000 activations
+  at once went from 1.9 s to 12.9 s). The answer that teaches the limit counts as the first grant;
+  requests in flight while it was learnt are not counted, and the Hub's 429 corrects that one window.
 
 `MemoryRequestBudget` is the same rule in one process (local tools, tests).
 """
@@ -53,8 +58,8 @@ WINDOW_S = 60.0
 SKEW_MARGIN_S = 1.0
 BACKGROUND_RESERVE = 0.2
 CAS_ATTEMPTS = 16
-# Grants kept while no limit is known (a limit learnt later counts them; more than this is no limit we meet).
-UNCAPPED_LOG = 1000
+# While no limit is known, how long a process decides on its cached copy of the record (Retry-After news).
+UNCAPPED_REFRESH_S = 1.0
 # After a lost race past CAS_ATTEMPTS, a short pause before reading again.
 CONTENDED_PAUSE_S = 0.05
 
@@ -100,9 +105,8 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True):
             return Decision(granted=None, wait_s=window.blocked_until_s - now_s)
         limit = self.effective_limit(window)
         span_s = self.window_s + self.skew_margin_s
-        if limit <= 0:  # no cap known yet: grant, but count, so that a limit learnt later starts true
-            recent = [t for t in window.granted_s if t > now_s - span_s][-UNCAPPED_LOG:]
-            return Decision(granted=msgspec.structs.replace(window, granted_s=[*recent, now_s]), wait_s=0.0)
+        if limit <= 0:  # no cap known: grant, with nothing to record (the record given back unchanged)
+            return Decision(granted=window, wait_s=0.0)
         recent = [t for t in window.granted_s if t > now_s - span_s][-limit:]
         room = limit - (self.reserve(limit) if background else 0)
         if len(recent) < room:
@@ -130,6 +134,8 @@ def observed(window: Window, now_s: float, *, limit: int | None, retry_after_s: 
     changes: dict[str, object] = {}
     if limit and limit > 0 and limit != window.learned_limit:
         changes["learned_limit"] = limit
+        if not window.learned_limit:  # the answer that taught it was a request: the first one counted
+            changes["granted_s"] = [*window.granted_s, now_s]
     if retry_after_s is not None and now_s + retry_after_s > window.blocked_until_s:
         changes["blocked_until_s"] = now_s + retry_after_s
     return msgspec.structs.replace(window, **changes) if changes else None
@@ -151,6 +157,9 @@ class _Budget:
                  clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]) -> None:
         self._store, self.hub_url, self.per, self.rule = store, hub_url, per, rule
         self._clock, self._sleep = clock, sleep
+        # scope -> (record, when read): what decides while no cap is known (UNCAPPED_REFRESH_S).
+        self._uncapped: dict[str, tuple[Window, float]] = {}
+        self._learned: dict[str, int] = {}  # scope -> the Hub's limit as this process last read it
 
     async def acquire(self, agent_key: str, *, background: bool = False, max_wait_s: float = 30.0) -> None:
         scope = scope_of(self.hub_url, agent_key, self.per)
@@ -171,24 +180,43 @@ class _Budget:
             waited_s += wait_s
 
     async def _try(self, scope: str, background: bool) -> float:
+        cached = self._uncapped.get(scope)
+        if cached is not None and self._clock() - cached[1] < UNCAPPED_REFRESH_S:
+            decision = self.rule.decide(cached[0], self._clock(), background=background)
+            return 0.0 if decision.granted is not None else decision.wait_s
         for _ in range(CAS_ATTEMPTS):
             window, revision = await self._store.read(scope)
+            self._remember(scope, window)
             decision = self.rule.decide(window, self._clock(), background=background)
             if decision.granted is None:
                 return decision.wait_s
-            if await self._store.write(scope, decision.granted, revision):
+            if decision.granted is window or await self._store.write(scope, decision.granted, revision):
                 return 0.0
         return CONTENDED_PAUSE_S
+
+    def _remember(self, scope: str, window: Window) -> None:
+        """Cache the record while it knows no cap; forget it once one is known (then every grant counts)."""
+        self._learned[scope] = window.learned_limit
+        if self.rule.effective_limit(window) <= 0:
+            self._uncapped[scope] = (window, self._clock())
+        else:
+            self._uncapped.pop(scope, None)
 
     async def observe(self, agent_key: str, *, limit: int | None = None, retry_after_s: float | None = None) -> None:
         if not limit and retry_after_s is None:
             return
         scope = scope_of(self.hub_url, agent_key, self.per)
+        if retry_after_s is None and limit in (self.rule.limit, self._learned.get(scope)):
+            return  # a limit already known here: nothing to learn, no KV round trip
         try:
             for _ in range(CAS_ATTEMPTS):
                 window, revision = await self._store.read(scope)
                 changed = observed(window, self._clock(), limit=limit, retry_after_s=retry_after_s)
-                if changed is None or await self._store.write(scope, changed, revision):
+                if changed is None:
+                    self._remember(scope, window)
+                    return
+                if await self._store.write(scope, changed, revision):
+                    self._remember(scope, changed)
                     return
         except Exception as exc:
             log.warning("hub budget not updated", extra={"error": repr(exc)})
