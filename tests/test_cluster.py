@@ -110,6 +110,11 @@ async def test_apply_moves_an_r1_topology_to_r3_in_place(tmp_path: Path) -> None
             await ensure(bus.js, replicas=1)
             for i in range(50):
                 await bus.publish(f"agents.ingest.notification.agent-{i % 5}", b"{}", msg_id=f"ntf:r1-{i}")
+
+            async def sourced() -> bool:  # SCHEDULER copies NOTIFICATIONS by sourcing: count once it has
+                return (await bus.js.stream_info("SCHEDULER")).state.messages == 50
+
+            await until(sourced, 30.0, "SCHEDULER to source the 50 notifications")
             before = {s.name: (await bus.js.stream_info(s.name)).state.messages for s in STREAMS}
             lines = await ensure(bus.js, update=True, replicas=3)
             assert all(f"stream {s.name}: replicas 1 -> 3" in lines for s in STREAMS), lines
