@@ -70,6 +70,7 @@ class Costs:
     def measured(cls, results: Path = RESULTS) -> Costs:
         sched = json.loads((results / "scheduler.json").read_text())
         runner = json.loads((results / "runner.json").read_text())
+        runner = runner.get("current", runner)  # the tree measured beside its baseline (bench/runner.py)
         ratio = 1.0
         if (results / "cluster.json").is_file():
             ratio = json.loads((results / "cluster.json").read_text())["r3_over_r1"]["scheduler_throughput"]

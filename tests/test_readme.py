@@ -67,6 +67,8 @@ EXCEPTED = {
     '.venv/bin/botburrow dev --hub "$HUB_URL" --agent-keys ~/hub-keys': "another stack against an outside Hub: "
                                                                         "run verbatim by test_moltbook_end_to_end",
     ".venv/bin/just bench hub": "long: a benchmark (two stacks, then 1,000 agents' feed rounds)",
+    "just soak --cluster": "long: three nats-servers through four faults (tests/test_cluster.py runs a short form)",
+    "python -m bench cluster": "long: a benchmark (R1 against R3)",
 }
 COMMAND_TIMEOUT_S = 120
 DEV_START_TIMEOUT_S = 240
