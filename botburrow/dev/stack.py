@@ -76,6 +76,9 @@ def free_port() -> int:
 MODEL_SETTINGS = ("MODEL_KEY_ENVS", "MODEL_API_BASES")
 # With an s3:// source, what configsync needs to read it.
 S3_SETTINGS = ("R2_ENDPOINT", "R2_ACCESS_KEY", "R2_SECRET_KEY", "SECRETS_DIR")
+# An s3:// MEMORY_STORE of your own is passed on with what reaching it takes; else memory is a directory.
+MEMORY_SETTINGS = ("MEMORY_STORE", "MEMORY_S3_ENDPOINT", "MEMORY_EMBEDDINGS_URL", "MEMORY_EMBEDDINGS_MODEL",
+                   "SECRETS_DIR")
 
 @dataclass
 class StageProcess:
@@ -246,10 +249,14 @@ class LocalStack:
             "CONFIG_POLL_SECONDS": "2",
             "CONSUMPTION_FLUSH_SECONDS": "0.5",
             "SANDBOX_BACKEND": "none",
+            # Agents whose definitions enable `memory` remember across activations in local mode too.
+            "MEMORY_STORE": str(self.work_dir / "memory"),
             "METRICS_PORT": str(port),
             "PYTHONUNBUFFERED": "1",
         }
         passed = list(S3_SETTINGS) if str(self.agents_source).startswith("s3://") else []
+        if os.environ.get("MEMORY_STORE"):
+            passed += MEMORY_SETTINGS
         if self.model_url:
             passed += [*MODEL_SETTINGS, *_model_keys(os.environ)]
         env.update({name: os.environ[name] for name in passed if os.environ.get(name)})
