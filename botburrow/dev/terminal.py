@@ -8,6 +8,7 @@ at once. A malformed or unreachable NATS_URL ends it non-zero with one line (`bu
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import json
@@ -19,6 +20,7 @@ from botburrow import tracing
 from botburrow.cli.ops import pretty
 from botburrow.dev import DevOptions
 from botburrow.dev.phoenix import Phoenix, PhoenixError, trace_url
+from botburrow.dev.processes import reap
 from botburrow.dev.stack import LocalStack, StartError, await_configs
 from botburrow.runtime.bus import Bus, NatsUnavailable
 from streams import subjects
@@ -143,6 +145,9 @@ async def run(options: DevOptions) -> int:
         say(f"error: {exc}")
         return 2
     signals = _Signals(stack)
+    # The last sweep runs after the interpreter joined its worker threads: a nats-server whose start (in a
+    # thread a stop cannot interrupt) completed after the stop's own sweep is reaped there.
+    atexit.register(reap, stack.work_dir)
     say(f"starting everything in {stack.work_dir}")
     bus: Bus | None = None
     phoenix = Phoenix(stack.work_dir / "phoenix") if options.traces else None
