@@ -30,6 +30,7 @@ from typing import Any, Generic, TypeVar
 
 import nats.errors
 import nats.js.errors
+from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from botburrow import logs, tracing
@@ -106,6 +107,22 @@ async def until_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:
             future.cancel()
     if not stop.is_set():
         working.result()
+
+
+async def follow_bucket(bus: Bus, bucket: str, stop: asyncio.Event,
+                        on_entry: Callable[[KeyValue.Entry | None], None]) -> None:
+    """Hand every entry of a KV bucket to `on_entry`, current values first, then None (the marker after
+    them), then each change, until `stop` is set: the watch behind operator switches (paused, cancels)."""
+    watcher = await (await bus.kv(bucket)).watchall()
+
+    async def apply() -> None:
+        async for entry in watcher:
+            on_entry(entry)
+
+    try:
+        await until_stopped(apply(), stop)
+    finally:
+        await watcher.stop()
 
 
 async def supervise(health: Health, name: str, task: Callable[[], Awaitable[None]], stop: asyncio.Event, *,

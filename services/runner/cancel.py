@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from nats.js.kv import KeyValue
 
 from botburrow.runtime.bus import Bus
-from botburrow.runtime.service import until_stopped
+from botburrow.runtime.service import follow_bucket
 from streams import subjects
 from streams.topology import CANCELS
 
@@ -42,20 +42,15 @@ class Cancels:
 
     async def follow(self, bus: Bus, stop: asyncio.Event) -> None:
         """Watch the bucket for as long as the runner runs (under `supervise`)."""
-        watcher = await (await bus.kv(CANCELS.name)).watchall()
-        try:
-            await until_stopped(self._apply(watcher), stop)
-        finally:
-            await watcher.stop()
+        await follow_bucket(bus, CANCELS.name, stop, self._apply)
 
-    async def _apply(self, watcher: KeyValue.KeyWatcher) -> None:
-        async for entry in watcher:
-            if entry is None:  # the marker after the current values
-                self._loaded.set()
-            elif entry.operation is None and entry.value:
-                self._cancel(entry.key)
-            else:  # deleted or purged: no longer cancelled (an id is never reused)
-                self._cancelled.discard(entry.key)
+    def _apply(self, entry: KeyValue.Entry | None) -> None:
+        if entry is None:  # the marker after the current values
+            self._loaded.set()
+        elif entry.operation is None and entry.value:
+            self._cancel(entry.key)
+        else:  # deleted or purged: no longer cancelled (an id is never reused)
+            self._cancelled.discard(entry.key)
 
     def _cancel(self, key: str) -> None:
         self._cancelled.add(key)

@@ -8,7 +8,7 @@ import asyncio
 from nats.js.kv import KeyValue
 
 from botburrow.runtime.bus import Bus
-from botburrow.runtime.service import until_stopped
+from botburrow.runtime.service import follow_bucket
 from streams import subjects
 from streams.topology import PAUSED
 
@@ -24,17 +24,12 @@ class PausedAgents:
 
     async def follow(self, bus: Bus, stop: asyncio.Event) -> None:
         """Watch the bucket for as long as the scheduler runs (under `supervise`)."""
-        watcher = await (await bus.kv(PAUSED.name)).watchall()
-        try:
-            await until_stopped(self._apply(watcher), stop)
-        finally:
-            await watcher.stop()
+        await follow_bucket(bus, PAUSED.name, stop, self._apply)
 
-    async def _apply(self, watcher: KeyValue.KeyWatcher) -> None:
-        async for entry in watcher:
-            if entry is None:
-                continue  # the marker after the current values
-            if entry.operation is None and entry.value:
-                self._keys.add(entry.key)
-            else:  # resumed: the next tick looks again at its waiting work (`retry_blocked`)
-                self._keys.discard(entry.key)
+    def _apply(self, entry: KeyValue.Entry | None) -> None:
+        if entry is None:
+            return  # the marker after the current values
+        if entry.operation is None and entry.value:
+            self._keys.add(entry.key)
+        else:  # resumed: the next tick looks again at its waiting work (`retry_blocked`)
+            self._keys.discard(entry.key)
