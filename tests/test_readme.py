@@ -69,6 +69,7 @@ EXCEPTED = {
     ".venv/bin/just bench hub": "long: a benchmark (two stacks, then 1,000 agents' feed rounds)",
     "just soak --cluster": "long: three nats-servers through four faults (tests/test_cluster.py runs a short form)",
     "python -m bench cluster": "long: a benchmark (R1 against R3)",
+    "python -m bench scaling": "rewrites a tracked file (bench/results/scaling.json) from the other results",
 }
 COMMAND_TIMEOUT_S = 120
 DEV_START_TIMEOUT_S = 240
