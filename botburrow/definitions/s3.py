@@ -27,6 +27,20 @@ S3_PARALLEL_GETS = 8
 MANIFEST_MAX_BYTES = 16 << 20
 
 
+def client_args(endpoint: str | None, access_key: str | None, secret_key: str | None, region: str, *,
+                connect_timeout_s: float, read_timeout_s: float, max_attempts: int) -> dict[str, Any]:
+    """aioboto3 client arguments for R2 or any S3 (SeaweedFS, MinIO): path-style addressing, and checksums
+    only where required (R2 and SeaweedFS refuse the newer default ones)."""
+    return {
+        "endpoint_url": endpoint, "aws_access_key_id": access_key, "aws_secret_access_key": secret_key,
+        "region_name": region,
+        "config": Config(s3={"addressing_style": "path"}, connect_timeout=connect_timeout_s,
+                         read_timeout=read_timeout_s, retries={"max_attempts": max_attempts, "mode": "standard"},
+                         request_checksum_calculation="when_required",
+                         response_checksum_validation="when_required"),
+    }
+
+
 class ManifestEntry(msgspec.Struct, frozen=True, kw_only=True):
     path: str
     hash: str
@@ -51,14 +65,8 @@ class S3Source:
         for name, value in (("r2-access-key", access_key), ("r2-secret-key", secret_key)):
             if value:
                 remember(name, value)
-        self._client_args: dict[str, Any] = {
-            "endpoint_url": endpoint, "aws_access_key_id": access_key, "aws_secret_access_key": secret_key,
-            "region_name": region,
-            "config": Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=15,
-                             retries={"max_attempts": 3, "mode": "standard"},
-                             request_checksum_calculation="when_required",
-                             response_checksum_validation="when_required"),
-        }
+        self._client_args = client_args(endpoint, access_key, secret_key, region,
+                                        connect_timeout_s=5, read_timeout_s=15, max_attempts=3)
         self._session = aioboto3.Session()
         self._cache: dict[str, SourceFile] = {}
         self.object_gets = 0

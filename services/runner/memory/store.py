@@ -67,21 +67,16 @@ def open_store(spec: str, *, endpoint: str | None, access_key: str | None, secre
 class S3Store:
     def __init__(self, bucket: str, prefix: str = "", *, endpoint: str | None, access_key: str | None,
                  secret_key: str | None, region: str = "auto") -> None:
-        from botocore.config import Config
-
         self.bucket, self.root = bucket, (prefix.strip("/") + "/" if prefix.strip("/") else "")
         self.description = f"s3://{bucket}/{self.root}{PREFIX}"
         for name, value in (("memory-access-key", access_key), ("memory-secret-key", secret_key)):
             if value:
                 remember(name, value)
-        self._args: dict[str, Any] = {
-            "endpoint_url": endpoint, "aws_access_key_id": access_key, "aws_secret_access_key": secret_key,
-            "region_name": region,
-            "config": Config(s3={"addressing_style": "path"}, connect_timeout=2, read_timeout=10,
-                             retries={"max_attempts": 2, "mode": "standard"},
-                             request_checksum_calculation="when_required",
-                             response_checksum_validation="when_required"),
-        }
+        from botburrow.definitions.s3 import client_args  # aioboto3 only for runners with an S3 store
+
+        # Shorter bounds than the definitions': an activation waits on these, and goes on without memory.
+        self._args = client_args(endpoint, access_key, secret_key, region,
+                                 connect_timeout_s=2, read_timeout_s=10, max_attempts=2)
         self._client: Any = None
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
