@@ -24,7 +24,7 @@ from botburrow.definitions import AgentDirectory, LocalSource, load_all
 from botburrow.definitions import bucket as configs
 from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.runtime import natsserver
-from botburrow.runtime.bus import Bus
+from botburrow.runtime.bus import Bus, bucket_keys
 from botburrow.runtime.service import run_stage
 from schemas.events import DeadLetter
 from services.configsync import stage as configsync
@@ -143,7 +143,7 @@ async def test_the_configsync_stage_repairs_bad_values_and_stays_ready(bus: Bus,
                 return (await http.get(f"http://127.0.0.1:{ports[0]}/readyz")).status_code == 200
 
             await until(ready, WAIT_S, "configsync ready")
-        keys = set(await kv.keys())
+        keys = set(await bucket_keys(kv))
         assert not keys & set(revisions) and {f"agent.{a}" for a in AGENTS} <= keys
     finally:
         stop.set()

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 
 from botburrow.definitions import AgentDirectory, LocalSource, S3Source, load_all
 from botburrow.definitions import bucket as configs
-from botburrow.runtime.bus import Bus
+from botburrow.runtime.bus import Bus, bucket_keys
 from botburrow.runtime.health import Health
 from botburrow.runtime.service import run_stage
 from schemas.codec import decode_subject
@@ -258,7 +258,7 @@ async def test_stop_cancels_a_long_pass_and_the_next_start_finishes_it(bus: Bus,
     finally:
         stop.set()
         await watcher.stop()
-    written = await kv.keys()
+    written = await bucket_keys(kv)
     # Stopped mid-pass, not after it; and every definition written before the stop has its event.
     assert 0 < len(written) < len(names) // 2
     assert (await bus.js.stream_info("CONFIG")).state.messages == len(written)

@@ -20,7 +20,7 @@ import pytest
 from botburrow.definitions import LocalSource, SourceError, load_all, validate_dir
 from botburrow.definitions import bucket as configs
 from botburrow.definitions.source import SYMLINK, path_problem
-from botburrow.runtime.bus import Bus
+from botburrow.runtime.bus import Bus, bucket_keys
 from services.configsync.sync import sync_once
 from tests.fixtures.s3 import S3Server
 
@@ -88,7 +88,7 @@ async def test_the_symlink_attack_never_reaches_the_bucket(bus: Bus, definitions
         f"skill.{s}" for s in ("budget-check", "hub-post", "hub-search"))
     assert report.errors == [f"agents/evil-agent/system-prompt.md: $: refused: {SYMLINK}"]
     kv = await bus.kv(configs.BUCKET)
-    for key in await kv.keys():
+    for key in await bucket_keys(kv):
         assert PLANTED not in ((await kv.get(key)).value or b"").decode()
 
 

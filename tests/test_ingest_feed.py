@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator
 import httpx
 import msgspec
 import pytest
+from nats.js.kv import KeyValue
 
 from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.hub.client import HubClient
-from botburrow.runtime.bus import Bus
+from botburrow.runtime.bus import Bus, bucket_keys
 from botburrow.runtime.service import run_stage
 from schemas.codec import decode_subject
 from schemas.events import NotificationReceived
@@ -37,11 +38,8 @@ async def feed_bus(bus: Bus) -> Bus:
     return bus
 
 
-async def _keys(kv: object) -> list[str]:
-    try:
-        return list(await kv.keys())  # type: ignore[attr-defined]
-    except Exception:  # nats-py raises NoKeysError on an empty bucket
-        return []
+async def _keys(kv: KeyValue) -> list[str]:
+    return await bucket_keys(kv)
 
 
 @pytest.fixture

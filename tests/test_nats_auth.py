@@ -22,6 +22,7 @@ import pytest
 from nats.aio.client import Client
 
 from botburrow.runtime import natsserver
+from botburrow.runtime.bus import bucket_keys
 from botburrow.runtime.service import StageContext, run_stage
 from botburrow.settings import STAGES
 from services.scheduler.partitions import partition_of
@@ -147,7 +148,7 @@ async def _buckets(conn: Conn, operator: Conn, stage: str) -> None:
             revision = await kv.put("auth-test", b"1")
             assert (await kv.get("auth-test")).value == b"1"
             await kv.update("auth-test", b"2", last=revision)
-            assert "auth-test" in await kv.keys()  # a watch: an ordered consumer on KV_<bucket>
+            assert "auth-test" in await bucket_keys(kv)  # a watch: an ordered consumer on KV_<bucket>
             await kv.delete("auth-test")
         elif stage in permissions.BUCKET_READERS.get(bucket.name, ()):
             await (await admin.key_value(bucket.name)).put("auth-read", b"x")

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from nats.js.errors import KeyNotFoundError
 
-from botburrow.runtime.bus import Bus
+from botburrow.runtime.bus import Bus, bucket_keys
 from schemas.events import ActivationRequested
 from streams.topology import SCHEDULER_PARTITIONS
 from tests.fixtures.wait import until
@@ -52,9 +53,9 @@ async def owners(bus: Bus) -> dict[int, int]:
     """partition -> pid of the replica holding it (replica ids are `<host>-<pid>-<random>`)."""
     kv = await bus.kv("scheduler-owners")
     held = {}
-    with contextlib.suppress(Exception):  # no keys yet
-        for key in await kv.keys():
-            if key.startswith("part."):
+    for key in await bucket_keys(kv):
+        if key.startswith("part."):
+            with contextlib.suppress(KeyNotFoundError):  # expired since listed
                 entry = await kv.get(key)
                 held[int(key.split(".")[1])] = int((entry.value or b"").decode().rsplit("-", 2)[1])
     return held

@@ -39,7 +39,7 @@ from botburrow.dev.processes import die_with_parent, kill_group, reap, stop_grou
 from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.doubles.scripted_llm import ScriptedLLM
 from botburrow.runtime import natsserver
-from botburrow.runtime.bus import Bus, servers_of
+from botburrow.runtime.bus import Bus, bucket_keys, servers_of
 from botburrow.secrets import without_credentials
 from botburrow.settings import RunnerSettings
 from streams import permissions
@@ -393,10 +393,7 @@ async def await_configs(bus: Bus, names: list[str], timeout_s: float = 30.0) -> 
     kv = await bus.kv(CONFIGS.name)
     deadline = asyncio.get_running_loop().time() + timeout_s
     while asyncio.get_running_loop().time() < deadline:
-        try:
-            keys = set(await kv.keys())
-        except Exception:  # no keys yet
-            keys = set()
+        keys = set(await bucket_keys(kv))
         if all(f"agent.{name}" in keys for name in names):
             return
         await asyncio.sleep(0.2)

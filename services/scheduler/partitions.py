@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from botburrow.runtime.bus import bucket_keys
 from streams import subjects
 from streams.topology import SCHEDULER_OWNER_TTL_S, SCHEDULER_PARTITIONS
 from streams.topology import original_subject as original_subject  # the scheduler reads sourced subjects
@@ -128,8 +129,8 @@ class PartitionOwner:
 
     async def _keys(self) -> list[str]:
         try:
-            return await self.kv.keys()
-        except Exception:  # nats-py raises NoKeysError on an empty bucket
+            return await bucket_keys(self.kv)
+        except Exception:  # NATS trouble: this tick counts nobody, the next one counts again
             return []
 
     async def _create(self, p: int) -> bool:
