@@ -24,7 +24,8 @@ from botburrow.definitions import AgentDirectory, LocalSource, load_all
 from botburrow.definitions import bucket as configs
 from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.runtime import natsserver
-from botburrow.runtime.bus import Bus, bucket_keys
+from botburrow.runtime.bus import Bus
+from botburrow.runtime.kvread import bucket_keys, current_entries
 from botburrow.runtime.service import run_stage
 from schemas.events import DeadLetter
 from services.configsync import stage as configsync
@@ -162,7 +163,7 @@ async def test_a_fresh_watch_never_mistakes_a_full_bucket_for_an_empty_one(bus: 
         state = (await bus.js.stream_info(configs.STREAM)).state
         watcher = await kv.watchall()
         try:
-            keys = [entry.key async for entry in configs.current_entries(watcher, state.last_seq, state.messages)]
+            keys = [entry.key async for entry in current_entries(watcher, state.last_seq, state.messages)]
         finally:
             await watcher.stop()
         assert keys == ["agent.only-one"]

@@ -17,8 +17,9 @@ from prometheus_client import REGISTRY
 
 from botburrow.definitions import AgentDirectory, LocalSource, S3Source, load_all
 from botburrow.definitions import bucket as configs
-from botburrow.runtime.bus import Bus, bucket_keys
+from botburrow.runtime.bus import Bus
 from botburrow.runtime.health import Health
+from botburrow.runtime.kvread import bucket_keys
 from botburrow.runtime.service import run_stage
 from schemas.codec import decode_subject
 from schemas.events import ConfigChanged

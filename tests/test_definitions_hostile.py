@@ -20,7 +20,8 @@ import pytest
 from botburrow.definitions import LocalSource, SourceError, load_all, validate_dir
 from botburrow.definitions import bucket as configs
 from botburrow.definitions.source import SYMLINK, path_problem
-from botburrow.runtime.bus import Bus, bucket_keys
+from botburrow.runtime.bus import Bus
+from botburrow.runtime.kvread import bucket_keys
 from services.configsync.sync import sync_once
 from tests.fixtures.s3 import S3Server
 

@@ -15,7 +15,8 @@ from nats.js.kv import KeyValue
 
 from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.hub.client import HubClient
-from botburrow.runtime.bus import Bus, bucket_keys
+from botburrow.runtime.bus import Bus
+from botburrow.runtime.kvread import bucket_keys
 from botburrow.runtime.service import run_stage
 from schemas.codec import decode_subject
 from schemas.events import NotificationReceived

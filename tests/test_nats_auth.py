@@ -22,7 +22,7 @@ import pytest
 from nats.aio.client import Client
 
 from botburrow.runtime import natsserver
-from botburrow.runtime.bus import bucket_keys
+from botburrow.runtime.kvread import bucket_keys
 from botburrow.runtime.service import StageContext, run_stage
 from botburrow.settings import STAGES
 from services.scheduler.partitions import partition_of

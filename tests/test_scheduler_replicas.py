@@ -15,7 +15,8 @@ import msgspec
 import pytest
 from nats.js.errors import KeyNotFoundError
 
-from botburrow.runtime.bus import Bus, bucket_keys
+from botburrow.runtime.bus import Bus
+from botburrow.runtime.kvread import bucket_keys
 from schemas.events import ActivationRequested
 from streams.topology import SCHEDULER_PARTITIONS
 from tests.fixtures.wait import until

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
 from typing import Literal
 
 import msgspec
-import nats.errors
-from nats.js.kv import KeyValue
 
 from schemas.agent import AgentDefinition, SkillDefinition
 from streams.topology import CONFIGS
 
-log = logging.getLogger(__name__)
 BUCKET = CONFIGS.name
 STREAM = CONFIGS.stream
 # A value is one definition: its files are bounded by DEFINITION_FILE_MAX_BYTES at the source, and NATS'
@@ -79,35 +74,3 @@ def msg_id(kind: Kind, name: str, digest: str, *, deleted: bool = False) -> str:
     return f"cfg:{kind}:{name}:{digest}" + (":deleted" if deleted else "")
 
 
-# Longest wait for the next entry while catching up; only a bucket whose newest message vanished waits it.
-CATCH_UP_ENTRY_TIMEOUT_S = 10.0
-
-
-async def current_entries(watcher: KeyValue.KeyWatcher, last_seq: int, messages: int) -> AsyncIterator[KeyValue.Entry]:
-    """The entries a fresh `watchall()` delivers, up to the stream's `last_seq` (state read before the watch).
-
-    nats-py queues its "nothing pending" marker (None) before the first entry when that entry is on its
-    way while the watch asks for its consumer info (`num_pending` 0, nothing received yet): a reader that
-    stops at the marker then sees an empty bucket (configsync rewrote everything; a stage started with no
-    agents). So a marker before any entry is ignored while the stream holds messages.
-    """
-    if not last_seq or not messages:
-        return
-    seen = False
-    while True:
-        try:
-            entry = await watcher.updates(timeout=CATCH_UP_ENTRY_TIMEOUT_S)
-        except nats.errors.TimeoutError:
-            log.warning("configs watch stalled before its last revision; going on with what it read",
-                        extra={"last_seq": last_seq})
-            return
-        if entry is None:
-            if seen:
-                return  # the marker after the last entry: every current value has been delivered
-            continue
-        if not isinstance(entry, KeyValue.Entry):  # the watcher was stopped
-            return
-        seen = True
-        yield entry
-        if entry.revision is None or entry.revision >= last_seq:  # a watched entry always has its revision
-            return

@@ -26,6 +26,7 @@ from botburrow.definitions import bucket
 from botburrow.definitions.letters import dead_letter, stage_of
 from botburrow.definitions.source import LoadResult
 from botburrow.runtime.bus import Bus
+from botburrow.runtime.kvread import current_entries
 from schemas.agent import AgentDefinition, SkillDefinition
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class AgentDirectory:
         # instead would wait for configsync to stop writing (minutes, while it fills a big bucket).
         state = (await bus.js.stream_info(bucket.STREAM)).state
         directory._watcher = await kv.watchall()
-        async for entry in bucket.current_entries(directory._watcher, state.last_seq, state.messages):
+        async for entry in current_entries(directory._watcher, state.last_seq, state.messages):
             if isinstance(change := directory._apply(entry), str):
                 directory._letters.put_nowait((entry, change))
         directory._following = True

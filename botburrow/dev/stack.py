@@ -39,7 +39,8 @@ from botburrow.dev.processes import die_with_parent, kill_group, reap, stop_grou
 from botburrow.doubles.hub_emulator import HubEmulator
 from botburrow.doubles.scripted_llm import ScriptedLLM
 from botburrow.runtime import natsserver
-from botburrow.runtime.bus import Bus, bucket_keys, servers_of
+from botburrow.runtime.bus import Bus, servers_of
+from botburrow.runtime.kvread import bucket_keys
 from botburrow.secrets import without_credentials
 from botburrow.settings import RunnerSettings
 from streams import permissions

@@ -193,28 +193,3 @@ def _message(payload: msgspec.Struct | bytes, msg_id: str | None, trace_id: str 
     all_headers.update(headers or {})
     return data, all_headers
 
-
-async def bucket_keys(kv: KeyValue, *, timeout_s: float = 5.0) -> list[str]:
-    """The keys a bucket holds now (deleted and purged ones left out); [] for an empty bucket.
-
-    Not nats-py's `kv.keys()`: its watch says "caught up" when the server has nothing pending and the
-    client has taken in nothing yet, which is also true while the last entry is still on its way, so a
-    key written just before was now and then missing (a CI failure, and the scheduler counting fewer
-    replicas). Here the watch's own consumer says how many entries to expect, and the list is done when
-    that many have arrived. Raises `TimeoutError` if they do not come within `timeout_s`."""
-    watcher = await kv.watchall(meta_only=True)
-    try:
-        info = await watcher._sub.consumer_info()
-        expected = info.delivered.consumer_seq + (info.num_pending or 0)
-        live: dict[str, bool] = {}
-        arrived = 0
-        async with asyncio.timeout(timeout_s):
-            while arrived < expected:
-                entry = await watcher.updates(timeout=timeout_s)
-                if entry is None:  # the library's "caught up" marker, early or not
-                    continue
-                arrived += 1
-                live[entry.key] = entry.operation is None  # a put; KV_DEL or KV_PURGE otherwise
-        return sorted(key for key, present in live.items() if present)
-    finally:
-        await watcher.stop()

@@ -25,6 +25,7 @@ from botburrow.definitions.parse import DefinitionError
 from botburrow.definitions.source import DefinitionSource, LoadResult, SourceError, is_safe_name
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.health import Health
+from botburrow.runtime.kvread import current_entries
 from schemas.events import ConfigChanged
 from services.configsync.parsing import ParseCache
 from streams import subjects
@@ -98,7 +99,7 @@ async def _bucket_hashes(kv: KeyValue, last_seq: int, messages: int,
         return hashes
     watcher = await kv.watchall()
     try:
-        async for entry in bucket.current_entries(watcher, last_seq, messages):
+        async for entry in current_entries(watcher, last_seq, messages):
             unreadable.pop(entry.key, None)
             digest = None if entry.operation in (KV_DEL, KV_PURGE) else _hash_of(entry, unreadable)
             if digest is None:

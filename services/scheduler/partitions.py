@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from botburrow.runtime.bus import bucket_keys
+from botburrow.runtime.kvread import bucket_keys
 from streams import subjects
 from streams.topology import SCHEDULER_OWNER_TTL_S, SCHEDULER_PARTITIONS
 from streams.topology import original_subject as original_subject  # the scheduler reads sourced subjects

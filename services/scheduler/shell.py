@@ -26,6 +26,7 @@ from prometheus_client import Counter, Gauge
 from botburrow.runtime.bus import Bus
 from botburrow.runtime.consumer import Item
 from botburrow.runtime.election import RIDE_OUT_S, is_transient
+from botburrow.runtime.kvread import bucket_entries
 from botburrow.tracing import emit_decisions, now_ns, request_key
 from schemas.agent import AgentDefinition
 from schemas.events import NotificationReceived, RunCompleted, RunFailed
@@ -111,20 +112,14 @@ class NotOwner(Exception):
 
 async def load_states(kv: KeyValue, keep: Callable[[str], bool] = lambda key: True) -> list[AgentState]:
     """Every agent's persisted state (of the keys `keep` accepts), read through one watcher."""
-    watcher = await kv.watchall(ignore_deletes=True)
     states: list[AgentState] = []
-    try:
-        async for entry in watcher:
-            if entry is None:  # the marker after the initial values
-                break
-            if not entry.value or not keep(entry.key):
-                continue
-            try:
-                states.append(_state_decoder.decode(entry.value))
-            except msgspec.DecodeError as exc:
-                log.error("unreadable agent state skipped", extra={"key": entry.key, "error": str(exc)})
-    finally:
-        await watcher.stop()
+    for key, entry in (await bucket_entries(kv)).items():
+        if not entry.value or not keep(key):
+            continue
+        try:
+            states.append(_state_decoder.decode(entry.value))
+        except msgspec.DecodeError as exc:
+            log.error("unreadable agent state skipped", extra={"key": key, "error": str(exc)})
     return states
 
 
