@@ -118,10 +118,11 @@ async def test_dev_refuses_what_cannot_work_at_once_with_one_line(args: tuple[st
 
 
 @pytest.mark.slow
-async def test_dev_gives_up_on_an_unreachable_nats_within_30_s_with_one_line() -> None:
+async def test_dev_gives_up_on_an_unreachable_nats_after_20_s_with_one_line() -> None:
     port = unused_port()
     dev = await Dev.start("--no-demo", env={"NATS_URL": f"nats://op:hunter2@127.0.0.1:{port}"})
-    assert await dev.exit_code(30) == 1
+    # The 20 s are dev's own count (the line says so); the wait here also covers a busy machine's start.
+    assert await dev.exit_code(START_S + 20) == 1
     assert len(dev.errors()) == 1, dev.lines
     assert f"NATS_URL: no server answered within 20 s (tried nats://127.0.0.1:{port}" in dev.errors()[0]
     assert "hunter2" not in "\n".join(dev.lines)

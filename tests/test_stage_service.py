@@ -130,16 +130,17 @@ async def test_a_stage_exits_at_once_on_a_malformed_nats_url_naming_it_once(url:
 
 
 @pytest.mark.slow
-async def test_a_stage_gives_up_on_an_unreachable_nats_within_30_s_with_one_line() -> None:
+async def test_a_stage_gives_up_on_an_unreachable_nats_after_20_s_with_one_line() -> None:
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = await _stage_process(f"nats://user:hunter2@127.0.0.1:{port}")
-    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    # The 20 s are the stage's own count (the line says so); the wait here also covers a busy machine.
+    _, stderr = await asyncio.wait_for(process.communicate(), 20 + WAIT_S)
     assert process.returncode == 1
     problems = _problems(stderr)
     assert len(problems) == 1, problems
-    assert problems[0].startswith("NATS_URL: no server answered") and f"nats://127.0.0.1:{port}" in problems[0]
+    assert problems[0].startswith("NATS_URL: no server answered within 20 s") and f"nats://127.0.0.1:{port}" in problems[0]
     assert "ConnectionRefusedError" in problems[0] and "hunter2" not in stderr.decode()
 
 
