@@ -140,7 +140,8 @@ async def test_a_stage_gives_up_on_an_unreachable_nats_after_20_s_with_one_line(
     assert process.returncode == 1
     problems = _problems(stderr)
     assert len(problems) == 1, problems
-    assert problems[0].startswith("NATS_URL: no server answered within 20 s") and f"nats://127.0.0.1:{port}" in problems[0]
+    assert problems[0].startswith("NATS_URL: no server answered within 20 s")
+    assert f"nats://127.0.0.1:{port}" in problems[0]
     assert "ConnectionRefusedError" in problems[0] and "hunter2" not in stderr.decode()
 
 

@@ -38,6 +38,7 @@ from botburrow.runtime.bus import Bus, NatsUnavailable
 from botburrow.runtime.election import JetStreamProbe
 from botburrow.runtime.health import Health
 from botburrow.runtime.http import RunningServer
+from botburrow.runtime.kvread import current_entries
 from botburrow.secrets import remember_all
 from botburrow.settings import StageSettings, load, settings_of
 from streams.apply import ensure
@@ -112,12 +113,19 @@ async def until_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:
 async def follow_bucket(bus: Bus, bucket: str, stop: asyncio.Event,
                         on_entry: Callable[[KeyValue.Entry | None], None]) -> None:
     """Hand every entry of a KV bucket to `on_entry`, current values first, then None (the marker after
-    them), then each change, until `stop` is set: the watch behind operator switches (paused, cancels)."""
-    watcher = await (await bus.kv(bucket)).watchall()
+    them), then each change, until `stop` is set: the watch behind operator switches (paused, cancels).
+    The None comes after the current values for sure (`kvread`: nats-py's own marker may come early)."""
+    kv = await bus.kv(bucket)
+    state = (await kv.status()).stream_info.state
+    watcher = await kv.watchall()
 
     async def apply() -> None:
+        async for current in current_entries(watcher, state.last_seq, state.messages):
+            on_entry(current)
+        on_entry(None)
         async for entry in watcher:
-            on_entry(entry)
+            if entry is not None:  # nats-py's marker, when it came after what current_entries read
+                on_entry(entry)
 
     try:
         await until_stopped(apply(), stop)
