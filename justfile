@@ -3,6 +3,8 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 venv := justfile_directory() / ".venv/bin"
+# Tests run this many at a time (pytest-xdist): they mostly wait on processes, so 3 keep 2 cores busy.
+workers := env("TEST_WORKERS", "3")
 
 # list tasks
 default:
@@ -21,12 +23,12 @@ test *args:
     {{venv}}/lint-imports
     {{venv}}/ruff check .
     {{venv}}/mypy
-    {{venv}}/pytest -m "not slow" {{args}}
-    {{venv}}/pytest -m slow {{args}} || [ $? -eq 5 ]  # 5: no slow test selected
+    {{venv}}/pytest -m "not slow" -n {{workers}} {{args}}
+    {{venv}}/pytest -m slow -n {{workers}} {{args}} || [ $? -eq 5 ]  # 5: no slow test selected
 
 # fast tests only
 test-fast *args:
-    {{venv}}/pytest -m "not slow" {{args}}
+    {{venv}}/pytest -m "not slow" -n {{workers}} {{args}}
 
 # hostile payloads, long form: FUZZ_EXAMPLES (default 500; the suite draws 6) cases per subject, FUZZ_SEED another corpus
 fuzz *args:
