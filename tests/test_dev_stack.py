@@ -153,6 +153,16 @@ async def test_a_ready_dev_stopped_by_a_signal_leaves_no_process(sig: int) -> No
 
 
 @pytest.mark.slow
+async def test_a_sigkilled_dev_leaves_no_process() -> None:
+    # No handler runs: each child, nats-server too, has asked Linux for a SIGTERM when dev dies.
+    dev = await Dev.start("--no-demo")
+    await dev.line("all stages ready")
+    children = descendants(dev.process.pid)
+    assert len(children) >= 6  # nats-server and the five stages
+    assert await _stop_and_check_no_orphan(dev, signal.SIGKILL, children) == -signal.SIGKILL
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 async def test_a_dev_stopped_while_connecting_leaves_no_process(sig: int) -> None:
     # Nothing listens at NATS_URL: dev and its stages are all still connecting when the signal comes.

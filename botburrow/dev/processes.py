@@ -2,9 +2,10 @@
 
 A stage runs in a session of its own (so a Ctrl-C on the terminal reaches `dev` only, which stops
 everything in order), asks Linux to send it SIGTERM if `dev` itself dies (PR_SET_PDEATHSIG: even a
-SIGKILL of `dev` leaves no orphan), and is stopped with its whole group, so whatever it started (a CLI,
-an MCP server) goes with it. `reap` is the last sweep: whatever still runs with the stack's work directory
-on its command line (a nats-server whose start a Ctrl-C interrupted, before the stack knew its pid).
+SIGKILL of `dev` leaves no orphan; the embedded nats-server asks the same), and is stopped with its
+whole group, so whatever it started (a CLI, an MCP server) goes with it. `reap` is the last sweep:
+whatever still runs with the stack's work directory on its command line (a nats-server whose start a
+Ctrl-C interrupted, before the stack knew its pid).
 """
 
 from __future__ import annotations

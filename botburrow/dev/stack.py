@@ -209,12 +209,12 @@ class LocalStack:
         self._credentials = natsserver.write_credentials(self.work_dir / "nats")
         if self.cluster > 1:
             self.nats_cluster = await asyncio.to_thread(natsserver.start_cluster, self.work_dir / "nats", self.cluster,
-                                                        credentials=self._credentials)
+                                                        credentials=self._credentials, preexec_fn=die_with_parent)
             self.progress(f"nats-server: a cluster of {self.cluster} at {self.nats_cluster.url} with a user per "
                           f"stage (stores in {self.work_dir / 'nats'}/n*/store)")
         else:
-            self._nats = await natsserver.start_async(self.work_dir / "nats",
-                                                      config_file=self._credentials.config_file)
+            self._nats = await natsserver.start_async(self.work_dir / "nats", config_file=self._credentials.config_file,
+                                                      preexec_fn=die_with_parent)
             self.progress(f"nats-server: started at {self._nats.url} with a user per stage "
                           f"(store in {self._nats.store_dir})")
         self.nats_url = self.stage_nats_url(permissions.OPERATOR)
@@ -374,7 +374,8 @@ def start_nats_on_port(work_dir: Path, store_dir: Path, port: int, config_file: 
     same users."""
     log = open(work_dir / "nats-server.log", "ab")
     process = subprocess.Popen(natsserver.command(store_dir, port=port, config_file=config_file),
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               preexec_fn=die_with_parent)
     log.close()
     url = f"nats://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s

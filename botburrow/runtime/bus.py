@@ -12,6 +12,7 @@ Once connected, a lost connection is reconnected forever, to any server of the l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -178,7 +179,8 @@ class Bus:
             try:
                 await self.nc.drain()
             except Exception:  # the connection may already be gone; closing is best effort
-                await self.nc.close()
+                with contextlib.suppress(Exception):  # a lost socket cannot be flushed: nothing more to do
+                    await self.nc.close()
 
 
 def _message(payload: msgspec.Struct | bytes, msg_id: str | None, trace_id: str | None,

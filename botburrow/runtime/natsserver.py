@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -30,6 +31,9 @@ from urllib.parse import urlsplit
 from nats.js import JetStreamContext
 
 from streams import permissions
+
+# What runs in a server's child process before it starts (None: nothing).
+Preexec = Callable[[], None] | None
 
 
 def find_binary() -> str:
@@ -93,9 +97,10 @@ def command(store_dir: Path, *, port: int = -1, config_file: Path | None = None,
 
 
 def start(work_dir: Path, *, store_dir: Path | None = None, timeout_s: float = 15.0,
-          jetstream: bool = True, config_file: Path | None = None) -> NatsServer:
+          jetstream: bool = True, config_file: Path | None = None, preexec_fn: Preexec = None) -> NatsServer:
     """Start nats-server with JetStream (unless told not to, as a test of a server without it does)
-    and, if given, a config file (users and permissions); blocks until its ports file appears (about 20 ms)."""
+    and, if given, a config file (users and permissions); blocks until its ports file appears (about 20 ms).
+    `preexec_fn` runs in the child before it starts (`botburrow dev`'s: die with dev, even a SIGKILLed one)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     store = store_dir or work_dir / "store"
     ports_dir = work_dir / "ports"
@@ -103,7 +108,7 @@ def start(work_dir: Path, *, store_dir: Path | None = None, timeout_s: float = 1
     log = open(work_dir / "nats-server.log", "ab")
     process = subprocess.Popen(
         [*command(store, config_file=config_file, jetstream=jetstream), "--ports_file_dir", str(ports_dir)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec_fn,
     )
     log.close()
     ports_file = ports_dir / f"nats-server_{process.pid}.ports"
@@ -123,9 +128,9 @@ def start(work_dir: Path, *, store_dir: Path | None = None, timeout_s: float = 1
 
 
 async def start_async(work_dir: Path, *, store_dir: Path | None = None, jetstream: bool = True,
-                      config_file: Path | None = None) -> NatsServer:
+                      config_file: Path | None = None, preexec_fn: Preexec = None) -> NatsServer:
     return await asyncio.to_thread(start, work_dir, store_dir=store_dir, jetstream=jetstream,
-                                   config_file=config_file)
+                                   config_file=config_file, preexec_fn=preexec_fn)
 
 
 CLUSTER_NAME = "botburrow"
@@ -165,6 +170,7 @@ class Cluster:
 
     nodes: list[ClusterNode]
     config_extra: dict[str, object]
+    preexec_fn: Preexec = None  # as `start`'s, for every node and each restart
 
     @property
     def urls(self) -> list[str]:
@@ -187,7 +193,7 @@ class Cluster:
 
     def restart(self, name: str, timeout_s: float = 15.0) -> None:
         """Start a stopped node again on its own store and ports (its config is unchanged)."""
-        _launch(self.node(name), timeout_s)
+        _launch(self.node(name), timeout_s, self.preexec_fn)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         for node in self.nodes:
@@ -228,7 +234,7 @@ def node_config(node: ClusterNode, peers: list[ClusterNode], extra: dict[str, ob
 
 
 def start_cluster(work_dir: Path, size: int = 3, *, credentials: Credentials | None = None,
-                  timeout_s: float = 30.0) -> Cluster:
+                  timeout_s: float = 30.0, preexec_fn: Preexec = None) -> Cluster:
     """Start `size` clustered servers (with the users of `credentials`, if given) and wait until each
     listens; the JetStream meta group elects its leader shortly after (`wait_for_meta_leader`)."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +244,7 @@ def start_cluster(work_dir: Path, size: int = 3, *, credentials: Credentials | N
     extra: dict[str, object] = {}
     if credentials is not None:
         extra = json.loads(credentials.config_file.read_text())
-    cluster = Cluster(nodes, extra)
+    cluster = Cluster(nodes, extra, preexec_fn)
     try:
         for node in nodes:
             node.work_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +252,7 @@ def start_cluster(work_dir: Path, size: int = 3, *, credentials: Credentials | N
             fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the passwords
             with os.fdopen(fd, "w") as out:
                 json.dump(node_config(node, nodes, extra), out, indent=1)
-            _launch(node, timeout_s, wait=False)
+            _launch(node, timeout_s, preexec_fn, wait=False)
         for node in nodes:
             _wait_listening(node, timeout_s)
     except BaseException:
@@ -255,10 +261,11 @@ def start_cluster(work_dir: Path, size: int = 3, *, credentials: Credentials | N
     return cluster
 
 
-def _launch(node: ClusterNode, timeout_s: float, *, wait: bool = True) -> None:
+def _launch(node: ClusterNode, timeout_s: float, preexec_fn: Preexec, *, wait: bool = True) -> None:
     with open(node.work_dir / "nats-server.log", "ab") as log:
         node.process = subprocess.Popen([find_binary(), "-c", str(node.work_dir / "nats.conf")],
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=preexec_fn)
     if wait:
         _wait_listening(node, timeout_s)
 

@@ -30,6 +30,8 @@ from streams.topology import SCHEDULER_OWNER_TTL_S, SCHEDULER_PARTITIONS
 from streams.topology import original_subject as original_subject  # the scheduler reads sourced subjects
 
 log = logging.getLogger(__name__)
+# Longest a replica spends giving its leases and membership back (`_give_back`).
+GIVE_BACK_S = 2.0
 _FNV_OFFSET, _FNV_PRIME = 0x811C9DC5, 0x01000193
 
 
@@ -113,19 +115,31 @@ class PartitionOwner:
     async def release(self, parts: list[int]) -> None:
         """Stop working the partitions first (the callback), then let the lease go."""
         await self.on_release(parts)
+        leases: dict[str, int | None] = {}
         for p in parts:
             revision = self.held.pop(p, None)
             self._renewed_at.pop(p, None)
             if revision is not None:
-                with contextlib.suppress(Exception):
-                    await self.kv.delete(f"part.{p}", last=revision)
+                leases[f"part.{p}"] = revision
+        await self._give_back(leases)
         log.info("partitions released", extra={"partitions": parts})
 
     async def release_all(self) -> None:
         if self.held:
             await self.release(sorted(self.held))
-        with contextlib.suppress(Exception):
-            await self.kv.delete(f"member.{subjects.token(self.replica)}")
+        await self._give_back({f"member.{subjects.token(self.replica)}": None})
+
+    async def _give_back(self, keys: dict[str, int | None]) -> None:
+        """Delete these keys (at their revision, if given), all at once and within GIVE_BACK_S: giving
+        them back is a courtesy, they expire after the TTL anyway, and a stop must not wait on a NATS
+        that is gone (one delete after another, each to its timeout, held a stop for over a minute)."""
+        async def delete(key: str, revision: int | None) -> None:
+            with contextlib.suppress(Exception):
+                await self.kv.delete(key, last=revision)
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(GIVE_BACK_S):
+                await asyncio.gather(*(delete(key, revision) for key, revision in keys.items()))
 
     async def _keys(self) -> list[str]:
         try:
