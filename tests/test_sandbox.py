@@ -183,8 +183,9 @@ async def test_bwrap_sweep_removes_groups_of_dead_runners(bwrap_sandbox: BwrapSa
     stale = f"{cgroups.PREFIX}{dead_pid()}-old-0000"
     group.dirs = {c: d.with_name(stale) for c, d in group.dirs.items()}
     group.create(Limits())
-    # Through the runner's start-up sweep, which covers bwrap as well as docker.
-    assert await sweep_once(SandboxRunner(bwrap_sandbox), activation_timeout_s=60) == 1
+    # Through the runner's start-up sweep, which covers bwrap as well as docker. Cgroups are the host's:
+    # a runner another test worker starts meanwhile sweeps too and may be the one that removes it.
+    assert await sweep_once(SandboxRunner(bwrap_sandbox), activation_timeout_s=60) >= 0
     assert not any(d.exists() for d in group.dirs.values())
 
 
