@@ -387,5 +387,6 @@ async def test_a_dead_runners_workspace_mounts_are_swept(tmp_path: Path) -> None
     stdout, stderr = await proc.communicate()
     assert stdout == b"mounted\n" and proc.returncode == -9, stderr.decode()
     assert workspace.is_mount()
-    assert await asyncio.to_thread(quota.sweep_dead) >= 1
+    # Mounts are the host's: a runner another test worker starts meanwhile sweeps too and may be first.
+    await asyncio.to_thread(quota.sweep_dead)
     assert not workspace.is_mount()
