@@ -28,15 +28,16 @@ from typing import Literal
 
 import msgspec
 import yaml
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from botburrow.runtime.bus import Bus
 from schemas.codec import DecodeError, decode_subject
 from schemas.events import ActivationMetrics
 from schemas.hub import BudgetHealth, ToolBudget
+from services.metrics.runsread import runs_between
 from streams.subjects import token
-from streams.topology import ENDINGS, RUN_EVENT, RUNS
+from streams.topology import ENDINGS, RUN_EVENT
 
 log = logging.getLogger(__name__)
 
@@ -241,18 +242,9 @@ async def ended_since(bus: Bus, from_seq: int, until_seq: int) -> list[tuple[int
     What aged out of RUNS is gone: the catch-up starts at its first message."""
     found: list[tuple[int, ActivationMetrics]] = []
     for ending in ENDINGS:
-        seq = from_seq
-        while seq < until_seq:
+        async for seq, msg in runs_between(bus, RUN_EVENT.fill("*", "*", ending), from_seq, until_seq):
             try:
-                msg = await bus.js.get_msg(RUNS.name, seq=seq, subject=RUN_EVENT.fill("*", "*", ending),
-                                           next=True, direct=True)
-            except NotFoundError:
-                break
-            if msg.seq is None or msg.seq >= until_seq:
-                break
-            seq = msg.seq + 1
-            try:
-                found.append((msg.seq, decode_subject(msg.subject or "", msg.data or b"").metrics))
+                found.append((seq, decode_subject(msg.subject or "", msg.data or b"").metrics))
             except DecodeError:
                 continue  # dead-lettered by the consumer when it was first read
     return sorted(found, key=lambda pair: pair[0])

@@ -30,6 +30,7 @@ from botburrow.runtime.consumer import Item, Retry
 from botburrow.tracing import SpanRef
 from schemas.codec import DecodeError, decode_subject
 from schemas.events import RunCompleted, RunFailed, RunStarted
+from services.metrics.runsread import runs_between
 from services.metrics.spans import Recorded, build
 from streams import subjects
 from streams.topology import RUNS
@@ -52,21 +53,15 @@ async def attempt_events(bus: Bus, ending: RunCompleted | RunFailed, until_seq: 
     except NotFoundError:
         return []  # aged out, or never started (a request refused before it ran): the root alone
     found: list[Recorded] = []
-    pattern = subjects.run_events_of(ending.activation_id)
-    while seq < until_seq and len(found) < MAX_EVENTS:
-        try:
-            msg = await bus.js.get_msg(RUNS.name, seq=seq, subject=pattern, next=True, direct=True)
-        except NotFoundError:
+    async for at, msg in runs_between(bus, subjects.run_events_of(ending.activation_id), seq, until_seq):
+        if len(found) >= MAX_EVENTS:
             break
-        if msg.seq is None or msg.seq >= until_seq:
-            break
-        seq = msg.seq + 1
         try:
             event = decode_subject(msg.subject or "", msg.data or b"")
         except DecodeError:
             continue  # shown by `botburrow show`; its span is left out
         if event.attempt == ending.attempt:
-            found.append(Recorded(event, (msg.headers or {}).get("Nats-Msg-Id") or f"seq:{msg.seq}"))
+            found.append(Recorded(event, (msg.headers or {}).get("Nats-Msg-Id") or f"seq:{at}"))
     return found
 
 
