@@ -8,9 +8,10 @@ from typing import Any
 
 
 def json_lines(raw: bytes) -> Iterator[dict[str, Any]]:
-    """Every line that is a JSON object; banners, warnings and partial lines are skipped."""
+    """Every line that is a JSON object; banners, warnings and partial lines are skipped. A comma around
+    one is dropped: a model asked for one object per line may still write them as an array's items."""
     for line in raw.decode("utf-8", "replace").splitlines():
-        line = line.strip()
+        line = line.strip().strip(",")
         if not line.startswith("{"):
             continue
         try:

@@ -7,9 +7,9 @@ are in the activation's metrics and cost. The answer is JSON lines; anything els
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
+from services.runner.executors.streams import json_lines
 from services.runner.memory.items import ITEM_MAX_CHARS, Kind
 
 MAX_ITEMS = 5
@@ -38,16 +38,7 @@ def prompt(exchange: str, kinds: Sequence[Kind]) -> tuple[str, str]:
 
 def parse_answer(text: str, kinds: Sequence[Kind]) -> list[tuple[Kind, str]]:
     found: list[tuple[Kind, str]] = []
-    for line in text.splitlines():
-        line = line.strip().strip(",")
-        if not line.startswith("{"):
-            continue
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(value, dict):
-            continue
+    for value in json_lines(text.encode()):
         kind = next((k for k in kinds if k == value.get("kind")), None)
         note = value.get("text")
         if kind is not None and isinstance(note, str) and note.strip():
